@@ -1,0 +1,101 @@
+// Package bus is a clusterbus node: it joins a cluster through any
+// adapters.Broker, keeps a shared view of the members, elects the oldest
+// live node as the lead, runs lead duties there alone, broadcasts
+// cache-clear events, applies a split-brain policy and reports health.
+//
+//	n, err := bus.New(broker, cfg, bus.WithLogger(log))
+//	n.RegisterDuty("mail", "every 1m", sendMail)
+//	users := bus.NewCache[User](n, "users")
+//	err = n.Start(ctx)
+//	http.Handle("/", n.Handler()) // /ha/health, /api/cluster, /metrics, status page
+//	...
+//	n.Drain(); n.Stop(ctx)
+//
+// # Membership
+//
+// Every node publishes a heartbeat every HeartbeatInterval on the topic
+// "clusterbus-<cluster>": node ID, incarnation (random per process), host,
+// IP, start time, version, state, sequence number and send time. A member is
+// live while it was heard within FailureTimeout. Stop publishes a leave and
+// the others drop the node at once. A node is connected while it hears its
+// own heartbeat back within FailureTimeout and no publish has failed since;
+// there is no broker-specific ping.
+//
+// # Lead
+//
+// The lead is the oldest live member in state "active" (earliest start time
+// as reported by the member; node ID breaks ties). A node is "starting" for
+// one FailureTimeout after Start and cannot be the lead meanwhile, so it
+// hears the cluster before it claims anything. Every node computes the lead
+// from what it heard; views agree once heartbeats have propagated (about one
+// HeartbeatInterval), and failover takes about one FailureTimeout.
+//
+// Each time a node gains the lead it opens a term: term = highest term it
+// has heard of + 1. Terms travel in every heartbeat, so a term is higher than
+// every term its lead had heard of. What this does NOT guarantee: two nodes
+// that cannot hear each other (a partition with SplitBrain "off", or a lead
+// that has not yet noticed it lost its side) may lead at once and may even
+// hold the same term; terms restart from 1 when the whole cluster restarts
+// (nothing is stored); and start times come from each node's clock, so a
+// node whose clock is far behind looks older than it is (the status flags
+// clock skew above ClockSkewThreshold). A shared resource that remembers the
+// highest term it accepted and refuses lower ones is what makes the token a
+// fence.
+//
+// # Lead duties
+//
+// RegisterDuty adds a function that runs on the lead only, with a context
+// cancelled when the lead is lost. An unscheduled duty runs once per lead
+// term (retried with backoff while it fails). A scheduled duty ("every 1m")
+// runs once per slot [k·1m, (k+1)·1m) of Unix time: when a run succeeds, the
+// lead records the slot as done and tells the cluster at once in a
+// heartbeat; a new lead skips slots it heard were done. Guarantee: a slot
+// whose completion was heard by the new lead is not run again; a slot whose
+// lead died (or lost the lead) mid-run, or before its heartbeat went out, is
+// run again by the next lead — at least once, not exactly once. Make duties
+// idempotent per slot, and fence their writes with the term. Slots missed
+// while there was no lead are not caught up, except the current one.
+//
+// # Cache-clear events
+//
+// Invalidate(ctx, region, keys...) runs the region's handlers locally and
+// broadcasts the event; every node runs its handlers for the region. Each
+// sender numbers its events, and its heartbeats carry the last number it
+// published. A receiver that sees a jump, meets a sender that has already
+// published events it did not see, or is told by the broker that the
+// subscription may have missed messages (adapters.ErrGap, a resubscribe)
+// clears every region: caches may be emptied needlessly, never left stale
+// — provided the sender's publish reached the broker (Invalidate returns the
+// error otherwise). Cache is a small map-based cache wired to this.
+//
+// # Message authentication and cluster panic
+//
+// With Config.ClusterKey set, every coordination message carries an
+// HMAC-SHA256 over its kind, cluster, sender and body. A message that is
+// unsigned, forged, or signed when this node has no key is dropped and
+// counted (clusterbus_heartbeats_rejected_total), and — because it claims to
+// come from this cluster — puts the node in cluster panic. So does a live
+// heartbeat from another process with this node's ID. A panicked node stays
+// a visible member in state "panic", answers 503, never leads and never
+// serves until it is restarted. Replays of old signed messages are dropped
+// by sequence number per incarnation.
+//
+// # Split brain
+//
+// The known members are the live ones plus those that failed without a
+// leave in the last ForgetAfter (default 20 × FailureTimeout). keep-majority
+// serves while more than half of the known members are live here (exactly
+// half: the side holding the oldest known member); keep-oldest serves while
+// the oldest known member is live here; static-quorum serves while at least
+// Quorum members are live here; off never fences. Any node that is not
+// connected to the broker is fenced. A fenced node drops the lead, reports
+// Serving() false (ServingChanged wakes work consumers) and answers 503.
+// After ForgetAfter a cut-off minority forgets the others and serves again:
+// the policy bounds how long two sides can both serve, it does not prevent
+// it forever.
+//
+// # Not guaranteed
+//
+// No consensus: views are eventually consistent over the broker. Clock
+// skew is detected (send time vs receipt) and shown, not corrected.
+package bus

@@ -1,0 +1,55 @@
+package bus
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the node's Prometheus collectors.
+type metrics struct {
+	members          prometheus.Gauge
+	isLead           prometheus.Gauge
+	serving          prometheus.Gauge
+	term             prometheus.Gauge
+	leadChanges      prometheus.Counter
+	hbSent           prometheus.Counter
+	hbReceived       prometheus.Counter
+	rejected         *prometheus.CounterVec
+	invalidations    *prometheus.CounterVec
+	publishErrors    prometheus.Counter
+	subscriptionGaps prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	const ns = "clusterbus"
+	m := &metrics{
+		members: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "members",
+			Help: "Live members of the cluster as this node sees them, itself included."}),
+		isLead: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "is_lead",
+			Help: "1 while this node holds the lead."}),
+		serving: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "serving",
+			Help: "1 while this node is connected, in good standing and not draining (health 200)."}),
+		term: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "lead_term",
+			Help: "Highest lead term (fencing token) this node knows of."}),
+		leadChanges: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "lead_changes_total",
+			Help: "Times the lead this node sees changed."}),
+		hbSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "heartbeats_sent_total",
+			Help: "Heartbeats published by this node."}),
+		hbReceived: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "heartbeats_received_total",
+			Help: "Heartbeats accepted from members, this node's own echo included."}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "heartbeats_rejected_total",
+			Help: "Coordination messages dropped, by reason (malformed, foreign-cluster, unsigned, forged, unexpected-signature, stale)."},
+			[]string{"reason"}),
+		invalidations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cache_invalidations_total",
+			Help: "Cache invalidations: sent, received, and region clears caused by gaps (gap)."},
+			[]string{"kind"}),
+		publishErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "publish_errors_total",
+			Help: "Failed publishes of coordination messages."}),
+		subscriptionGaps: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "subscription_gaps_total",
+			Help: "Times the broker reported that the cluster topic may have missed messages."}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.members, m.isLead, m.serving, m.term, m.leadChanges, m.hbSent,
+			m.hbReceived, m.rejected, m.invalidations, m.publishErrors, m.subscriptionGaps} {
+			reg.MustRegister(c)
+		}
+	}
+	return m
+}
