@@ -1,0 +1,125 @@
+package rabbitmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/clusterbus/clusterbus/adapters"
+)
+
+// pubChan is a channel in confirm mode used for one publish at a time, so
+// that a basic.return seen before the confirm belongs to that publish.
+type pubChan struct {
+	ch      *amqp.Channel
+	gen     uint64
+	returns chan amqp.Return
+	closes  chan *amqp.Error
+}
+
+const maxIdlePublishers = 16
+
+func (b *Broker) getPub(ctx context.Context) (*pubChan, error) {
+	b.mu.Lock()
+	if n := len(b.pool); n > 0 {
+		pc := b.pool[n-1]
+		b.pool = b.pool[:n-1]
+		b.mu.Unlock()
+		return pc, nil
+	}
+	b.mu.Unlock()
+	ch, gen, err := b.channel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Confirm(false); err != nil {
+		ch.Close()
+		return nil, err
+	}
+	return &pubChan{ch: ch, gen: gen,
+		returns: ch.NotifyReturn(make(chan amqp.Return, 1)),
+		closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
+	}, nil
+}
+
+func (b *Broker) putPub(pc *pubChan) {
+	b.mu.Lock()
+	if !b.closed && b.gen == pc.gen && !pc.ch.IsClosed() && len(b.pool) < maxIdlePublishers {
+		b.pool = append(b.pool, pc)
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Unlock()
+	pc.ch.Close()
+}
+
+// errNoRoute is a publish that the broker returned as unroutable.
+var errNoRoute = errors.New("no queue bound")
+
+// publish sends p and waits for the broker's confirm. With mandatory, an
+// unroutable message fails with errNoRoute. A publish cut off by a lost
+// connection is sent again on the next one (so it may arrive twice).
+func (b *Broker) publish(ctx context.Context, exchange, key string, mandatory bool, p amqp.Publishing) error {
+	for attempt := 0; ; attempt++ {
+		if attempt == 5 {
+			return fmt.Errorf("publish: connection lost %d times in a row", attempt)
+		}
+		pc, err := b.getPub(ctx)
+		if err != nil {
+			return err
+		}
+		conf, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, mandatory, false, p)
+		if err != nil {
+			pc.ch.Close()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if isCode(err, amqp.ChannelError) || errors.Is(err, amqp.ErrClosed) {
+				continue // channel or connection gone: retry on a new one
+			}
+			return err
+		}
+		ok, err := conf.WaitContext(ctx)
+		if err != nil {
+			pc.ch.Close() // a confirm is outstanding; don't reuse
+			return err
+		}
+		if !ok {
+			if pc.ch.IsClosed() {
+				if b.isClosed() {
+					return adapters.ErrClosed
+				}
+				select {
+				case e := <-pc.closes:
+					if e != nil && isChannelFault(e.Code) {
+						return e // the broker closed the channel over this publish
+					}
+				default:
+				}
+				continue // lost with the connection: publish again
+			}
+			b.putPub(pc)
+			return fmt.Errorf("broker refused the message (basic.nack)")
+		}
+		select {
+		case r := <-pc.returns:
+			b.putPub(pc)
+			return fmt.Errorf("%w: %d %s", errNoRoute, r.ReplyCode, r.ReplyText)
+		default:
+		}
+		b.putPub(pc)
+		return nil
+	}
+}
+
+// isChannelFault tells a channel closed because of what was sent (which a
+// retry would repeat) from a lost connection.
+func isChannelFault(code int) bool {
+	switch code {
+	case amqp.NotFound, amqp.AccessRefused, amqp.PreconditionFailed, amqp.ResourceLocked, amqp.NotAllowed:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,305 @@
+package rabbitmq
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/clusterbus/clusterbus/adapters"
+)
+
+// Broker-side names of a queue. User names cannot contain '.', so these
+// never collide with another queue's names.
+func queueName(q string) string  { return "cb.q." + q }
+func dlqName(q string) string    { return "cb.q." + q + ".dlq" }
+func configName(q string) string { return "cb.q." + q + ".cfg" }
+
+// retryName is the delay queue for items nacked with a delay of ms
+// milliseconds, dead-lettering back into target.
+func retryName(target string, ms int64) string { return fmt.Sprintf("%s.retry.%dms", target, ms) }
+
+// queueArgs are the main queue's arguments, derived from cfg alone so that
+// every client declares the same ones. RabbitMQ dead-letters an item that
+// has been returned more than x-delivery-limit times, so MaxAttempts
+// deliveries need a limit of MaxAttempts-1.
+func queueArgs(cfg adapters.QueueConfig) amqp.Table {
+	return amqp.Table{
+		"x-queue-type":              "quorum",
+		"x-delivery-limit":          int64(cfg.MaxAttempts - 1),
+		"x-dead-letter-exchange":    "",
+		"x-dead-letter-routing-key": dlqName(cfg.Name),
+	}
+}
+
+func dlqArgs() amqp.Table { return amqp.Table{"x-queue-type": "quorum"} }
+
+// configArgs: the config queue keeps only the latest config message.
+func configArgs() amqp.Table {
+	return amqp.Table{"x-queue-type": "classic", "x-max-length": int64(1)}
+}
+
+// retryDelay rounds a delay up to whole milliseconds and, above 100ms, to
+// two significant digits, so that few retry queues exist and an item never
+// comes back early. The result is within 10% (above 100ms) of the request.
+func retryDelay(d time.Duration) int64 {
+	ms := int64(math.Ceil(float64(d) / float64(time.Millisecond)))
+	if ms < 1 {
+		ms = 1
+	}
+	if ms < 100 {
+		return ms
+	}
+	scale := int64(math.Pow10(int(math.Floor(math.Log10(float64(ms)))) - 1))
+	return (ms + scale - 1) / scale * scale
+}
+
+// retryArgs: items wait ms, then dead-letter back into target. The queue
+// expires when unused for ten minutes after its items would have left.
+func retryArgs(target string, ms int64) amqp.Table {
+	return amqp.Table{
+		"x-queue-type":              "classic",
+		"x-message-ttl":             ms,
+		"x-dead-letter-exchange":    "",
+		"x-dead-letter-routing-key": target,
+		"x-expires":                 ms + int64(10*time.Minute/time.Millisecond),
+	}
+}
+
+// storedConfig is what the config queue holds: the fields of QueueConfig
+// the broker's arguments cannot carry.
+type storedConfig struct {
+	Lease       time.Duration `json:"lease"`
+	MaxAttempts int           `json:"max_attempts"`
+}
+
+// DeclareQueue declares the quorum queue, its dead-letter queue and its
+// config queue. Redeclaring with another MaxAttempts or Lease fails with
+// adapters.ErrInvalidArgument naming what differs.
+func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) error {
+	op := "rabbitmq: declare queue " + cfg.Name
+	if b.isClosed() {
+		return adapters.Errorf(adapters.ErrClosed, op, "broker closed")
+	}
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(b.caps); err != nil {
+		return adapters.Wrap(adapters.ErrInvalidArgument, op, err)
+	}
+	ch, _, err := b.channel(ctx)
+	if err != nil {
+		return mapErr(op, err)
+	}
+	defer func() { ch.Close() }()
+	if _, err := ch.QueueDeclare(dlqName(cfg.Name), true, false, false, false, dlqArgs()); err != nil {
+		return redeclareErr(op, dlqName(cfg.Name), err)
+	}
+	if _, err := ch.QueueDeclare(queueName(cfg.Name), true, false, false, false, queueArgs(cfg)); err != nil {
+		return redeclareErr(op, queueName(cfg.Name), err)
+	}
+	if _, err := ch.QueueDeclare(configName(cfg.Name), true, false, false, false, configArgs()); err != nil {
+		return redeclareErr(op, configName(cfg.Name), err)
+	}
+	want := storedConfig{Lease: cfg.Lease, MaxAttempts: cfg.MaxAttempts}
+	have, found, err := readConfig(ctx, ch, cfg.Name, 200*time.Millisecond)
+	if err != nil {
+		return mapErr(op, err)
+	}
+	if found && have.Lease != want.Lease {
+		return adapters.Errorf(adapters.ErrInvalidArgument, op,
+			"queue %q exists with QueueConfig.Lease %s, asked %s; the lease cannot change in place: delete the queue or declare it as it was",
+			cfg.Name, have.Lease, want.Lease)
+	}
+	if !found || have != want {
+		body, _ := json.Marshal(want)
+		p := amqp.Publishing{DeliveryMode: amqp.Persistent, ContentType: "application/json", Body: body}
+		if err := b.publish(ctx, "", configName(cfg.Name), true, p); err != nil {
+			return mapErr(op, err)
+		}
+	}
+	b.mu.Lock()
+	b.queues[cfg.Name] = cfg
+	b.mu.Unlock()
+	return nil
+}
+
+// readConfig reads the config message without taking it away (get, then
+// requeue). Another reader may hold it for a moment, so an empty queue is
+// retried until patience runs out.
+func readConfig(ctx context.Context, ch *amqp.Channel, queue string, patience time.Duration) (storedConfig, bool, error) {
+	deadline := time.Now().Add(patience)
+	for {
+		d, ok, err := ch.Get(configName(queue), false)
+		if err != nil {
+			return storedConfig{}, false, err
+		}
+		if ok {
+			var c storedConfig
+			jerr := json.Unmarshal(d.Body, &c)
+			if err := d.Nack(false, true); err != nil {
+				return storedConfig{}, false, err
+			}
+			if jerr != nil {
+				return storedConfig{}, false, fmt.Errorf("config of queue %q: %w", queue, jerr)
+			}
+			return c, true, nil
+		}
+		if time.Now().After(deadline) {
+			return storedConfig{}, false, nil
+		}
+		select {
+		case <-ctx.Done():
+			return storedConfig{}, false, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// queueConfig returns the config of a queue declared by this Broker or,
+// failing that, read from the broker. It fails with ErrNotFound if the
+// queue does not exist.
+func (b *Broker) queueConfig(ctx context.Context, queue string) (adapters.QueueConfig, error) {
+	b.mu.Lock()
+	cfg, ok := b.queues[queue]
+	b.mu.Unlock()
+	if ok {
+		return cfg, nil
+	}
+	ch, _, err := b.channel(ctx)
+	if err != nil {
+		return cfg, err
+	}
+	defer func() { ch.Close() }()
+	if _, err := ch.QueueDeclarePassive(queueName(queue), true, false, false, false, nil); err != nil {
+		if isCode(err, amqp.NotFound) {
+			return cfg, adapters.Errorf(adapters.ErrNotFound, "", "queue %q was never declared", queue)
+		}
+		return cfg, err
+	}
+	sc, found, err := readConfig(ctx, ch, queue, 3*time.Second)
+	if isCode(err, amqp.NotFound) {
+		err = nil
+	}
+	if err != nil {
+		return cfg, err
+	}
+	if !found {
+		b.log.Warn("rabbitmq: queue has no readable config; assuming defaults", "queue", queue)
+		sc = storedConfig{Lease: adapters.DefaultLease, MaxAttempts: adapters.DefaultMaxAttempts}
+	}
+	cfg = adapters.QueueConfig{Name: queue, Lease: sc.Lease, MaxAttempts: sc.MaxAttempts}.WithDefaults()
+	b.mu.Lock()
+	b.queues[queue] = cfg
+	b.mu.Unlock()
+	return cfg, nil
+}
+
+// DeleteQueue deletes the queue, its dead-letter queue, its config queue and
+// the retry queues this Broker declared (others expire by themselves; their
+// items are dropped when they find no queue).
+func (b *Broker) DeleteQueue(ctx context.Context, queue string) error {
+	op := "rabbitmq: delete queue " + queue
+	if b.isClosed() {
+		return adapters.Errorf(adapters.ErrClosed, op, "broker closed")
+	}
+	if err := adapters.ValidateName("queue", queue); err != nil {
+		return adapters.Wrap(adapters.ErrInvalidArgument, op, err)
+	}
+	ch, _, err := b.channel(ctx)
+	if err != nil {
+		return mapErr(op, err)
+	}
+	defer func() { ch.Close() }()
+	if _, err := ch.QueueDeclarePassive(queueName(queue), true, false, false, false, nil); err != nil {
+		if isCode(err, amqp.NotFound) {
+			return adapters.Errorf(adapters.ErrNotFound, op, "queue %q does not exist", queue)
+		}
+		return mapErr(op, err)
+	}
+	b.mu.Lock()
+	delete(b.queues, queue)
+	names := []string{queueName(queue), dlqName(queue), configName(queue)}
+	for n := range b.declared {
+		if isRetryOf(n, queue) {
+			names = append(names, n)
+			delete(b.declared, n)
+		}
+	}
+	b.mu.Unlock()
+	for _, n := range names {
+		if _, err := ch.QueueDelete(n, false, false, false); err != nil {
+			if isCode(err, amqp.NotFound) {
+				// Gone already; the channel is closed, open another.
+				if ch, _, err = b.channel(ctx); err != nil {
+					return mapErr(op, err)
+				}
+				continue
+			}
+			return mapErr(op, err)
+		}
+	}
+	return nil
+}
+
+func isRetryOf(name, queue string) bool {
+	for _, t := range []string{queueName(queue), dlqName(queue)} {
+		p := t + ".retry."
+		if len(name) > len(p) && name[:len(p)] == p {
+			return true
+		}
+	}
+	return false
+}
+
+// Enqueue publishes m persistently to the queue and returns once the broker
+// has confirmed it (quorum queues confirm once a majority has it). An
+// undeclared queue makes the publish unroutable: ErrNotFound.
+func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) error {
+	op := "rabbitmq: enqueue " + queue
+	if b.isClosed() {
+		return adapters.Errorf(adapters.ErrClosed, op, "broker closed")
+	}
+	if err := adapters.ValidateName("queue", queue); err != nil {
+		return adapters.Wrap(adapters.ErrInvalidArgument, op, err)
+	}
+	if err := adapters.ValidateMessage(op, m, b.caps); err != nil {
+		return err
+	}
+	if m.ID == "" {
+		m.ID = newID()
+	}
+	err := b.publish(ctx, "", queueName(queue), true, toPublishing(m, true))
+	if errors.Is(err, errNoRoute) {
+		return adapters.Errorf(adapters.ErrNotFound, op, "queue %q was never declared", queue)
+	}
+	return mapErr(op, err)
+}
+
+// ensureRetryQueue declares a retry queue unless this connection declared
+// it within the last minute (a declare restarts its x-expires clock).
+func (b *Broker) ensureRetryQueue(ctx context.Context, name, target string, ms int64, force bool) error {
+	b.mu.Lock()
+	gen, ok := b.declared[name]
+	at := b.declaredAt[name]
+	cur := b.gen
+	b.mu.Unlock()
+	if !force && ok && gen == cur && time.Since(at) < time.Minute {
+		return nil
+	}
+	ch, gen, err := b.channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if _, err := ch.QueueDeclare(name, true, false, false, false, retryArgs(target, ms)); err != nil {
+		return redeclareErr("rabbitmq: declare retry queue", name, err)
+	}
+	b.mu.Lock()
+	b.declared[name] = gen
+	b.declaredAt[name] = time.Now()
+	b.mu.Unlock()
+	return nil
+}
