@@ -1,0 +1,102 @@
+// Package rabbitmq is the clusterbus broker adapter for RabbitMQ (AMQP
+// 0-9-1, github.com/rabbitmq/amqp091-go). Blank-import it and open a broker
+// with adapters.Open(ctx, "amqp://user:pass@host:5672/vhost"), or call Open.
+//
+// # URLs
+//
+//	amqp://user:pass@host:5672/vhost
+//	amqps://user:pass@host:5671/vhost?cacertfile=/ca.pem&certfile=/c.pem&keyfile=/k.pem
+//
+// The path is the vhost ("/" when empty; "%2F" spells "/" explicitly).
+// Credentials with reserved characters must be percent-encoded. Accepted
+// query parameters: auth_mechanism, cacertfile, certfile, channel_max,
+// connection_timeout (ms), heartbeat (s), keyfile, server_name_indication
+// (passed to amqp091-go), and the adapter's own consumer_timeout (the
+// broker's consumer_timeout as a Go duration, default 30m) and max_backoff
+// (cap of the reconnect backoff, default 5s). Any other parameter is an
+// error naming the accepted ones.
+//
+// # Resources
+//
+// A topic T is a durable fanout exchange "cb.t.T"; each Subscription binds
+// its own exclusive, auto-deleted, server-named queue to it. A queue Q is a
+// quorum queue "cb.q.Q" with x-delivery-limit = MaxAttempts-1 and
+// dead-lettering (through the default exchange) into the quorum queue
+// "cb.q.Q.dlq"; a small classic queue "cb.q.Q.cfg" holds the QueueConfig
+// fields RabbitMQ cannot store (the lease), so that a client that did not
+// declare the queue consumes it with the right lease. Delayed nacks go
+// through classic queues "cb.q.Q.retry.<ms>ms". Queue arguments are derived
+// from QueueConfig alone, so every client declares the same ones;
+// redeclaring with another MaxAttempts (RabbitMQ answers 406
+// PRECONDITION_FAILED) or another Lease fails with adapters.ErrInvalidArgument
+// naming the argument that differs.
+//
+// # Message Delivery Semantics
+//
+// Topics are at-most-once. A subscriber receives what is published while
+// its queue is bound; after a reconnect it binds a new queue and its next
+// Receive returns adapters.ErrGap.
+//
+// Enqueue returns after the publisher confirm: the quorum queue has the item
+// on a majority of its replicas. A publish cut off by a lost connection is
+// sent again on the next one, so an item may be enqueued twice. There is no
+// deduplication (Capabilities.Dedupe is Unsupported: RabbitMQ has none
+// built in) and no ordering by key (Ordering Unsupported: a quorum queue is
+// FIFO for one consumer, but requeues and competing consumers reorder).
+//
+// Lease: RabbitMQ holds an unacknowledged delivery for as long as the
+// consumer's channel lives; it has no lease timer. The adapter emulates one
+// (Capabilities.LeaseExtension is Emulated): each delivery gets a timer of
+// QueueConfig.Lease from the moment it reaches the client (prefetched items
+// included); when it fires the adapter requeues the delivery itself
+// (basic.nack with requeue), RabbitMQ counts that as a delivery, and the
+// item comes back with Attempt+1; settling it afterwards returns
+// adapters.ErrLeaseLost. Extend restarts the timer. The lease also ends,
+// earlier, when the channel or connection dies: a crashed process is noticed
+// by the AMQP heartbeat (amqp091-go's default 10s) or at once when its TCP
+// connection closes, and RabbitMQ redelivers at once with Redelivered set,
+// counting against x-delivery-limit. RabbitMQ's consumer_timeout (30 minutes
+// by default) closes a channel whose delivery stayed unacknowledged longer,
+// and with it every lease on that channel; Extend cannot reset that clock,
+// so it refuses, with adapters.ErrUnsupported, to extend a lease past
+// consumer_timeout after the delivery (tell the adapter the broker's value
+// with consumer_timeout=). Capabilities.MaxLease is consumer_timeout.
+//
+// Attempts: Attempt is the quorum queue's x-delivery-count + 1, plus the
+// deliveries before any delayed nacks (carried in the cb-attempts header).
+//
+// Nack(0) requeues at once. Nack(d) publishes a copy (with the attempt
+// count) to a retry queue whose x-message-ttl is d rounded up to whole
+// milliseconds and, above 100ms, to two significant digits (at most 10%
+// late, never early); when it expires RabbitMQ dead-letters it back into the
+// queue. Then the original is acked. Retry queues expire ten minutes after
+// their last use. The trip through the retry queue is at-most-once inside
+// RabbitMQ (classic-queue dead-lettering); a crash of the broker during
+// the delay can lose the item. Capabilities.DelayedNack is Emulated.
+//
+// Dead letters: DeadLetter(reason) publishes the item with
+// adapters.HeaderDeadLetterReason (and HeaderDeadLetterAttempts) to
+// "cb.q.Q.dlq", confirmed, then acks the original. An item RabbitMQ
+// dead-letters by itself after x-delivery-limit carries x-death headers
+// instead; the adapter turns x-first-death-reason into
+// HeaderDeadLetterReason when the dead-letter queue is read. Because a
+// retry through a delay queue restarts RabbitMQ's delivery count, the
+// adapter also dead-letters any item that arrives with Attempt above
+// MaxAttempts, and Nack of the last attempt dead-letters instead of
+// requeueing.
+//
+// Reconnects: the Broker redials with exponential backoff (50ms up to
+// max_backoff) when the connection drops; publishers, consumers and
+// subscriptions move to the new connection by themselves. Calls made while
+// disconnected wait for the connection until their context ends.
+//
+// # Limits
+//
+// Messages up to 4 MiB (MaxMessageSize, counted by adapters.Size) and 64
+// headers; RabbitMQ itself takes up to 128 MiB but large messages hurt
+// quorum queues. Leases from 100ms to consumer_timeout; the emulated timer
+// runs in the client, so its precision is the client's clock, and an item
+// comes back after its lease only while the consuming process runs (if the
+// process dies, the connection's end returns it). Nack delays up to 7 days.
+// Tested against RabbitMQ 3.10.8.
+package rabbitmq
