@@ -1,0 +1,303 @@
+package azservicebus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	sb "github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+	"github.com/google/uuid"
+
+	"github.com/clusterbus/clusterbus/adapters"
+)
+
+// consumer receives one queue (or its dead-letter sub-queue) in peek-lock.
+type consumer struct {
+	b        *Broker
+	queue    string
+	dead     bool
+	info     queueInfo
+	rcv      *sb.Receiver
+	prefetch int
+
+	recvMu sync.Mutex // one ReceiveMessages at a time
+	buf    []*sb.ReceivedMessage
+
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+func (c *consumer) isClosed() bool {
+	select {
+	case <-c.done:
+		return true
+	case <-c.b.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// withClose returns ctx cancelled also when the consumer or broker closes.
+func (c *consumer) withClose(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-c.done:
+		case <-c.b.done:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	return ctx, cancel
+}
+
+// Receive returns the next item under its Service Bus lock. Items whose
+// attempts exceed the queue's MaxAttempts (possible only for Nack(delay)
+// copies, see the package doc) are dead-lettered here and skipped.
+func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
+	op := fmt.Sprintf("azservicebus: receive %q", c.queue)
+	c.recvMu.Lock()
+	defer c.recvMu.Unlock()
+	backoff := 50 * time.Millisecond
+	for {
+		if c.isClosed() {
+			return nil, adapters.Errorf(adapters.ErrClosed, op, "consumer is closed")
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if len(c.buf) > 0 {
+			rm := c.buf[0]
+			c.buf = c.buf[1:]
+			d := c.newDelivery(rm)
+			if !c.dead && d.attempt > c.info.maxAttempts {
+				reason := fmt.Sprintf("max attempts (%d) exceeded", c.info.maxAttempts)
+				if err := d.DeadLetter(ctx, reason); err != nil && !errors.Is(err, adapters.ErrLeaseLost) {
+					c.b.log.Warn("dead-lettering an item over its attempts failed", "queue", c.queue, "id", d.m.ID, "err", err)
+				}
+				continue
+			}
+			return d, nil
+		}
+		rctx, cancel := c.withClose(ctx)
+		msgs, err := c.rcv.ReceiveMessages(rctx, c.prefetch, nil)
+		cancel()
+		if c.isClosed() {
+			return nil, adapters.Errorf(adapters.ErrClosed, op, "consumer is closed")
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err != nil {
+			err = mapErr(op, err)
+			if !adapters.IsRetryable(err) {
+				return nil, err
+			}
+			c.b.log.Debug("receive failed; retrying", "queue", c.queue, "err", err)
+		} else if len(msgs) > 0 {
+			c.buf = msgs
+			backoff = 50 * time.Millisecond
+			continue
+		}
+		// Zero messages and a nil error: the SDK recovered from a fault
+		// (link or connection) and gave up this call. Pause, then go on.
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-c.done:
+		case <-c.b.done:
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+// Close closes the receiver. Buffered items not yet returned by Receive are
+// abandoned; delivered ones keep their locks until they expire.
+func (c *consumer) Close() error {
+	c.closeOnce.Do(func() {
+		close(c.done)
+		c.recvMu.Lock()
+		buf := c.buf
+		c.buf = nil
+		c.recvMu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, rm := range buf {
+			_ = c.rcv.AbandonMessage(ctx, rm, nil)
+		}
+		_ = c.rcv.Close(ctx)
+		c.b.drop(c, nil)
+	})
+	return nil
+}
+
+func (c *consumer) newDelivery(rm *sb.ReceivedMessage) *delivery {
+	base := 0
+	if s, ok := rm.ApplicationProperties[propAttempts].(string); ok {
+		base, _ = strconv.Atoi(s)
+	}
+	d := &delivery{c: c, rm: rm, m: fromSB(rm, c.dead), attempt: base + int(rm.DeliveryCount)}
+	if rm.LockedUntil != nil {
+		d.deadline = *rm.LockedUntil
+	} else {
+		d.deadline = time.Now().Add(c.info.lease)
+	}
+	return d
+}
+
+// delivery is one received message under its Service Bus lock.
+type delivery struct {
+	c       *consumer
+	rm      *sb.ReceivedMessage
+	m       adapters.Message
+	attempt int
+
+	mu       sync.Mutex
+	settled  bool
+	deadline time.Time
+}
+
+func (d *delivery) Message() adapters.Message { return d.m }
+func (d *delivery) Attempt() int              { return d.attempt }
+func (d *delivery) Queue() string             { return d.c.queue }
+
+func (d *delivery) LeaseDeadline() time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.deadline
+}
+
+// begin checks the delivery can still be settled. Called with d.mu held.
+func (d *delivery) begin(op string) error {
+	if d.settled {
+		return adapters.Errorf(adapters.ErrLeaseLost, op, "delivery already settled or its lock was lost")
+	}
+	if d.c.isClosed() {
+		d.settled = true
+		return &adapters.Error{Code: adapters.ErrLeaseLost, Op: op,
+			Err: adapters.Errorf(adapters.ErrClosed, op, "the consumer or broker was closed; the lock expires on the broker")}
+	}
+	return nil
+}
+
+// finish maps the result of a settling call; lock lost settles for good.
+func (d *delivery) finish(op string, err error) error {
+	if err == nil {
+		d.settled = true
+		return nil
+	}
+	err = mapErr(op, err)
+	if errors.Is(err, adapters.ErrLeaseLost) || errors.Is(err, adapters.ErrClosed) {
+		d.settled = true
+		if !errors.Is(err, adapters.ErrLeaseLost) {
+			return &adapters.Error{Code: adapters.ErrLeaseLost, Op: op, Err: err}
+		}
+	}
+	return err
+}
+
+func (d *delivery) op(verb string) string {
+	return fmt.Sprintf("azservicebus: %s %q message %q", verb, d.c.queue, d.m.ID)
+}
+
+// Ack completes the message.
+func (d *delivery) Ack(ctx context.Context) error {
+	op := d.op("ack")
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.begin(op); err != nil {
+		return err
+	}
+	return d.finish(op, d.c.rcv.CompleteMessage(ctx, d.rm, nil))
+}
+
+// Nack abandons the message (delay 0: Service Bus counts a delivery and
+// dead-letters at MaxDeliveryCount), or for a delay sends a scheduled copy
+// with the attempt count so far and then completes the original.
+func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
+	op := d.op("nack")
+	if err := adapters.ValidateDelay(op, delay, caps); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.begin(op); err != nil {
+		return err
+	}
+	if !d.c.dead && d.attempt >= d.c.info.maxAttempts {
+		reason := fmt.Sprintf("max attempts (%d) used up; the last attempt was nacked", d.c.info.maxAttempts)
+		return d.finish(op, d.c.rcv.DeadLetterMessage(ctx, d.rm, &sb.DeadLetterOptions{Reason: &reason}))
+	}
+	if delay == 0 {
+		return d.finish(op, d.c.rcv.AbandonMessage(ctx, d.rm, nil))
+	}
+	if !time.Now().Before(d.deadline) {
+		d.settled = true
+		return adapters.Errorf(adapters.ErrLeaseLost, op, "lock expired at %s", d.deadline.Format(time.RFC3339Nano))
+	}
+	cp := toSB(d.m)
+	cp.MessageID = ptr(uuid.NewString()) // a new ID, or duplicate detection would drop the copy
+	cp.ApplicationProperties[propID] = d.m.ID
+	cp.ApplicationProperties[propAttempts] = strconv.Itoa(d.attempt)
+	at := time.Now().Add(delay)
+	cp.ScheduledEnqueueTime = &at
+	if d.c.dead {
+		return adapters.Errorf(adapters.ErrUnsupported, op, "Nack with a delay on the dead-letter queue: Service Bus cannot send to a dead-letter sub-queue; use Nack(0)")
+	}
+	// Copy first, then complete: a failure in between leaves a duplicate,
+	// never a loss.
+	if err := d.c.b.send(ctx, op, d.c.queue, cp); err != nil {
+		return err
+	}
+	err := d.c.rcv.CompleteMessage(ctx, d.rm, nil)
+	if err != nil {
+		d.c.b.log.Warn("nack: the delayed copy was sent but completing the original failed; the item will be delivered twice",
+			"queue", d.c.queue, "id", d.m.ID, "err", err)
+	}
+	return d.finish(op, err)
+}
+
+// Extend renews the Service Bus lock, which always runs for the queue's
+// full lock duration from now.
+func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
+	op := d.op("extend")
+	if err := adapters.ValidateExtend(op, dur, d.c.info.lease); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.begin(op); err != nil {
+		return err
+	}
+	if err := d.c.rcv.RenewMessageLock(ctx, d.rm, nil); err != nil {
+		err = mapErr(op, err)
+		if errors.Is(err, adapters.ErrLeaseLost) {
+			d.settled = true
+		}
+		return err
+	}
+	if d.rm.LockedUntil != nil {
+		d.deadline = *d.rm.LockedUntil
+	}
+	return nil
+}
+
+// DeadLetter moves the message to the dead-letter sub-queue with the reason
+// in DeadLetterReason (cut to 4096 bytes).
+func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
+	op := d.op("dead-letter")
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.begin(op); err != nil {
+		return err
+	}
+	if len(reason) > maxDeadLetterLen {
+		reason = reason[:maxDeadLetterLen]
+	}
+	return d.finish(op, d.c.rcv.DeadLetterMessage(ctx, d.rm, &sb.DeadLetterOptions{Reason: &reason}))
+}
