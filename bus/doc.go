@@ -23,10 +23,11 @@
 //
 // # Lead
 //
-// The lead is the oldest live member in state "active" (earliest start time
-// as reported by the member; node ID breaks ties). A node is "starting" for
-// one FailureTimeout after Start and cannot be the lead meanwhile, so it
-// hears the cluster before it claims anything. Every node computes the lead
+// The lead is the oldest live member (earliest start time as reported by
+// the member; node ID breaks ties) among those "active" or "starting"; if
+// that member is still starting, there is no lead until it is active. A node
+// is "starting" for one FailureTimeout after Start and cannot be the lead
+// meanwhile, so it hears the cluster before it claims anything. Every node computes the lead
 // from what it heard; views agree once heartbeats have propagated (about one
 // HeartbeatInterval), and failover takes about one FailureTimeout.
 //

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -64,6 +65,9 @@ type Node struct {
 	kick   chan struct{}
 	pubMu  sync.Mutex // serialises invalidation publishes so cseq order holds
 	loopWG sync.WaitGroup
+	// ticks and handled count loop iterations, so tests on a fake clock
+	// can tell when the node has caught up.
+	ticks, handled atomic.Uint64
 
 	mu          sync.Mutex
 	started     bool
@@ -125,7 +129,7 @@ func New(b adapters.Broker, cfg Config, opts ...Option) (*Node, error) {
 		opt(&o)
 	}
 	if cfg.NodeID == "" {
-		cfg.NodeID = randomID(8)
+		cfg.NodeID = NewNodeID()
 	}
 	cfg.detectHost()
 	if o.log == nil {
@@ -157,6 +161,10 @@ func New(b adapters.Broker, cfg Config, opts ...Option) (*Node, error) {
 	return n, nil
 }
 
+// NewNodeID returns a random node ID, what New uses when Config.NodeID is
+// empty.
+func NewNodeID() string { return randomID(8) }
+
 func randomID(nbytes int) string {
 	b := make([]byte, nbytes)
 	_, _ = rand.Read(b)
@@ -182,6 +190,7 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	n.started = true
 	n.start = n.clock.Now()
+	n.reason = "starting: warming up"
 	n.stopCtx, n.stopFn = context.WithCancel(context.Background())
 	n.mu.Unlock()
 
@@ -195,9 +204,10 @@ func (n *Node) Start(ctx context.Context) error {
 	n.log.Info("node starting", "cluster", n.cfg.Cluster, "host", n.cfg.Host, "ip", n.cfg.IP,
 		"heartbeat", n.cfg.HeartbeatInterval, "failure_timeout", n.cfg.FailureTimeout,
 		"split_brain", n.cfg.SplitBrain, "signed", n.sign.enabled(), "broker", n.b.Capabilities().Name)
+	t := n.clock.NewTicker(n.cfg.HeartbeatInterval)
 	n.loopWG.Add(2)
 	go n.receiveLoop(sub)
-	go n.tickLoop()
+	go n.tickLoop(t)
 	return nil
 }
 
@@ -285,9 +295,8 @@ func (n *Node) poke() {
 
 // tickLoop heartbeats every HeartbeatInterval and re-evaluates membership,
 // lead and standing on every tick and every poke.
-func (n *Node) tickLoop() {
+func (n *Node) tickLoop(t clockwork.Ticker) {
 	defer n.loopWG.Done()
-	t := n.clock.NewTicker(n.cfg.HeartbeatInterval)
 	defer t.Stop()
 	n.publishHeartbeat()
 	for {
@@ -297,6 +306,7 @@ func (n *Node) tickLoop() {
 		case <-t.Chan():
 			n.evaluate()
 			n.publishHeartbeat()
+			n.ticks.Add(1)
 		case <-n.kick:
 			if n.evaluate() {
 				n.publishHeartbeat()
@@ -369,6 +379,7 @@ func (n *Node) receiveLoop(sub adapters.Subscription) {
 		m, err := sub.Receive(n.stopCtx)
 		if err == nil {
 			n.handle(m)
+			n.handled.Add(1)
 			continue
 		}
 		if n.stopCtx.Err() != nil {
@@ -672,11 +683,15 @@ func (n *Node) standingLocked(now time.Time) (string, string) {
 	case n.draining:
 		return StateDraining, "draining"
 	}
-	if ok, why := n.connectedLocked(now); !ok {
-		return StateFenced, why
-	}
+	ok, why := n.connectedLocked(now)
 	if up := now.Sub(n.start); up < n.cfg.FailureTimeout {
+		if !ok {
+			return StateStarting, fmt.Sprintf("starting: up %s of the %s warm-up; %s", up.Round(time.Millisecond), n.cfg.FailureTimeout, why)
+		}
 		return StateStarting, fmt.Sprintf("starting: up %s of the %s warm-up", up.Round(time.Millisecond), n.cfg.FailureTimeout)
+	}
+	if !ok {
+		return StateFenced, why
 	}
 	if ok, why := n.splitBrainLocked(); !ok {
 		return StateFenced, why
@@ -736,24 +751,28 @@ func (a memberKey) less(b memberKey) bool {
 
 func (n *Node) selfKey() memberKey { return memberKey{n.start.UnixNano(), n.cfg.NodeID} }
 
-// computeLeadLocked: the oldest live member in good standing, this node
-// included.
+// computeLeadLocked: the oldest live member that is active or still
+// starting, this node included; if that member is still starting there is
+// no lead until it is active (so nodes that finish their warm-up at the same
+// moment do not all claim the lead, and a younger node does not lead for a
+// moment only to hand over).
 func (n *Node) computeLeadLocked() string {
 	var best memberKey
+	var bestState string
 	found := false
-	if n.state == StateActive {
-		best, found = n.selfKey(), true
+	if n.state == StateActive || n.state == StateStarting {
+		best, bestState, found = n.selfKey(), n.state, true
 	}
 	for id, m := range n.members {
-		if m.dead || m.hb.State != StateActive {
+		if m.dead || (m.hb.State != StateActive && m.hb.State != StateStarting) {
 			continue
 		}
 		k := memberKey{m.hb.Start, id}
 		if !found || k.less(best) {
-			best, found = k, true
+			best, bestState, found = k, m.hb.State, true
 		}
 	}
-	if !found {
+	if !found || bestState != StateActive {
 		return ""
 	}
 	return best.id
