@@ -123,7 +123,9 @@ func (c *fakeCluster) add(id string, tweak ...func(*Config, *[]Option)) *fakeNod
 }
 
 func withSkew(d time.Duration) func(*Config, *[]Option) {
-	return func(_ *Config, o *[]Option) { *o = append(*o, func(op *options) { op.clock = skewedClock{op.clock, d} }) }
+	return func(_ *Config, o *[]Option) {
+		*o = append(*o, func(op *options) { op.clock = skewedClock{op.clock, d} })
+	}
 }
 
 // crash stops a node without a leave and cuts its connection, like kill -9.

@@ -21,6 +21,7 @@ import (
 	"github.com/clusterbus/clusterbus/bus"
 
 	// Adapters linked into the binary; each registers its URL scheme.
+	_ "github.com/clusterbus/clusterbus/adapters/mem"
 	_ "github.com/clusterbus/clusterbus/adapters/nats"
 )
 
@@ -89,8 +90,14 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	var srv *natsserver.Server
 	brokerURL := cfg.Broker
 	if brokerURL == "" {
+		// The server's own notices are chatty: warnings and up unless debug.
+		srvLog := log
+		if cfg.LogLevel != "debug" {
+			quiet, _ := newLogger(logOut, cfg.LogFormat, "warn")
+			srvLog = quiet.With("node", bcfg.NodeID)
+		}
 		srv, err = natsserver.Start(natsserver.Config{Listen: cfg.EmbeddedListen, DataDir: cfg.DataDir,
-			Logger: log.With("component", "nats-server")})
+			Logger: srvLog.With("component", "nats-server")})
 		if err != nil {
 			return fmt.Errorf("embedded NATS server (no --broker given): %w; pass --broker nats://%s to join a running one, or --embedded-listen to use another port", err, cfg.EmbeddedListen)
 		}
