@@ -1,0 +1,504 @@
+package sqs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/clusterbus/clusterbus/adapters"
+)
+
+// Consume opens a consumer. Receive calls long-poll SQS in the background,
+// up to min(Prefetch, 10) items per call; items that arrive after the
+// caller gave up wait in the consumer's buffer (they are leased) and are
+// dropped there, to come back with the next attempt, if their lease runs
+// out before a Receive takes them.
+func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.ConsumeOptions) (adapters.Consumer, error) {
+	op := fmt.Sprintf("sqs: consume %q", queue)
+	if err := b.checkOpen(op); err != nil {
+		return nil, err
+	}
+	if opts.Prefetch < 0 {
+		return nil, adapters.Errorf(adapters.ErrInvalidArgument, op, "ConsumeOptions.Prefetch %d: want >= 0", opts.Prefetch)
+	}
+	q, err := b.queue(ctx, op, queue)
+	if err != nil {
+		return nil, err
+	}
+	c := &consumer{b: b, q: q, dead: opts.DeadLetters, url: q.url, del: q.del, op: op,
+		prefetch: max(1, min(opts.Prefetch, 10)), out: map[*delivery]struct{}{}, notify: make(chan struct{})}
+	if c.dead {
+		c.url, c.del = q.dlqURL, q.dlqD
+	}
+	c.ctx, c.cancel = context.WithCancel(b.ctx)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		c.cancel()
+		return nil, adapters.Errorf(adapters.ErrClosed, op, "broker closed")
+	}
+	b.cons[c] = struct{}{}
+	return c, nil
+}
+
+type consumer struct {
+	b        *Broker
+	q        *queueInfo
+	dead     bool
+	url      string
+	del      *batcher[string]
+	op       string
+	prefetch int
+	ctx      context.Context
+	cancel   context.CancelFunc
+
+	mu       sync.Mutex
+	closed   bool
+	buf      []*delivery
+	out      map[*delivery]struct{} // handed out, not settled
+	fetching bool
+	fetchErr error
+	notify   chan struct{} // closed when a fetch ends
+}
+
+// Receive returns the next item under its lease.
+func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, adapters.Errorf(adapters.ErrClosed, c.op, "consumer closed")
+		}
+		now := time.Now()
+		for len(c.buf) > 0 {
+			d := c.buf[0]
+			c.buf = c.buf[1:]
+			if d.LeaseDeadline().After(now) {
+				c.out[d] = struct{}{}
+				c.mu.Unlock()
+				return d, nil
+			}
+		}
+		if err := c.fetchErr; err != nil {
+			c.fetchErr = nil
+			c.mu.Unlock()
+			return nil, err
+		}
+		if !c.fetching {
+			c.fetching = true
+			c.b.wg.Add(1)
+			go c.fetch()
+		}
+		notify := c.notify
+		c.mu.Unlock()
+		select {
+		case <-notify:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-c.ctx.Done():
+		}
+	}
+}
+
+// fetch runs one ReceiveMessage call (retrying while SQS is unreachable)
+// and puts what it got into the buffer.
+func (c *consumer) fetch() {
+	defer c.b.wg.Done()
+	var (
+		got []*delivery
+		err error
+	)
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		got, err = c.receive()
+		if err == nil || code(err) != adapters.ErrUnavailable || c.ctx.Err() != nil {
+			break
+		}
+		c.b.log.Warn("receive failed; retrying", "queue", c.q.name, "dead_letters", c.dead, "err", err, "in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-c.ctx.Done():
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fetching = false
+	if c.closed {
+		c.releaseLocked(got)
+	} else {
+		c.buf = append(c.buf, got...)
+		if err != nil && c.ctx.Err() == nil {
+			if code(err) == adapters.ErrNotFound {
+				c.b.forget(c.q.name)
+			}
+			c.fetchErr = mapErr(c.op, err)
+		}
+	}
+	close(c.notify)
+	c.notify = make(chan struct{})
+}
+
+func (c *consumer) receive() ([]*delivery, error) {
+	out, err := c.b.sqs.ReceiveMessage(c.ctx, &sqs.ReceiveMessageInput{
+		QueueUrl:              aws.String(c.url),
+		MaxNumberOfMessages:   int32(c.prefetch),
+		WaitTimeSeconds:       seconds(c.b.cfg.WaitTime),
+		VisibilityTimeout:     seconds(c.q.lease) + graceSeconds,
+		MessageAttributeNames: []string{"All"},
+		MessageSystemAttributeNames: []types.MessageSystemAttributeName{
+			types.MessageSystemAttributeNameApproximateReceiveCount, types.MessageSystemAttributeNameMessageGroupId,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	// SQS started the visibility timeout somewhere between the request and
+	// the response (a long poll may wait 20 s); the lease is counted from
+	// the response. SQS is asked for graceSeconds more than the lease, which
+	// covers the time the response took to arrive.
+	received := time.Now()
+	ds := make([]*delivery, 0, len(out.Messages))
+	for _, m := range out.Messages {
+		dec, err := decode(c.op, aws.ToString(m.Body), m.MessageAttributes)
+		if err != nil {
+			// Not ours or corrupt: hand it over with the raw body so that
+			// the caller can dead-letter it, rather than loop on it.
+			c.b.log.Warn("undecodable message", "queue", c.q.name, "message_id", aws.ToString(m.MessageId), "err", err)
+			dec = decoded{msg: adapters.Message{ID: aws.ToString(m.MessageId), Body: []byte(aws.ToString(m.Body))}}
+		}
+		if dec.msg.ID == "" {
+			dec.msg.ID = aws.ToString(m.MessageId)
+		}
+		if c.dead {
+			if dec.msg.Headers == nil {
+				dec.msg.Headers = map[string]string{}
+			}
+			reason := dec.reason
+			if reason == "" {
+				reason = fmt.Sprintf("moved by the SQS redrive policy after MaxAttempts (%d) deliveries", c.q.maxAttempts)
+			}
+			dec.msg.Headers[adapters.HeaderDeadLetterReason] = reason
+		}
+		attempt, _ := strconv.Atoi(m.Attributes[string(types.MessageSystemAttributeNameApproximateReceiveCount)])
+		d := &delivery{
+			c: c, msg: dec.msg, attempt: max(1, attempt), handle: aws.ToString(m.ReceiptHandle),
+			sqsID: aws.ToString(m.MessageId), group: m.Attributes[string(types.MessageSystemAttributeNameMessageGroupId)],
+			body: aws.ToString(m.Body), attrs: m.MessageAttributes, deadline: received.Add(c.q.lease),
+		}
+		if !c.dead && d.attempt >= c.q.maxAttempts {
+			d.timer = time.AfterFunc(time.Until(d.deadline), d.expire)
+		}
+		ds = append(ds, d)
+	}
+	return ds, nil
+}
+
+// Close stops the consumer and makes its unsettled items visible again at
+// once (visibility timeout 0); settling them afterwards returns
+// ErrLeaseLost.
+func (c *consumer) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	ds := c.buf
+	c.buf = nil
+	for d := range c.out {
+		ds = append(ds, d)
+	}
+	c.out = nil
+	c.mu.Unlock()
+	c.cancel()
+	c.b.mu.Lock()
+	delete(c.b.cons, c)
+	c.b.mu.Unlock()
+	return c.release(ds)
+}
+
+func (c *consumer) releaseLocked(ds []*delivery) {
+	if len(ds) > 0 {
+		go c.release(ds) //nolint:errcheck // logged inside
+	}
+}
+
+// release sets the visibility of ds to 0 so that others get them now.
+func (c *consumer) release(ds []*delivery) error {
+	var handles []string
+	for _, d := range ds {
+		if d.lose() {
+			handles = append(handles, d.handle)
+		}
+	}
+	ctx, cancel := c.b.opCtx()
+	defer cancel()
+	for len(handles) > 0 {
+		n := min(10, len(handles))
+		es := make([]types.ChangeMessageVisibilityBatchRequestEntry, n)
+		for i, h := range handles[:n] {
+			es[i] = types.ChangeMessageVisibilityBatchRequestEntry{Id: aws.String(strconv.Itoa(i)), ReceiptHandle: aws.String(h), VisibilityTimeout: 0}
+		}
+		handles = handles[n:]
+		if _, err := c.b.sqs.ChangeMessageVisibilityBatch(ctx, &sqs.ChangeMessageVisibilityBatchInput{QueueUrl: aws.String(c.url), Entries: es}); err != nil {
+			c.b.log.Warn("releasing unsettled items failed; they return when their leases expire", "queue", c.q.name, "err", err)
+			return mapErr(c.op+": release unsettled items", err)
+		}
+	}
+	return nil
+}
+
+func (c *consumer) settled(d *delivery) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.out, d)
+}
+
+// delivery is one received item. The adapter tracks settlement itself:
+// SQS accepts some stale receipt handles silently.
+type delivery struct {
+	c       *consumer
+	msg     adapters.Message
+	attempt int
+	handle  string
+	sqsID   string
+	group   string
+	body    string
+	attrs   map[string]types.MessageAttributeValue
+
+	mu       sync.Mutex
+	deadline time.Time
+	state    int         // 0 held, 1 settling, 2 settled or lost
+	timer    *time.Timer // on the last attempt: dead-letters at the deadline
+}
+
+// graceSeconds is added to the visibility timeout SQS is asked for, beyond
+// the lease the adapter reports: the adapter's own deadline always passes
+// before SQS makes the item visible again, so an Ack sent just before the
+// reported deadline cannot race a redelivery, and on the last attempt the
+// adapter still holds the item when the lease runs out and dead-letters it
+// (else it would wait in the queue for the next receive to be moved by the
+// redrive policy).
+const graceSeconds = 1
+
+var _ adapters.Delivery = (*delivery)(nil)
+
+func (d *delivery) Message() adapters.Message { return d.msg }
+func (d *delivery) Attempt() int              { return d.attempt }
+func (d *delivery) Queue() string             { return d.c.q.name }
+
+func (d *delivery) LeaseDeadline() time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.deadline
+}
+
+// begin claims the delivery for one operation. final says whether the
+// operation settles it.
+func (d *delivery) begin(op string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.state == 1:
+		return adapters.Errorf(adapters.ErrLeaseLost, op, "another settlement of this delivery is in progress")
+	case d.state == 2:
+		return adapters.Errorf(adapters.ErrLeaseLost, op, "delivery already settled or released")
+	case !time.Now().Before(d.deadline):
+		d.state = 2
+		return adapters.Errorf(adapters.ErrLeaseLost, op, "lease expired at %s", d.deadline.Format(time.RFC3339Nano))
+	}
+	d.state = 1
+	return nil
+}
+
+// end finishes an operation begun with begin. A failed operation leaves the
+// delivery held unless the lease is lost.
+func (d *delivery) end(err error, settles bool) {
+	d.mu.Lock()
+	switch {
+	case err == nil && !settles:
+		d.state = 0
+	case err == nil, errors.Is(err, adapters.ErrLeaseLost):
+		d.state = 2
+	default:
+		d.state = 0
+	}
+	done := d.state == 2
+	if done && d.timer != nil {
+		d.timer.Stop()
+	}
+	d.mu.Unlock()
+	if done {
+		d.c.settled(d)
+	}
+}
+
+// lose marks the delivery lost; it reports whether it was still held.
+func (d *delivery) lose() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	held := d.state == 0 && time.Now().Before(d.deadline)
+	d.state = 2
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	return held
+}
+
+func (d *delivery) op(verb string) string {
+	return fmt.Sprintf("sqs: %s %q item %s", verb, d.c.q.name, d.msg.ID)
+}
+
+// Ack deletes the item. Concurrent acks on one queue share
+// DeleteMessageBatch requests.
+func (d *delivery) Ack(ctx context.Context) error {
+	op := d.op("ack")
+	if err := d.begin(op); err != nil {
+		return err
+	}
+	err := d.c.del.do(ctx, d.handle, 0)
+	d.end(err, true)
+	return adapters.Wrap(adapters.ErrUnavailable, op, err)
+}
+
+// Nack makes the item visible again after delay (rounded up to whole
+// seconds). On the last attempt it dead-letters the item instead.
+func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
+	op := d.op("nack")
+	if err := adapters.ValidateDelay(op, delay, d.c.b.caps); err != nil {
+		return err
+	}
+	if !d.c.dead && d.attempt >= d.c.q.maxAttempts {
+		return d.deadLetter(ctx, op, fmt.Sprintf("attempts used up: nacked on attempt %d of MaxAttempts %d", d.attempt, d.c.q.maxAttempts))
+	}
+	if err := d.begin(op); err != nil {
+		return err
+	}
+	err := d.changeVisibility(ctx, seconds(delay))
+	d.end(err, true)
+	return adapters.Wrap(adapters.ErrUnavailable, op, err)
+}
+
+// Extend sets the item's visibility timeout to d from now, rounded up to
+// whole seconds.
+func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
+	op := d.op("extend")
+	if err := adapters.ValidateExtend(op, dur, d.c.q.lease); err != nil {
+		return err
+	}
+	if err := d.begin(op); err != nil {
+		return err
+	}
+	s := seconds(dur)
+	start := time.Now()
+	err := d.changeVisibility(ctx, s+graceSeconds)
+	if err == nil {
+		d.mu.Lock()
+		d.deadline = start.Add(time.Duration(s) * time.Second)
+		if d.timer != nil {
+			d.timer.Reset(time.Until(d.deadline))
+		}
+		d.mu.Unlock()
+	}
+	d.end(err, false)
+	return adapters.Wrap(adapters.ErrUnavailable, op, err)
+}
+
+func (d *delivery) changeVisibility(ctx context.Context, s int32) error {
+	_, err := d.c.b.sqs.ChangeMessageVisibility(ctx, &sqs.ChangeMessageVisibilityInput{
+		QueueUrl: aws.String(d.c.url), ReceiptHandle: aws.String(d.handle), VisibilityTimeout: s,
+	})
+	return mapErr("change visibility", err)
+}
+
+// DeadLetter sends a copy of the item, with the reason, to the dead-letter
+// queue and then deletes the original.
+func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
+	op := d.op("dead-letter")
+	if d.c.dead {
+		return adapters.Errorf(adapters.ErrInvalidArgument, op, "item is already in the dead-letter queue; Ack or Nack it")
+	}
+	return d.deadLetter(ctx, op, reason)
+}
+
+func (d *delivery) deadLetter(ctx context.Context, op, reason string) error {
+	if err := d.begin(op); err != nil {
+		return err
+	}
+	return d.moveToDLQ(ctx, op, reason)
+}
+
+// expire runs at the lease deadline of a delivery on its last attempt: if
+// the delivery is still held, the adapter dead-letters it (SQS still hides
+// it for graceSeconds).
+func (d *delivery) expire() {
+	d.mu.Lock()
+	if d.state != 0 {
+		d.mu.Unlock()
+		return
+	}
+	if wait := time.Until(d.deadline); wait > 0 { // extended meanwhile
+		d.timer.Reset(wait)
+		d.mu.Unlock()
+		return
+	}
+	d.state = 1
+	d.mu.Unlock()
+	op := d.op("dead-letter on lease expiry")
+	ctx, cancel := d.c.b.opCtx()
+	defer cancel()
+	reason := fmt.Sprintf("lease expired on the last attempt (%d of MaxAttempts %d)", d.attempt, d.c.q.maxAttempts)
+	if err := d.moveToDLQ(ctx, op, reason); err != nil {
+		d.c.b.log.Warn("dead-lettering an item whose last lease expired failed; the redrive policy moves it on the next receive",
+			"queue", d.c.q.name, "id", d.msg.ID, "err", err)
+		return
+	}
+	d.c.b.log.Info("item dead-lettered: lease expired on its last attempt", "queue", d.c.q.name, "id", d.msg.ID, "attempt", d.attempt)
+}
+
+// moveToDLQ copies the item with the reason to the dead-letter queue and
+// deletes the original. The caller holds the delivery (state 1).
+func (d *delivery) moveToDLQ(ctx context.Context, op, reason string) error {
+	attrs := withReason(d.attrs, reason)
+	for over := attrsSize(d.body, attrs) - WireLimit; over > 0; over = attrsSize(d.body, attrs) - WireLimit {
+		reason = reason[:max(0, len(reason)-over)]
+		attrs = withReason(d.attrs, reason)
+		if reason == "" {
+			break
+		}
+	}
+	in := &sqs.SendMessageInput{QueueUrl: aws.String(d.c.q.dlqURL), MessageBody: aws.String(d.body), MessageAttributes: attrs}
+	if d.c.q.fifo {
+		g := d.group
+		if g == "" {
+			g = d.c.q.group(d.msg)
+		}
+		in.MessageGroupId = aws.String(g)
+		in.MessageDeduplicationId = aws.String(fifoToken(d.sqsID))
+	}
+	if _, err := d.c.b.sqs.SendMessage(ctx, in); err != nil {
+		err = mapErr("send to dead-letter queue", err)
+		d.end(err, true)
+		return adapters.Wrap(adapters.ErrUnavailable, op, err)
+	}
+	err := d.c.q.del.do(ctx, d.handle, 0)
+	d.end(err, true)
+	if err != nil {
+		return adapters.Wrap(adapters.ErrUnavailable, op+": copied to the dead-letter queue but deleting the original failed", err)
+	}
+	return nil
+}
+
+func attrsSize(body string, attrs map[string]types.MessageAttributeValue) int {
+	n := len(body)
+	for k, a := range attrs {
+		n += len(k) + len(aws.ToString(a.DataType)) + len(aws.ToString(a.StringValue)) + len(a.BinaryValue)
+	}
+	return n
+}

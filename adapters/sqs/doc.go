@@ -1,0 +1,106 @@
+// Package sqs is the clusterbus adapter for Amazon SQS, with Amazon SNS for
+// broadcast topics.
+//
+// # URLs
+//
+//	sqs://REGION?endpoint=http://127.0.0.1:4566&prefix=prod-&wait=20s
+//
+// REGION is the AWS region. endpoint (optional) points SQS and SNS at
+// another server, such as a local emulator. prefix is put in front of every
+// queue and topic name. wait is the long-poll time of receive calls (at most
+// 20s, the default). Any other parameter is refused with an error listing
+// these. Credentials come from the standard AWS chain (environment,
+// shared config files, SSO, IAM role), or Config.Credentials.
+//
+// # Queues
+//
+// A queue NAME is the SQS queue PREFIX+NAME with the dead-letter queue
+// PREFIX+NAME-dlq. A queue declared Ordered or Dedupe is a FIFO queue
+// instead (NAME.fifo and NAME-dlq.fifo): on an Ordered queue the message key
+// is the MessageGroupId (items without a key share one group); on a Dedupe
+// queue the message ID is the MessageDeduplicationId. The lease is the
+// visibility timeout; MaxAttempts is the redrive policy's maxReceiveCount.
+// The queue settings the adapter cannot read back from SQS (Ordered,
+// Dedupe) are stored as queue tags. SQS names are at most 80 characters, so
+// PREFIX+NAME+"-dlq.fifo" must fit.
+//
+// # Topics
+//
+// A topic is the SNS topic PREFIX+NAME. Every Subscribe creates its own SQS
+// queue (PREFIX+NAME-sub-RANDOM), allows the topic to send to it and
+// subscribes it with raw message delivery; Close unsubscribes and deletes
+// the queue. The subscription deletes what it receives at once.
+//
+// # Message Delivery Semantics
+//
+// Enqueue returns once SQS has stored the item (SendMessage or, for
+// concurrent callers on one queue, SendMessageBatch: each caller waits for
+// the answer about its own entry). Items are delivered at least once.
+// Receive hands an item out under its visibility timeout; Extend and
+// Nack(delay) call ChangeMessageVisibility, rounded up to whole seconds
+// (SQS's granularity, so MinLease is 1s). Attempt is SQS's
+// ApproximateReceiveCount. Ack deletes the item (concurrent acks share
+// DeleteMessageBatch requests) and returns once SQS answered. A Nack on the
+// last attempt dead-letters the item at once; an item whose leases simply
+// expire is moved to the dead-letter queue by SQS's redrive policy the next
+// time a consumer receives from the queue. DeadLetter sends a copy with the
+// reason to the dead-letter queue, then deletes the original: a crash in
+// between leaves the copy and the original (on FIFO queues the copy is
+// deduplicated by the SQS message ID). Items moved by the redrive policy
+// carry no reason of their own; the adapter reports "moved by the SQS
+// redrive policy after MaxAttempts (N) deliveries" in
+// adapters.HeaderDeadLetterReason.
+//
+// The adapter tracks each delivery's lease itself: after the lease deadline
+// it knows of, or once settled, every method returns ErrLeaseLost without
+// calling SQS (SQS may silently accept a stale receipt handle). Closing a
+// consumer sets the visibility of its unsettled and prefetched items to 0,
+// so others get them at once. Prefetched items are leased from the moment
+// they are received; one whose lease ran out in the buffer is dropped and
+// comes back with the next attempt.
+//
+// Standard queues may deliver an item twice even when acked, and do not
+// keep order; FIFO queues deliver in order per group and drop a repeated
+// deduplication ID for SQS's fixed 5 minutes (so DedupeWindow must be at
+// most 5m). Topics are at most once: a subscription reports ErrGap after a
+// failed receive, a full buffer (1024 messages) or when it had to re-create
+// its queue (which it does when the queue disappears, for example when an
+// emulator restarts). SNS delivers to a new subscription a moment after
+// Subscribe returns on real AWS.
+//
+// # Limits
+//
+// Checked before anything is sent:
+//   - at most 9 headers (SQS allows 10 message attributes and the adapter
+//     uses one, "cb-meta", for the ID, key, body encoding and dead-letter
+//     reason); header names SQS refuses ("AWS.…", "…..…", "….") are refused
+//     with ErrInvalidArgument;
+//   - at most 256 KiB as sent (body plus attribute names, types and values)
+//     with ErrTooLarge. Bodies that are not valid SQS text (XML characters
+//     in UTF-8) are sent base64-encoded, 4/3 larger; Capabilities
+//     MaxMessageSize (190 KiB) is what always fits even then. Header values
+//     that are not valid SQS text travel as Binary attributes; empty ones
+//     are listed in cb-meta, as SQS refuses empty values;
+//   - lease 1s to 12h; Nack delay at most 12h.
+//
+// Amazon SQS refuses to re-create a deleted queue's name for 60 seconds.
+// A node that dies without closing its subscriptions leaves its subscriber
+// queue and SNS subscription behind; they hold at most a minute of messages
+// (MessageRetentionPeriod 60s) and can be found by the tag
+// clusterbus-subscriber.
+//
+// # Testing
+//
+// The tests run against fauxqs 1.9.2 (npm; pinned in testdata/fauxqs),
+// started by TestMain on a random loopback port: run `npm ci` in
+// adapters/sqs/testdata/fauxqs first (TestMain does it if node_modules is
+// missing). Set CLUSTERBUS_TEST_SQS_LIVE=1 with standard AWS environment
+// variables to run the same suite against real AWS. What fauxqs cannot
+// show and so stays untested here: IAM and the SNS-to-SQS queue policy
+// (fauxqs stores but does not enforce policies), the refusal of stale
+// receipt handles, the 60 s delay before a deleted queue name can be
+// reused, propagation delay of new SNS subscriptions, throttling, the
+// 256 KiB limit on the server side (fauxqs allows 1 MiB; the adapter
+// enforces 256 KiB itself), and durability across a server restart (fauxqs
+// keeps everything in memory).
+package sqs
