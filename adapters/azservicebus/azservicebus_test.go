@@ -2,44 +2,314 @@ package azservicebus_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/azservicebus"
 )
 
-func TestQueueRoundTripAckAgainstTestServer(t *testing.T) {
-	b := openTest(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	q := "smoke-" + time.Now().Format("150405.000000")[7:]
-	if err := b.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: 5 * time.Second, MaxAttempts: 3}); err != nil {
-		t.Fatalf("DeclareQueue: %v", err)
+func uniqueName(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return prefix + "-" + hex.EncodeToString(b[:])
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func declare(t *testing.T, b adapters.Broker, cfg adapters.QueueConfig) {
+	t.Helper()
+	if err := b.DeclareQueue(ctxFor(t, time.Minute), cfg); err != nil {
+		t.Fatalf("DeclareQueue(%+v): %v", cfg, err)
 	}
-	t.Cleanup(func() { _ = b.DeleteQueue(context.Background(), q) })
-	if err := b.Enqueue(ctx, q, adapters.Message{ID: "a", Key: "k", Headers: map[string]string{"h": "v"}, Body: []byte{0, 255}}); err != nil {
-		t.Fatalf("Enqueue: %v", err)
-	}
-	c, err := b.Consume(ctx, q, adapters.ConsumeOptions{})
+	t.Cleanup(func() { _ = b.DeleteQueue(context.Background(), cfg.Name) })
+}
+
+func consume(t *testing.T, b adapters.Broker, q string, opts adapters.ConsumeOptions) adapters.Consumer {
+	t.Helper()
+	c, err := b.Consume(ctxFor(t, time.Minute), q, opts)
 	if err != nil {
 		t.Fatalf("Consume: %v", err)
 	}
-	d, err := c.Receive(ctx)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestParseURLAcceptsDocumentedForms(t *testing.T) {
+	t.Setenv("SB_TEST_CS", "Endpoint=sb://x.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v")
+	for _, raw := range []string{
+		"azservicebus://?connection_string_env=SB_TEST_CS",
+		"azservicebus://?connection_string=" + url.QueryEscape("Endpoint=sb://x.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v") + "&subscription_idle=10m",
+	} {
+		u, _ := url.Parse(raw)
+		cfg, err := azservicebus.ParseURL(u)
+		if err != nil {
+			t.Errorf("ParseURL(%s): %v", raw, err)
+			continue
+		}
+		if !strings.HasPrefix(cfg.ConnectionString, "Endpoint=sb://x.servicebus.windows.net/") {
+			t.Errorf("ParseURL(%s): connection string %q", raw, cfg.ConnectionString)
+		}
+	}
+}
+
+func TestParseURLRejectsBadInputNamingWhatIsAccepted(t *testing.T) {
+	cases := map[string]string{
+		"azservicebus://?connection_string_env=SB_TEST_UNSET_VAR": "SB_TEST_UNSET_VAR",
+		"azservicebus://?connection_string=x&bogus=1":             "accepted: admin_endpoint, connection_string, connection_string_env, subscription_idle",
+		"azservicebus://ns.servicebus.windows.net":                "no host",
+		"azservicebus://": "no connection string",
+		"azservicebus://?connection_string=a&connection_string_env=b": "not both",
+		"azservicebus://?connection_string=a&subscription_idle=soon":  "subscription_idle",
+	}
+	for raw, want := range cases {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = azservicebus.ParseURL(u)
+		if !errors.Is(err, adapters.ErrInvalidArgument) || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseURL(%s) = %v; want ErrInvalidArgument mentioning %q", raw, err, want)
+		}
+	}
+}
+
+func TestOpenRejectsBadConfigBeforeConnecting(t *testing.T) {
+	emu := "Endpoint=sb://127.0.0.1:1;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true"
+	cases := map[string]azservicebus.Config{
+		"needs admin_endpoint":                 {ConnectionString: emu},
+		"only for UseDevelopmentEmulator=true": {ConnectionString: "Endpoint=sb://x.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v", AdminEndpoint: "http://127.0.0.1:1"},
+		"Endpoint":                             {ConnectionString: "SharedAccessKeyName=k;SharedAccessKey=v"},
+		"at least 5m0s":                        {ConnectionString: emu, AdminEndpoint: "http://127.0.0.1:1", SubscriptionIdle: time.Minute},
+		"want http://HOST:PORT":                {ConnectionString: emu, AdminEndpoint: "ftp://x"},
+	}
+	for want, cfg := range cases {
+		_, err := azservicebus.Open(context.Background(), cfg)
+		if !errors.Is(err, adapters.ErrInvalidArgument) || !strings.Contains(err.Error(), want) {
+			t.Errorf("Open(%+v) = %v; want ErrInvalidArgument mentioning %q", cfg, err, want)
+		}
+	}
+}
+
+func TestOpenUnreachableIsUnavailable(t *testing.T) {
+	cfg := azservicebus.Config{
+		ConnectionString: "Endpoint=sb://127.0.0.1:1;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true",
+		AdminEndpoint:    "http://127.0.0.1:1",
+	}
+	_, err := azservicebus.Open(ctxFor(t, time.Minute), cfg)
+	if !errors.Is(err, adapters.ErrUnavailable) {
+		t.Fatalf("Open of a closed port = %v; want ErrUnavailable", err)
+	}
+	t.Logf("error: %v", err)
+}
+
+func TestRegistryOpensTestServerURL(t *testing.T) {
+	s := needServer(t)
+	b, err := adapters.Open(ctxFor(t, time.Minute), s.URL())
 	if err != nil {
-		t.Fatalf("Receive: %v", err)
+		t.Fatalf("adapters.Open: %v", err)
 	}
-	m := d.Message()
-	if m.ID != "a" || m.Key != "k" || m.Headers["h"] != "v" || string(m.Body) != "\x00\xff" || d.Attempt() != 1 {
-		t.Fatalf("got %+v attempt %d", m, d.Attempt())
+	defer b.Close()
+	if got := b.Capabilities().Name; got != "azservicebus" {
+		t.Fatalf("Capabilities().Name = %q", got)
 	}
-	if err := d.Extend(ctx, time.Second); err != nil {
-		t.Fatalf("Extend: %v", err)
+}
+
+func TestDeclareQueueWithOtherConfigIsInvalidArgument(t *testing.T) {
+	b := openTest(t)
+	q := uniqueName("redecl")
+	declare(t, b, adapters.QueueConfig{Name: q, Lease: 5 * time.Second, MaxAttempts: 3})
+	err := b.DeclareQueue(ctxFor(t, time.Minute), adapters.QueueConfig{Name: q, Lease: 10 * time.Second, MaxAttempts: 3})
+	if !errors.Is(err, adapters.ErrInvalidArgument) {
+		t.Fatalf("redeclare with another lease = %v; want ErrInvalidArgument", err)
+	}
+	// A second client sees the lease and max attempts through the admin API.
+	b2 := openTest(t)
+	if err := b2.DeclareQueue(ctxFor(t, time.Minute), adapters.QueueConfig{Name: q, Lease: 5 * time.Second, MaxAttempts: 3}); err != nil {
+		t.Fatalf("same config from another client: %v", err)
+	}
+	if err := b.DeclareQueue(ctxFor(t, time.Minute), adapters.QueueConfig{Name: q, Lease: time.Second}); !errors.Is(err, adapters.ErrInvalidArgument) {
+		t.Fatalf("lease under Service Bus's 5s minimum = %v; want ErrInvalidArgument", err)
+	}
+	if err := b.DeclareQueue(ctxFor(t, time.Minute), adapters.QueueConfig{Name: uniqueName("ord"), Lease: 5 * time.Second, Ordered: true}); !errors.Is(err, adapters.ErrUnsupported) {
+		t.Fatalf("Ordered = %v; want ErrUnsupported", err)
+	}
+}
+
+// Nack(delay) sends a scheduled copy: the ID, key and headers stay, the
+// attempt goes on counting, and the attempts used by copies count against
+// MaxAttempts (the adapter dead-letters when they are used up).
+func TestNackDelayCopyKeepsIdentityAndCountsAttempts(t *testing.T) {
+	b := openTest(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	q := uniqueName("nackcopy")
+	declare(t, b, adapters.QueueConfig{Name: q, Lease: 5 * time.Second, MaxAttempts: 3})
+	want := adapters.Message{ID: "item-1", Key: "k1", Headers: map[string]string{"trace": "abc"}, Body: []byte("payload")}
+	if err := b.Enqueue(ctx, q, want); err != nil {
+		t.Fatal(err)
+	}
+	c := consume(t, b, q, adapters.ConsumeOptions{})
+	for attempt := 1; attempt <= 3; attempt++ {
+		d, err := c.Receive(ctx)
+		if err != nil {
+			t.Fatalf("attempt %d: Receive: %v", attempt, err)
+		}
+		m := d.Message()
+		if d.Attempt() != attempt || m.ID != want.ID || m.Key != want.Key || m.Headers["trace"] != "abc" || len(m.Headers) != 1 || string(m.Body) != "payload" {
+			t.Fatalf("attempt %d: got attempt %d, %+v", attempt, d.Attempt(), m)
+		}
+		start := time.Now()
+		if err := d.Nack(ctx, 300*time.Millisecond); err != nil {
+			t.Fatalf("attempt %d: Nack: %v", attempt, err)
+		}
+		t.Logf("attempt %d nacked (%s)", attempt, time.Since(start))
+	}
+	dlq := consume(t, b, q, adapters.ConsumeOptions{DeadLetters: true})
+	d, err := dlq.Receive(ctx)
+	if err != nil {
+		t.Fatalf("dead-letter Receive: %v", err)
+	}
+	if d.Message().ID != want.ID || !strings.Contains(d.Message().Headers[adapters.HeaderDeadLetterReason], "max attempts (3)") {
+		t.Fatalf("dead-lettered %+v", d.Message())
 	}
 	if err := d.Ack(ctx); err != nil {
-		t.Fatalf("Ack: %v", err)
+		t.Fatal(err)
 	}
-	if err := d.Ack(ctx); !errors.Is(err, adapters.ErrLeaseLost) {
-		t.Fatalf("second Ack: %v, want ErrLeaseLost", err)
+}
+
+// A Nack(delay) copy whose lease then expires is redelivered by Service Bus
+// (its own delivery count is low); the adapter sees the total attempts over
+// MaxAttempts and dead-letters it instead of returning it.
+func TestCopyOverMaxAttemptsAfterLeaseExpiryIsDeadLettered(t *testing.T) {
+	b := openTest(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	q := uniqueName("copyexp")
+	declare(t, b, adapters.QueueConfig{Name: q, Lease: 5 * time.Second, MaxAttempts: 2})
+	if err := b.Enqueue(ctx, q, adapters.Message{ID: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	c := consume(t, b, q, adapters.ConsumeOptions{})
+	d, err := c.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Nack(ctx, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	d, err = c.Receive(ctx)
+	if err != nil || d.Attempt() != 2 {
+		t.Fatalf("second delivery: attempt %v, %v", d, err)
+	}
+	// Let its lease expire; the next Receive must not return it.
+	rctx, cancel := context.WithTimeout(ctx, 12*time.Second)
+	defer cancel()
+	if d2, err := c.Receive(rctx); err == nil {
+		t.Fatalf("item came back with attempt %d over MaxAttempts 2", d2.Attempt())
+	} else if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Receive: %v", err)
+	}
+	dlq := consume(t, b, q, adapters.ConsumeOptions{DeadLetters: true})
+	dd, err := dlq.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("dead-letter reason: %q", dd.Message().Headers[adapters.HeaderDeadLetterReason])
+	if dd.Message().ID != "x" || !strings.Contains(dd.Message().Headers[adapters.HeaderDeadLetterReason], "max attempts (2) exceeded") {
+		t.Fatalf("dead-lettered %+v", dd.Message())
+	}
+}
+
+// Native MaxDeliveryCount: lease expiries dead-letter with Service Bus's own
+// reason, exposed with its description.
+func TestNativeMaxDeliveryCountReasonIsReadable(t *testing.T) {
+	b := openTest(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	q := uniqueName("native")
+	declare(t, b, adapters.QueueConfig{Name: q, Lease: 5 * time.Second, MaxAttempts: 1})
+	if err := b.Enqueue(ctx, q, adapters.Message{ID: "y"}); err != nil {
+		t.Fatal(err)
+	}
+	c := consume(t, b, q, adapters.ConsumeOptions{})
+	if _, err := c.Receive(ctx); err != nil { // never settled: the lock expires
+		t.Fatal(err)
+	}
+	dlq := consume(t, b, q, adapters.ConsumeOptions{DeadLetters: true})
+	d, err := dlq.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := d.Message().Headers[adapters.HeaderDeadLetterReason]; !strings.HasPrefix(r, "MaxDeliveryCountExceeded") {
+		t.Fatalf("reason %q, want MaxDeliveryCountExceeded…", r)
+	}
+}
+
+// After the server loses everything (SIGKILL, empty restart) a subscription
+// reports ErrGap (for the recovered fault: ReceiveMessages returning nothing
+// and no error, and for the lost subscription), makes its Service Bus
+// subscription again and receives new messages.
+func TestSubscriptionSurvivesServerLosingEverything(t *testing.T) {
+	s := needServer(t)
+	b := openTest(t)
+	ctx := ctxFor(t, 3*time.Minute)
+	topic := uniqueName("crash")
+	sub, err := b.Subscribe(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if err := b.Publish(ctx, topic, adapters.Message{ID: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := sub.Receive(ctx); err != nil || m.ID != "before" {
+		t.Fatalf("before crash: %v %v", m, err)
+	}
+	if err := s.crash(ctx); err != nil {
+		t.Fatalf("crash: %v", err)
+	}
+	got := make(chan error, 1)
+	gaps := 0
+	go func() {
+		for {
+			m, err := sub.Receive(ctx)
+			if errors.Is(err, adapters.ErrGap) {
+				gaps++
+				t.Logf("gap: %v", err)
+				continue
+			}
+			if err == nil && m.ID != "after" {
+				continue
+			}
+			got <- err
+			return
+		}
+	}()
+	for i := 0; ; i++ {
+		err := b.Publish(ctx, topic, adapters.Message{ID: "after"})
+		if err != nil {
+			t.Logf("publish %d after crash: %v", i, err)
+		}
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatalf("Receive after crash: %v", err)
+			}
+			if gaps == 0 {
+				t.Fatalf("received after the server lost the subscription, but no ErrGap was reported")
+			}
+			t.Logf("received after crash, %d gap report(s)", gaps)
+			return
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatal("no message after crash")
+		}
 	}
 }

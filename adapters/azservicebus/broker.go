@@ -284,6 +284,13 @@ func (b *Broker) forget(name string) {
 	}
 }
 
+// forgetTopic makes the next Publish or Subscribe check the topic again.
+func (b *Broker) forgetTopic(name string) {
+	b.mu.Lock()
+	delete(b.topics, strings.ToLower(name))
+	b.mu.Unlock()
+}
+
 func (b *Broker) sender(op, entity string) (*sb.Sender, error) {
 	key := strings.ToLower(entity)
 	b.mu.Lock()
@@ -333,6 +340,12 @@ func (b *Broker) send(ctx context.Context, op, entity string, msg *sb.Message) e
 		}
 		if b.checkOpen(op) != nil {
 			return adapters.Errorf(adapters.ErrClosed, op, "broker is closed")
+		}
+		if errors.Is(err, adapters.ErrClosed) {
+			// The SDK's link was closed under us (entity deleted, connection
+			// recovery): not the broker. A new sender is made next time.
+			b.forget(entity)
+			return &adapters.Error{Code: adapters.ErrUnavailable, Op: op, Err: err}
 		}
 		return err
 	}
@@ -409,10 +422,20 @@ func (b *Broker) Publish(ctx context.Context, topic string, m adapters.Message) 
 	if err := adapters.ValidateMessage(op, m, caps); err != nil {
 		return err
 	}
+	msg := toSB(m)
 	if err := b.ensureTopic(ctx, op, topic); err != nil {
 		return err
 	}
-	return b.send(ctx, op, topic, toSB(m))
+	err := b.send(ctx, op, topic, msg)
+	if errors.Is(err, adapters.ErrNotFound) {
+		// The topic was deleted (or the broker lost it) since we cached it:
+		// make it again, once.
+		if err := b.ensureTopic(ctx, op, topic); err != nil {
+			return err
+		}
+		err = b.send(ctx, op, topic, msg)
+	}
+	return err
 }
 
 func (b *Broker) ensureTopic(ctx context.Context, op, topic string) error {

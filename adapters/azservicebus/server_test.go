@@ -202,3 +202,28 @@ func testLogger(t testing.TB) *slog.Logger {
 }
 
 var _ adapters.Broker = (*azservicebus.Broker)(nil)
+
+// crash kills the server (SIGKILL) and starts it again on the same ports with
+// an empty state, as if the broker had lost everything.
+func (s *testServer) crash(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	s.state += ".after-crash"
+	_ = os.Remove(s.state)
+	var err error
+	for range 50 {
+		var n *testServer
+		if n, err = startServer(s.state, s.amqp, s.admin); err == nil {
+			s.cmd = n.cmd
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return err
+}

@@ -109,7 +109,7 @@ func (s *subscription) Receive(ctx context.Context) (adapters.Message, error) {
 			switch {
 			case errors.Is(err, adapters.ErrNotFound):
 				// The subscription (or topic) is gone: make it again.
-				s.b.forget(s.topic)
+				s.b.forgetTopic(s.topic)
 				if rerr := s.recreate(ctx, op); rerr != nil {
 					return adapters.Message{}, rerr
 				}
@@ -125,7 +125,7 @@ func (s *subscription) Receive(ctx context.Context) (adapters.Message, error) {
 			return adapters.Message{}, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
-		return adapters.Message{}, adapters.Errorf(adapters.ErrGap, op, "messages may have been missed: %s", cause)
+		return adapters.Message{}, adapters.Errorf(adapters.ErrGap, op, "%s", cause)
 	}
 }
 
