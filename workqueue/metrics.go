@@ -1,0 +1,61 @@
+package workqueue
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the per-queue counters of every Worker that shares them. All
+// are labelled by queue.
+type Metrics struct {
+	InFlight      *prometheus.GaugeVec
+	Received      *prometheus.CounterVec
+	Acked         *prometheus.CounterVec
+	Retried       *prometheus.CounterVec
+	DeadLettered  *prometheus.CounterVec
+	HandedBack    *prometheus.CounterVec
+	Panics        *prometheus.CounterVec
+	LeaseRenewals *prometheus.CounterVec
+	LeaseLosses   *prometheus.CounterVec
+	SettleErrors  *prometheus.CounterVec
+}
+
+// NewMetrics creates the metrics and registers them with reg (if not nil).
+// Registering twice on the same registry reuses the first registration.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	g := func(name, help string) *prometheus.GaugeVec {
+		v := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "clusterbus", Subsystem: "workqueue", Name: name, Help: help}, []string{"queue"})
+		return register(reg, v).(*prometheus.GaugeVec)
+	}
+	c := func(name, help string) *prometheus.CounterVec {
+		v := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "clusterbus", Subsystem: "workqueue", Name: name, Help: help}, []string{"queue"})
+		return register(reg, v).(*prometheus.CounterVec)
+	}
+	return &Metrics{
+		InFlight:      g("in_flight", "Items whose handler is running."),
+		Received:      c("received_total", "Items received."),
+		Acked:         c("acked_total", "Items acknowledged after their handler succeeded."),
+		Retried:       c("retried_total", "Items nacked for another attempt."),
+		DeadLettered:  c("dead_lettered_total", "Items dead-lettered (permanent error or attempts used up)."),
+		HandedBack:    c("handed_back_total", "Items nacked without delay during a drain."),
+		Panics:        c("panics_total", "Handler panics recovered (also counted as errors)."),
+		LeaseRenewals: c("lease_renewals_total", "Successful lease renewals."),
+		LeaseLosses:   c("lease_losses_total", "Leases lost while a handler ran."),
+		SettleErrors:  c("settle_errors_total", "Ack, nack or dead-letter calls that failed."),
+	}
+}
+
+func register(reg prometheus.Registerer, c prometheus.Collector) prometheus.Collector {
+	if reg == nil {
+		return c
+	}
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			return are.ExistingCollector
+		}
+		panic(err)
+	}
+	return c
+}

@@ -1,0 +1,351 @@
+package workqueue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/leasing"
+	"github.com/jonboulle/clockwork"
+)
+
+// ErrDraining is the cause of a handler context cancelled by Stop.
+var ErrDraining = errors.New("workqueue: draining")
+
+// Handler processes one item. Its error chooses the outcome; see the
+// package doc.
+type Handler func(ctx context.Context, job *Job) error
+
+// Job is one delivery handed to a Handler.
+type Job struct {
+	// Message is the item as enqueued.
+	Message adapters.Message
+	// Attempt counts deliveries of this item, starting at 1.
+	Attempt int
+	// MaxAttempts is the queue's limit; the item is dead-lettered when an
+	// attempt that is the last one fails.
+	MaxAttempts int
+	// Queue is the queue's name.
+	Queue string
+	// Lease is the held lease; Lease.Valid says whether the result may
+	// still be recorded.
+	Lease *leasing.Lease
+}
+
+// Token returns the job's current fencing token.
+func (j *Job) Token() leasing.Token { return j.Lease.Token() }
+
+// Config configures a Worker.
+type Config struct {
+	// Queue is declared by Start. Queue.Lease and Queue.MaxAttempts also
+	// drive the lease loop and the retry limit.
+	Queue adapters.QueueConfig
+	// Concurrency is the number of handlers that run at once. Default 1.
+	Concurrency int
+	// Retry picks the delay after a failed attempt. Default DefaultBackoff().
+	Retry RetryPolicy
+	// Lease tunes renewal; Lease.Length is taken from Queue.Lease.
+	Lease leasing.Config
+	// DrainGrace is how long Stop lets running handlers finish before it
+	// cancels them and hands their items back. Default 0: at once.
+	DrainGrace time.Duration
+	// Gate, if set, must answer true before each receive.
+	Gate func() bool
+	// GatePoll is how often a closed Gate is asked again. Default 200ms.
+	GatePoll time.Duration
+}
+
+// Options are optional knobs.
+type Options struct {
+	Clock   clockwork.Clock
+	Logger  *slog.Logger
+	Metrics *Metrics // default: unregistered metrics
+}
+
+// Worker runs a Handler over one queue.
+type Worker struct {
+	b    adapters.Broker
+	cfg  Config
+	h    Handler
+	opts Options
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	started  bool
+	stopped  bool
+	recvStop context.CancelFunc
+	hctx     context.Context
+	hcancel  context.CancelCauseFunc
+	recvDone chan struct{}
+	handlers sync.WaitGroup
+	cons     adapters.Consumer
+	draining atomic.Bool
+	inFlight atomic.Int64
+}
+
+// New checks cfg and returns a Worker; Start runs it.
+func New(b adapters.Broker, cfg Config, h Handler, opts Options) (*Worker, error) {
+	cfg.Queue = cfg.Queue.WithDefaults()
+	if err := cfg.Queue.Validate(b.Capabilities()); err != nil {
+		return nil, fmt.Errorf("workqueue: %w", err)
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = 1
+	}
+	if cfg.Concurrency < 0 {
+		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "workqueue: config", "Concurrency %d: want >= 1", cfg.Concurrency)
+	}
+	if cfg.Retry == nil {
+		cfg.Retry = DefaultBackoff()
+	}
+	cfg.Lease.Length = cfg.Queue.Lease
+	cfg.Lease = cfg.Lease.WithDefaults()
+	if err := cfg.Lease.Validate(); err != nil {
+		return nil, fmt.Errorf("workqueue: %w", err)
+	}
+	if cfg.GatePoll <= 0 {
+		cfg.GatePoll = 200 * time.Millisecond
+	}
+	if cfg.DrainGrace < 0 {
+		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "workqueue: config", "DrainGrace %s: want >= 0", cfg.DrainGrace)
+	}
+	if h == nil {
+		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "workqueue: config", "nil handler")
+	}
+	if opts.Clock == nil {
+		opts.Clock = clockwork.NewRealClock()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(nil)
+	}
+	return &Worker{b: b, cfg: cfg, h: h, opts: opts, log: opts.Logger.With("queue", cfg.Queue.Name)}, nil
+}
+
+// Queue is the name of the worker's queue.
+func (w *Worker) Queue() string { return w.cfg.Queue.Name }
+
+// InFlight is the number of handlers running now.
+func (w *Worker) InFlight() int { return int(w.inFlight.Load()) }
+
+// Start declares the queue, opens a consumer and starts receiving. The
+// worker runs until Stop; ctx only bounds the start-up calls.
+func (w *Worker) Start(ctx context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.started {
+		return adapters.Errorf(adapters.ErrInvalidArgument, "workqueue: start", "already started")
+	}
+	if err := w.b.DeclareQueue(ctx, w.cfg.Queue); err != nil {
+		return fmt.Errorf("workqueue: declare %q: %w", w.cfg.Queue.Name, err)
+	}
+	cons, err := w.b.Consume(ctx, w.cfg.Queue.Name, adapters.ConsumeOptions{Prefetch: 1})
+	if err != nil {
+		return fmt.Errorf("workqueue: consume %q: %w", w.cfg.Queue.Name, err)
+	}
+	w.cons = cons
+	w.started = true
+	rctx, rcancel := context.WithCancel(context.Background())
+	w.recvStop = rcancel
+	w.hctx, w.hcancel = context.WithCancelCause(context.Background())
+	w.recvDone = make(chan struct{})
+	go w.receiveLoop(rctx)
+	return nil
+}
+
+// Stop drains the worker: no more receiving, DrainGrace for running
+// handlers, then their contexts are cancelled and their items handed back.
+// It returns when every handler has returned and its item is settled, or
+// with ctx's error if ctx ends first (the consumer is closed then, which
+// releases what it holds).
+func (w *Worker) Stop(ctx context.Context) error {
+	w.mu.Lock()
+	if !w.started || w.stopped {
+		w.mu.Unlock()
+		return nil
+	}
+	w.stopped = true
+	w.mu.Unlock()
+
+	w.recvStop()
+	<-w.recvDone
+	all := make(chan struct{})
+	go func() { w.handlers.Wait(); close(all) }()
+
+	var err error
+	grace := w.opts.Clock.NewTimer(w.cfg.DrainGrace)
+	select {
+	case <-all:
+	case <-grace.Chan():
+	case <-ctx.Done():
+	}
+	grace.Stop()
+	w.draining.Store(true)
+	w.hcancel(ErrDraining)
+	select {
+	case <-all:
+	case <-ctx.Done():
+		err = fmt.Errorf("workqueue: stop %q: %d handlers still running: %w", w.cfg.Queue.Name, w.inFlight.Load(), ctx.Err())
+	}
+	if cerr := w.cons.Close(); cerr != nil && err == nil && !errors.Is(cerr, adapters.ErrClosed) {
+		err = fmt.Errorf("workqueue: close consumer %q: %w", w.cfg.Queue.Name, cerr)
+	}
+	return err
+}
+
+func (w *Worker) receiveLoop(ctx context.Context) {
+	defer close(w.recvDone)
+	slots := make(chan struct{}, w.cfg.Concurrency)
+	clock := w.opts.Clock
+	pause := func(d time.Duration) bool {
+		t := clock.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.Chan():
+			return true
+		}
+	}
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		for w.cfg.Gate != nil && !w.cfg.Gate() {
+			if !pause(w.cfg.GatePoll) {
+				return
+			}
+		}
+		d, err := w.cons.Receive(ctx)
+		if err != nil {
+			<-slots
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, adapters.ErrClosed) {
+				w.log.Warn("workqueue: consumer closed; reopening", "err", err)
+				if !pause(time.Second) {
+					return
+				}
+				if c, cerr := w.b.Consume(ctx, w.cfg.Queue.Name, adapters.ConsumeOptions{Prefetch: 1}); cerr == nil {
+					w.cons = c
+				} else {
+					w.log.Warn("workqueue: reopen consumer failed", "err", cerr)
+				}
+				continue
+			}
+			w.log.Warn("workqueue: receive failed; retrying", "err", err)
+			if !pause(500 * time.Millisecond) {
+				return
+			}
+			continue
+		}
+		w.handlers.Add(1)
+		go func() {
+			defer func() { <-slots; w.handlers.Done() }()
+			w.handle(d)
+		}()
+	}
+}
+
+func (w *Worker) handle(d adapters.Delivery) {
+	q := w.cfg.Queue.Name
+	m := w.opts.Metrics
+	m.Received.WithLabelValues(q).Inc()
+	m.InFlight.WithLabelValues(q).Inc()
+	w.inFlight.Add(1)
+	defer func() { m.InFlight.WithLabelValues(q).Dec(); w.inFlight.Add(-1) }()
+
+	ctx, lease := leasing.Hold(w.hctx, d, w.cfg.Lease, leasing.Options{
+		Clock: w.opts.Clock, Logger: w.log,
+		OnRenew: func() { m.LeaseRenewals.WithLabelValues(q).Inc() },
+		OnLost:  func(error) { m.LeaseLosses.WithLabelValues(q).Inc() },
+	})
+	job := &Job{Message: d.Message(), Attempt: d.Attempt(), MaxAttempts: w.cfg.Queue.MaxAttempts, Queue: q, Lease: lease}
+	err := w.run(ctx, job)
+	lease.Release()
+	w.settle(d, job, lease, err)
+}
+
+func (w *Worker) run(ctx context.Context, job *Job) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			w.opts.Metrics.Panics.WithLabelValues(job.Queue).Inc()
+			pe := &PanicError{Value: r, Stack: debug.Stack()}
+			w.log.Error("workqueue: handler panicked", "id", job.Message.ID, "attempt", job.Attempt, "panic", r, "stack", string(pe.Stack))
+			err = pe
+		}
+	}()
+	return w.h(ctx, job)
+}
+
+func (w *Worker) settle(d adapters.Delivery, job *Job, lease *leasing.Lease, herr error) {
+	q := w.cfg.Queue.Name
+	m := w.opts.Metrics
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	log := w.log.With("id", job.Message.ID, "attempt", job.Attempt)
+	var err error
+	switch {
+	case lease.Err() != nil:
+		log.Warn("workqueue: lease lost while the handler ran; leaving the item to the broker", "err", lease.Err(), "handler_err", herr)
+		return
+	case herr == nil:
+		if err = d.Ack(sctx); err == nil {
+			m.Acked.WithLabelValues(q).Inc()
+		}
+	case w.draining.Load() && errors.Is(context.Cause(w.hctx), ErrDraining) && !IsPermanent(herr):
+		if err = d.Nack(sctx, 0); err == nil {
+			m.HandedBack.WithLabelValues(q).Inc()
+			log.Info("workqueue: handed back during drain", "err", herr)
+		}
+	case IsPermanent(herr):
+		err = w.deadLetter(sctx, d, job, herr)
+	default:
+		delay, asked := RetryDelay(herr)
+		if job.Attempt >= job.MaxAttempts {
+			err = w.deadLetter(sctx, d, job, fmt.Errorf("attempt %d of %d failed: %w", job.Attempt, job.MaxAttempts, herr))
+			break
+		}
+		if !asked {
+			delay = w.cfg.Retry.Backoff(job.Attempt)
+		}
+		if caps := w.b.Capabilities(); caps.MaxDelay > 0 && delay > caps.MaxDelay {
+			delay = caps.MaxDelay
+		}
+		if !w.b.Capabilities().DelayedNack.Available() {
+			delay = 0
+		}
+		if err = d.Nack(sctx, delay); err == nil {
+			m.Retried.WithLabelValues(q).Inc()
+			log.Info("workqueue: retrying", "delay", delay, "err", herr)
+		}
+	}
+	if err != nil {
+		m.SettleErrors.WithLabelValues(q).Inc()
+		log.Warn("workqueue: settling failed", "err", err, "handler_err", herr)
+	}
+}
+
+func (w *Worker) deadLetter(ctx context.Context, d adapters.Delivery, job *Job, cause error) error {
+	reason := cause.Error()
+	if len(reason) > 1000 {
+		reason = reason[:1000] + "…"
+	}
+	err := d.DeadLetter(ctx, reason)
+	if err == nil {
+		w.opts.Metrics.DeadLettered.WithLabelValues(job.Queue).Inc()
+		w.log.Warn("workqueue: dead-lettered", "id", job.Message.ID, "attempt", job.Attempt, "reason", reason)
+	}
+	return err
+}
