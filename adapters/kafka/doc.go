@@ -1,0 +1,111 @@
+// Package kafka is the clusterbus adapter for Apache Kafka, built on
+// github.com/segmentio/kafka-go. Kafka has topics, partitions and consumer
+// groups, but no per-message lease, redelivery delay, delivery counter or
+// dead-letter queue; this adapter builds those on top and says below where
+// the result differs from the contract in package adapters.
+//
+// # URLs
+//
+//	kafka://host:9092[,host2:9092][?param=value&...]
+//
+// Blank-import the package and call adapters.Open, or call Open with a
+// Config (ParseURL builds one). A host without a port gets 9092. Accepted
+// parameters (anything else fails with ErrInvalidArgument listing these):
+//
+//	partitions=8           partitions of the topics created for a new queue
+//	replication=-1         replication factor of created topics (-1: broker default)
+//	session_timeout=10s    consumer-group session timeout
+//	heartbeat_interval=1s  consumer-group heartbeat (at most session_timeout/3)
+//	prefix=clusterbus      first part of every topic and group name
+//	client_id=clusterbus   client ID sent to Kafka
+//
+// TLS and SASL are not supported yet; a URL with user info is refused.
+//
+// Names: broadcast topic T is the Kafka topic <prefix>.t.T; queue Q owns
+// <prefix>.q.Q (items), <prefix>.r.Q (delayed retries), <prefix>.d.Q
+// (dead letters) and <prefix>.m.Q (its declaration, compacted), and the
+// consumer groups <prefix>.q.Q, <prefix>.r.Q and <prefix>.d.Q.
+//
+// # Message Delivery Semantics
+//
+// Topics. Publish appends to a one-partition topic, created on first use.
+// Subscribe asks Kafka for the end offset of each partition and reads from
+// there with its own reader (no consumer group), so every message published
+// after Subscribe returns is delivered and none from before. kafka-go
+// reconnects by itself and resumes at the next offset; because a lost
+// connection may also mean a skipped range (retention, a broker that lost
+// data), the next Receive after any connection error returns ErrGap once.
+//
+// Queues. DeclareQueue creates the four topics (idempotent) and writes the
+// QueueConfig to the meta topic; every node reads it from there, and a
+// different config for an existing queue is refused. An undeclared queue is
+// ErrNotFound. Enqueue writes with acks=all and returns when the in-sync
+// replicas have the item; items are spread over partitions by Message.Key
+// (round robin without one). Every consumer of a queue, on every node, is a
+// member of the same consumer group and joins at its first Receive (a
+// consumer that never receives owns no partitions).
+//
+// Leases are emulated. Receive starts a timer of QueueConfig.Lease; Extend
+// restarts it (LeaseExtension Emulated). When it fires, the adapter appends
+// a copy of the item with attempt+1 to the queue (in a partition another
+// member owns, if any), marks the original offset settled, and any later
+// Ack, Nack, Extend or DeadLetter of the old delivery returns ErrLeaseLost.
+// The attempt count travels in a record header. Nack(0) appends a copy with
+// attempt+1 at once; Nack(delay) appends it to the retry topic with its due
+// time, and a member of the retry group (every consumer runs one) holds it
+// in memory until then and appends it to the queue (DelayedNack Emulated).
+// DeadLetter, and Nack or lease expiry with MaxAttempts used up, append the
+// item to the dead-letter topic with adapters.HeaderDeadLetterReason.
+//
+// Acks and offsets. Kafka stores one committed offset per partition. The
+// adapter tracks every offset it hands out and commits the contiguous
+// low-water mark: the offset below which everything is settled. A slow item
+// does not hold back other acks in memory, and Ack returns once the mark is
+// committed, but the commit of later offsets waits for the slow one: after a
+// crash, every unsettled item and every settled item above the first
+// unsettled one in its partition is delivered again. Delivery is therefore
+// at-least-once.
+//
+// # Where the contract holds differently
+//
+//   - A lease is also partition ownership. A rebalance (a consumer joining,
+//     leaving or timing out) can move a partition to another member; then
+//     that member reads its unsettled items again (same attempt number) and
+//     the old holder's settle calls return ErrLeaseLost. A sticky assignment
+//     keeps partitions with unsettled items with their holders whenever the
+//     fair share allows, and a settle during a rebalance waits for its outcome.
+//   - A crashed consumer (no Close) holds its items until the group session
+//     timeout moves its partitions; they then return with the attempt count
+//     they had, because Kafka counts nothing. A poison item that crashes its
+//     consumer each time is therefore not dead-lettered by MaxAttempts.
+//     Close re-queues held items at once, with attempt+1.
+//   - Items in a partition go only to the member that owns it. A consumer
+//     that has joined but stops calling Receive keeps its partitions' items
+//     waiting; close it. With more consumers than partitions, some are idle.
+//   - Re-queued copies (lease expiry, Nack) are new records: the original
+//     enqueue order is not kept, and a crash between appending the copy and
+//     committing the original can deliver both.
+//
+// # Limits
+//
+//   - Dedupe is Unsupported: Kafka's idempotent producer only drops its own
+//     retries within one producer session; nothing remembers message IDs,
+//     and the adapter does not keep a shared store to fake it.
+//   - Ordering is Unsupported: same-key items land in one partition and are
+//     fetched in order, but lease expiry and Nack re-append them at the back
+//     (and possibly in another partition), so order by key is not kept.
+//   - MaxMessageSize is 1,000,000 bytes (Kafka's default message.max.bytes is
+//     1 MiB; the rest is room for headers and framing). MinLease is 100ms;
+//     there is no MaxLease or MaxDelay. A consumer holds at most 10,000
+//     delayed retries in memory; more wait in Kafka.
+//   - Restart is Native: clients reconnect and resume from committed offsets.
+//
+// # Tests
+//
+// The conformance suite runs against github.com/twmb/franz-go/pkg/kfake, an
+// in-process Kafka, on a random port with a data directory; its Restart
+// closes the cluster and starts a new one on the same port and directory,
+// so records and committed offsets survive. CLUSTERBUS_TEST_KAFKA_BROKERS=
+// host:port[,...] runs the same suite against a real Kafka (no restart
+// case there).
+package kafka

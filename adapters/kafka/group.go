@@ -1,0 +1,477 @@
+package kafka
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/clusterbus/clusterbus/adapters"
+)
+
+// groupRunner is one consumer-group membership on one topic. For every
+// generation it reads each assigned partition and passes the records, in
+// offset order, to handle.
+//
+// Kafka's group protocol (as kafka-go speaks it) revokes every partition at
+// every rebalance. To keep a rebalance from ending every lease, the runner
+// keeps a partition's state (what was read, what is settled) across
+// generations when the next generation gives it the same partition and the
+// group's committed offset is the one this runner committed; the sticky
+// balancer below makes that the common case. A partition that moves to
+// another member is lost: its unsettled deliveries fail with ErrLeaseLost
+// and the new owner reads them again from the committed offset.
+type groupRunner struct {
+	b       *Broker
+	groupID string
+	topic   string
+	// handle passes one record on; it returns false if it could not
+	// (the generation ended first), and the record is read again later.
+	handle func(gctx context.Context, ps *partState, epoch int, km kafkago.Message) bool
+
+	group  *kafkago.ConsumerGroup
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	parts   map[int]*partState
+	cur     *genState     // nil between generations
+	ready   chan struct{} // closed while cur is set
+	lastGen int32
+	hadGen  bool
+}
+
+// partState is one partition owned by this runner.
+type partState struct {
+	r     *groupRunner
+	p     int
+	epoch int // bumped when the partition is lost; older deliveries are void
+
+	pending   []int64 // offsets handed on and not yet below the mark, ascending
+	done      map[int64]bool
+	mark      int64 // offset below which everything is settled; -1 unknown
+	committed int64 // last offset committed by this runner; -1 none
+	next      int64 // next offset to read (or kafkago.FirstOffset)
+	onLost    []func()
+}
+
+type genState struct {
+	gen    *kafkago.Generation
+	ctx    context.Context // cancelled when the generation ends
+	cancel context.CancelFunc
+	commit sync.Mutex
+}
+
+func (b *Broker) startGroup(groupID, topic string, handle func(context.Context, *partState, int, kafkago.Message) bool) (*groupRunner, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &groupRunner{b: b, groupID: groupID, topic: topic, handle: handle, ctx: ctx, cancel: cancel,
+		done: make(chan struct{}), parts: map[int]*partState{}, ready: make(chan struct{})}
+	cg, err := kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
+		ID:                groupID,
+		Brokers:           b.cfg.Brokers,
+		Dialer:            b.dialer,
+		Topics:            []string{topic},
+		GroupBalancers:    []kafkago.GroupBalancer{stickyBalancer{r}},
+		HeartbeatInterval: b.cfg.HeartbeatInterval,
+		SessionTimeout:    b.cfg.SessionTimeout,
+		RebalanceTimeout:  b.cfg.SessionTimeout,
+		JoinGroupBackoff:  500 * time.Millisecond,
+		StartOffset:       kafkago.FirstOffset,
+		Timeout:           10 * time.Second,
+		ErrorLogger: kafkago.LoggerFunc(func(f string, a ...any) {
+			b.log.Debug("consumer group: "+fmt.Sprintf(f, a...), "group", groupID)
+		}),
+	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	r.group = cg
+	go r.run()
+	return r, nil
+}
+
+func (r *groupRunner) run() {
+	defer close(r.done)
+	defer func() {
+		r.mu.Lock()
+		for p, ps := range r.parts {
+			r.loseLocked(ps)
+			delete(r.parts, p)
+		}
+		r.mu.Unlock()
+	}()
+	for {
+		gen, err := r.group.Next(r.ctx)
+		if err != nil {
+			if r.ctx.Err() != nil || errors.Is(err, kafkago.ErrGroupClosed) {
+				return
+			}
+			r.b.log.Debug("consumer group: waiting for the next generation", "group", r.groupID, "err", err)
+			continue
+		}
+		gctx, gcancel := context.WithCancel(context.Background())
+		gs := &genState{gen: gen, ctx: gctx, cancel: gcancel}
+		assigned := gen.Assignments[r.topic]
+		r.mu.Lock()
+		follows := r.hadGen && gen.ID == r.lastGen+1
+		keep := map[int]bool{}
+		for _, pa := range assigned {
+			ps := r.parts[pa.ID]
+			if ps != nil && follows && max(pa.Offset, -1) == ps.committed {
+				keep[pa.ID] = true
+			}
+		}
+		for p, ps := range r.parts {
+			if !keep[p] {
+				r.loseLocked(ps)
+				delete(r.parts, p)
+			}
+		}
+		var run []*partState
+		for _, pa := range assigned {
+			ps := r.parts[pa.ID]
+			if ps == nil {
+				start := max(pa.Offset, -1)
+				ps = &partState{r: r, p: pa.ID, done: map[int64]bool{}, mark: start, committed: start, next: pa.Offset}
+				r.parts[pa.ID] = ps
+			}
+			run = append(run, ps)
+		}
+		r.cur = gs
+		r.lastGen, r.hadGen = gen.ID, true
+		close(r.ready)
+		r.mu.Unlock()
+		r.b.log.Debug("consumer group: generation started", "group", r.groupID, "generation", gen.ID,
+			"partitions", len(assigned), "kept", len(keep))
+		for _, ps := range run {
+			gen.Start(func(gctx context.Context) { r.readPartition(gctx, ps) })
+		}
+		gen.Start(func(gctx context.Context) {
+			<-gctx.Done()
+			r.mu.Lock()
+			if r.cur == gs {
+				r.cur = nil
+				r.ready = make(chan struct{})
+			}
+			r.mu.Unlock()
+			gcancel()
+		})
+	}
+}
+
+// loseLocked voids the partition's deliveries and delayed items.
+func (r *groupRunner) loseLocked(ps *partState) {
+	ps.epoch++
+	ps.pending = nil
+	clear(ps.done)
+	fns := ps.onLost
+	ps.onLost = nil
+	for _, fn := range fns {
+		go fn()
+	}
+}
+
+func (r *groupRunner) readPartition(gctx context.Context, ps *partState) {
+	r.mu.Lock()
+	start, epoch := ps.next, ps.epoch
+	r.mu.Unlock()
+	rd := kafkago.NewReader(kafkago.ReaderConfig{
+		Brokers:        r.b.cfg.Brokers,
+		Dialer:         r.b.dialer,
+		Topic:          r.topic,
+		Partition:      ps.p,
+		MinBytes:       1,
+		MaxBytes:       maxBatchBytes * 4,
+		MaxWait:        500 * time.Millisecond,
+		QueueCapacity:  64,
+		ReadBackoffMin: 50 * time.Millisecond,
+		ReadBackoffMax: time.Second,
+		ErrorLogger: kafkago.LoggerFunc(func(f string, a ...any) {
+			r.b.log.Debug("partition reader: "+fmt.Sprintf(f, a...), "topic", r.topic, "partition", ps.p)
+		}),
+	})
+	defer rd.Close()
+	if err := rd.SetOffset(start); err != nil {
+		r.b.log.Warn("partition reader: bad start offset", "topic", r.topic, "partition", ps.p, "offset", start, "err", err)
+		<-gctx.Done()
+		return
+	}
+	for {
+		km, err := rd.FetchMessage(gctx)
+		if err != nil {
+			if gctx.Err() != nil {
+				return
+			}
+			r.b.log.Warn("partition reader: fetch failed; retrying", "topic", r.topic, "partition", ps.p, "err", err)
+			if !sleepCtx(gctx, 200*time.Millisecond) {
+				return
+			}
+			continue
+		}
+		r.mu.Lock()
+		if ps.epoch != epoch {
+			r.mu.Unlock()
+			return
+		}
+		ps.pending = append(ps.pending, km.Offset)
+		r.mu.Unlock()
+		ok := r.handle(gctx, ps, epoch, km)
+		r.mu.Lock()
+		if ps.epoch == epoch {
+			if ok {
+				ps.next = km.Offset + 1
+			} else if n := len(ps.pending); n > 0 && ps.pending[n-1] == km.Offset {
+				ps.pending = ps.pending[:n-1]
+			}
+		}
+		r.mu.Unlock()
+		if !ok || gctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// valid reports whether a record handed on in epoch is still this
+// runner's to settle.
+func (ps *partState) valid(epoch int) bool {
+	ps.r.mu.Lock()
+	defer ps.r.mu.Unlock()
+	return ps.epoch == epoch
+}
+
+// whenLost runs fn when the partition is lost (at once if it has been).
+func (ps *partState) whenLost(epoch int, fn func()) {
+	ps.r.mu.Lock()
+	if ps.epoch == epoch {
+		ps.onLost = append(ps.onLost, fn)
+		ps.r.mu.Unlock()
+		return
+	}
+	ps.r.mu.Unlock()
+	fn()
+}
+
+// settle marks one offset done, advances the partition's contiguous mark and
+// commits it. It waits through a rebalance for the next generation; if that
+// generation does not give the partition back, it fails with ErrLeaseLost.
+func (ps *partState) settle(ctx context.Context, op string, epoch int, off int64) error {
+	r := ps.r
+	r.mu.Lock()
+	if ps.epoch != epoch {
+		r.mu.Unlock()
+		return lostErr(op)
+	}
+	ps.done[off] = true
+	for len(ps.pending) > 0 && ps.done[ps.pending[0]] {
+		delete(ps.done, ps.pending[0])
+		ps.mark = ps.pending[0] + 1
+		ps.pending = ps.pending[1:]
+	}
+	r.mu.Unlock()
+	return ps.commit(ctx, op, epoch)
+}
+
+func (ps *partState) commit(ctx context.Context, op string, epoch int) error {
+	r := ps.r
+	for {
+		r.mu.Lock()
+		if ps.epoch != epoch {
+			r.mu.Unlock()
+			return lostErr(op)
+		}
+		if ps.mark < 0 || ps.mark <= ps.committed {
+			r.mu.Unlock()
+			return nil
+		}
+		gs, ready := r.cur, r.ready
+		r.mu.Unlock()
+		if gs == nil {
+			select {
+			case <-ready:
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-r.ctx.Done():
+				return adapters.Errorf(adapters.ErrClosed, op, "consumer is closed")
+			}
+		}
+		err := r.commitGen(gs)
+		if err == nil {
+			continue
+		}
+		if gs.ctx.Err() != nil {
+			continue // the generation ended meanwhile; wait for the next
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return mapErr(op, fmt.Errorf("commit offsets: %w", err))
+	}
+}
+
+// commitGen commits the marks of every partition that moved, in one
+// request; concurrent callers queue on gs.commit and share the next one.
+func (r *groupRunner) commitGen(gs *genState) error {
+	gs.commit.Lock()
+	defer gs.commit.Unlock()
+	r.mu.Lock()
+	if r.cur != gs {
+		r.mu.Unlock()
+		return errGenEnded
+	}
+	offsets := map[int]int64{}
+	epochs := map[int]int{}
+	for p, ps := range r.parts {
+		if ps.mark >= 0 && ps.mark > ps.committed {
+			offsets[p] = ps.mark
+			epochs[p] = ps.epoch
+		}
+	}
+	r.mu.Unlock()
+	if len(offsets) == 0 {
+		return nil
+	}
+	if err := gs.gen.CommitOffsets(map[string]map[int]int64{r.topic: offsets}); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	for p, off := range offsets {
+		if ps := r.parts[p]; ps != nil && ps.epoch == epochs[p] && off > ps.committed {
+			ps.committed = off
+		}
+	}
+	r.mu.Unlock()
+	return nil
+}
+
+var errGenEnded = errors.New("generation ended")
+
+func lostErr(op string) error {
+	return adapters.Errorf(adapters.ErrLeaseLost, op, "its partition was reassigned by a consumer-group rebalance")
+}
+
+// owned lists the partitions this runner owns now.
+func (r *groupRunner) owned() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ps := make([]int, 0, len(r.parts))
+	for p := range r.parts {
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// close leaves the group and waits for the partition readers to stop.
+func (r *groupRunner) close() {
+	r.cancel()
+	_ = r.group.Close()
+	<-r.done
+}
+
+// stickyBalancer keeps partitions with their owners across rebalances, so
+// that a member joining or leaving does not end the leases of items held
+// elsewhere. Each member reports the partitions it owns and which of them
+// have unsettled records; the group leader keeps those first, up to a fair
+// share per member, then hands out the rest.
+type stickyBalancer struct{ r *groupRunner }
+
+type stickyData struct {
+	Owned []int `json:"owned"`
+	Busy  []int `json:"busy"`
+}
+
+func (stickyBalancer) ProtocolName() string { return "clusterbus-sticky" }
+
+func (s stickyBalancer) UserData() ([]byte, error) {
+	var d stickyData
+	s.r.mu.Lock()
+	for p, ps := range s.r.parts {
+		d.Owned = append(d.Owned, p)
+		if len(ps.pending) > 0 {
+			d.Busy = append(d.Busy, p)
+		}
+	}
+	s.r.mu.Unlock()
+	return json.Marshal(d)
+}
+
+func (s stickyBalancer) AssignGroups(members []kafkago.GroupMember, partitions []kafkago.Partition) kafkago.GroupMemberAssignments {
+	return assignSticky(s.r.topic, members, partitions)
+}
+
+func assignSticky(topic string, members []kafkago.GroupMember, partitions []kafkago.Partition) kafkago.GroupMemberAssignments {
+	out := kafkago.GroupMemberAssignments{}
+	if len(members) == 0 {
+		return out
+	}
+	var ids []int
+	for _, p := range partitions {
+		if p.Topic == topic {
+			ids = append(ids, p.ID)
+		}
+	}
+	slices.Sort(ids)
+	exists := map[int]bool{}
+	for _, p := range ids {
+		exists[p] = true
+	}
+	type member struct {
+		id   string
+		data stickyData
+		got  []int
+		want int
+	}
+	ms := make([]*member, len(members))
+	for i, m := range members {
+		ms[i] = &member{id: m.ID}
+		_ = json.Unmarshal(m.UserData, &ms[i].data)
+	}
+	// Members with more busy partitions get the larger shares.
+	slices.SortFunc(ms, func(a, b *member) int {
+		if c := cmp.Compare(len(b.data.Busy), len(a.data.Busy)); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.id, b.id)
+	})
+	base, extra := len(ids)/len(ms), len(ids)%len(ms)
+	for i, m := range ms {
+		m.want = base
+		if i < extra {
+			m.want++
+		}
+	}
+	taken := map[int]bool{}
+	keep := func(m *member, ps []int) {
+		for _, p := range ps {
+			if len(m.got) >= m.want {
+				return
+			}
+			if exists[p] && !taken[p] {
+				taken[p] = true
+				m.got = append(m.got, p)
+			}
+		}
+	}
+	for _, m := range ms {
+		keep(m, m.data.Busy)
+	}
+	for _, m := range ms {
+		keep(m, m.data.Owned)
+	}
+	for _, m := range ms {
+		keep(m, ids)
+	}
+	for _, m := range ms {
+		slices.Sort(m.got)
+		out[m.id] = map[string][]int{topic: m.got}
+	}
+	return out
+}

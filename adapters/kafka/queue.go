@@ -1,0 +1,241 @@
+package kafka
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/clusterbus/clusterbus/adapters"
+)
+
+// queueMeta is the queue's declaration, stored as the last record of its
+// compacted meta topic so that every node uses the same lease and attempts.
+type queueMeta struct {
+	Version      int           `json:"version"`
+	Lease        time.Duration `json:"lease"`
+	MaxAttempts  int           `json:"max_attempts"`
+	Ordered      bool          `json:"ordered"`
+	Dedupe       bool          `json:"dedupe"`
+	DedupeWindow time.Duration `json:"dedupe_window"`
+}
+
+func metaOf(cfg adapters.QueueConfig) queueMeta {
+	return queueMeta{Version: 1, Lease: cfg.Lease, MaxAttempts: cfg.MaxAttempts, Ordered: cfg.Ordered,
+		Dedupe: cfg.Dedupe, DedupeWindow: cfg.DedupeWindow}
+}
+
+func (m queueMeta) config(name string) adapters.QueueConfig {
+	return adapters.QueueConfig{Name: name, Lease: m.Lease, MaxAttempts: m.MaxAttempts, Ordered: m.Ordered,
+		Dedupe: m.Dedupe, DedupeWindow: m.DedupeWindow}
+}
+
+// DeclareQueue creates the queue's topics (main, retry, dead-letter, meta)
+// if they do not exist and records cfg in the meta topic. Declaring again
+// with the same config is a no-op; with a different Lease, MaxAttempts or
+// DedupeWindow it fails with ErrInvalidArgument (the declaration is shared
+// by every node and is not changed in place).
+func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) error {
+	op := fmt.Sprintf("kafka: declare queue %q", cfg.Name)
+	if err := b.checkOpen(op); err != nil {
+		return err
+	}
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(capabilities); err != nil {
+		return err
+	}
+	q := cfg.Name
+	err := b.createTopics(ctx, op,
+		b.topicConfig(b.mainTopic(q), b.cfg.Partitions),
+		b.topicConfig(b.retryTopic(q), b.cfg.Partitions),
+		b.topicConfig(b.deadTopic(q), 1),
+		b.topicConfig(b.metaTopic(q), 1, kafkago.ConfigEntry{ConfigName: "cleanup.policy", ConfigValue: "compact"}),
+	)
+	if err != nil {
+		return err
+	}
+	existing, err := b.readMeta(ctx, op, q)
+	switch {
+	case err == nil:
+		if existing != metaOf(cfg) {
+			return adapters.Errorf(adapters.ErrInvalidArgument, op,
+				"already declared with lease %s, max attempts %d, dedupe window %s; delete it first to change it",
+				existing.Lease, existing.MaxAttempts, existing.DedupeWindow)
+		}
+	case errors.Is(err, adapters.ErrNotFound):
+		body, _ := json.Marshal(metaOf(cfg))
+		if err := b.write(ctx, op, kafkago.Message{Topic: b.metaTopic(q), Key: []byte("config"), Value: body}); err != nil {
+			return err
+		}
+	default:
+		return err
+	}
+	b.mu.Lock()
+	b.queues[q] = cfg
+	b.mu.Unlock()
+	return nil
+}
+
+// queueConfig returns the declared config of queue q, or ErrNotFound.
+func (b *Broker) queueConfig(ctx context.Context, op, q string) (adapters.QueueConfig, error) {
+	b.mu.Lock()
+	cfg, ok := b.queues[q]
+	b.mu.Unlock()
+	if ok {
+		return cfg, nil
+	}
+	m, err := b.readMeta(ctx, op, q)
+	if err != nil {
+		return cfg, err
+	}
+	cfg = m.config(q)
+	b.mu.Lock()
+	b.queues[q] = cfg
+	b.mu.Unlock()
+	return cfg, nil
+}
+
+// readMeta reads the last record of the meta topic. A missing topic or an
+// empty one is ErrNotFound.
+func (b *Broker) readMeta(ctx context.Context, op, q string) (queueMeta, error) {
+	var m queueMeta
+	topic := b.metaTopic(q)
+	var end int64
+	for attempt := 0; ; attempt++ {
+		ends, err := b.endOffsets(ctx, topic, []int{0})
+		if err == nil {
+			end = ends[0]
+			break
+		}
+		if errors.Is(err, kafkago.UnknownTopicOrPartition) {
+			return m, adapters.Errorf(adapters.ErrNotFound, op, "queue %q is not declared", q)
+		}
+		if ctx.Err() != nil {
+			return m, ctx.Err()
+		}
+		if attempt >= 10 {
+			return m, mapErr(op, err)
+		}
+		if !sleepCtx(ctx, 100*time.Millisecond) {
+			return m, ctx.Err()
+		}
+	}
+	if end <= 0 {
+		return m, adapters.Errorf(adapters.ErrNotFound, op, "queue %q is not declared (no declaration record)", q)
+	}
+	if err := b.refresh(ctx, topic, b.mainTopic(q), b.retryTopic(q), b.deadTopic(q)); err != nil {
+		return m, mapErr(op, err)
+	}
+	resp, err := b.client.Fetch(ctx, &kafkago.FetchRequest{Topic: topic, Partition: 0, Offset: end - 1,
+		MinBytes: 1, MaxBytes: 1 << 20, MaxWait: time.Second})
+	if err != nil {
+		return m, mapErr(op, err)
+	}
+	if resp.Error != nil {
+		return m, mapErr(op, resp.Error)
+	}
+	var last []byte
+	for {
+		rec, err := resp.Records.ReadRecord()
+		if err != nil {
+			break
+		}
+		if rec.Value == nil {
+			continue
+		}
+		buf := make([]byte, rec.Value.Len())
+		if _, err := readFull(rec.Value, buf); err != nil {
+			return m, mapErr(op, err)
+		}
+		last = buf
+	}
+	if last == nil {
+		return m, adapters.Errorf(adapters.ErrNotFound, op, "queue %q is not declared (declaration record unreadable)", q)
+	}
+	if err := json.Unmarshal(last, &m); err != nil {
+		return m, adapters.Errorf(adapters.ErrInvalidArgument, op, "declaration record of queue %q: %v", q, err)
+	}
+	return m, nil
+}
+
+func readFull(r interface{ Read([]byte) (int, error) }, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		k, err := r.Read(buf[n:])
+		n += k
+		if err != nil {
+			if n == len(buf) {
+				return n, nil
+			}
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// DeleteQueue deletes the queue's topics and consumer groups. It returns
+// ErrNotFound if the queue does not exist.
+func (b *Broker) DeleteQueue(ctx context.Context, q string) error {
+	op := fmt.Sprintf("kafka: delete queue %q", q)
+	if err := b.checkOpen(op); err != nil {
+		return err
+	}
+	if err := adapters.ValidateName("queue", q); err != nil {
+		return err
+	}
+	topics := []string{b.mainTopic(q), b.retryTopic(q), b.deadTopic(q), b.metaTopic(q)}
+	resp, err := b.client.DeleteTopics(ctx, &kafkago.DeleteTopicsRequest{Topics: topics})
+	if err != nil {
+		return mapErr(op, err)
+	}
+	b.mu.Lock()
+	delete(b.queues, q)
+	for _, t := range topics {
+		delete(b.topics, t)
+	}
+	b.mu.Unlock()
+	missing := 0
+	for _, t := range topics {
+		e := resp.Errors[t]
+		switch {
+		case e == nil:
+		case errors.Is(e, kafkago.UnknownTopicOrPartition):
+			missing++
+		default:
+			return mapErr(op, fmt.Errorf("delete topic %q: %w", t, e))
+		}
+	}
+	// Committed offsets of a deleted topic would point past the end of a
+	// re-created one; drop the groups. Groups with live members cannot be
+	// deleted, which is harmless: their members fail and rejoin.
+	_, _ = b.client.DeleteGroups(ctx, &kafkago.DeleteGroupsRequest{GroupIDs: []string{b.mainTopic(q), b.retryTopic(q), b.deadTopic(q)}})
+	if missing == len(topics) {
+		return adapters.Errorf(adapters.ErrNotFound, op, "queue %q does not exist", q)
+	}
+	return nil
+}
+
+// Enqueue appends m to the queue's main topic, partitioned by m.Key (no key:
+// round robin), and returns once all in-sync replicas have it.
+func (b *Broker) Enqueue(ctx context.Context, q string, m adapters.Message) error {
+	op := fmt.Sprintf("kafka: enqueue %q", q)
+	if err := b.checkOpen(op); err != nil {
+		return err
+	}
+	if err := adapters.ValidateName("queue", q); err != nil {
+		return err
+	}
+	if err := adapters.ValidateMessage(op, m, capabilities); err != nil {
+		return err
+	}
+	if _, err := b.queueConfig(ctx, op, q); err != nil {
+		return err
+	}
+	if m.ID == "" {
+		m.ID = newID()
+	}
+	return b.write(ctx, op, encode(b.mainTopic(q), m))
+}
