@@ -116,6 +116,7 @@ func (c *consumer) run(ch *amqp.Channel, closes chan *amqp.Error, dch <-chan amq
 			}
 		}
 		c.loseAll()
+		c.drain()
 		var cause *amqp.Error
 		select {
 		case cause = <-closes:
@@ -170,8 +171,7 @@ func (c *consumer) handle(ch *amqp.Channel, d amqp.Delivery) {
 	now := time.Now()
 	dl := &delivery{
 		c: c, ch: ch, tag: d.DeliveryTag, msg: fromDelivery(&d), firstAt: now,
-		attempt:  intHeader(d.Headers, "x-delivery-count") + 1,
-		deadline: now.Add(c.cfg.Lease),
+		attempt: intHeader(d.Headers, "x-delivery-count") + 1,
 	}
 	if c.dead {
 		if dl.msg.Headers[adapters.HeaderDeadLetterReason] == "" {
@@ -201,9 +201,8 @@ func (c *consumer) handle(ch *amqp.Channel, d amqp.Delivery) {
 		}
 		return
 	}
-	dl.mu.Lock()
-	dl.arm(c.cfg.Lease)
-	dl.mu.Unlock()
+	// The lease timer starts when Receive hands the item out; until then
+	// the item is held by the channel only (see the package doc).
 	select {
 	case c.out <- dl:
 	case <-c.done:
@@ -230,6 +229,17 @@ func (c *consumer) loseAll() {
 	}
 }
 
+// drain drops buffered deliveries of a dead channel.
+func (c *consumer) drain() {
+	for {
+		select {
+		case <-c.out:
+		default:
+			return
+		}
+	}
+}
+
 func (c *consumer) forget(dl *delivery) {
 	c.mu.Lock()
 	delete(c.held, dl)
@@ -244,7 +254,7 @@ func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 		}
 		select {
 		case dl := <-c.out:
-			if dl.alive() {
+			if dl.start(c.cfg.Lease) {
 				return dl, nil
 			}
 		case <-c.term:
@@ -310,10 +320,17 @@ func (d *delivery) LeaseDeadline() time.Time {
 	return d.deadline
 }
 
-func (d *delivery) alive() bool {
+// start begins the lease when Receive hands the delivery out; it reports
+// false if the delivery was lost while buffered.
+func (d *delivery) start(lease time.Duration) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.state == stateHeld
+	if d.state != stateHeld {
+		return false
+	}
+	d.deadline = time.Now().Add(lease)
+	d.arm(lease)
+	return true
 }
 
 // arm (re)starts the lease timer; d.mu is held.

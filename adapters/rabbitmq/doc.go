@@ -47,11 +47,15 @@
 // Lease: RabbitMQ holds an unacknowledged delivery for as long as the
 // consumer's channel lives; it has no lease timer. The adapter emulates one
 // (Capabilities.LeaseExtension is Emulated): each delivery gets a timer of
-// QueueConfig.Lease from the moment it reaches the client (prefetched items
-// included); when it fires the adapter requeues the delivery itself
+// QueueConfig.Lease from the moment Receive hands it out; when it fires the
+// adapter requeues the delivery itself
 // (basic.nack with requeue), RabbitMQ counts that as a delivery, and the
 // item comes back with Attempt+1; settling it afterwards returns
-// adapters.ErrLeaseLost. Extend restarts the timer. The lease also ends,
+// adapters.ErrLeaseLost. Extend restarts the timer. Prefetched items that
+// Receive has not handed out yet are held by the channel without a timer:
+// they cost no attempts while they wait, stay invisible to other consumers
+// until this consumer takes them, closes or dies, and are bounded by
+// ConsumeOptions.Prefetch (basic.qos). The lease also ends,
 // earlier, when the channel or connection dies: a crashed process is noticed
 // by the AMQP heartbeat (amqp091-go's default 10s) or at once when its TCP
 // connection closes, and RabbitMQ redelivers at once with Redelivered set,
