@@ -461,6 +461,15 @@ func (b *Broker) mapErr(op string, err error) error {
 	return adapters.Wrap(adapters.ErrUnavailable, op, err)
 }
 
+// mapCtxErr is mapErr for calls made with ctx: a timeout that is not the
+// caller's (nats.go's own default timeout) is reported as ErrUnavailable.
+func (b *Broker) mapCtxErr(ctx context.Context, op string, err error) error {
+	if err != nil && ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+		return &adapters.Error{Code: adapters.ErrUnavailable, Op: "nats: " + op, Err: errors.New("no reply from the server in time")}
+	}
+	return b.mapErr(op, err)
+}
+
 func (b *Broker) topicSubject(topic string) string { return b.opts.Prefix + ".topic." + topic }
 func (b *Broker) queueSubject(q string) string     { return b.opts.Prefix + ".queue." + q }
 func (b *Broker) dlqSubject(q string) string       { return b.opts.Prefix + ".dlq." + q }

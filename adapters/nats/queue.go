@@ -91,7 +91,7 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 	}
 	for _, sc := range []jetstream.StreamConfig{main, dlq} {
 		if _, err := b.js.CreateOrUpdateStream(ctx, sc); err != nil {
-			return b.mapErr(op, err)
+			return b.mapCtxErr(ctx, op, err)
 		}
 		if _, err := b.js.CreateOrUpdateConsumer(ctx, sc.Name, jetstream.ConsumerConfig{
 			Durable:       durable,
@@ -102,7 +102,7 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 			MaxAckPending: 10000,
 			MaxWaiting:    1024,
 		}); err != nil {
-			return b.mapErr(op, err)
+			return b.mapCtxErr(ctx, op, err)
 		}
 	}
 	b.mu.Lock()
@@ -125,10 +125,10 @@ func (b *Broker) DeleteQueue(ctx context.Context, queue string) error {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			return errf(adapters.ErrNotFound, op, "queue %q does not exist", queue)
 		}
-		return b.mapErr(op, err)
+		return b.mapCtxErr(ctx, op, err)
 	}
 	if err := b.js.DeleteStream(ctx, b.dlqStream(queue)); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return b.mapErr(op, err)
+		return b.mapCtxErr(ctx, op, err)
 	}
 	return nil
 }
@@ -153,7 +153,7 @@ func (b *Broker) info(ctx context.Context, op, queue string) (queueInfo, error) 
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			return qi, errf(adapters.ErrNotFound, op, "queue %q was never declared", queue)
 		}
-		return qi, b.mapErr(op, err)
+		return qi, b.mapCtxErr(ctx, op, err)
 	}
 	md := s.CachedInfo().Config.Metadata
 	qi.lease, _ = time.ParseDuration(md[mdLease])
@@ -205,7 +205,7 @@ func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) 
 				return errf(adapters.ErrNotFound, op, "queue %q does not exist", queue)
 			}
 		}
-		return b.mapErr(op, err)
+		return b.mapCtxErr(ctx, op, err)
 	}
 	if ack.Duplicate {
 		b.log.Debug("nats: duplicate dropped", "queue", queue, "id", m.ID)
@@ -238,7 +238,7 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return nil, errf(adapters.ErrNotFound, op, "queue %q was never declared (stream %s, consumer %s)", queue, stream, durable)
 		}
-		return nil, b.mapErr(op, err)
+		return nil, b.mapCtxErr(ctx, op, err)
 	}
 	c := &consumer{
 		b:        b,
@@ -567,13 +567,14 @@ func (d *delivery) moveDetached(reason string) {
 
 // reply sends an acknowledgement verb and waits for the server to confirm.
 func (d *delivery) reply(ctx context.Context, op string, body []byte) error {
+	rctx := ctx
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		rctx, cancel = context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 	}
-	_, err := d.c.b.nc.RequestWithContext(ctx, d.msg.Reply(), body)
-	return d.c.b.mapErr(op, err)
+	_, err := d.c.b.nc.RequestWithContext(rctx, d.msg.Reply(), body)
+	return d.c.b.mapCtxErr(ctx, op, err)
 }
 
 // Ack implements adapters.Delivery.
@@ -682,7 +683,7 @@ func (d *delivery) moveToDLQ(ctx context.Context, reason string, attempts int) e
 	msg.Header[hdrFrom] = []string{d.c.queue}
 	msg.Header[jetstream.MsgIDHeader] = []string{fmt.Sprintf("%s:%d", d.md.Stream, d.md.Sequence.Stream)}
 	if _, err := b.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(b.dlqStream(d.c.queue))); err != nil {
-		return b.mapErr(op, err)
+		return b.mapCtxErr(ctx, op, err)
 	}
 	return d.reply(ctx, op, []byte("+ACK"))
 }

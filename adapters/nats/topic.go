@@ -56,7 +56,7 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (adapters.Subscrip
 	s.sub = sub
 	if err := flush(ctx, b.nc); err != nil {
 		_ = sub.Unsubscribe()
-		return nil, b.mapErr(op, err)
+		return nil, b.mapCtxErr(ctx, op, err)
 	}
 	b.mu.Lock()
 	if b.closed {

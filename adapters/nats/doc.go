@@ -1,0 +1,124 @@
+// Package nats is the clusterbus adapter for NATS: core NATS subjects for
+// broadcast topics, JetStream work-queue streams with durable pull consumers
+// for leased queues.
+//
+// It imports the NATS client only. The embedded server is in the
+// subpackage natsserver, so a program that connects to an external NATS does
+// not link it.
+//
+// # URLs
+//
+// Importing the package registers the "nats" scheme with adapters.Open:
+//
+//	nats://[user:password@]host:port[,host2:port2…][?prefix=P&replicas=N&name=S&connect_timeout=D]
+//
+// A host without a port gets 4222. Query parameters: prefix (subject and
+// stream prefix, default "clusterbus"), replicas (JetStream replicas of the
+// streams the adapter creates, 1-5, default 1), name (connection name) and
+// connect_timeout (a Go duration, default 5s). Any other parameter is an
+// error that lists these. Open with Options does the same without a URL.
+//
+// Names on the server, for a prefix P, queue Q and topic T: topic subject
+// "P.topic.T"; queue stream "P_Q_Q" on subject "P.queue.Q"; dead-letter
+// stream "P_DLQ_Q" on "P.dlq.Q"; a durable pull consumer "clusterbus" on each
+// stream; and a one-message stream "P_KEEPALIVE" (see below).
+//
+// # Message Delivery Semantics
+//
+// Topics are core NATS: at most once, to the subscribers connected when the
+// message reaches the server. A disconnect, a reconnect or a full
+// subscription buffer (4096 messages) is reported once by Receive as
+// adapters.ErrGap.
+//
+// Enqueue is a JetStream publish that waits for the stream's
+// acknowledgement: when it returns nil the item is stored in a file-backed
+// stream (fsynced too if the server runs with sync_interval "always", as
+// natsserver.Config.Sync does). It retries "no responders" for about five
+// seconds while JetStream comes back after a restart.
+//
+// Leases: AckWait of the queue's consumer is QueueConfig.Lease. Receive pulls
+// one item per call (with ConsumeOptions.Prefetch > 1, also up to Prefetch
+// items already waiting, which are leased while buffered). The lease deadline
+// the Delivery reports is the arrival time plus the lease minus a small
+// margin (5%, at most 50ms), because the server's timer started a little
+// earlier. Ack, Nack and Extend are sent as requests and wait for the
+// server's reply. After the local deadline every method returns
+// adapters.ErrLeaseLost without sending anything. The server does not check
+// which delivery an acknowledgement came from, so an Ack sent just before the
+// local deadline can still settle an item the server had just redelivered;
+// the margin makes that unlikely, not impossible.
+//
+// Extend sends InProgress, which restarts the server's AckWait: the lease is
+// renewed by the full queue lease whatever duration is asked.
+//
+// Nack(delay) sends NakWithDelay; the item comes back no earlier than the
+// delay as a new attempt. Delays are not bounded.
+//
+// Attempts are JetStream's delivery count. The consumer has no MaxDeliver
+// (the server would stop delivering and keep the item forever); the adapter
+// counts instead:
+//
+//   - Nack on attempt MaxAttempts moves the item to the dead-letter stream.
+//   - When the lease of attempt MaxAttempts expires unsettled in a live
+//     process, a timer in that process moves it.
+//   - If that process died (or the move failed), the server redelivers the
+//     item as attempt MaxAttempts+1; the consumer that receives it moves it
+//     to the dead-letter stream instead of returning it. Until some consumer
+//     of the queue pulls, the item waits in the queue: it is never lost, but
+//     it reaches the dead-letter queue only then.
+//   - Closing a consumer returns its unsettled items at once (Nak), except
+//     last attempts, which are dead-lettered.
+//
+// A move publishes the item, its headers and adapters.HeaderDeadLetterReason
+// (at most 1024 bytes) to the dead-letter stream with Nats-Msg-Id set to the
+// item's stream and sequence, waits for the store, then acks the original.
+// A crash between the two leaves the original to be moved again, and the
+// dead-letter stream's duplicate window (at least two leases plus a minute)
+// drops the second copy. DeadLetter on an item read from a dead-letter queue
+// is refused (Ack drops it, Nack returns it there); dead-letter queues have no
+// attempt limit.
+//
+// Dedupe: a queue declared with Dedupe sends the message ID as Nats-Msg-Id
+// and the stream's duplicate window is QueueConfig.DedupeWindow; the server
+// drops repeats and Enqueue returns nil. Without Dedupe no Nats-Msg-Id is
+// sent, so equal IDs are kept.
+//
+// Not provided: ordering by key (Capabilities.Ordering is Unsupported;
+// declaring Ordered fails with adapters.ErrUnsupported), exactly-once
+// delivery (an item can be delivered again after a lease expires or a
+// connection drops), and ordering of topic messages across reconnects.
+//
+// Sizes: Capabilities.MaxMessageSize is the server's max_payload, learned at
+// connect, minus 4096 bytes kept for the adapter's headers; at most 64 user
+// headers. A larger message fails with adapters.ErrTooLarge before anything
+// is sent. Header names that start with "nats" (any case) are carried under
+// an internal name so the server does not act on them; header values that
+// start with a blank are escaped, because NATS trims leading blanks.
+//
+// Reconnects: the client reconnects forever with a backoff of 100ms up to 5s.
+// Subscriptions are renewed by the client (with an ErrGap), consumers pull
+// again after a reconnect, and the durable consumers and streams outlive a
+// server restart. Receive retries connection trouble until its context ends;
+// other calls fail with adapters.ErrUnavailable (retryable).
+//
+// The keepalive stream: nats-server can fail to create a stream right after
+// an account's last stream was deleted ("could not create storage
+// directory"), because the account's store directory is being removed. Open
+// therefore creates "P_KEEPALIVE" (one subject, at most one message, never
+// deleted) so that an account used by clusterbus always has a stream.
+//
+// # Errors
+//
+// Missing streams or consumers are adapters.ErrNotFound; timeouts, no
+// responders and lost connections are adapters.ErrUnavailable; oversized
+// messages adapters.ErrTooLarge; JetStream's 400 errors
+// adapters.ErrInvalidArgument; anything after Close adapters.ErrClosed.
+// errors.As still reaches the nats.go error.
+//
+// # Embedded server
+//
+// Package natsserver runs nats-server with JetStream in process, on
+// 127.0.0.1:14222 by default (not 4222, so it does not clash with a NATS
+// already on the machine); `clusterbus broker` uses it. The tests of this
+// package start one on a random port in a temporary directory.
+package nats
