@@ -197,12 +197,8 @@ func (b *Broker) DeleteQueue(ctx context.Context, queue string) error {
 	}
 	delete(s.queues, queue)
 	q.deleted = true
-	for _, l := range [][]*item{q.items, q.dead} {
-		for _, it := range l {
-			it.holder = nil
-			s.token++
-			it.token = s.token
-		}
+	for it := range q.leased {
+		q.unlease(s, it)
 	}
 	q.items, q.dead = nil, nil
 	q.signal()
@@ -478,10 +474,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 	s := d.c.b.srv
 	defer s.mu.Unlock()
 	q := d.c.q
-	q.remove(d.it)
-	d.it.holder = nil
-	s.token++
-	d.it.token = s.token
+	q.remove(s, d.it)
 	q.signal()
 	return nil
 }
@@ -530,10 +523,6 @@ func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
 	}
 	s := d.c.b.srv
 	defer s.mu.Unlock()
-	q := d.c.q
-	s.token++
-	d.it.token = s.token
-	q.deadLetter(s, d.it, now, reason)
-	q.signal()
+	d.c.q.deadLetter(s, d.it, now, reason)
 	return nil
 }

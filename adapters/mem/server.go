@@ -267,6 +267,7 @@ func (s *Server) Stats(queue string) (QueueStats, error) {
 	var st QueueStats
 	for _, it := range q.items {
 		switch {
+		case it.gone:
 		case it.holder != nil:
 			st.Leased++
 		case it.availableAt.After(now):
@@ -275,7 +276,7 @@ func (s *Server) Stats(queue string) (QueueStats, error) {
 			st.Ready++
 		}
 	}
-	st.Dead = len(q.dead)
+	st.Dead = len(q.dead) - q.goneDead
 	return st, nil
 }
 
