@@ -307,8 +307,21 @@ func (ps *partState) commit(ctx context.Context, op string, epoch int) error {
 		if err == nil {
 			continue
 		}
-		if gs.ctx.Err() != nil {
+		if errors.Is(err, errGenEnded) || gs.ctx.Err() != nil {
 			continue // the generation ended meanwhile; wait for the next
+		}
+		if errors.Is(err, kafkago.RebalanceInProgress) || errors.Is(err, kafkago.IllegalGeneration) ||
+			errors.Is(err, kafkago.UnknownMemberId) {
+			// The generation is ending; whether the partition stays
+			// ours is decided by the next one.
+			select {
+			case <-gs.ctx.Done():
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-r.ctx.Done():
+				return adapters.Errorf(adapters.ErrClosed, op, "consumer is closed")
+			}
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()

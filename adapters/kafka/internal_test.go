@@ -1,0 +1,164 @@
+package kafka
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"slices"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/clusterbus/clusterbus/adapters"
+)
+
+func TestStickyAssignmentKeepsBusyPartitionsAndIsFair(t *testing.T) {
+	parts := make([]kafkago.Partition, 8)
+	for i := range parts {
+		parts[i] = kafkago.Partition{Topic: "t", ID: i}
+	}
+	member := func(id string, owned, busy []int) kafkago.GroupMember {
+		d, _ := json.Marshal(stickyData{Owned: owned, Busy: busy})
+		return kafkago.GroupMember{ID: id, Topics: []string{"t"}, UserData: d}
+	}
+	// "a" owned everything with items held in 5 and 6; "b" and "c" join.
+	got := assignSticky("t", []kafkago.GroupMember{
+		member("a", []int{0, 1, 2, 3, 4, 5, 6, 7}, []int{5, 6}),
+		member("b", nil, nil),
+		member("c", nil, nil),
+	}, parts)
+	seen := map[int]string{}
+	for id, a := range got {
+		ps := a["t"]
+		if len(ps) < 2 || len(ps) > 3 {
+			t.Errorf("member %s got %d partitions %v, want a fair share of 2 or 3", id, len(ps), ps)
+		}
+		for _, p := range ps {
+			if other, dup := seen[p]; dup {
+				t.Errorf("partition %d given to %s and %s", p, other, id)
+			}
+			seen[p] = id
+		}
+	}
+	if len(seen) != 8 {
+		t.Errorf("%d of 8 partitions assigned: %v", len(seen), got)
+	}
+	if !slices.Contains(got["a"]["t"], 5) || !slices.Contains(got["a"]["t"], 6) {
+		t.Errorf("a lost a busy partition: %v", got["a"]["t"])
+	}
+	// Garbage user data (another client's protocol) still gets a share.
+	got = assignSticky("t", []kafkago.GroupMember{{ID: "x", UserData: []byte("\x00\x01")}, {ID: "y"}}, parts)
+	if len(got["x"]["t"])+len(got["y"]["t"]) != 8 {
+		t.Errorf("with unreadable user data: %v", got)
+	}
+}
+
+// A consumer that dies without Close (simulated: it leaves the group
+// without re-queueing what it holds) makes the next owner read again only
+// what was not committed: an item acked below the first unsettled one stays
+// acked; the unsettled item and the acked item above it come back, with
+// their attempt counts unchanged (Kafka counts nothing).
+func TestCrashRedeliversOnlyUncommittedItems(t *testing.T) {
+	addr := startKfake(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg, err := ParseURL("kafka://" + addr + "?session_timeout=6s&heartbeat_interval=300ms&partitions=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b1, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b1.Close()
+	b2, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	q := fmt.Sprintf("crash-%d", time.Now().UnixNano())
+	if err := b1.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"one", "two", "three"} {
+		if err := b1.Enqueue(ctx, q, adapters.Message{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c1, err := b1.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []adapters.Delivery
+	for range 3 {
+		d, err := c1.Receive(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+	}
+	if err := ds[0].Ack(ctx); err != nil {
+		t.Fatalf("Ack one: %v", err)
+	}
+	if err := ds[2].Ack(ctx); err != nil {
+		t.Fatalf("Ack three: %v", err)
+	}
+	// Crash: stop the lease timer of "two" and leave the groups without
+	// the re-queueing that Close does.
+	d2 := ds[1].(*delivery)
+	d2.mu.Lock()
+	d2.timer.Stop()
+	d2.state = stGone
+	d2.mu.Unlock()
+	cc := c1.(*consumer)
+	cc.main.close()
+	cc.retry.close()
+
+	c2, err := b2.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	var got []string
+	for range 2 {
+		d, err := c2.Receive(ctx)
+		if err != nil {
+			t.Fatalf("Receive after the crash: %v", err)
+		}
+		if d.Attempt() != 1 {
+			t.Errorf("%q came back with attempt %d, want 1 (unchanged)", d.Message().ID, d.Attempt())
+		}
+		got = append(got, d.Message().ID)
+		if err := d.Ack(ctx); err != nil {
+			t.Errorf("Ack %q: %v", d.Message().ID, err)
+		}
+	}
+	if !slices.Equal(got, []string{"two", "three"}) {
+		t.Errorf("redelivered %v, want [two three]", got)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer rcancel()
+	if d, err := c2.Receive(rctx); err == nil {
+		t.Errorf("%q delivered again after everything was acked", d.Message().ID)
+	}
+}
+
+// startKfake runs an in-process Kafka for the internal tests.
+func startKfake(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.GroupMinSessionTimeout(time.Second))
+	if err != nil {
+		t.Fatalf("kfake: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c.ListenAddrs()[0]
+}

@@ -1,0 +1,209 @@
+package kafka_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/kafka"
+)
+
+func TestParseURLAcceptsBrokersAndParameters(t *testing.T) {
+	cfg, err := kafka.ParseURL("kafka://a:1,b,c:3?partitions=3&replication=2&session_timeout=9s&heartbeat_interval=2s&prefix=app.one&client_id=n1")
+	if err != nil {
+		t.Fatalf("ParseURL: %v", err)
+	}
+	if got, want := strings.Join(cfg.Brokers, ","), "a:1,b:9092,c:3"; got != want {
+		t.Errorf("Brokers %q, want %q", got, want)
+	}
+	if cfg.Partitions != 3 || cfg.Replication != 2 || cfg.SessionTimeout != 9*time.Second ||
+		cfg.HeartbeatInterval != 2*time.Second || cfg.Prefix != "app.one" || cfg.ClientID != "n1" {
+		t.Errorf("parameters not applied: %+v", cfg)
+	}
+	def, err := kafka.ParseURL("kafka://localhost")
+	if err != nil {
+		t.Fatalf("ParseURL without parameters: %v", err)
+	}
+	if d := kafka.DefaultConfig(); def.Partitions != d.Partitions || def.SessionTimeout != d.SessionTimeout || def.Prefix != d.Prefix {
+		t.Errorf("defaults not applied: %+v", def)
+	}
+}
+
+func TestParseURLRejectsBadInputNamingWhatIsAccepted(t *testing.T) {
+	cases := []struct{ url, mention string }{
+		{"kafka://h:9092?bogus=1", "partitions="},
+		{"kafka://h:9092?partitions=0", "1 to 1024"},
+		{"kafka://h:9092?replication=0", "-1"},
+		{"kafka://h:9092?session_timeout=soon", "duration"},
+		{"kafka://h:9092?session_timeout=2s&heartbeat_interval=1s", "third"},
+		{"kafka://h:9092?prefix=a/b", "prefix"},
+		{"kafka://", "no broker address"},
+		{"kafka://u:p@h:9092", "SASL"},
+		{"kafka://h:9092/path", "path"},
+		{"nats://h:4222", "scheme"},
+	}
+	for _, c := range cases {
+		_, err := kafka.ParseURL(c.url)
+		if !errors.Is(err, adapters.ErrInvalidArgument) {
+			t.Errorf("ParseURL(%q): %v, want ErrInvalidArgument", c.url, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.mention) || !strings.HasPrefix(err.Error(), "kafka:") {
+			t.Errorf("ParseURL(%q): %q does not start with \"kafka:\" and mention %q", c.url, err, c.mention)
+		}
+		if strings.Contains(err.Error(), ":p@") {
+			t.Errorf("ParseURL(%q): error leaks the password: %q", c.url, err)
+		}
+	}
+}
+
+func TestOpenUnreachableBrokerIsUnavailable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = adapters.Open(ctx, "kafka://"+addr)
+	if !errors.Is(err, adapters.ErrUnavailable) || !adapters.IsRetryable(err) {
+		t.Fatalf("Open of %s: %v, want a retryable ErrUnavailable", addr, err)
+	}
+	if !strings.Contains(err.Error(), addr) {
+		t.Errorf("error %q does not name the address", err)
+	}
+	t.Logf("failed in %s: %v", time.Since(start), err)
+}
+
+func TestOpenThroughRegistry(t *testing.T) {
+	srv := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := adapters.Open(ctx, srv.URL())
+	if err != nil {
+		t.Fatalf("adapters.Open(%q): %v", srv.URL(), err)
+	}
+	defer b.Close()
+	if got := b.Capabilities().Name; got != "kafka" {
+		t.Errorf("Capabilities().Name %q, want kafka", got)
+	}
+	if _, err := adapters.Open(ctx, srv.URL()+"&nope=1"); !errors.Is(err, adapters.ErrInvalidArgument) {
+		t.Errorf("unknown parameter through the registry: %v, want ErrInvalidArgument", err)
+	}
+}
+
+func TestDeclareWithDifferentConfigIsRefused(t *testing.T) {
+	srv := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b1, b2 := openT(ctx, t, srv), openT(ctx, t, srv)
+	q := uniqueName("diff")
+	if err := b1.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: 2 * time.Second}); err != nil {
+		t.Fatalf("DeclareQueue: %v", err)
+	}
+	// Another client (another node) sees the declaration.
+	if err := b2.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: 2 * time.Second}); err != nil {
+		t.Errorf("same config from a second client: %v", err)
+	}
+	err := b2.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: 3 * time.Second})
+	if !errors.Is(err, adapters.ErrInvalidArgument) {
+		t.Errorf("different lease from a second client: %v, want ErrInvalidArgument", err)
+	}
+	if err := b1.DeleteQueue(ctx, q); err != nil {
+		t.Fatalf("DeleteQueue: %v", err)
+	}
+	if err := b2.DeleteQueue(ctx, q); !errors.Is(err, adapters.ErrNotFound) {
+		t.Errorf("second DeleteQueue: %v, want ErrNotFound", err)
+	}
+	if err := b1.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: 3 * time.Second}); err != nil {
+		t.Errorf("declare again after delete with a new config: %v", err)
+	}
+	_ = b1.DeleteQueue(ctx, q)
+}
+
+func TestOrderedAndDedupeQueuesAreRefused(t *testing.T) {
+	srv := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b := openT(ctx, t, srv)
+	for _, cfg := range []adapters.QueueConfig{{Name: uniqueName("ord"), Ordered: true}, {Name: uniqueName("dup"), Dedupe: true}} {
+		if err := b.DeclareQueue(ctx, cfg); !errors.Is(err, adapters.ErrUnsupported) {
+			t.Errorf("DeclareQueue(%+v): %v, want ErrUnsupported", cfg, err)
+		}
+	}
+}
+
+// A delayed Nack survives the consumer that made it: the delayed item sits
+// in the retry topic, and the retry-group member of another consumer
+// re-queues it when it is due.
+func TestDelayedNackSurvivesConsumerClose(t *testing.T) {
+	srv := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	b1, b2 := openT(ctx, t, srv), openT(ctx, t, srv)
+	q := uniqueName("delay")
+	if err := b1.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: 5 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b1.DeleteQueue(context.Background(), q) })
+	if err := b1.Enqueue(ctx, q, adapters.Message{ID: "later"}); err != nil {
+		t.Fatal(err)
+	}
+	c1, err := b1.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := c1.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const delay = 3 * time.Second
+	nacked := time.Now()
+	if err := d.Nack(ctx, delay); err != nil {
+		t.Fatalf("Nack: %v", err)
+	}
+	if err := c1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := b2.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	d2, err := c2.Receive(ctx)
+	if err != nil {
+		t.Fatalf("Receive after the first consumer closed: %v", err)
+	}
+	el := time.Since(nacked)
+	t.Logf("came back %s after Nack(%s) through another consumer", el, delay)
+	if el < delay-50*time.Millisecond {
+		t.Errorf("came back after %s, before the delay %s", el, delay)
+	}
+	if d2.Message().ID != "later" || d2.Attempt() != 2 {
+		t.Errorf("got %q attempt %d, want \"later\" attempt 2", d2.Message().ID, d2.Attempt())
+	}
+	if err := d2.Ack(ctx); err != nil {
+		t.Errorf("Ack: %v", err)
+	}
+}
+
+func openT(ctx context.Context, t *testing.T, srv *server) adapters.Broker {
+	t.Helper()
+	b, err := srv.open(ctx, t)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func uniqueName(prefix string) string {
+	return fmt.Sprintf("kt-%s-%d", prefix, time.Now().UnixNano())
+}
