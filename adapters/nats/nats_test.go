@@ -12,6 +12,7 @@ import (
 
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/nats"
+	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
 )
 
 func open(t *testing.T, srv *testServer) *nats.Broker {
@@ -388,5 +389,29 @@ func TestPrefetchDeliversEveryItemOnce(t *testing.T) {
 	}
 	if len(seen) != n {
 		t.Errorf("%d distinct items, want %d", len(seen), n)
+	}
+}
+
+// MaxMessageSize follows the server's max_payload learned at connect, and a
+// message over it fails with ErrTooLarge.
+func TestMaxMessageSizeFollowsServerMaxPayload(t *testing.T) {
+	s, err := natsserver.Start(natsserver.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), MaxPayload: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	ctx := testCtx(t)
+	b, err := nats.Open(ctx, nats.Options{Servers: []string{s.ClientURL()}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	max := b.Capabilities().MaxMessageSize
+	if max != 64<<10-4096 {
+		t.Errorf("MaxMessageSize %d, want %d", max, 64<<10-4096)
+	}
+	err = b.Publish(ctx, "big", adapters.Message{Body: make([]byte, max+1)})
+	if !errors.Is(err, adapters.ErrTooLarge) {
+		t.Errorf("Publish of %d bytes: %v, want ErrTooLarge", max+1, err)
 	}
 }

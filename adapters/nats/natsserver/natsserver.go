@@ -68,6 +68,14 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if port == 0 {
 		port = server.RANDOM_PORT
+	} else {
+		// Fail fast and clearly on a port in use (the server itself only
+		// logs it).
+		l, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("natsserver: cannot listen on Config.Listen %s: %w", cfg.Listen, err)
+		}
+		_ = l.Close()
 	}
 	if cfg.DataDir == "" {
 		return nil, errors.New("natsserver: Config.DataDir is required: the directory that holds the JetStream store")
