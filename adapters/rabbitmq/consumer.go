@@ -117,6 +117,10 @@ func (c *consumer) run(ch *amqp.Channel, closes chan *amqp.Error, dch <-chan amq
 		}
 		c.loseAll()
 		c.drain()
+		// The delivery channel also ends when the broker cancels the
+		// consumer (queue deleted, quorum leader moved) with the channel
+		// still open: close it, releasing what it held.
+		ch.Close()
 		var cause *amqp.Error
 		select {
 		case cause = <-closes:

@@ -9,6 +9,9 @@ import (
 	"github.com/clusterbus/clusterbus/adapters"
 )
 
+// subscriptionPrefetch bounds the messages in flight to a subscription.
+const subscriptionPrefetch = 256
+
 // exchangeName is the fanout exchange of a topic.
 func exchangeName(topic string) string { return "cb.t." + topic }
 
@@ -101,9 +104,14 @@ func (s *subscription) setup(ctx context.Context) (*amqp.Channel, <-chan amqp.De
 	if err == nil {
 		err = ch.QueueBind(q.Name, "", s.exchange, false, nil)
 	}
+	// Manual acks under a prefetch window keep a slow subscriber's backlog
+	// in its RabbitMQ queue rather than in this process's memory.
+	if err == nil {
+		err = ch.Qos(subscriptionPrefetch, 0, false)
+	}
 	var dch <-chan amqp.Delivery
 	if err == nil {
-		dch, err = ch.Consume(q.Name, "", true, true, false, false, nil)
+		dch, err = ch.Consume(q.Name, "", false, true, false, false, nil)
 	}
 	if err != nil {
 		ch.Close()
@@ -124,6 +132,7 @@ func (s *subscription) run(ch *amqp.Channel, dch <-chan amqp.Delivery) {
 				}
 				select {
 				case s.out <- fromDelivery(&d):
+					d.Ack(false) // an error means the channel died: handled below
 				case <-s.done:
 					ch.Close()
 					return
