@@ -35,7 +35,9 @@
 //
 // Topics are at-most-once. A subscriber receives what is published while
 // its queue is bound; after a reconnect it binds a new queue and its next
-// Receive returns adapters.ErrGap.
+// Receive returns adapters.ErrGap. At most 256 messages are in flight to a
+// subscription (basic.qos with acks); a slow subscriber's backlog waits in
+// its RabbitMQ queue. Publish waits for the publisher confirm.
 //
 // Enqueue returns after the publisher confirm: the quorum queue has the item
 // on a majority of its replicas. A publish cut off by a lost connection is
