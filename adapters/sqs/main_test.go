@@ -36,6 +36,14 @@ var (
 
 const fauxqsDir = "testdata/fauxqs"
 
+// testPrefix is the queue and topic name prefix of live runs on AWS.
+var testPrefix = func() string {
+	if live {
+		return "cbtest-"
+	}
+	return ""
+}()
+
 func TestMain(m *testing.M) {
 	if live {
 		if os.Getenv("AWS_REGION") == "" && os.Getenv("AWS_DEFAULT_REGION") == "" {
@@ -241,7 +249,7 @@ func config(t testing.TB, endpoint string) sqs.Config {
 			cfg.Region = os.Getenv("AWS_DEFAULT_REGION")
 		}
 		cfg.Endpoint = ""
-		cfg.Prefix = "cbtest-"
+		cfg.Prefix = testPrefix
 	}
 	return cfg
 }

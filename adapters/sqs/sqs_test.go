@@ -1,0 +1,520 @@
+package sqs_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sns"
+	awssqs "github.com/aws/aws-sdk-go-v2/service/sqs"
+	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/sqs"
+)
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestParseURLAcceptsRegionEndpointPrefixWait(t *testing.T) {
+	u, _ := url.Parse("sqs://eu-west-1?endpoint=http://127.0.0.1:4566&prefix=prod-&wait=5s")
+	cfg, err := sqs.ParseURL(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Region != "eu-west-1" || cfg.Endpoint != "http://127.0.0.1:4566" || cfg.Prefix != "prod-" || cfg.WaitTime != 5*time.Second {
+		t.Errorf("got %+v", cfg)
+	}
+	u, _ = url.Parse("sqs://us-east-1?wait=3")
+	if cfg, err := sqs.ParseURL(u); err != nil || cfg.WaitTime != 3*time.Second {
+		t.Errorf("wait=3: %+v, %v", cfg, err)
+	}
+}
+
+func TestParseURLRejectsBadInputNamingWhatIsAccepted(t *testing.T) {
+	cases := []struct{ url, want string }{
+		{"sqs://eu-west-1?endpont=http://x", "accepted: endpoint, prefix, wait"},
+		{"sqs://?endpoint=http://127.0.0.1:1", "Region is empty"},
+		{"sqs://eu-west-1?wait=30s", "want 0 to 20s"},
+		{"sqs://eu-west-1?wait=soon", "want a duration"},
+		{"sqs://eu-west-1?prefix=a.b", "Prefix"},
+		{"sqs://eu-west-1?endpoint=127.0.0.1:4566", "http:// or https://"},
+		{"sqs://eu-west-1/queue", "no user, no path"},
+	}
+	for _, c := range cases {
+		u, err := url.Parse(c.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = sqs.ParseURL(u)
+		if !errors.Is(err, adapters.ErrInvalidArgument) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want ErrInvalidArgument mentioning %q", c.url, err, c.want)
+		}
+	}
+}
+
+func TestOpenThroughRegistry(t *testing.T) {
+	needBroker(t)
+	if server == nil {
+		t.Skip("needs the fauxqs endpoint")
+	}
+	b, err := adapters.Open(ctxT(t, time.Minute), "sqs://us-east-1?endpoint="+server.endpoint+"&wait=2s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if c := b.Capabilities(); c.Name != "sqs" || c.MaxHeaders != 9 || c.MinLease != time.Second {
+		t.Errorf("capabilities %s", c)
+	}
+}
+
+func TestOpenUnreachableEndpointIsUnavailable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	_, err = sqs.Open(ctxT(t, time.Minute), sqs.Config{Region: "us-east-1", Endpoint: "http://" + addr,
+		Credentials: aws.AnonymousCredentials{}, Logger: testLogger(t)})
+	if !errors.Is(err, adapters.ErrUnavailable) || !adapters.IsRetryable(err) {
+		t.Fatalf("Open of %s: %v, want retryable ErrUnavailable", addr, err)
+	}
+	t.Logf("error: %v", err)
+}
+
+func queueAttr(t *testing.T, b *sqs.Broker, name string, attr types.QueueAttributeName) (string, error) {
+	t.Helper()
+	ctx := ctxT(t, time.Minute)
+	u, err := b.SQS().GetQueueUrl(ctx, &awssqs.GetQueueUrlInput{QueueName: aws.String(testPrefix + name)})
+	if err != nil {
+		return "", err
+	}
+	out, err := b.SQS().GetQueueAttributes(ctx, &awssqs.GetQueueAttributesInput{QueueUrl: u.QueueUrl, AttributeNames: []types.QueueAttributeName{attr}})
+	if err != nil {
+		return "", err
+	}
+	return out.Attributes[string(attr)], nil
+}
+
+func TestOrderedAndDedupeQueuesAreFIFOWithFIFODeadLetterQueue(t *testing.T) {
+	b := open(t)
+	for _, cfg := range []adapters.QueueConfig{{Ordered: true}, {Dedupe: true}} {
+		q := declare(t, b, cfg)
+		for _, n := range []string{q.Name + ".fifo", q.Name + "-dlq.fifo"} {
+			v, err := queueAttr(t, b, n, types.QueueAttributeNameFifoQueue)
+			if err != nil || v != "true" {
+				t.Errorf("%+v: SQS queue %s: FifoQueue=%q, %v", cfg, n, v, err)
+			}
+		}
+		if _, err := queueAttr(t, b, q.Name, types.QueueAttributeNameFifoQueue); err == nil {
+			t.Errorf("%+v: a standard queue %q exists too", cfg, q.Name)
+		}
+	}
+	q := declare(t, b, adapters.QueueConfig{MaxAttempts: 7, Lease: 1500 * time.Millisecond})
+	if v, err := queueAttr(t, b, q.Name, types.QueueAttributeNameVisibilityTimeout); err != nil || v != "2" {
+		t.Errorf("VisibilityTimeout %q, %v; want 2 (lease 1.5s rounded up)", v, err)
+	}
+	if v, err := queueAttr(t, b, q.Name, types.QueueAttributeNameRedrivePolicy); err != nil || !strings.Contains(v, `"maxReceiveCount":"7"`) || !strings.Contains(v, q.Name+"-dlq") {
+		t.Errorf("RedrivePolicy %q, %v; want maxReceiveCount 7 to %s-dlq", v, err, q.Name)
+	}
+}
+
+func TestLeaseRoundsUpToWholeSeconds(t *testing.T) {
+	b := open(t)
+	q := declare(t, b, adapters.QueueConfig{Lease: 1500 * time.Millisecond})
+	if err := b.Enqueue(ctxT(t, time.Minute), q.Name, adapters.Message{ID: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := b.Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	d, err := c.Receive(ctxT(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(d.LeaseDeadline()); left < 1500*time.Millisecond || left > 2*time.Second {
+		t.Errorf("lease left %s, want about 2s (1.5s rounded up)", left)
+	}
+	if err := d.Ack(ctxT(t, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDeclareWithDifferentConfigIsInvalidArgument(t *testing.T) {
+	b := open(t)
+	q := declare(t, b, adapters.QueueConfig{Lease: 2 * time.Second, MaxAttempts: 3})
+	for _, cfg := range []adapters.QueueConfig{
+		{Name: q.Name, Lease: 3 * time.Second, MaxAttempts: 3},
+		{Name: q.Name, Lease: 2 * time.Second, MaxAttempts: 4},
+		{Name: q.Name, Lease: 2 * time.Second, MaxAttempts: 3, Ordered: true},
+	} {
+		err := open(t).DeclareQueue(ctxT(t, time.Minute), cfg)
+		if !errors.Is(err, adapters.ErrInvalidArgument) {
+			t.Errorf("DeclareQueue(%+v) over %+v: %v, want ErrInvalidArgument", cfg, q, err)
+		} else {
+			t.Logf("%v", err)
+		}
+	}
+}
+
+func TestDedupeWindowBeyondFiveMinutesIsRefused(t *testing.T) {
+	b := open(t)
+	err := b.DeclareQueue(ctxT(t, time.Minute), adapters.QueueConfig{Name: uniqueName("q"), Dedupe: true, DedupeWindow: 10 * time.Minute})
+	if !errors.Is(err, adapters.ErrInvalidArgument) || !strings.Contains(err.Error(), "5m") {
+		t.Errorf("DedupeWindow 10m: %v, want ErrInvalidArgument naming SQS's 5m", err)
+	}
+}
+
+func TestNameTooLongForSQSIsRefused(t *testing.T) {
+	needBroker(t)
+	endpoint := ""
+	if server != nil {
+		endpoint = server.endpoint
+	}
+	cfg := config(t, endpoint)
+	cfg.Prefix = strings.Repeat("p", 20)
+	b, err := sqs.Open(ctxT(t, time.Minute), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	name := strings.Repeat("a", 64) // 20 + 64 + len("-dlq.fifo") > 80
+	err = b.DeclareQueue(ctxT(t, time.Minute), adapters.QueueConfig{Name: name, Ordered: true})
+	if !errors.Is(err, adapters.ErrInvalidArgument) || !strings.Contains(err.Error(), "80") {
+		t.Errorf("%v, want ErrInvalidArgument naming the 80-character limit", err)
+	}
+}
+
+func roundTripMessages() []adapters.Message {
+	return []adapters.Message{
+		{ID: "empty-body", Body: []byte{}},
+		{ID: "empty-header", Headers: map[string]string{"a": "", "b": "x"}, Body: []byte("text")},
+		{ID: "control-chars", Headers: map[string]string{"ctl": "a\x01b\x7f", "bad-utf8": "\xff\xfe"}, Body: []byte("\x01\x02")},
+		{ID: "ünïcode-id ✓", Key: "kéy", Body: []byte("plain <xml> & \"text\" 😀")},
+	}
+}
+
+func TestEdgeMessagesRoundTripOnQueue(t *testing.T) {
+	b := open(t)
+	q := declare(t, b, adapters.QueueConfig{})
+	c, err := b.Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{Prefetch: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	want := map[string]adapters.Message{}
+	for _, m := range roundTripMessages() {
+		want[m.ID] = m
+		if err := b.Enqueue(ctxT(t, time.Minute), q.Name, m); err != nil {
+			t.Fatalf("Enqueue %q: %v", m.ID, err)
+		}
+	}
+	for range want {
+		d, err := c.Receive(ctxT(t, 30*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkSame(t, d.Message(), want[d.Message().ID])
+		if err := d.Ack(ctxT(t, time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestEdgeMessagesRoundTripOnTopic(t *testing.T) {
+	b := open(t)
+	topic := uniqueName("t")
+	sub, err := b.Subscribe(ctxT(t, time.Minute), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	want := map[string]adapters.Message{}
+	for _, m := range roundTripMessages() {
+		want[m.ID] = m
+		if err := b.Publish(ctxT(t, time.Minute), topic, m); err != nil {
+			t.Fatalf("Publish %q: %v", m.ID, err)
+		}
+	}
+	for range want {
+		m, err := sub.Receive(ctxT(t, 30*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkSame(t, m, want[m.ID])
+	}
+}
+
+func checkSame(t *testing.T, got, want adapters.Message) {
+	t.Helper()
+	if got.ID != want.ID || got.Key != want.Key || string(got.Body) != string(want.Body) || len(got.Headers) != len(want.Headers) {
+		t.Errorf("got %+v, want %+v", got, want)
+		return
+	}
+	for k, v := range want.Headers {
+		if got.Headers[k] != v {
+			t.Errorf("%s: header %q = %q, want %q", want.ID, k, got.Headers[k], v)
+		}
+	}
+}
+
+func TestHeaderNamesSQSRefusesAreInvalidArgument(t *testing.T) {
+	b := open(t)
+	q := declare(t, b, adapters.QueueConfig{})
+	for _, name := range []string{"AWS.trace", "amazon.x", "a..b", "ends."} {
+		err := b.Enqueue(ctxT(t, time.Minute), q.Name, adapters.Message{Headers: map[string]string{name: "v"}, Body: []byte("x")})
+		if !errors.Is(err, adapters.ErrInvalidArgument) {
+			t.Errorf("header %q: %v, want ErrInvalidArgument", name, err)
+		}
+		err = b.Publish(ctxT(t, time.Minute), "t", adapters.Message{Headers: map[string]string{name: "v"}, Body: []byte("x")})
+		if !errors.Is(err, adapters.ErrInvalidArgument) {
+			t.Errorf("publish with header %q: %v, want ErrInvalidArgument", name, err)
+		}
+	}
+}
+
+func TestPrefetchDeliversEveryItemOnce(t *testing.T) {
+	b := open(t)
+	q := declare(t, b, adapters.QueueConfig{Lease: 30 * time.Second})
+	const n = 25
+	for i := range n {
+		if err := b.Enqueue(ctxT(t, time.Minute), q.Name, adapters.Message{ID: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := b.Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{Prefetch: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	seen := map[string]bool{}
+	for range n {
+		d, err := c.Receive(ctxT(t, 30*time.Second))
+		if err != nil {
+			t.Fatalf("after %d items: %v", len(seen), err)
+		}
+		if seen[d.Message().ID] || d.Attempt() != 1 {
+			t.Errorf("item %q again or attempt %d", d.Message().ID, d.Attempt())
+		}
+		seen[d.Message().ID] = true
+		if err := d.Ack(ctxT(t, time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d, err := c.Receive(ctxT(t, 2*time.Second)); err == nil {
+		t.Errorf("extra item %q after all %d were acked", d.Message().ID, n)
+	}
+}
+
+func TestFIFODeadLetterKeepsKeyAndReason(t *testing.T) {
+	b := open(t)
+	q := declare(t, b, adapters.QueueConfig{Ordered: true, Dedupe: true})
+	m := adapters.Message{ID: "poison", Key: "order-42", Headers: map[string]string{"h": "v"}, Body: []byte{0, 1, 2}}
+	if err := b.Enqueue(ctxT(t, time.Minute), q.Name, m); err != nil {
+		t.Fatal(err)
+	}
+	c, err := b.Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	d, err := c.Receive(ctxT(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeadLetter(ctxT(t, time.Minute), "cannot parse"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Ack(ctxT(t, time.Minute)); !errors.Is(err, adapters.ErrLeaseLost) {
+		t.Errorf("Ack after DeadLetter: %v, want ErrLeaseLost", err)
+	}
+	dlq, err := b.Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{DeadLetters: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dlq.Close()
+	dd, err := dlq.Receive(ctxT(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := dd.Message()
+	if got.Headers[adapters.HeaderDeadLetterReason] != "cannot parse" {
+		t.Errorf("reason %q", got.Headers[adapters.HeaderDeadLetterReason])
+	}
+	delete(got.Headers, adapters.HeaderDeadLetterReason)
+	checkSame(t, got, m)
+	if err := dd.DeadLetter(ctxT(t, time.Minute), "again"); !errors.Is(err, adapters.ErrInvalidArgument) {
+		t.Errorf("DeadLetter of a dead-letter queue item: %v, want ErrInvalidArgument", err)
+	}
+	if err := dd.Ack(ctxT(t, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// subscriberQueues lists the SQS queues whose names start with topic.
+func subscriberQueues(t *testing.T, b *sqs.Broker, topic string) []string {
+	out, err := b.SQS().ListQueues(ctxT(t, time.Minute), &awssqs.ListQueuesInput{QueueNamePrefix: aws.String(topic + "-sub-")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.QueueUrls
+}
+
+func topicSubscriptions(t *testing.T, b *sqs.Broker, topic string) int {
+	ctx := ctxT(t, time.Minute)
+	tp, err := b.SNS().CreateTopic(ctx, &sns.CreateTopicInput{Name: aws.String(topic)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := b.SNS().ListSubscriptionsByTopic(ctx, &sns.ListSubscriptionsByTopicInput{TopicArn: tp.TopicArn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(out.Subscriptions)
+}
+
+func TestSubscriptionCloseRemovesQueueAndSubscription(t *testing.T) {
+	b := open(t)
+	if live {
+		t.Skip("lists queues by name; run against fauxqs only")
+	}
+	topic := uniqueName("t")
+	s1, err := b.Subscribe(ctxT(t, time.Minute), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := open(t).Subscribe(ctxT(t, time.Minute), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q, n := subscriberQueues(t, b, topic), topicSubscriptions(t, b, topic); len(q) != 2 || n != 2 {
+		t.Fatalf("with two subscribers: queues %v, %d subscriptions; want 2 and 2", q, n)
+	}
+	if err := s1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if q, n := subscriberQueues(t, b, topic), topicSubscriptions(t, b, topic); len(q) != 1 || n != 1 {
+		t.Errorf("after one Close: queues %v, %d subscriptions; want 1 and 1", q, n)
+	}
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if q, n := subscriberQueues(t, b, topic), topicSubscriptions(t, b, topic); len(q) != 0 || n != 0 {
+		t.Errorf("after both Close: queues %v, %d subscriptions; want none", q, n)
+	}
+}
+
+// TestFauxqsRestart restarts a fauxqs of its own on the same port. fauxqs
+// keeps nothing across a restart, so this checks what can be checked: a
+// subscription reports ErrGap, re-creates its queue and SNS subscription and
+// receives messages published afterwards; a consumer reports ErrNotFound for
+// its vanished queue and receives again once the queue is declared again.
+func TestFauxqsRestart(t *testing.T) {
+	needBroker(t)
+	if live || server == nil {
+		t.Skip("restarts a local fauxqs")
+	}
+	fx, err := startFauxqs(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fx.stop() })
+	cfg := config(t, fx.endpoint)
+	cfg.WaitTime = 2 * time.Second
+	b, err := sqs.Open(ctxT(t, time.Minute), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	topic := uniqueName("t")
+	sub, err := b.Subscribe(ctxT(t, time.Minute), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := adapters.QueueConfig{Name: uniqueName("q")}
+	if err := b.DeclareQueue(ctxT(t, time.Minute), q); err != nil {
+		t.Fatal(err)
+	}
+	c, err := b.Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	fx2, err := fx.restart()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx = fx2
+	t.Logf("fauxqs restarted on %s", fx.endpoint)
+
+	// Subscription: a gap, then messages published after it re-subscribed.
+	ctx := ctxT(t, 2*time.Minute)
+	gaps, published := 0, 0
+	got := make(chan adapters.Message, 1)
+	go func() {
+		for {
+			m, err := sub.Receive(ctx)
+			if errors.Is(err, adapters.ErrGap) {
+				gaps++
+				continue
+			}
+			if err == nil {
+				got <- m
+			}
+			return
+		}
+	}()
+wait:
+	for {
+		if err := b.Publish(ctx, topic, adapters.Message{ID: fmt.Sprint("after-", published)}); err != nil {
+			t.Logf("Publish: %v", err)
+		}
+		published++
+		select {
+		case m := <-got:
+			t.Logf("subscription received %q after %d publishes", m.ID, published)
+			break wait
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatal("subscription received nothing after the restart")
+		}
+	}
+	if gaps == 0 {
+		t.Error("subscription reported no ErrGap across the restart")
+	}
+
+	// Consumer: the queue is gone with the restart.
+	_, err = c.Receive(ctxT(t, time.Minute))
+	if !errors.Is(err, adapters.ErrNotFound) {
+		t.Fatalf("Receive after the restart: %v, want ErrNotFound (fauxqs lost the queue)", err)
+	}
+	if err := b.DeclareQueue(ctxT(t, time.Minute), q); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Enqueue(ctxT(t, time.Minute), q.Name, adapters.Message{ID: "after-restart"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := c.Receive(ctxT(t, time.Minute))
+	if err != nil {
+		t.Fatalf("Receive after the queue was declared again: %v", err)
+	}
+	if d.Message().ID != "after-restart" {
+		t.Errorf("got %q", d.Message().ID)
+	}
+	if err := d.Ack(ctxT(t, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+}
