@@ -1,0 +1,59 @@
+// Package flows runs Flows and Rules on a cluster of nodes that share only a
+// broker, so that an execution survives the death of the node running it.
+//
+// A Flow is a named, versioned set of steps, written in Go (Flow, Step) or
+// in YAML (Parse, ParseDir, Engine.LoadDir) with the built-in step kinds
+// rule/branch, set, http and wait; CEL expressions (github.com/google/cel-go)
+// see input, vars and exec. A Rule is an ordered list of CEL conditions
+// giving an outcome; it is a branching step inside a flow, or standalone
+// (Engine.RegisterRule, Engine.Evaluate, or submitted like a flow).
+//
+// An Engine runs on every node, over one leased queue (package workqueue).
+// Submit enqueues step 0 of an execution; any node takes it.
+//
+// # Recorded state
+//
+// An execution's state travels in its queue item: flow, version, step, step
+// sequence number, input, vars and an optional checkpoint. When a step
+// finishes, the engine enqueues the continuation (the next step, the new
+// vars, sequence + 1) with message ID "execution:sequence" and only then
+// acknowledges the current item. If the node dies in between, the current
+// item comes back after its lease and the step runs again; on a broker that
+// deduplicates (NATS JetStream, SQS FIFO, Service Bus, mem) the repeated
+// continuation is dropped, so the execution does not fork. A wait is a
+// continuation that carries a not-before time; a node that receives it early
+// nacks it with the remaining delay, so no lease is held while waiting. A
+// long step can return Outcome.Checkpoint to record its progress the same
+// way and carry on from it (StepContext.Resume), possibly on another node.
+//
+// # Guaranteed
+//
+//   - Steps run at least once; each run gets the idempotency key
+//     "execution:step:sequence" (the same on every retry of that step at that
+//     point) and a fencing token, and the http step sends both as headers.
+//   - A step's result is recorded only while its lease is valid (see
+//     package leasing); work whose lease is lost is cancelled.
+//   - Completion: the last step enqueues one completion record (Result) on
+//     Config.ResultsQueue, message ID "execution:done", before its item is
+//     acknowledged. On a broker with dedupe a repeat within the dedupe
+//     window is dropped: one record per execution.
+//   - A queue item that does not decode is dead-lettered with the reason;
+//     the node keeps running. A YAML file with an unknown step kind, a CEL
+//     expression that does not compile or a reference to a missing step is
+//     rejected at load with the file, line and reason (LoadError).
+//
+// # Not guaranteed
+//
+//   - On a broker without dedupe (Kafka, RabbitMQ, SQS standard queues) a
+//     crash between enqueueing the continuation and the ack forks the
+//     execution from that step on, and can record completion twice. Readers
+//     of the results queue must treat the execution ID as the key. The same
+//     holds everywhere if the redelivery comes after the dedupe window.
+//   - A wait, a RetryAfter and a drain hand-back each count as a delivery
+//     attempt (the contract has no snooze).
+//   - Status answers from this node's memory of execution events, which
+//     travel on a broadcast topic (at most once): a node that started after
+//     an execution and has heard nothing since does not know it, the index
+//     is bounded (Config.IndexSize), and a missed event makes a status lag
+//     until the next one.
+package flows

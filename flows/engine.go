@@ -1,0 +1,598 @@
+package flows
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/workqueue"
+	"github.com/google/uuid"
+	"github.com/jonboulle/clockwork"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config configures an Engine. Zero fields take their defaults.
+type Config struct {
+	// Queue carries the executions' steps. Default "flows".
+	Queue string
+	// Concurrency is how many steps this node runs at once. Default 8.
+	Concurrency int
+	// Lease is the queue lease. Default 30s.
+	Lease time.Duration
+	// MaxAttempts is how often a step is tried before the execution is
+	// dead-lettered. Default 5.
+	MaxAttempts int
+	// Retry is the backoff between attempts; default workqueue.DefaultBackoff().
+	Retry workqueue.RetryPolicy
+	// EventsTopic carries execution events. Default Queue + "-events".
+	EventsTopic string
+	// ResultsQueue, if set, receives one completion record per execution
+	// (message ID "execution:done"; see the package doc).
+	ResultsQueue string
+	// IndexSize bounds the executions remembered for Status. Default 10000.
+	IndexSize int
+	// DrainGrace is how long Stop lets running steps finish. Default 0.
+	DrainGrace time.Duration
+}
+
+// WithDefaults returns c with zero fields set.
+func (c Config) WithDefaults() Config {
+	if c.Queue == "" {
+		c.Queue = "flows"
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = 8
+	}
+	if c.Lease == 0 {
+		c.Lease = 30 * time.Second
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 5
+	}
+	if c.EventsTopic == "" {
+		c.EventsTopic = c.Queue + "-events"
+	}
+	if c.IndexSize == 0 {
+		c.IndexSize = 10000
+	}
+	return c
+}
+
+// Options are the engine's optional dependencies.
+type Options struct {
+	// NodeID names this node in events and step headers. Default a random ID.
+	NodeID string
+	// Gate, if set, must answer true for the node to take work (bus.Node.Serving).
+	Gate func() bool
+	// Clock defaults to the real clock.
+	Clock clockwork.Clock
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registry receives the queue metrics, if set.
+	Registry prometheus.Registerer
+	// HTTPClient is used by http steps; default http.DefaultClient.
+	HTTPClient *http.Client
+}
+
+// item is a queue item: one step of one execution, with its recorded state.
+type item struct {
+	V          int             `json:"v"`
+	Exec       string          `json:"exec"`
+	Flow       string          `json:"flow"`
+	Version    int             `json:"version"`
+	Step       string          `json:"step"`
+	Seq        int             `json:"seq"`
+	Input      map[string]any  `json:"input,omitempty"`
+	Vars       map[string]any  `json:"vars,omitempty"`
+	Checkpoint json.RawMessage `json:"checkpoint,omitempty"`
+	NotBefore  time.Time       `json:"not_before,omitzero"`
+	Started    time.Time       `json:"started"`
+}
+
+func (it *item) id() string { return it.Exec + ":" + strconv.Itoa(it.Seq) }
+
+// Result is the completion record enqueued on Config.ResultsQueue.
+type Result struct {
+	Execution string         `json:"execution"`
+	Flow      string         `json:"flow"`
+	Version   int            `json:"version"`
+	Seq       int            `json:"seq"`
+	Node      string         `json:"node"`
+	Started   time.Time      `json:"started"`
+	Completed time.Time      `json:"completed"`
+	Output    map[string]any `json:"output"`
+}
+
+// Engine runs flow executions on a broker. Every node of a cluster runs one
+// with the same Config and the same flows registered.
+type Engine struct {
+	b    adapters.Broker
+	cfg  Config
+	opts Options
+	log  *slog.Logger
+	idx  *index
+
+	mu      sync.RWMutex
+	flows   map[string]map[int]*Flow
+	rules   map[string]*Rule
+	worker  *workqueue.Worker
+	sub     adapters.Subscription
+	subStop context.CancelFunc
+	subDone chan struct{}
+	started bool
+}
+
+// New returns an engine; register flows, then Start it.
+func New(b adapters.Broker, cfg Config, opts Options) (*Engine, error) {
+	cfg = cfg.WithDefaults()
+	if err := adapters.ValidateName("queue", cfg.Queue); err != nil {
+		return nil, fmt.Errorf("flows: Config.Queue: %w", err)
+	}
+	if err := adapters.ValidateName("topic", cfg.EventsTopic); err != nil {
+		return nil, fmt.Errorf("flows: Config.EventsTopic: %w", err)
+	}
+	if cfg.ResultsQueue != "" {
+		if err := adapters.ValidateName("queue", cfg.ResultsQueue); err != nil {
+			return nil, fmt.Errorf("flows: Config.ResultsQueue: %w", err)
+		}
+	}
+	if cfg.IndexSize < 1 || cfg.Concurrency < 1 || cfg.MaxAttempts < 1 {
+		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "flows: config",
+			"IndexSize %d, Concurrency %d, MaxAttempts %d: want each >= 1", cfg.IndexSize, cfg.Concurrency, cfg.MaxAttempts)
+	}
+	if opts.NodeID == "" {
+		opts.NodeID = uuid.NewString()
+	}
+	if opts.Clock == nil {
+		opts.Clock = clockwork.NewRealClock()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	e := &Engine{b: b, cfg: cfg, opts: opts, log: opts.Logger.With("component", "flows", "node", opts.NodeID),
+		idx: newIndex(cfg.IndexSize), flows: map[string]map[int]*Flow{}, rules: map[string]*Rule{}}
+	w, err := workqueue.New(b, workqueue.Config{
+		Queue: adapters.QueueConfig{Name: cfg.Queue, Lease: cfg.Lease, MaxAttempts: cfg.MaxAttempts,
+			Dedupe: b.Capabilities().Dedupe.Available()},
+		Concurrency: cfg.Concurrency,
+		Retry:       cfg.Retry,
+		DrainGrace:  cfg.DrainGrace,
+		Gate:        opts.Gate,
+	}, e.handle, workqueue.Options{Clock: opts.Clock, Logger: opts.Logger, Metrics: workqueue.NewMetrics(opts.Registry)})
+	if err != nil {
+		return nil, fmt.Errorf("flows: %w", err)
+	}
+	e.worker = w
+	return e, nil
+}
+
+// Config returns the engine's configuration with defaults applied.
+func (e *Engine) Config() Config { return e.cfg }
+
+// Register adds a flow (validating it). Several versions of a flow may be
+// registered; Submit uses the highest, running executions keep theirs.
+func (e *Engine) Register(f *Flow) error {
+	if err := f.Validate(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.flows[f.Name] == nil {
+		e.flows[f.Name] = map[int]*Flow{}
+	}
+	e.flows[f.Name][f.Version] = f
+	return nil
+}
+
+// RegisterRule adds a standalone rule. It can be evaluated with Evaluate,
+// and submitted as an execution under its own name: a one-step flow whose
+// output has the outcome under "outcome".
+func (e *Engine) RegisterRule(r *Rule) error {
+	if err := r.Compile(); err != nil {
+		return fmt.Errorf("flows: %w", err)
+	}
+	if r.Version == 0 {
+		r.Version = 1
+	}
+	f := &Flow{Name: r.Name, Version: r.Version, Source: "rule " + r.Name, Steps: []Step{{
+		Name: "evaluate", Kind: "rule", Next: End, Run: ruleStep(r, nil, "outcome"),
+	}}}
+	if err := e.Register(f); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.rules[r.Name] = r
+	e.mu.Unlock()
+	return nil
+}
+
+// Evaluate runs a registered standalone rule synchronously.
+func (e *Engine) Evaluate(ctx context.Context, rule string, input map[string]any) (string, error) {
+	e.mu.RLock()
+	r, ok := e.rules[rule]
+	e.mu.RUnlock()
+	if !ok {
+		return "", adapters.Errorf(adapters.ErrNotFound, "flows: evaluate", "no rule %q", rule)
+	}
+	return r.Evaluate(ctx, input, nil)
+}
+
+// LoadDir registers every flow and rule defined in the YAML files of dir.
+// Nothing is registered if any file is bad; the error lists each problem
+// with its file and line.
+func (e *Engine) LoadDir(dir string) error {
+	defs, err := ParseDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, f := range defs.Flows {
+		if err := e.Register(f); err != nil {
+			return err
+		}
+	}
+	for _, r := range defs.Rules {
+		if err := e.RegisterRule(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Flows lists the registered flows as "name@version", sorted.
+func (e *Engine) Flows() []string {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var out []string
+	for n, vs := range e.flows {
+		for v := range vs {
+			out = append(out, fmt.Sprintf("%s@%d", n, v))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (e *Engine) lookup(name string, version int) (*Flow, bool) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	vs := e.flows[name]
+	if version > 0 {
+		f, ok := vs[version]
+		return f, ok
+	}
+	var best *Flow
+	for _, f := range vs {
+		if best == nil || f.Version > best.Version {
+			best = f
+		}
+	}
+	return best, best != nil
+}
+
+// SubmitOption tunes Submit.
+type SubmitOption func(*submitOpts)
+
+type submitOpts struct {
+	id      string
+	version int
+}
+
+// WithExecutionID sets the execution ID instead of a random one. On a
+// broker with dedupe, submitting the same ID twice within the dedupe window
+// starts one execution.
+func WithExecutionID(id string) SubmitOption { return func(o *submitOpts) { o.id = id } }
+
+// WithVersion runs a given version of the flow instead of the highest.
+func WithVersion(v int) SubmitOption { return func(o *submitOpts) { o.version = v } }
+
+// Submit starts an execution of the named flow and returns its ID. The
+// execution is durable once Submit returns.
+func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, opts ...SubmitOption) (string, error) {
+	var o submitOpts
+	for _, fn := range opts {
+		fn(&o)
+	}
+	f, ok := e.lookup(flow, o.version)
+	if !ok {
+		return "", adapters.Errorf(adapters.ErrNotFound, "flows: submit", "no flow %q (version %d); registered: %s",
+			flow, o.version, strings.Join(e.Flows(), ", "))
+	}
+	if o.id == "" {
+		o.id = uuid.NewString()
+	}
+	if strings.ContainsAny(o.id, ":\r\n\x00") || len(o.id) > 100 {
+		return "", adapters.Errorf(adapters.ErrInvalidArgument, "flows: submit", "execution ID %q: at most 100 bytes, no ':'", o.id)
+	}
+	if input == nil {
+		input = map[string]any{}
+	}
+	now := e.opts.Clock.Now()
+	it := &item{V: 1, Exec: o.id, Flow: f.Name, Version: f.Version, Step: f.Start, Seq: 0, Input: input,
+		Vars: map[string]any{}, Started: now}
+	if err := e.enqueue(ctx, it); err != nil {
+		return "", err
+	}
+	e.publish(ctx, Event{Type: EventStarted, Execution: it.Exec, Flow: it.Flow, Version: it.Version, Step: it.Step, Node: e.opts.NodeID, Time: now})
+	return o.id, nil
+}
+
+// Status says where execution id is, from this node's index of events.
+// It returns an error matching adapters.ErrNotFound if this node has heard
+// nothing of it (never submitted, forgotten, or started before this node
+// subscribed and silent since).
+func (e *Engine) Status(ctx context.Context, id string) (Status, error) {
+	s, ok := e.idx.get(id)
+	if !ok {
+		return Status{}, adapters.Errorf(adapters.ErrNotFound, "flows: status", "no execution %q known to this node", id)
+	}
+	return s, nil
+}
+
+// Start subscribes to the events topic, declares the queues and starts
+// taking steps.
+func (e *Engine) Start(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.started {
+		return adapters.Errorf(adapters.ErrInvalidArgument, "flows: start", "already started")
+	}
+	if e.cfg.ResultsQueue != "" {
+		if err := e.b.DeclareQueue(ctx, adapters.QueueConfig{Name: e.cfg.ResultsQueue,
+			Dedupe: e.b.Capabilities().Dedupe.Available()}); err != nil {
+			return fmt.Errorf("flows: declare results queue: %w", err)
+		}
+	}
+	sub, err := e.b.Subscribe(ctx, e.cfg.EventsTopic)
+	if err != nil {
+		return fmt.Errorf("flows: subscribe to events: %w", err)
+	}
+	if err := e.worker.Start(ctx); err != nil {
+		sub.Close()
+		return fmt.Errorf("flows: %w", err)
+	}
+	e.sub = sub
+	sctx, cancel := context.WithCancel(context.Background())
+	e.subStop, e.subDone = cancel, make(chan struct{})
+	go e.eventLoop(sctx, sub)
+	e.started = true
+	e.log.Info("flows: engine started", "queue", e.cfg.Queue, "flows", strings.Join(e.flowsLocked(), ","))
+	return nil
+}
+
+func (e *Engine) flowsLocked() []string {
+	var out []string
+	for n, vs := range e.flows {
+		for v := range vs {
+			out = append(out, fmt.Sprintf("%s@%d", n, v))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Stop drains the worker (see workqueue.Worker.Stop) and ends the events
+// subscription.
+func (e *Engine) Stop(ctx context.Context) error {
+	e.mu.Lock()
+	if !e.started {
+		e.mu.Unlock()
+		return nil
+	}
+	e.started = false
+	e.mu.Unlock()
+	err := e.worker.Stop(ctx)
+	e.subStop()
+	e.sub.Close()
+	<-e.subDone
+	return err
+}
+
+func (e *Engine) eventLoop(ctx context.Context, sub adapters.Subscription) {
+	defer close(e.subDone)
+	for {
+		m, err := sub.Receive(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, adapters.ErrClosed) {
+				return
+			}
+			if errors.Is(err, adapters.ErrGap) {
+				e.log.Info("flows: events may have been missed; statuses may lag until the next event", "err", err)
+				continue
+			}
+			e.log.Warn("flows: events subscription", "err", err)
+			t := e.opts.Clock.NewTimer(time.Second)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.Chan():
+			}
+			continue
+		}
+		var ev Event
+		if err := json.Unmarshal(m.Body, &ev); err != nil || ev.Execution == "" {
+			e.log.Warn("flows: dropping an event that does not decode", "err", err)
+			continue
+		}
+		e.idx.apply(ev)
+	}
+}
+
+func (e *Engine) enqueue(ctx context.Context, it *item) error {
+	body, err := json.Marshal(it)
+	if err != nil {
+		return workqueue.Permanent(fmt.Errorf("flows: encode state of %s: %w", it.id(), err))
+	}
+	err = e.b.Enqueue(ctx, e.cfg.Queue, adapters.Message{ID: it.id(), Key: it.Exec, Body: body})
+	if errors.Is(err, adapters.ErrTooLarge) || errors.Is(err, adapters.ErrInvalidArgument) {
+		return workqueue.Permanent(fmt.Errorf("flows: record state of %s: %w", it.id(), err))
+	}
+	if err != nil {
+		return fmt.Errorf("flows: record state of %s: %w", it.id(), err)
+	}
+	return nil
+}
+
+func (e *Engine) publish(ctx context.Context, ev Event) {
+	if ev.ID == "" {
+		ev.ID = uuid.NewString()
+	}
+	e.idx.apply(ev)
+	body, err := json.Marshal(ev)
+	if err != nil {
+		e.log.Warn("flows: encode event", "err", err)
+		return
+	}
+	if err := e.b.Publish(ctx, e.cfg.EventsTopic, adapters.Message{Body: body}); err != nil {
+		e.log.Warn("flows: publish event", "type", ev.Type, "execution", ev.Execution, "err", err)
+	}
+}
+
+// handle runs one step: the workqueue handler.
+func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
+	var it item
+	if err := decodeItem(job.Message.Body, &it); err != nil || it.V != 1 || it.Exec == "" {
+		if err == nil {
+			err = fmt.Errorf("want a flow item (v 1 with exec), got v %d exec %q", it.V, it.Exec)
+		}
+		e.log.Warn("flows: dead-lettering an item that does not decode", "id", job.Message.ID, "err", err)
+		return workqueue.Permanent(fmt.Errorf("flows: item %q does not decode: %w", job.Message.ID, err))
+	}
+	now := e.opts.Clock.Now()
+	if wait := it.NotBefore.Sub(now); wait > 0 {
+		return workqueue.RetryAfter(wait, errNotDue)
+	}
+	ev := Event{Execution: it.Exec, Flow: it.Flow, Version: it.Version, Step: it.Step, Seq: it.Seq,
+		Attempt: job.Attempt, Node: e.opts.NodeID}
+	f, ok := e.lookup(it.Flow, it.Version)
+	var s *Step
+	if ok {
+		s, ok = f.step(it.Step)
+	}
+	if !ok {
+		err := fmt.Errorf("flows: %s: flow %q version %d step %q is not registered on node %s", it.id(), it.Flow, it.Version, it.Step, e.opts.NodeID)
+		e.failed(ctx, ev, job, err)
+		return err
+	}
+	if it.Vars == nil {
+		it.Vars = map[string]any{}
+	}
+	sc := &StepContext{Execution: it.Exec, Flow: it.Flow, Version: it.Version, Step: it.Step, Seq: it.Seq,
+		Attempt: job.Attempt, IdempotencyKey: it.Exec + ":" + it.Step + ":" + strconv.Itoa(it.Seq),
+		Node: e.opts.NodeID, Input: it.Input, Vars: maps.Clone(it.Vars), Token: job.Token(),
+		LeaseDeadline: job.Lease.Deadline(), checkpoint: it.Checkpoint, lease: job.Lease, engine: e}
+	out, err := s.Run(ctx, sc)
+	if err != nil {
+		e.failed(ctx, ev, job, err)
+		return err
+	}
+	if !job.Lease.Valid() {
+		return fmt.Errorf("flows: %s: lease lost before the step could be recorded: %w", it.id(), adapters.ErrLeaseLost)
+	}
+	next := &item{V: 1, Exec: it.Exec, Flow: it.Flow, Version: it.Version, Seq: it.Seq + 1, Input: it.Input,
+		Vars: sc.Vars, Started: it.Started}
+	switch {
+	case out.Checkpoint != nil:
+		cp, err := json.Marshal(out.Checkpoint)
+		if err != nil {
+			err = workqueue.Permanent(fmt.Errorf("flows: %s: encode checkpoint: %w", it.id(), err))
+			e.failed(ctx, ev, job, err)
+			return err
+		}
+		next.Step, next.Checkpoint = it.Step, cp
+	case out.Next != "":
+		next.Step = out.Next
+	default:
+		next.Step = s.Next
+	}
+	if next.Step != End {
+		if _, ok := f.step(next.Step); !ok {
+			err := workqueue.Permanent(fmt.Errorf("flows: %s: step %q chose missing step %q", it.id(), it.Step, next.Step))
+			e.failed(ctx, ev, job, err)
+			return err
+		}
+	}
+	if out.Wait > 0 && out.Checkpoint == nil {
+		next.NotBefore = e.opts.Clock.Now().Add(out.Wait)
+	}
+	ev.Type, ev.Next, ev.Time = EventStepDone, next.Step, e.opts.Clock.Now()
+	if next.Step == End {
+		if err := e.complete(ctx, &it, next, job); err != nil {
+			return err
+		}
+		e.publish(ctx, ev)
+		e.publish(ctx, Event{Type: EventCompleted, Execution: it.Exec, Flow: it.Flow, Version: it.Version,
+			Step: it.Step, Seq: it.Seq, Attempt: job.Attempt, Node: e.opts.NodeID, Time: e.opts.Clock.Now(), Output: next.Vars})
+		return nil
+	}
+	if err := e.enqueue(ctx, next); err != nil {
+		return err
+	}
+	e.publish(ctx, ev)
+	return nil
+}
+
+var errNotDue = errors.New("flows: waiting")
+
+// complete records the completion: one record on the results queue (ID
+// "execution:done", dropped as a duplicate where the broker dedupes).
+func (e *Engine) complete(ctx context.Context, it, next *item, job *workqueue.Job) error {
+	if e.cfg.ResultsQueue == "" {
+		return nil
+	}
+	r := Result{Execution: it.Exec, Flow: it.Flow, Version: it.Version, Seq: it.Seq, Node: e.opts.NodeID,
+		Started: it.Started, Completed: e.opts.Clock.Now(), Output: next.Vars}
+	body, err := json.Marshal(r)
+	if err != nil {
+		return workqueue.Permanent(fmt.Errorf("flows: encode result of %s: %w", it.Exec, err))
+	}
+	if !job.Lease.Valid() {
+		return fmt.Errorf("flows: %s: lease lost before completion could be recorded: %w", it.id(), adapters.ErrLeaseLost)
+	}
+	if err := e.b.Enqueue(ctx, e.cfg.ResultsQueue, adapters.Message{ID: it.Exec + ":done", Key: it.Exec, Body: body}); err != nil {
+		return fmt.Errorf("flows: record completion of %s: %w", it.Exec, err)
+	}
+	return nil
+}
+
+// failed publishes the event that matches what the workqueue will do with err.
+func (e *Engine) failed(ctx context.Context, ev Event, job *workqueue.Job, err error) {
+	if job.Lease.Err() != nil || errors.Is(context.Cause(ctx), workqueue.ErrDraining) {
+		return
+	}
+	ev.Error, ev.Time = err.Error(), e.opts.Clock.Now()
+	switch {
+	case workqueue.IsPermanent(err):
+		ev.Type = EventFailed
+	case job.Attempt >= job.MaxAttempts:
+		ev.Type = EventDeadLettered
+	default:
+		ev.Type = EventRetried
+	}
+	e.publish(context.WithoutCancel(ctx), ev)
+}
+
+func decodeItem(b []byte, it *item) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	if err := dec.Decode(it); err != nil {
+		return err
+	}
+	var err error
+	if it.Input, err = normalize(it.Input); err != nil {
+		return err
+	}
+	it.Vars, err = normalize(it.Vars)
+	return err
+}

@@ -1,0 +1,134 @@
+package flows
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/clusterbus/clusterbus/adapters"
+)
+
+// SubmitRequest is the body of POST /api/flows.
+type SubmitRequest struct {
+	Flow    string         `json:"flow"`
+	Version int            `json:"version,omitempty"`
+	ID      string         `json:"id,omitempty"`
+	Input   map[string]any `json:"input,omitempty"`
+}
+
+// SubmitResponse is the answer to POST /api/flows.
+type SubmitResponse struct {
+	ID   string `json:"id"`
+	Flow string `json:"flow"`
+}
+
+// Routes adds the engine's HTTP API to mux:
+//
+//	POST /api/flows        {"flow": "name", "input": {...}, "id": "optional"} -> 202 {"id": ...}
+//	GET  /api/flows        the registered flows
+//	GET  /api/flows/{id}   the execution's Status, or 404
+func (e *Engine) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /api/flows", e.serveSubmit)
+	mux.HandleFunc("GET /api/flows", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"flows": e.Flows()})
+	})
+	mux.HandleFunc("GET /api/flows/{id}", func(w http.ResponseWriter, r *http.Request) {
+		s, err := e.Status(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, s)
+	})
+}
+
+// Handler returns the HTTP API on its own mux; see Routes.
+func (e *Engine) Handler() http.Handler {
+	mux := http.NewServeMux()
+	e.Routes(mux)
+	return mux
+}
+
+func (e *Engine) serveSubmit(w http.ResponseWriter, r *http.Request) {
+	var req SubmitRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 4<<20))
+	dec.UseNumber()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, adapters.Errorf(adapters.ErrInvalidArgument, "flows: submit", "body: %v", err))
+		return
+	}
+	if req.Flow == "" {
+		writeError(w, adapters.Errorf(adapters.ErrInvalidArgument, "flows: submit", `body: "flow" is required`))
+		return
+	}
+	input, err := normalize(req.Input)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var opts []SubmitOption
+	if req.ID != "" {
+		opts = append(opts, WithExecutionID(req.ID))
+	}
+	if req.Version != 0 {
+		opts = append(opts, WithVersion(req.Version))
+	}
+	id, err := e.Submit(r.Context(), req.Flow, input, opts...)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, SubmitResponse{ID: id, Flow: req.Flow})
+}
+
+// normalize turns json.Number into int64 or float64 so that CEL sees ints
+// as ints.
+func normalize(m map[string]any) (map[string]any, error) {
+	var fix func(v any) any
+	fix = func(v any) any {
+		switch x := v.(type) {
+		case json.Number:
+			if i, err := x.Int64(); err == nil {
+				return i
+			}
+			f, _ := x.Float64()
+			return f
+		case map[string]any:
+			for k, e := range x {
+				x[k] = fix(e)
+			}
+			return x
+		case []any:
+			for i, e := range x {
+				x[i] = fix(e)
+			}
+			return x
+		}
+		return v
+	}
+	if m == nil {
+		return map[string]any{}, nil
+	}
+	return fix(m).(map[string]any), nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, adapters.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, adapters.ErrInvalidArgument):
+		code = http.StatusBadRequest
+	case errors.Is(err, adapters.ErrUnavailable):
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, map[string]string{"error": fmt.Sprint(err)})
+}
