@@ -68,9 +68,13 @@
 //     headers, fails Enqueue and Publish with ErrTooLarge and nothing
 //     reaches the queue or the subscribers; a message of exactly
 //     MaxMessageSize is accepted and round-trips.
-//   - Errors: settling twice is ErrLeaseLost; Extend outside (0, lease] is
-//     ErrInvalidArgument; malformed names are ErrInvalidArgument for every
-//     operation; undeclared queues are ErrNotFound; after Broker.Close every
+//   - Errors: settling twice is ErrLeaseLost; Extend outside (0, lease],
+//     Nack with a negative delay or one above MaxDelay, a queue config out
+//     of range and a malformed message (header name, reserved cb- header,
+//     CR/LF in a value, over-long ID) are ErrInvalidArgument; malformed names
+//     are ErrInvalidArgument for every operation; a feature Capabilities calls
+//     Unsupported is refused with ErrUnsupported; Capabilities are consistent
+//     and the same on every client; undeclared queues are ErrNotFound; after Broker.Close every
 //     operation and any Receive is ErrClosed; cancelling a Receive returns
 //     context.Canceled within two seconds and leaves it usable.
 //   - Restart: after Harness.Restart, existing subscriptions receive new

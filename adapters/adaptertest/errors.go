@@ -14,6 +14,11 @@ func (s *suite) errorCases() []testCase {
 	return []testCase{
 		{"SettleTwiceIsLeaseLost", s.testSettleTwice},
 		{"ExtendOutOfRangeIsInvalidArgument", s.testExtendRange},
+		{"NackDelayOutOfRangeIsInvalidArgument", s.testNackRange},
+		{"InvalidQueueConfigIsInvalidArgument", s.testInvalidQueueConfig},
+		{"InvalidMessagesAreInvalidArgument", s.testInvalidMessages},
+		{"UnsupportedFeaturesAreRefused", s.testUnsupportedRefused},
+		{"CapabilitiesAreConsistent", s.testCapabilities},
 		{"InvalidNamesAreInvalidArgument", s.testInvalidNames},
 		{"UndeclaredQueueIsNotFound", s.testUndeclared},
 		{"ClosedBrokerIsClosed", s.testClosedBroker},
@@ -232,4 +237,142 @@ func (s *suite) testCancelledReceive(t *testing.T) {
 		t.Errorf("consumer after a cancelled Receive got %q, want \"after-cancel\"", d.Message().ID)
 	}
 	s.ack(t, d)
+}
+
+// Nack with a negative delay, or one above Capabilities.MaxDelay, fails with
+// ErrInvalidArgument and leaves the delivery usable.
+func (s *suite) testNackRange(t *testing.T) {
+	b := s.open(t)
+	q := s.declare(t, b, adapters.QueueConfig{})
+	c := s.consume(t, b, q.Name, adapters.ConsumeOptions{})
+	s.enqueue(t, b, q.Name, adapters.Message{ID: "nack-range"})
+	d := s.receive(t, c, "item to nack")
+	bad := []time.Duration{-time.Second}
+	if s.caps.MaxDelay > 0 && s.caps.DelayedNack.Available() {
+		bad = append(bad, s.caps.MaxDelay+time.Second)
+	}
+	for _, delay := range bad {
+		if err := d.Nack(s.ctx(t), delay); !errors.Is(err, adapters.ErrInvalidArgument) {
+			t.Errorf("Nack(%s): %v, want ErrInvalidArgument", delay, err)
+		}
+	}
+	s.ack(t, d)
+}
+
+// DeclareQueue with a lease outside the broker's range, a negative lease or
+// MaxAttempts, or a negative dedupe window fails with ErrInvalidArgument.
+func (s *suite) testInvalidQueueConfig(t *testing.T) {
+	b := s.open(t)
+	bad := map[string]adapters.QueueConfig{
+		"negative Lease":        {Lease: -time.Second},
+		"negative MaxAttempts":  {MaxAttempts: -1},
+		"negative DedupeWindow": {DedupeWindow: -time.Second},
+	}
+	if s.caps.MaxLease > 0 {
+		bad["Lease above MaxLease"] = adapters.QueueConfig{Lease: s.caps.MaxLease + time.Second}
+	}
+	if s.caps.MinLease > time.Millisecond {
+		bad["Lease below MinLease"] = adapters.QueueConfig{Lease: s.caps.MinLease / 2}
+	}
+	for what, cfg := range bad {
+		cfg.Name = unique("bad")
+		err := b.DeclareQueue(s.ctx(t), cfg)
+		if err == nil {
+			b.DeleteQueue(s.ctx(t), cfg.Name)
+		}
+		if !errors.Is(err, adapters.ErrInvalidArgument) {
+			t.Errorf("DeclareQueue with %s (%+v): %v, want ErrInvalidArgument", what, cfg, err)
+		}
+	}
+}
+
+// Messages with a malformed header name, a reserved (cb-) header, a header
+// value with a newline, or an over-long ID fail Enqueue and Publish with
+// ErrInvalidArgument.
+func (s *suite) testInvalidMessages(t *testing.T) {
+	b := s.open(t)
+	q := s.declare(t, b, adapters.QueueConfig{})
+	topic := unique("t")
+	bad := map[string]adapters.Message{
+		"header name with a space": {Headers: map[string]string{"bad name": "v"}},
+		"reserved header":          {Headers: map[string]string{adapters.ReservedHeaderPrefix + "x": "v"}},
+		"header value with LF":     {Headers: map[string]string{"h": "a\nb"}},
+		"ID of 129 bytes":          {ID: strings.Repeat("i", 129)},
+	}
+	for what, m := range bad {
+		if err := b.Enqueue(s.ctx(t), q.Name, m); !errors.Is(err, adapters.ErrInvalidArgument) {
+			t.Errorf("Enqueue of a message with %s: %v, want ErrInvalidArgument", what, err)
+		}
+		if err := b.Publish(s.ctx(t), topic, m); !errors.Is(err, adapters.ErrInvalidArgument) {
+			t.Errorf("Publish of a message with %s: %v, want ErrInvalidArgument", what, err)
+		}
+	}
+}
+
+// A feature that Capabilities reports Unsupported is refused with
+// ErrUnsupported, never silently ignored.
+func (s *suite) testUnsupportedRefused(t *testing.T) {
+	c := s.caps
+	if c.Ordering.Available() && c.Dedupe.Available() && c.DelayedNack.Available() &&
+		c.LeaseExtension.Available() && c.DeadLetter.Available() {
+		t.Skipf("%s: every optional feature is available; nothing to refuse", c.Name)
+	}
+	b := s.open(t)
+	for what, cfg := range map[string]adapters.QueueConfig{
+		"Ordered": {Ordered: !c.Ordering.Available()},
+		"Dedupe":  {Dedupe: !c.Dedupe.Available()},
+	} {
+		if !cfg.Ordered && !cfg.Dedupe {
+			continue
+		}
+		cfg.Name, cfg.Lease = unique("unsup"), s.lease
+		err := b.DeclareQueue(s.ctx(t), cfg)
+		if err == nil {
+			b.DeleteQueue(s.ctx(t), cfg.Name)
+		}
+		if !errors.Is(err, adapters.ErrUnsupported) {
+			t.Errorf("DeclareQueue with %s on a broker without it: %v, want ErrUnsupported", what, err)
+		}
+	}
+	if c.DelayedNack.Available() && c.LeaseExtension.Available() && c.DeadLetter.Available() {
+		return
+	}
+	q := s.declare(t, b, adapters.QueueConfig{})
+	con := s.consume(t, b, q.Name, adapters.ConsumeOptions{})
+	s.enqueue(t, b, q.Name, adapters.Message{ID: "unsupported"})
+	d := s.receive(t, con, "item for unsupported settlements")
+	if !c.LeaseExtension.Available() {
+		if err := d.Extend(s.ctx(t), s.lease); !errors.Is(err, adapters.ErrUnsupported) {
+			t.Errorf("Extend without LeaseExtension: %v, want ErrUnsupported", err)
+		}
+	}
+	if !c.DelayedNack.Available() {
+		if err := d.Nack(s.ctx(t), s.lease); !errors.Is(err, adapters.ErrUnsupported) {
+			t.Errorf("Nack(%s) without DelayedNack: %v, want ErrUnsupported", s.lease, err)
+		}
+	}
+	if !c.DeadLetter.Available() {
+		if err := d.DeadLetter(s.ctx(t), "x"); !errors.Is(err, adapters.ErrUnsupported) {
+			t.Errorf("DeadLetter without DeadLetter support: %v, want ErrUnsupported", err)
+		}
+	}
+	s.ack(t, d)
+}
+
+// Capabilities are self-consistent: a name, a positive size limit or none,
+// MinLease <= MaxLease, and the same value from every client.
+func (s *suite) testCapabilities(t *testing.T) {
+	c := s.caps
+	if c.Name == "" {
+		t.Error("Capabilities.Name is empty")
+	}
+	if c.MaxMessageSize < 0 || c.MaxHeaders < 0 || c.MinLease < 0 || c.MaxLease < 0 || c.MaxDelay < 0 {
+		t.Errorf("negative limit in %s", c)
+	}
+	if c.MaxLease > 0 && c.MinLease > c.MaxLease {
+		t.Errorf("MinLease %s above MaxLease %s", c.MinLease, c.MaxLease)
+	}
+	if got := s.open(t).Capabilities(); got != c {
+		t.Errorf("second client reports %s, first %s", got, c)
+	}
 }

@@ -239,7 +239,7 @@ func (s *suite) testAckedNeverReturns(t *testing.T) {
 func (s *suite) testConcurrentConsumers(t *testing.T) {
 	const consumers, items = 8, 1000
 	b := s.open(t)
-	q := s.declare(t, b, adapters.QueueConfig{Lease: s.queueLease(5 * s.lease)})
+	q := s.declare(t, b, adapters.QueueConfig{Lease: s.queueLease(2 * s.lease)})
 	// Enqueue from a few goroutines to keep the case fast on remote brokers.
 	var enq sync.WaitGroup
 	errs := make(chan error, items)
@@ -313,8 +313,9 @@ func (s *suite) testConcurrentConsumers(t *testing.T) {
 	select {
 	case <-all:
 		t.Logf("%d items acked by %d consumers in %s", items, consumers, time.Since(start))
-		// Anything still to come back would be a second delivery.
-		time.Sleep(q.Lease + q.Lease/2)
+		// An acked item that the broker still redelivers would come back
+		// once its lease ran out.
+		time.Sleep(q.Lease + s.lease/2)
 	case <-ctx.Done():
 	}
 	cancel()
