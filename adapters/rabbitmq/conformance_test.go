@@ -46,10 +46,23 @@ func restartHook() (func(context.Context) error, string) {
 		return nil, "rabbitmqctl not found: cannot restart the broker from here"
 	}
 	return func(ctx context.Context) error {
+		// Debian's /usr/sbin/rabbitmqctl runs as user rabbitmq; a server
+		// started as root from /usr/lib/rabbitmq/bin has root's Erlang
+		// cookie. Use whichever reaches the node.
+		ctl := ""
+		for _, c := range []string{"rabbitmqctl", "/usr/lib/rabbitmq/bin/rabbitmqctl"} {
+			if err := exec.CommandContext(ctx, c, "-q", "status").Run(); err == nil {
+				ctl = c
+				break
+			}
+		}
+		if ctl == "" {
+			return fmt.Errorf("no rabbitmqctl reaches the local node (Erlang cookie?)")
+		}
 		for _, args := range [][]string{{"stop_app"}, {"start_app"}, {"await_startup"}} {
-			out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput()
+			out, err := exec.CommandContext(ctx, ctl, args...).CombinedOutput()
 			if err != nil {
-				return fmt.Errorf("rabbitmqctl %s: %v: %s", args[0], err, out)
+				return fmt.Errorf("%s %s: %v: %s", ctl, args[0], err, out)
 			}
 		}
 		return nil

@@ -256,9 +256,11 @@ func (b *Broker) keepConnected(conn *amqp.Connection) {
 			return
 		case e := <-closed:
 			b.mu.Lock()
-			b.conn = nil
-			b.ready = make(chan struct{})
-			b.pool = nil
+			if b.conn == conn { // channel() may have noticed first
+				b.conn = nil
+				b.ready = make(chan struct{})
+				b.pool = nil
+			}
 			b.mu.Unlock()
 			b.log.Warn("rabbitmq: connection lost; reconnecting", "err", e)
 		}
