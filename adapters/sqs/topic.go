@@ -91,13 +91,8 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (adapters.Subscrip
 	if err := adapters.ValidateName("topic", topic); err != nil {
 		return nil, err
 	}
-	suffix := "-sub-" + strings.ReplaceAll(uuid.NewString(), "-", "")[:12]
-	base := b.cfg.Prefix + topic
-	if len(base)+len(suffix) > maxNameLen {
-		base = base[:maxNameLen-len(suffix)]
-	}
-	s := &subscription{b: b, topic: topic, op: op, queueName: base + suffix,
-		ch: make(chan adapters.Message, subscriptionBuffer), done: make(chan struct{})}
+	s := &subscription{b: b, topic: topic, op: op, queueName: b.subscriberQueueName(topic),
+		ch: make(chan adapters.Message, subscriptionBuffer), gapc: make(chan struct{}, 1), done: make(chan struct{})}
 	if err := s.setup(ctx); err != nil {
 		s.teardown()
 		return nil, err
@@ -117,6 +112,17 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (adapters.Subscrip
 	return s, nil
 }
 
+// subscriberQueueName is PREFIX+TOPIC-sub-RANDOM, the topic part cut to
+// fit SQS's 80 characters.
+func (b *Broker) subscriberQueueName(topic string) string {
+	suffix := "-sub-" + strings.ReplaceAll(uuid.NewString(), "-", "")[:12]
+	base := b.cfg.Prefix + topic
+	if len(base)+len(suffix) > maxNameLen {
+		base = base[:maxNameLen-len(suffix)]
+	}
+	return base + suffix
+}
+
 type subscription struct {
 	b         *Broker
 	topic     string
@@ -132,13 +138,17 @@ type subscription struct {
 	gap      bool
 	closed   bool
 
-	ch chan adapters.Message
+	ch   chan adapters.Message
+	gapc chan struct{} // signalled when gap is set, to wake a waiting Receive
 }
 
 // setup creates (or re-creates) the subscriber queue and its SNS
 // subscription.
 func (s *subscription) setup(ctx context.Context) error {
 	b := s.b
+	s.mu.Lock()
+	s.subARN, s.queueURL = "", ""
+	s.mu.Unlock()
 	arn, err := b.topicARN(ctx, s.op, s.topic)
 	if err != nil {
 		return err
@@ -208,6 +218,10 @@ func (s *subscription) setGap() {
 	s.mu.Lock()
 	s.gap = true
 	s.mu.Unlock()
+	select {
+	case s.gapc <- struct{}{}:
+	default:
+	}
 }
 
 // loop long-polls the subscriber queue, deletes what it received (topics
@@ -235,6 +249,9 @@ func (s *subscription) loop() {
 			if code(err) == adapters.ErrNotFound {
 				// The queue is gone (the broker lost it, or someone deleted
 				// it): make it and the subscription again.
+				s.teardown() // the old SNS subscription, if the topic survived
+				// A new name: SQS refuses a deleted queue's name for 60 s.
+				s.queueName = s.b.subscriberQueueName(s.topic)
 				ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
 				err = s.setup(ctx)
 				cancel()
@@ -282,29 +299,36 @@ func (s *subscription) loop() {
 // messages may have been missed (receive failures, a re-created queue, a
 // full buffer).
 func (s *subscription) Receive(ctx context.Context) (adapters.Message, error) {
+	for {
+		m, ok, err := s.receive(ctx)
+		if ok {
+			return m, err
+		}
+	}
+}
+
+// receive returns ok false when it was woken by a gap report that an
+// earlier call already took.
+func (s *subscription) receive(ctx context.Context) (adapters.Message, bool, error) {
 	s.mu.Lock()
 	closed, gap := s.closed, s.gap
 	s.gap = false
 	s.mu.Unlock()
 	if closed {
-		return adapters.Message{}, adapters.Errorf(adapters.ErrClosed, s.op, "subscription closed")
+		return adapters.Message{}, true, adapters.Errorf(adapters.ErrClosed, s.op, "subscription closed")
 	}
 	if gap {
-		return adapters.Message{}, adapters.Errorf(adapters.ErrGap, s.op, "SQS receive failed or the buffer was full")
+		return adapters.Message{}, true, adapters.Errorf(adapters.ErrGap, s.op, "SQS receive failed, the queue was re-created or the buffer was full")
 	}
 	select {
 	case m := <-s.ch:
-		return m, nil
+		return m, true, nil
+	case <-s.gapc:
+		return adapters.Message{}, false, nil
 	case <-ctx.Done():
-		return adapters.Message{}, ctx.Err()
+		return adapters.Message{}, true, ctx.Err()
 	case <-s.done:
-		s.mu.Lock()
-		closed = s.closed
-		s.mu.Unlock()
-		if closed || s.b.ctx.Err() != nil {
-			return adapters.Message{}, adapters.Errorf(adapters.ErrClosed, s.op, "subscription closed")
-		}
-		return adapters.Message{}, adapters.Errorf(adapters.ErrClosed, s.op, "subscription ended")
+		return adapters.Message{}, true, adapters.Errorf(adapters.ErrClosed, s.op, "subscription closed")
 	}
 }
 
