@@ -250,6 +250,9 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 	if !ok {
 		return nil, adapters.Errorf(adapters.ErrNotFound, op, "queue was never declared")
 	}
+	if opts.DeadLetters && !s.caps.DeadLetter.Available() {
+		return nil, adapters.Errorf(adapters.ErrUnsupported, op, "ConsumeOptions.DeadLetters: dead-lettering is configured unsupported on this server")
+	}
 	c := &consumer{b: b, q: q, name: queue, dead: opts.DeadLetters, done: make(chan struct{})}
 	b.cons[c] = struct{}{}
 	return c, nil
@@ -499,6 +502,9 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 // Extend keeps the lease for at least dur from now.
 func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
 	op := d.op("extend")
+	if !d.c.b.srv.caps.LeaseExtension.Available() {
+		return adapters.Errorf(adapters.ErrUnsupported, op, "lease extension is configured unsupported on this server")
+	}
 	if err := adapters.ValidateExtend(op, dur, d.c.q.cfg.Lease); err != nil {
 		return err
 	}
@@ -517,7 +523,11 @@ func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
 
 // DeadLetter moves the item to the dead-letter queue with the reason.
 func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
-	now, err := d.hold(ctx, d.op("dead-letter"))
+	op := d.op("dead-letter")
+	if !d.c.b.srv.caps.DeadLetter.Available() {
+		return adapters.Errorf(adapters.ErrUnsupported, op, "dead-lettering is configured unsupported on this server")
+	}
+	now, err := d.hold(ctx, op)
 	if err != nil {
 		return err
 	}

@@ -138,7 +138,7 @@ func (q *queue) release(s *Server, it *item, now, availableAt time.Time, why str
 	if availableAt.After(now) {
 		q.delayed[it] = struct{}{}
 	}
-	if !it.dead && it.attempts >= q.cfg.MaxAttempts {
+	if !it.dead && it.attempts >= q.cfg.MaxAttempts && s.caps.DeadLetter.Available() {
 		q.deadLetter(s, it, now, fmt.Sprintf("max attempts (%d) used up; last attempt: %s", q.cfg.MaxAttempts, why))
 	}
 	q.signal()

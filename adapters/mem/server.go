@@ -27,6 +27,16 @@ type Option func(*Server)
 // example a clockwork.NewFakeClock() that a test advances.
 func WithClock(c clockwork.Clock) Option { return func(s *Server) { s.clock = c } }
 
+// WithCapabilities lets fn change the capabilities the server reports and
+// enforces, to stand for a weaker broker: a feature set to
+// adapters.Unsupported is refused with ErrUnsupported (Extend, Nack with a
+// delay, DeadLetter, Ordered and Dedupe queues, reading dead letters; without
+// DeadLetter, MaxAttempts is not enforced and items are redelivered
+// forever), and the limits are enforced as set.
+func WithCapabilities(fn func(*adapters.Capabilities)) Option {
+	return func(s *Server) { fn(&s.caps) }
+}
+
 // WithMaxMessageSize sets Capabilities.MaxMessageSize (default 1 MiB).
 func WithMaxMessageSize(n int) Option { return func(s *Server) { s.caps.MaxMessageSize = n } }
 
