@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/clusterbus/clusterbus/flows"
+)
+
+// flowsResultsQueue is --flows.results-queue (env
+// CLUSTERBUS_FLOWS_RESULTS_QUEUE): where completion records go. It is not
+// part of nodeConfig yet, so it is read here.
+var flowsResultsQueue string
+
+func init() {
+	d := defaultNodeConfig().Flows
+	fs := nodeCmd.Flags()
+	fs.String("flows.dir", d.Dir, "directory of flow and rule YAML files to load (empty: the flow engine does not run)")
+	fs.String("flows.queue", d.Queue, "queue that carries flow steps")
+	fs.Int("flows.concurrency", d.Concurrency, "flow steps this node runs at once")
+	fs.Duration("flows.lease", d.Lease, "lease of a flow step; renewed every third of it while the step runs")
+	fs.Int("flows.max-attempts", d.MaxAttempts, "deliveries of a step before its execution is dead-lettered")
+	fs.StringVar(&flowsResultsQueue, "flows.results-queue", os.Getenv("CLUSTERBUS_FLOWS_RESULTS_QUEUE"),
+		"queue that receives one completion record per execution (empty: none)")
+	nodeServices = append(nodeServices, startFlows)
+
+	flowCmd := &cobra.Command{Use: "flow", Short: "Submit flow executions and ask where they are"}
+	var addr, input, id string
+	var wait time.Duration
+	submit := &cobra.Command{
+		Use:   "submit FILE|NAME",
+		Short: "Start an execution of the flow defined in FILE (or registered as NAME) on the cluster",
+		Long: `Start an execution. FILE is a flow YAML file: it is checked here (errors
+name the line) and its flow name and version are submitted; the nodes must
+have loaded the same definition from their flows.dir. A NAME that is not a
+file is submitted as is. Prints the execution ID.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := flows.SubmitRequest{Flow: args[0], ID: id}
+			if _, err := os.Stat(args[0]); err == nil {
+				defs, err := flows.ParseFile(args[0])
+				if err != nil {
+					return &exitError{code: 2, err: err}
+				}
+				switch {
+				case len(defs.Flows) == 1 && len(defs.Rules) == 0:
+					req.Flow, req.Version = defs.Flows[0].Name, defs.Flows[0].Version
+				case len(defs.Rules) == 1 && len(defs.Flows) == 0:
+					req.Flow, req.Version = defs.Rules[0].Name, defs.Rules[0].Version
+				default:
+					return &exitError{code: 2, err: fmt.Errorf("%s defines %d flows and %d rules; want exactly one", args[0], len(defs.Flows), len(defs.Rules))}
+				}
+			}
+			if input != "" {
+				if err := json.Unmarshal([]byte(input), &req.Input); err != nil {
+					return &exitError{code: 2, err: fmt.Errorf("--input: want a JSON object: %w", err)}
+				}
+			}
+			var resp flows.SubmitResponse
+			if err := flowAPI(cmd.Context(), http.MethodPost, normalizeAddr(addr)+"/api/flows", req, &resp); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), resp.ID)
+			if wait > 0 {
+				return waitFlow(cmd, addr, resp.ID, wait)
+			}
+			return nil
+		},
+	}
+	submit.Flags().StringVar(&input, "input", "", "the execution's input, a JSON object")
+	submit.Flags().StringVar(&id, "id", "", "execution ID (default random; resubmitting an ID within the broker's dedupe window starts nothing new)")
+	submit.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the execution to end, then print its status")
+	status := &cobra.Command{
+		Use:   "status ID",
+		Short: "Print where execution ID is (any node can answer)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if wait > 0 {
+				return waitFlow(cmd, addr, args[0], wait)
+			}
+			var st json.RawMessage
+			if err := flowAPI(cmd.Context(), http.MethodGet, normalizeAddr(addr)+"/api/flows/"+args[0], nil, &st); err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), st)
+		},
+	}
+	status.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the execution to end")
+	for _, c := range []*cobra.Command{submit, status} {
+		c.Flags().StringVar(&addr, "addr", defaultAddr(), "a node's HTTP address (env CLUSTERBUS_ADDR)")
+		flowCmd.AddCommand(c)
+	}
+	rootCmd.AddCommand(flowCmd)
+}
+
+// startFlows is the node service that runs the flow engine.
+func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error, error) {
+	fc := env.Config.Flows
+	log := env.Logger.With("component", "flows")
+	if fc.Dir == "" {
+		log.Info("flows: no flows.dir configured; the flow engine does not run on this node")
+		return nil, nil
+	}
+	e, err := flows.New(env.Broker, flows.Config{
+		Queue:        fc.Queue,
+		Concurrency:  fc.Concurrency,
+		Lease:        fc.Lease,
+		MaxAttempts:  fc.MaxAttempts,
+		ResultsQueue: flowsResultsQueue,
+		DrainGrace:   min(env.Config.DrainTimeout/2, 5*time.Second),
+	}, flows.Options{NodeID: env.Node.ID(), Gate: env.Node.Serving, Logger: env.Logger, Registry: env.Registry})
+	if err != nil {
+		return nil, err
+	}
+	if err := e.LoadDir(fc.Dir); err != nil {
+		return nil, fmt.Errorf("flows.dir %s: %w", fc.Dir, err)
+	}
+	if err := e.Start(ctx); err != nil {
+		return nil, err
+	}
+	e.Routes(env.Mux)
+	log.Info("flows: engine running", "dir", fc.Dir, "flows", e.Flows(), "queue", e.Config().Queue,
+		"concurrency", e.Config().Concurrency, "lease", e.Config().Lease)
+	return e.Stop, nil
+}
+
+func flowAPI(ctx context.Context, method, url string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, url, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
+			return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, e.Error)
+		}
+		return fmt.Errorf("%s %s: %s (is flows.dir set on that node?)", method, url, resp.Status)
+	}
+	return json.Unmarshal(raw, out)
+}
+
+func printJSON(w io.Writer, raw json.RawMessage) error {
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, raw, "", "  "); err != nil {
+		return err
+	}
+	buf.WriteByte('\n')
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+func waitFlow(cmd *cobra.Command, addr, id string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		var st flows.Status
+		raw := json.RawMessage{}
+		err := flowAPI(cmd.Context(), http.MethodGet, normalizeAddr(addr)+"/api/flows/"+id, nil, &raw)
+		if err == nil {
+			if err = json.Unmarshal(raw, &st); err == nil && st.State != flows.StateRunning {
+				if perr := printJSON(cmd.OutOrStdout(), raw); perr != nil {
+					return perr
+				}
+				if st.State != flows.StateCompleted {
+					return &exitError{code: 1, err: fmt.Errorf("execution %s %s: %s", id, st.State, st.Error)}
+				}
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = errors.New("still running")
+			}
+			return fmt.Errorf("execution %s: not ended after %s: %w", id, wait, err)
+		}
+		select {
+		case <-cmd.Context().Done():
+			return cmd.Context().Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
