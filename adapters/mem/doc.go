@@ -54,6 +54,9 @@
 //     dead letters and dedupe memory survive, leases and topic messages in
 //     flight do not.
 //   - Server.Stats(queue) counts ready, delayed, leased and dead items.
+//   - WithCapabilities makes the server stand for a weaker broker: what it
+//     marks Unsupported is refused with ErrUnsupported, so the emulation
+//     paths above (no delayed nack, no dead letters, ...) can be tested.
 //
 // # What is not guaranteed
 //
