@@ -16,7 +16,8 @@ import (
 )
 
 // Consume opens a consumer. Receive calls long-poll SQS in the background,
-// up to min(Prefetch, 10) items per call; items that arrive after the
+// up to min(Prefetch, 10) items per call (1 on Ordered queues, to keep the
+// order per key across Nacks); items that arrive after the
 // caller gave up wait in the consumer's buffer (they are leased) and are
 // dropped there, to come back with the next attempt, if their lease runs
 // out before a Receive takes them.
@@ -36,6 +37,12 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 		prefetch: max(1, min(opts.Prefetch, 10)), out: map[*delivery]struct{}{}, notify: make(chan struct{})}
 	if c.dead {
 		c.url, c.del = q.dlqURL, q.dlqD
+	}
+	if q.ordered && !c.dead {
+		// One item per receive call: SQS then hands out the next item of a
+		// key only once the one before is deleted, and a Nack cannot leave
+		// a later item of the same key behind in the buffer.
+		c.prefetch = 1
 	}
 	c.ctx, c.cancel = context.WithCancel(b.ctx)
 	b.mu.Lock()

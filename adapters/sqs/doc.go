@@ -36,14 +36,23 @@
 // Enqueue returns once SQS has stored the item (SendMessage or, for
 // concurrent callers on one queue, SendMessageBatch: each caller waits for
 // the answer about its own entry). Items are delivered at least once.
-// Receive hands an item out under its visibility timeout; Extend and
-// Nack(delay) call ChangeMessageVisibility, rounded up to whole seconds
-// (SQS's granularity, so MinLease is 1s). Attempt is SQS's
-// ApproximateReceiveCount. Ack deletes the item (concurrent acks share
+// Receive hands an item out under a lease of the queue's length, counted
+// from the moment the receive call returned; SQS is asked for one second
+// more (the visibility timeout is lease + 1 s), so the adapter's deadline
+// always passes before SQS makes the item visible again, as long as a
+// response takes less than that second to arrive. Extend and Nack(delay)
+// call ChangeMessageVisibility; all durations are rounded up to whole
+// seconds (SQS's granularity, so MinLease is 1s). Attempt is SQS's
+// ApproximateReceiveCount. On Ordered queues a consumer receives one item
+// per call whatever its Prefetch, so that a Nack cannot leave a later item
+// of the same key in its buffer. Ack deletes the item (concurrent acks share
 // DeleteMessageBatch requests) and returns once SQS answered. A Nack on the
-// last attempt dead-letters the item at once; an item whose leases simply
-// expire is moved to the dead-letter queue by SQS's redrive policy the next
-// time a consumer receives from the queue. DeadLetter sends a copy with the
+// last attempt dead-letters the item at once. When the lease of a delivery
+// on its last attempt runs out unsettled, the adapter (which still holds
+// the item for the extra second) dead-letters it with the reason "lease
+// expired on the last attempt"; if that fails, or the process died, SQS's
+// redrive policy (maxReceiveCount = MaxAttempts) moves the item the next
+// time any consumer receives from the queue. DeadLetter sends a copy with the
 // reason to the dead-letter queue, then deletes the original: a crash in
 // between leaves the copy and the original (on FIFO queues the copy is
 // deduplicated by the SQS message ID). Items moved by the redrive policy
@@ -76,12 +85,26 @@
 //     reason); header names SQS refuses ("AWS.…", "…..…", "….") are refused
 //     with ErrInvalidArgument;
 //   - at most 256 KiB as sent (body plus attribute names, types and values)
-//     with ErrTooLarge. Bodies that are not valid SQS text (XML characters
-//     in UTF-8) are sent base64-encoded, 4/3 larger; Capabilities
+//     with ErrTooLarge. Bodies that are not valid SQS text (UTF-8 of the
+//     XML characters up to U+FFFD; characters beyond the BMP such as emoji
+//     count as binary because emulators refuse them) are sent
+//     base64-encoded, marked in cb-meta, 4/3 larger; Capabilities
 //     MaxMessageSize (190 KiB) is what always fits even then. Header values
 //     that are not valid SQS text travel as Binary attributes; empty ones
 //     are listed in cb-meta, as SQS refuses empty values;
 //   - lease 1s to 12h; Nack delay at most 12h.
+//
+// Capabilities.Restart is Native: SQS is a managed, durable service, and
+// consumers and subscriptions retry through outages (a subscription
+// reports ErrGap and re-creates its queue if it disappeared). It is not
+// exercised by the conformance suite here, whose restart case needs items
+// to survive a restart of the server, which fauxqs cannot do.
+//
+// The adapter needs these IAM actions: sqs:CreateQueue, GetQueueUrl,
+// GetQueueAttributes, SetQueueAttributes, TagQueue, ListQueueTags,
+// ListQueues, DeleteQueue, SendMessage, ReceiveMessage, DeleteMessage,
+// ChangeMessageVisibility; sns:CreateTopic, Publish, Subscribe,
+// Unsubscribe.
 //
 // Amazon SQS refuses to re-create a deleted queue's name for 60 seconds.
 // A node that dies without closing its subscriptions leaves its subscriber
@@ -95,12 +118,23 @@
 // started by TestMain on a random loopback port: run `npm ci` in
 // adapters/sqs/testdata/fauxqs first (TestMain does it if node_modules is
 // missing). Set CLUSTERBUS_TEST_SQS_LIVE=1 with standard AWS environment
-// variables to run the same suite against real AWS. What fauxqs cannot
-// show and so stays untested here: IAM and the SNS-to-SQS queue policy
-// (fauxqs stores but does not enforce policies), the refusal of stale
-// receipt handles, the 60 s delay before a deleted queue name can be
-// reused, propagation delay of new SNS subscriptions, throttling, the
-// 256 KiB limit on the server side (fauxqs allows 1 MiB; the adapter
-// enforces 256 KiB itself), and durability across a server restart (fauxqs
-// keeps everything in memory).
+// variables (AWS_REGION, credentials) to run the same tests against real
+// AWS, with the name prefix "cbtest-". What fauxqs cannot show and so
+// stays untested here:
+//   - IAM, and the queue policy that lets SNS send to a subscriber queue
+//     (fauxqs stores policies but does not enforce them);
+//   - the refusal of stale receipt handles (fauxqs accepts them; the
+//     adapter does not rely on it and refuses settlement after its own
+//     deadline);
+//   - real SQS FIFO batches holding several items of one group (fauxqs
+//     hands out one in-flight item per group, so the one-item-per-call rule
+//     on Ordered queues is not put to the test);
+//   - the 60 s wait before a deleted queue's name can be reused, the delay
+//     before a new SNS subscription receives, eventual consistency of
+//     queue attributes, throttling and SDK retries on 5xx answers;
+//   - the server's own 256 KiB limit (fauxqs allows 1 MiB; the adapter
+//     enforces 256 KiB itself), and characters beyond U+FFFD in bodies;
+//   - durability across a server restart (fauxqs keeps everything in
+//     memory): TestFauxqsRestart only shows that subscriptions and
+//     consumers recover once the server is back.
 package sqs
