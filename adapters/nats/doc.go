@@ -112,7 +112,9 @@
 // Missing streams or consumers are adapters.ErrNotFound; timeouts, no
 // responders and lost connections are adapters.ErrUnavailable; oversized
 // messages adapters.ErrTooLarge; JetStream's 400 errors
-// adapters.ErrInvalidArgument; anything after Close adapters.ErrClosed.
+// adapters.ErrInvalidArgument; anything after Close adapters.ErrClosed. On a
+// server without JetStream, topics work and every queue operation fails with
+// adapters.ErrUnsupported saying that JetStream is needed.
 // errors.As still reaches the nats.go error.
 //
 // # Embedded server

@@ -3,6 +3,7 @@ package nats
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
@@ -177,12 +178,14 @@ func (o Options) withDefaults() Options {
 
 // Broker is a connection to NATS. It implements adapters.Broker.
 type Broker struct {
-	opts       Options
-	log        *slog.Logger
-	nc         *nats.Conn
-	js         jetstream.JetStream
-	caps       adapters.Capabilities
-	streamBase string // prefix with '.' replaced by '_'
+	opts Options
+	log  *slog.Logger
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	caps adapters.Capabilities
+	// noJetStream is set at Open if the server has no JetStream.
+	noJetStream error
+	streamBase  string // prefix with '.' replaced by '_'
 
 	mu        sync.Mutex
 	closed    bool
@@ -316,6 +319,11 @@ func redactServers(servers []string) string {
 func (b *Broker) ensureKeepalive(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	if _, err := b.js.AccountInfo(ctx); errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		b.noJetStream = err
+		b.log.Warn("nats: JetStream is not enabled on the server: topics work, queues fail with ErrUnsupported", "err", err)
+		return
+	}
 	_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        b.streamBase + "_KEEPALIVE",
 		Description: "clusterbus: keeps the account's JetStream store alive; holds nothing",
@@ -392,6 +400,17 @@ func (b *Broker) check(ctx context.Context, op string) error {
 	return ctx.Err()
 }
 
+// checkQueue runs the checks every queue operation starts with.
+func (b *Broker) checkQueue(ctx context.Context, op string) error {
+	if err := b.check(ctx, op); err != nil {
+		return err
+	}
+	if b.noJetStream != nil {
+		return b.mapErr(op, b.noJetStream)
+	}
+	return nil
+}
+
 // Close implements adapters.Broker. Unsettled deliveries are released at
 // once (negatively acknowledged); subscriptions end.
 func (b *Broker) Close() error {
@@ -444,6 +463,9 @@ func (b *Broker) mapErr(op string, err error) error {
 		return adapters.Wrap(adapters.ErrNotFound, op, err)
 	case errors.Is(err, nats.ErrMaxPayload), errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum):
 		return adapters.Wrap(adapters.ErrTooLarge, op, err)
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+		return adapters.Wrap(adapters.ErrUnsupported, op,
+			fmt.Errorf("queues need JetStream; enable it on the server (nats-server -js, or `clusterbus broker`): %w", err))
 	case errors.Is(err, nats.ErrBadSubject), errors.Is(err, jetstream.ErrInvalidOption):
 		return adapters.Wrap(adapters.ErrInvalidArgument, op, err)
 	}

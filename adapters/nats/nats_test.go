@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/nats"
 	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
@@ -413,5 +415,40 @@ func TestMaxMessageSizeFollowsServerMaxPayload(t *testing.T) {
 	err = b.Publish(ctx, "big", adapters.Message{Body: make([]byte, max+1)})
 	if !errors.Is(err, adapters.ErrTooLarge) {
 		t.Errorf("Publish of %d bytes: %v, want ErrTooLarge", max+1, err)
+	}
+}
+
+// On a NATS server without JetStream, topics work and queues fail with
+// ErrUnsupported saying JetStream is needed.
+func TestWithoutJetStreamQueuesAreUnsupported(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(s.Shutdown)
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	ctx := testCtx(t)
+	b, err := nats.Open(ctx, nats.Options{Servers: []string{s.ClientURL()}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	err = b.DeclareQueue(ctx, adapters.QueueConfig{Name: "jobs"})
+	if !errors.Is(err, adapters.ErrUnsupported) || !strings.Contains(err.Error(), "JetStream") {
+		t.Errorf("DeclareQueue without JetStream: %v, want ErrUnsupported naming JetStream", err)
+	}
+	sub, err := b.Subscribe(ctx, "news")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if err := b.Publish(ctx, "news", adapters.Message{ID: "n1"}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := sub.Receive(ctx); err != nil || m.ID != "n1" {
+		t.Errorf("topic without JetStream: %v %q", err, m.ID)
 	}
 }

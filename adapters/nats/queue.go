@@ -52,10 +52,11 @@ type queueInfo struct {
 // a work-queue stream "<prefix>_Q_<name>" on subject "<prefix>.queue.<name>",
 // its dead-letter stream "<prefix>_DLQ_<name>" on "<prefix>.dlq.<name>", and
 // a durable pull consumer on each with AckWait = cfg.Lease. A changed
-// Lease, MaxAttempts or DedupeWindow is applied in place.
+// Lease, MaxAttempts or DedupeWindow is applied in place; consumers opened
+// before the change keep the lease and attempt limit they started with.
 func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) error {
 	op := "declare queue " + cfg.Name
-	if err := b.check(ctx, op); err != nil {
+	if err := b.checkQueue(ctx, op); err != nil {
 		return err
 	}
 	cfg = cfg.WithDefaults()
@@ -114,7 +115,7 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 // DeleteQueue implements adapters.Broker.
 func (b *Broker) DeleteQueue(ctx context.Context, queue string) error {
 	op := "delete queue " + queue
-	if err := b.check(ctx, op); err != nil {
+	if err := b.checkQueue(ctx, op); err != nil {
 		return err
 	}
 	if err := adapters.ValidateName("queue", queue); err != nil {
@@ -173,7 +174,7 @@ func (b *Broker) info(ctx context.Context, op, queue string) (queueInfo, error) 
 // as Nats-Msg-Id and a duplicate within the window is dropped by the server.
 func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) error {
 	op := "enqueue " + queue
-	if err := b.check(ctx, op); err != nil {
+	if err := b.checkQueue(ctx, op); err != nil {
 		return err
 	}
 	if err := adapters.ValidateName("queue", queue); err != nil {
@@ -216,7 +217,7 @@ func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) 
 // Consume implements adapters.Broker.
 func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.ConsumeOptions) (adapters.Consumer, error) {
 	op := "consume " + queue
-	if err := b.check(ctx, op); err != nil {
+	if err := b.checkQueue(ctx, op); err != nil {
 		return nil, err
 	}
 	if err := adapters.ValidateName("queue", queue); err != nil {
