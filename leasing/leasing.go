@@ -192,29 +192,47 @@ func (l *Lease) lose(cause error) {
 func (l *Lease) loop(ctx context.Context) {
 	defer close(l.done)
 	clock := l.opts.Clock
-	next := clock.Now().Add(l.cfg.RenewEvery)
+	var retryAt time.Time // set after a failed renewal
 	var lastErr error
 	for {
 		l.mu.Lock()
-		cutoff := l.deadline.Add(-l.cfg.Margin)
+		deadline := l.deadline
 		l.mu.Unlock()
+		cutoff := deadline.Add(-l.cfg.Margin)
+		// Renew once the time left is down to Length - RenewEvery: every
+		// RenewEvery for a fresh lease, at once for an item that waited in
+		// a prefetch buffer.
+		next := deadline.Add(l.cfg.RenewEvery - l.cfg.Length)
+		if !retryAt.IsZero() {
+			next = retryAt
+		}
 		wake := next
 		if cutoff.Before(wake) {
 			wake = cutoff
 		}
-		t := clock.NewTimer(clock.Until(wake))
-		select {
-		case <-l.stop:
-			t.Stop()
-			return
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.Chan():
+		if d := clock.Until(wake); d > 0 {
+			t := clock.NewTimer(d)
+			select {
+			case <-l.stop:
+				t.Stop()
+				return
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.Chan():
+			}
+		} else {
+			select {
+			case <-l.stop:
+				return
+			case <-ctx.Done():
+				return
+			default:
+			}
 		}
 		now := clock.Now()
 		if !now.Before(cutoff) {
-			cause := fmt.Errorf("%w: deadline %s reached without a renewal", ErrLost, l.Deadline().Format(time.RFC3339Nano))
+			cause := fmt.Errorf("%w: deadline %s reached without a renewal", ErrLost, deadline.Format(time.RFC3339Nano))
 			if lastErr != nil {
 				cause = fmt.Errorf("%w: deadline reached; last renewal failed: %v", ErrLost, lastErr)
 			}
@@ -248,8 +266,7 @@ func (l *Lease) loop(ctx context.Context) {
 			l.deadline = now.Add(l.cfg.Length)
 			l.epoch++
 			l.mu.Unlock()
-			lastErr = nil
-			next = now.Add(l.cfg.RenewEvery)
+			lastErr, retryAt = nil, time.Time{}
 			if l.opts.OnRenew != nil {
 				l.opts.OnRenew()
 			}
@@ -262,7 +279,7 @@ func (l *Lease) loop(ctx context.Context) {
 			// Transient: try again soon, while the cutoff allows.
 			lastErr = err
 			l.opts.Logger.Debug("leasing: renewal failed; retrying", "queue", l.d.Queue(), "id", l.d.Message().ID, "err", err)
-			next = clock.Now().Add(l.cfg.RenewEvery / 4)
+			retryAt = clock.Now().Add(l.cfg.RenewEvery / 4)
 		}
 	}
 }

@@ -210,3 +210,26 @@ func TestTokenOrdersAttemptsThenEpochs(t *testing.T) {
 		t.Fatal("epoch order")
 	}
 }
+
+func TestItemThatWaitedBeforeHoldIsRenewedAtOnce(t *testing.T) {
+	r := newRig(t)
+	d := r.receive(t, r.b)
+	// The item sat in a buffer for 2.5s of its 3s lease before the work
+	// began: the first renewal must come now, not after RenewEvery (which
+	// would be past the margin).
+	r.clock.Advance(2500 * time.Millisecond)
+	renewed := make(chan struct{}, 10)
+	ctx, l := leasing.Hold(context.Background(), d, leasing.Config{Length: lease},
+		leasing.Options{Clock: r.clock, Logger: logger(t), OnRenew: func() { renewed <- struct{}{} }})
+	t.Cleanup(l.Release)
+	select {
+	case <-renewed:
+	case <-ctx.Done():
+		t.Fatalf("lease given up instead of renewed: %v", context.Cause(ctx))
+	case <-time.After(10 * time.Second):
+		t.Fatal("no renewal")
+	}
+	if ctx.Err() != nil || !l.Valid() {
+		t.Fatalf("lease not valid after renewal: %v", context.Cause(ctx))
+	}
+}
