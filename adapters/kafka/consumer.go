@@ -19,11 +19,11 @@ import (
 // it waits for their due time.
 const maxRetryHeld = 10000
 
-// Consume joins the queue's consumer group (every consumer of the queue, on
-// every node, competes in the same group) and waits until the group has
-// given this consumer its first assignment. Each consumer also runs a member
-// of the queue's retry group, which re-queues delayed items when they are
-// due. It returns ErrNotFound if the queue was never declared.
+// Consume opens a consumer of the queue (or of its dead-letter topic). It
+// joins the queue's consumer group, where every consumer of the queue on
+// every node competes, at its first Receive. It joins the queue's retry
+// group at once: that member re-queues delayed items when they are due. It
+// returns ErrNotFound if the queue was never declared.
 func (b *Broker) Consume(ctx context.Context, q string, opts adapters.ConsumeOptions) (adapters.Consumer, error) {
 	op := fmt.Sprintf("kafka: consume %q", q)
 	if err := b.checkOpen(op); err != nil {

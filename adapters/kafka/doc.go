@@ -45,7 +45,9 @@
 // member of the same consumer group and joins at its first Receive (a
 // consumer that never receives owns no partitions).
 //
-// Leases are emulated. Receive starts a timer of QueueConfig.Lease; Extend
+// Leases are emulated. Receive starts a timer of QueueConfig.Lease (items
+// prefetched under ConsumeOptions.Prefetch wait in memory, unleased but out
+// of other consumers' reach because their partition is owned); Extend
 // restarts it (LeaseExtension Emulated). When it fires, the adapter appends
 // a copy of the item with attempt+1 to the queue (in a partition another
 // member owns, if any), marks the original offset settled, and any later
@@ -99,6 +101,8 @@
 //     there is no MaxLease or MaxDelay. A consumer holds at most 10,000
 //     delayed retries in memory; more wait in Kafka.
 //   - Restart is Native: clients reconnect and resume from committed offsets.
+//   - replication=-1 needs Kafka 2.4 or later (CreateTopics v4); set an
+//     explicit factor for older brokers.
 //
 // # Tests
 //

@@ -35,10 +35,12 @@ type groupRunner struct {
 	// (the generation ended first), and the record is read again later.
 	handle func(gctx context.Context, ps *partState, epoch int, km kafkago.Message) bool
 
-	group  *kafkago.ConsumerGroup
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   chan struct{}
+	group *kafkago.ConsumerGroup
+	// commitMu serialises commits; callers waiting for it share the next.
+	commitMu sync.Mutex
+	ctx      context.Context
+	cancel   context.CancelFunc
+	done     chan struct{}
 
 	mu      sync.Mutex
 	parts   map[int]*partState
@@ -66,7 +68,6 @@ type genState struct {
 	gen    *kafkago.Generation
 	ctx    context.Context // cancelled when the generation ends
 	cancel context.CancelFunc
-	commit sync.Mutex
 }
 
 func (b *Broker) startGroup(groupID, topic string, handle func(context.Context, *partState, int, kafkago.Message) bool) (*groupRunner, error) {
@@ -276,15 +277,29 @@ func (ps *partState) settle(ctx context.Context, op string, epoch int, off int64
 		ps.pending = ps.pending[1:]
 	}
 	r.mu.Unlock()
-	return ps.commit(ctx, op, epoch)
+	return ps.commit(ctx, op, epoch, off)
 }
 
-func (ps *partState) commit(ctx context.Context, op string, epoch int) error {
+func (ps *partState) commit(ctx context.Context, op string, epoch int, off int64) error {
 	r := ps.r
 	for {
 		r.mu.Lock()
+		if off < ps.committed {
+			r.mu.Unlock()
+			return nil // durable
+		}
 		if ps.epoch != epoch {
 			r.mu.Unlock()
+			// A commit in flight when the partition was lost may still
+			// have made it; let it land before saying the lease is lost.
+			r.commitMu.Lock()
+			r.commitMu.Unlock()
+			r.mu.Lock()
+			durable := off < ps.committed
+			r.mu.Unlock()
+			if durable {
+				return nil
+			}
 			return lostErr(op)
 		}
 		if ps.mark < 0 || ps.mark <= ps.committed {
@@ -331,21 +346,21 @@ func (ps *partState) commit(ctx context.Context, op string, epoch int) error {
 }
 
 // commitGen commits the marks of every partition that moved, in one
-// request; concurrent callers queue on gs.commit and share the next one.
+// request; concurrent callers queue on r.commitMu and share the next one.
 func (r *groupRunner) commitGen(gs *genState) error {
-	gs.commit.Lock()
-	defer gs.commit.Unlock()
+	r.commitMu.Lock()
+	defer r.commitMu.Unlock()
 	r.mu.Lock()
 	if r.cur != gs {
 		r.mu.Unlock()
 		return errGenEnded
 	}
 	offsets := map[int]int64{}
-	epochs := map[int]int{}
+	states := map[int]*partState{}
 	for p, ps := range r.parts {
 		if ps.mark >= 0 && ps.mark > ps.committed {
 			offsets[p] = ps.mark
-			epochs[p] = ps.epoch
+			states[p] = ps
 		}
 	}
 	r.mu.Unlock()
@@ -355,9 +370,11 @@ func (r *groupRunner) commitGen(gs *genState) error {
 	if err := gs.gen.CommitOffsets(map[string]map[int]int64{r.topic: offsets}); err != nil {
 		return err
 	}
+	// Recorded even if the partition was lost meanwhile: the commit
+	// happened, and settle calls waiting on it must know.
 	r.mu.Lock()
 	for p, off := range offsets {
-		if ps := r.parts[p]; ps != nil && ps.epoch == epochs[p] && off > ps.committed {
+		if ps := states[p]; off > ps.committed {
 			ps.committed = off
 		}
 	}

@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -161,4 +162,100 @@ func startKfake(t *testing.T) string {
 	}
 	t.Cleanup(c.Close)
 	return c.ListenAddrs()[0]
+}
+
+// When a second consumer joins, the group rebalances to fair shares. The
+// first consumer keeps as many of its busy partitions as its share allows
+// and its leases there hold (Ack works after the rebalance); its deliveries
+// from partitions that moved fail with ErrLeaseLost, and the new owner
+// receives those items again with the same attempt number.
+func TestRebalanceKeepsLeasesWithinFairShareAndVoidsTheRest(t *testing.T) {
+	addr := startKfake(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg, err := ParseURL("kafka://" + addr + "?session_timeout=6s&heartbeat_interval=300ms&partitions=4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b1, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b1.Close()
+	b2, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	q := fmt.Sprintf("rebalance-%d", time.Now().UnixNano())
+	if err := b1.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		if err := b1.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c1, err := b1.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	// Hold one item from each of the four partitions.
+	held := map[int]*delivery{}
+	var extra []adapters.Delivery
+	for len(held) < 4 {
+		d, err := c1.Receive(ctx)
+		if err != nil {
+			t.Fatalf("Receive: %v (holding %d partitions)", err, len(held))
+		}
+		dd := d.(*delivery)
+		if held[dd.ps.p] == nil {
+			held[dd.ps.p] = dd
+		} else {
+			extra = append(extra, d)
+		}
+	}
+	for _, d := range extra {
+		if err := d.Nack(ctx, 0); err != nil {
+			t.Fatalf("Nack: %v", err)
+		}
+	}
+	c2, err := b2.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	d2, err := c2.Receive(ctx) // joins the group: a rebalance
+	if err != nil {
+		t.Fatalf("second consumer: %v", err)
+	}
+	moved := d2.(*delivery).ps.p
+	if held[moved] == nil {
+		t.Fatalf("second consumer received from partition %d, not one the first held", moved)
+	}
+	kept, lost := 0, 0
+	for p, d := range held {
+		err := d.Ack(ctx)
+		switch {
+		case err == nil:
+			kept++
+		case errors.Is(err, adapters.ErrLeaseLost):
+			lost++
+			if p == moved && d.Message().ID != d2.Message().ID {
+				// The new owner starts at the committed offset, which may
+				// be below the held item; either way it is read again.
+				t.Logf("partition %d: held %q, new owner got %q first", p, d.Message().ID, d2.Message().ID)
+			}
+		default:
+			t.Errorf("Ack of the item held in partition %d: %v", p, err)
+		}
+	}
+	t.Logf("after the rebalance the first consumer kept %d busy partitions and lost %d", kept, lost)
+	if kept != 2 || lost != 2 {
+		t.Errorf("kept %d, lost %d partitions; want the fair share 2 and 2", kept, lost)
+	}
+	if d2.Attempt() != 1 {
+		t.Errorf("item read again by the new owner has attempt %d, want 1", d2.Attempt())
+	}
 }

@@ -207,3 +207,65 @@ func openT(ctx context.Context, t *testing.T, srv *server) adapters.Broker {
 func uniqueName(prefix string) string {
 	return fmt.Sprintf("kt-%s-%d", prefix, time.Now().UnixNano())
 }
+
+// After the broker restarts, a subscription first reports ErrGap (it cannot
+// know what it missed while disconnected), then delivers messages published
+// after the restart, without being reopened.
+func TestSubscriptionReportsGapAfterRestart(t *testing.T) {
+	srv := startServer(t)
+	if !srv.canRestart() {
+		t.Skip("CLUSTERBUS_TEST_KAFKA_BROKERS: an external Kafka cannot be restarted by the test")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pub, subB := openT(ctx, t, srv), openT(ctx, t, srv)
+	topic := uniqueName("gap")
+	sub, err := subB.Subscribe(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if err := pub.Publish(ctx, topic, adapters.Message{ID: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := sub.Receive(ctx); err != nil || m.ID != "before" {
+		t.Fatalf("before the restart: %q, %v", m.ID, err)
+	}
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		gaps := 0
+		for {
+			m, err := sub.Receive(ctx)
+			switch {
+			case errors.Is(err, adapters.ErrGap):
+				gaps++
+				continue
+			case err != nil:
+				got <- err
+			case gaps == 0:
+				got <- fmt.Errorf("received %q after the restart without an ErrGap first", m.ID)
+			default:
+				t.Logf("received %q after %d gap report(s)", m.ID, gaps)
+				got <- nil
+			}
+			return
+		}
+	}()
+	for i := 0; ; i++ {
+		// Publishes may fail while the client reconnects; keep trying.
+		_ = pub.Publish(ctx, topic, adapters.Message{ID: fmt.Sprint("after-", i)})
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatal(err)
+			}
+			return
+		case <-time.After(250 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatal("no message after the restart")
+		}
+	}
+}

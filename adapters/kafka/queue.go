@@ -237,5 +237,12 @@ func (b *Broker) Enqueue(ctx context.Context, q string, m adapters.Message) erro
 	if m.ID == "" {
 		m.ID = newID()
 	}
-	return b.write(ctx, op, encode(b.mainTopic(q), m))
+	err := b.write(ctx, op, encode(b.mainTopic(q), m))
+	if errors.Is(err, adapters.ErrNotFound) {
+		// Deleted by another node since this one learned of it.
+		b.mu.Lock()
+		delete(b.queues, q)
+		b.mu.Unlock()
+	}
+	return err
 }
