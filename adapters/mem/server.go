@@ -295,7 +295,7 @@ func (s *Server) Stats(queue string) (QueueStats, error) {
 func (s *Server) wait(ctx context.Context, next time.Time, a, b, c <-chan struct{}) error {
 	var tc <-chan time.Time
 	if !next.IsZero() {
-		t := s.clock.NewTimer(next.Sub(s.clock.Now()))
+		t := s.timerAt(next)
 		defer t.Stop()
 		tc = t.Chan()
 	}
@@ -308,4 +308,20 @@ func (s *Server) wait(ctx context.Context, next time.Time, a, b, c <-chan struct
 	case <-tc:
 	}
 	return nil
+}
+
+// timerAt returns a timer that fires when the clock reaches at. clockwork
+// only takes durations, so on a fake clock an Advance between reading Now
+// and creating the timer would make it fire late; a timer whose creation
+// straddled a change of Now is made again.
+func (s *Server) timerAt(at time.Time) clockwork.Timer {
+	_, fake := s.clock.(*clockwork.FakeClock)
+	for {
+		before := s.clock.Now()
+		t := s.clock.NewTimer(at.Sub(before))
+		if !fake || s.clock.Now().Equal(before) {
+			return t
+		}
+		t.Stop()
+	}
 }
