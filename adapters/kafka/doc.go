@@ -9,7 +9,9 @@
 //	kafka://host:9092[,host2:9092][?param=value&...]
 //
 // Blank-import the package and call adapters.Open, or call Open with a
-// Config (ParseURL builds one). A host without a port gets 9092. Accepted
+// Config (ParseURL builds one). A host without a port gets 9092; through
+// adapters.Open, whose net/url parser reads "k1:9092,k2" as a bad port,
+// give the last host a port (or none at all). Accepted
 // parameters (anything else fails with ErrInvalidArgument listing these):
 //
 //	partitions=8           partitions of the topics created for a new queue

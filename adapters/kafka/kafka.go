@@ -84,20 +84,25 @@ var prefixRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 func ParseURL(raw string) (Config, error) {
 	const op = "kafka: parse URL"
 	cfg := DefaultConfig()
-	u, err := url.Parse(raw)
-	if err != nil {
-		return cfg, adapters.Errorf(adapters.ErrInvalidArgument, op, "malformed URL %q: %v", adapters.Redact(raw), err)
+	// Parsed by hand: net/url rejects a host list such as "k1:9092,k2"
+	// (it reads ":9092,k2" as a port).
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok || !strings.EqualFold(scheme, Scheme) {
+		return cfg, adapters.Errorf(adapters.ErrInvalidArgument, op, "URL %q: want kafka://host:9092[,host2:9092][?%s]", adapters.Redact(raw), acceptedParams)
 	}
-	if !strings.EqualFold(u.Scheme, Scheme) {
-		return cfg, adapters.Errorf(adapters.ErrInvalidArgument, op, "scheme %q: want %q", u.Scheme, Scheme)
-	}
-	if u.User != nil {
+	rest, rawQuery, _ := strings.Cut(rest, "?")
+	host, path, _ := strings.Cut(rest, "/")
+	if strings.Contains(host, "@") {
 		return cfg, adapters.Errorf(adapters.ErrInvalidArgument, op, "user info in %q: SASL is not supported by this adapter", adapters.Redact(raw))
 	}
-	if u.Path != "" && u.Path != "/" {
-		return cfg, adapters.Errorf(adapters.ErrInvalidArgument, op, "path %q: want none (kafka://host:9092[,host2:9092]?%s)", u.Path, acceptedParams)
+	if path != "" {
+		return cfg, adapters.Errorf(adapters.ErrInvalidArgument, op, "path %q: want none (kafka://host:9092[,host2:9092]?%s)", "/"+path, acceptedParams)
 	}
-	for _, h := range strings.Split(u.Host, ",") {
+	query, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return cfg, adapters.Errorf(adapters.ErrInvalidArgument, op, "malformed query %q: %v", rawQuery, err)
+	}
+	for _, h := range strings.Split(host, ",") {
 		if h == "" {
 			continue
 		}
@@ -109,7 +114,7 @@ func ParseURL(raw string) (Config, error) {
 	if len(cfg.Brokers) == 0 {
 		return cfg, adapters.Errorf(adapters.ErrInvalidArgument, op, "no broker address in %q: want kafka://host:9092[,host2:9092]", adapters.Redact(raw))
 	}
-	for key, vals := range u.Query() {
+	for key, vals := range query {
 		v := vals[len(vals)-1]
 		bad := func(want string) error {
 			return adapters.Errorf(adapters.ErrInvalidArgument, op, "%s=%q: want %s", key, v, want)

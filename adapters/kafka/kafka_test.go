@@ -14,7 +14,7 @@ import (
 )
 
 func TestParseURLAcceptsBrokersAndParameters(t *testing.T) {
-	cfg, err := kafka.ParseURL("kafka://a:1,b,c:3?partitions=3&replication=2&session_timeout=9s&heartbeat_interval=2s&prefix=app.one&client_id=n1")
+	cfg, err := kafka.ParseURL("kafka://a:1,b,c:3/?partitions=3&replication=2&session_timeout=9s&heartbeat_interval=2s&prefix=app.one&client_id=n1")
 	if err != nil {
 		t.Fatalf("ParseURL: %v", err)
 	}
@@ -45,7 +45,8 @@ func TestParseURLRejectsBadInputNamingWhatIsAccepted(t *testing.T) {
 		{"kafka://", "no broker address"},
 		{"kafka://u:p@h:9092", "SASL"},
 		{"kafka://h:9092/path", "path"},
-		{"nats://h:4222", "scheme"},
+		{"nats://h:4222", "kafka://host"},
+		{"kafka://h:9092?a=%zz", "malformed query"},
 	}
 	for _, c := range cases {
 		_, err := kafka.ParseURL(c.url)
