@@ -138,6 +138,9 @@ func (f *Flow) Validate() error {
 		if s.Run == nil {
 			return bad(s, "step %q has no Run", s.Name)
 		}
+		if s.Kind == "" {
+			s.Kind = "go"
+		}
 		f.byName[s.Name] = s
 	}
 	for i := range f.Steps {

@@ -133,7 +133,7 @@ func Parse(file string, data []byte) (*Definitions, error) {
 				out.Flows = append(out.Flows, f)
 			}
 		case p.has(root, "rule"):
-			if r := p.rule(root, true); r != nil {
+			if r := p.rule(root, true, ""); r != nil {
 				out.Rules = append(out.Rules, r)
 			}
 		default:
@@ -340,7 +340,7 @@ func (p *parser) step(n *yaml.Node) (*Step, []reference) {
 	s.Kind = kindKey.Value
 	switch kindKey.Value {
 	case "rule", "branch":
-		r := p.rule(kindVal, false)
+		r := p.rule(kindVal, false, fmt.Sprintf("step %q: ", s.Name))
 		if r == nil {
 			return nil, refs
 		}
@@ -395,7 +395,7 @@ func (p *parser) step(n *yaml.Node) (*Step, []reference) {
 
 // rule parses conditions and default from n (a top-level rule document if
 // top, else the mapping under a rule step).
-func (p *parser) rule(n *yaml.Node, top bool) *Rule {
+func (p *parser) rule(n *yaml.Node, top bool, prefix string) *Rule {
 	if n.Kind != yaml.MappingNode {
 		p.errf(n.Line, "rule: want a mapping with conditions and default")
 		return nil
@@ -427,7 +427,7 @@ func (p *parser) rule(n *yaml.Node, top bool) *Rule {
 				continue
 			}
 			for i, cn := range e.v.Content {
-				r.Conditions = append(r.Conditions, p.condition(i+1, cn))
+				r.Conditions = append(r.Conditions, p.condition(prefix, i+1, cn))
 			}
 		default:
 			p.errf(e.k.Line, "unknown field %q in rule (want conditions, default%s)", e.k.Value, map[bool]string{true: ", rule, version", false: ", branches"}[top])
@@ -446,7 +446,7 @@ func (p *parser) rule(n *yaml.Node, top bool) *Rule {
 	return r
 }
 
-func (p *parser) condition(i int, n *yaml.Node) Condition {
+func (p *parser) condition(prefix string, i int, n *yaml.Node) Condition {
 	var c Condition
 	if n.Kind != yaml.MappingNode {
 		p.errf(n.Line, "condition %d: want a mapping with when and outcome", i)
@@ -460,7 +460,7 @@ func (p *parser) condition(i int, n *yaml.Node) Condition {
 				items = e.v.Content
 			}
 			for _, it := range items {
-				if x := p.expr(it, fmt.Sprintf("condition %d", i)); x != nil {
+				if x := p.expr(it, fmt.Sprintf("%scondition %d", prefix, i)); x != nil {
 					c.When = append(c.When, x.Source)
 					c.whens = append(c.whens, x)
 				}
