@@ -1,0 +1,125 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func TestNodeConfigPrecedenceFlagsOverEnvOverFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "node.yaml")
+	yaml := `
+cluster: from-file
+node-id: file-id
+http: 127.0.0.1:1111
+heartbeat-interval: 200ms
+failure-timeout: 1s
+split-brain: keep-oldest
+flows:
+  dir: /from/file
+  concurrency: 7
+  max-attempts: 9
+`
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CLUSTERBUS_CLUSTER", "from-env")
+	t.Setenv("CLUSTERBUS_NODE_ID", "env-id")
+	t.Setenv("CLUSTERBUS_FLOWS_DIR", "/from/env")
+	t.Setenv("CLUSTERBUS_FLOWS_LEASE", "45s")
+
+	fs := pflag.NewFlagSet("node", pflag.ContinueOnError)
+	addNodeFlags(fs)
+	if err := fs.Parse([]string{"--config", file, "--cluster", "from-flag"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadNodeConfig(fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"cluster (flag beats env and file)", cfg.Cluster, "from-flag"},
+		{"node-id (env beats file)", cfg.NodeID, "env-id"},
+		{"http (file beats default)", cfg.HTTP, "127.0.0.1:1111"},
+		{"heartbeat-interval (file)", cfg.HeartbeatInterval, 200 * time.Millisecond},
+		{"split-brain (file)", cfg.SplitBrain, "keep-oldest"},
+		{"flows.dir (env beats file)", cfg.Flows.Dir, "/from/env"},
+		{"flows.lease (env)", cfg.Flows.Lease, 45 * time.Second},
+		{"flows.concurrency (file)", cfg.Flows.Concurrency, 7},
+		{"flows.max-attempts (file)", cfg.Flows.MaxAttempts, 9},
+		{"flows.queue (default)", cfg.Flows.Queue, "flows"},
+		{"clock-skew-threshold (default)", cfg.ClockSkewThreshold, 2 * time.Second},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	if _, err := cfg.busConfig(); err != nil {
+		t.Errorf("busConfig: %v", err)
+	}
+}
+
+func TestNodeConfigRejectsBadTimingNamingTheFields(t *testing.T) {
+	fs := pflag.NewFlagSet("node", pflag.ContinueOnError)
+	addNodeFlags(fs)
+	if err := fs.Parse([]string{"--heartbeat-interval", "1s", "--failure-timeout", "1500ms"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadNodeConfig(fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cfg.busConfig()
+	if err == nil || !strings.Contains(err.Error(), "FailureTimeout (1.5s) must be more than 2 × HeartbeatInterval (1s)") {
+		t.Fatalf("busConfig() = %v", err)
+	}
+	cfg.SplitBrain = "majority"
+	if _, err := cfg.busConfig(); err == nil || !strings.Contains(err.Error(), "keep-majority, keep-oldest, off or static-quorum:N") {
+		t.Fatalf("bad split-brain: %v", err)
+	}
+	cfg.SplitBrain = "static-quorum:2"
+	cfg.FailureTimeout = 3 * time.Second
+	b, err := cfg.busConfig()
+	if err != nil || b.Quorum != 2 {
+		t.Fatalf("static-quorum:2 -> %+v, %v", b, err)
+	}
+}
+
+func TestEnvToKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"CLUSTERBUS_NODE_ID":              "node-id",
+		"CLUSTERBUS_BROKER":               "broker",
+		"CLUSTERBUS_FLOWS_MAX_ATTEMPTS":   "flows.max-attempts",
+		"CLUSTERBUS_HEARTBEAT_INTERVAL":   "heartbeat-interval",
+		"CLUSTERBUS_FLOWS_DIR":            "flows.dir",
+		"CLUSTERBUS_CLOCK_SKEW_THRESHOLD": "clock-skew-threshold",
+	} {
+		if got := envToKey(in); got != want {
+			t.Errorf("envToKey(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestNewLoggerFormats(t *testing.T) {
+	var sb strings.Builder
+	l, err := newLogger(&sb, "json", "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.With("node", "n1").Info("hello")
+	if !strings.Contains(sb.String(), `"node":"n1"`) {
+		t.Fatalf("json log line: %s", sb.String())
+	}
+	if _, err := newLogger(&sb, "xml", "info"); err == nil {
+		t.Fatal("log-format xml accepted")
+	}
+}
