@@ -83,10 +83,17 @@
 // drops repeats and Enqueue returns nil. Without Dedupe no Nats-Msg-Id is
 // sent, so equal IDs are kept.
 //
-// Not provided: ordering by key (Capabilities.Ordering is Unsupported;
-// declaring Ordered fails with adapters.ErrUnsupported), exactly-once
-// delivery (an item can be delivered again after a lease expires or a
-// connection drops), and ordering of topic messages across reconnects.
+// Ordering (Capabilities.Ordering is Emulated): the consumer of a queue
+// declared Ordered has MaxAckPending 1, so the whole queue has one item in
+// flight at a time, across all consumers, in enqueue order; a redelivery
+// comes before the next item. That orders every key, at the price of all
+// parallelism on that queue: an item that is nacked with a delay, or whose
+// holder died, holds up every key until it is settled, dead-lettered or its
+// lease expires. Use several queues where keys need not wait for each other.
+//
+// Not provided: exactly-once delivery (an item can be delivered again after
+// a lease expires or a connection drops), and ordering of topic messages
+// across reconnects.
 //
 // Sizes: Capabilities.MaxMessageSize is the server's max_payload, learned at
 // connect, minus 4096 bytes kept for the adapter's headers; at most 64 user

@@ -283,7 +283,7 @@ func capabilities(maxPayload int) adapters.Capabilities {
 		DelayedNack:    adapters.Native,
 		DeadLetter:     adapters.Emulated,
 		Dedupe:         adapters.Native,
-		Ordering:       adapters.Unsupported,
+		Ordering:       adapters.Emulated, // one item in flight per Ordered queue; see doc.go
 		Restart:        adapters.Native,
 		MaxMessageSize: max(maxPayload-reservedBytes, 1024),
 		MaxHeaders:     MaxHeaders,

@@ -345,13 +345,54 @@ func TestEnqueueWhileServerDownIsRetryable(t *testing.T) {
 	t.Logf("error: %v", err)
 }
 
-// Ordered queues are refused rather than silently unordered.
-func TestOrderedQueueIsUnsupported(t *testing.T) {
+// On an Ordered queue a second consumer gets nothing while the first holds
+// an item, even though more items wait: one item in flight keeps the order.
+func TestOrderedQueueHoldsOneItemInFlight(t *testing.T) {
 	srv := startServer(t, false)
-	b := open(t, srv)
-	err := b.DeclareQueue(testCtx(t), adapters.QueueConfig{Name: uniqueName(t), Ordered: true})
-	if !errors.Is(err, adapters.ErrUnsupported) {
-		t.Fatalf("DeclareQueue(Ordered): %v, want ErrUnsupported", err)
+	b1, b2 := open(t, srv), open(t, srv)
+	ctx := testCtx(t)
+	q := uniqueName(t)
+	if err := b1.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Ordered: true, Lease: 5 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := b1.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint(i), Key: "k"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c1, err := b1.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	c2, err := b2.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	d, err := c1.Receive(ctx)
+	if err != nil || d.Message().ID != "0" {
+		t.Fatalf("first Receive: %v, %v", err, d)
+	}
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if d2, err := c2.Receive(rctx); err == nil {
+		t.Fatalf("second consumer got %q while %q was held", d2.Message().ID, d.Message().ID)
+	}
+	if err := d.Nack(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"0", "1", "2"} {
+		d, err := c2.Receive(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Message().ID != want {
+			t.Errorf("got %q (attempt %d), want %q", d.Message().ID, d.Attempt(), want)
+		}
+		if err := d.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

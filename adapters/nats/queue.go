@@ -36,6 +36,7 @@ const (
 	mdLease       = "clusterbus.lease"
 	mdMaxAttempts = "clusterbus.max_attempts"
 	mdDedupe      = "clusterbus.dedupe"
+	mdOrdered     = "clusterbus.ordered"
 )
 
 // fetchWindow bounds one pull request; the loop in Receive issues the next.
@@ -74,6 +75,7 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 			mdLease:       cfg.Lease.String(),
 			mdMaxAttempts: strconv.Itoa(cfg.MaxAttempts),
 			mdDedupe:      strconv.FormatBool(cfg.Dedupe),
+			mdOrdered:     strconv.FormatBool(cfg.Ordered),
 		},
 	}
 	if cfg.Dedupe {
@@ -94,13 +96,19 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 		if _, err := b.js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return b.mapCtxErr(ctx, op, err)
 		}
+		maxAckPending := 10000
+		if cfg.Ordered && sc.Name == main.Name {
+			// One item in flight at a time: the stream's order, hence
+			// every key's order, is the delivery order.
+			maxAckPending = 1
+		}
 		if _, err := b.js.CreateOrUpdateConsumer(ctx, sc.Name, jetstream.ConsumerConfig{
 			Durable:       durable,
 			Description:   "clusterbus workers",
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       cfg.Lease,
 			MaxDeliver:    -1, // the adapter counts attempts; see doc.go
-			MaxAckPending: 10000,
+			MaxAckPending: maxAckPending,
 			MaxWaiting:    1024,
 		}); err != nil {
 			return b.mapCtxErr(ctx, op, err)
