@@ -274,13 +274,16 @@ func (b *Broker) Close() error {
 		subs = append(subs, s)
 	}
 	b.mu.Unlock()
-	var errs []error
-	for _, c := range cons {
-		errs = append(errs, c.Close())
+	// In parallel: each may wait for SQS (release items, delete queues).
+	errs := make([]error, len(cons)+len(subs))
+	var wg sync.WaitGroup
+	for i, c := range cons {
+		wg.Go(func() { errs[i] = c.Close() })
 	}
-	for _, s := range subs {
-		errs = append(errs, s.Close())
+	for i, s := range subs {
+		wg.Go(func() { errs[len(cons)+i] = s.Close() })
 	}
+	wg.Wait()
 	b.cancel()
 	b.wg.Wait()
 	return errors.Join(errs...)
