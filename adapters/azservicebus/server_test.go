@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"os"
@@ -27,6 +28,7 @@ import (
 type testServer struct {
 	mu    sync.Mutex
 	cmd   *exec.Cmd
+	stdin io.WriteCloser // the server exits when this closes (or the test binary dies)
 	state string // --state file: a clean restart keeps the data
 	amqp  int
 	admin int
@@ -74,10 +76,14 @@ func startServer(state string, amqpPort, adminPort int) (*testServer, error) {
 			return nil, fmt.Errorf("npm ci in %s: %v\n%s", serverDir, err, out)
 		}
 	}
-	cmd := exec.Command(node, "server.js", "--port", strconv.Itoa(amqpPort), "--admin-port", strconv.Itoa(adminPort), "--state", state)
+	cmd := exec.Command(node, "server.js", "--port", strconv.Itoa(amqpPort), "--admin-port", strconv.Itoa(adminPort), "--state", state, "--exit-on-stdin-close", "true")
 	cmd.Dir = serverDir
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +111,7 @@ func startServer(state string, amqpPort, adminPort int) (*testServer, error) {
 		_ = cmd.Process.Kill()
 		return nil, errors.New("test server did not report its ports within 30s")
 	}
-	return &testServer{cmd: cmd, state: state, amqp: ports.AMQP, admin: ports.Admin}, nil
+	return &testServer{cmd: cmd, stdin: stdin, state: state, amqp: ports.AMQP, admin: ports.Admin}, nil
 }
 
 func (s *testServer) stop() {
@@ -134,7 +140,7 @@ func (s *testServer) restart(ctx context.Context) error {
 	for range 50 { // the ports may take a moment to be free again
 		var n *testServer
 		if n, err = startServer(s.state, s.amqp, s.admin); err == nil {
-			s.cmd = n.cmd
+			s.cmd, s.stdin = n.cmd, n.stdin
 			return nil
 		}
 		select {
@@ -216,7 +222,7 @@ func (s *testServer) crash(ctx context.Context) error {
 	for range 50 {
 		var n *testServer
 		if n, err = startServer(s.state, s.amqp, s.admin); err == nil {
-			s.cmd = n.cmd
+			s.cmd, s.stdin = n.cmd, n.stdin
 			return nil
 		}
 		select {

@@ -11,6 +11,7 @@
 // no partitions, no sessions, no transactions, no peek, no deferral.
 //
 // Usage: node server.js [--host 127.0.0.1] [--port 0] [--admin-port 0] [--state FILE]
+//                        [--exit-on-stdin-close true]  (the tests use it so a killed test binary leaves no server behind)
 // It prints one JSON line {"amqp":PORT,"admin":PORT} on stdout once both
 // listeners are up. Connection string for the SDK:
 //   Endpoint=sb://127.0.0.1:PORT;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true
@@ -20,10 +21,10 @@ const http = require('http');
 const crypto = require('crypto');
 const fs = require('fs');
 
-const args = { host: '127.0.0.1', port: 0, 'admin-port': 0, state: '' };
+const args = { host: '127.0.0.1', port: 0, 'admin-port': 0, state: '', 'exit-on-stdin-close': '' };
 for (let i = 2; i < process.argv.length; i += 2) {
   const k = process.argv[i].replace(/^--/, '');
-  if (!(k in args)) { console.error('sbserver: unknown flag --' + k + '; accepted: --host, --port, --admin-port, --state'); process.exit(2); }
+  if (!(k in args)) { console.error('sbserver: unknown flag --' + k + '; accepted: --host, --port, --admin-port, --state, --exit-on-stdin-close true'); process.exit(2); }
   args[k] = process.argv[i + 1];
 }
 
@@ -188,15 +189,24 @@ function settle(lock, outcome, info) {
 
 const lockLost = () => rhea.message.rejected({ error: { condition: 'com.microsoft:message-lock-lost', description: 'The lock supplied is invalid. Either the lock expired, or the message has already been removed from the queue.' } }).described();
 
+// onDisposition answers a client's (unsettled, receiver-settle-mode second)
+// disposition with a settled one. The client sends nothing after that, so the
+// delivery is marked remotely settled too: rhea frees a session's delivery
+// slots (2048) only when both sides have settled.
 function onDisposition(context, outcome) {
   const d = context.delivery;
   const lock = d.sbLock;
-  if (!lock) { d.update(true); return; }
-  if (!lockValid(lock)) { d.update(true, lockLost()); return; }
-  let info;
-  if (outcome === 'deadletter') info = (d.remote_state && d.remote_state.error && d.remote_state.error.info) || {};
-  settle(lock, outcome, info);
-  d.update(true);
+  if (!lock) {
+    d.update(true);
+  } else if (!lockValid(lock)) {
+    d.update(true, lockLost());
+  } else {
+    let info;
+    if (outcome === 'deadletter') info = (d.remote_state && d.remote_state.error && d.remote_state.error.info) || {};
+    settle(lock, outcome, info);
+    d.update(true);
+  }
+  d.remote_settled = true;
 }
 
 setInterval(() => {
@@ -361,6 +371,12 @@ function handleAdmin(req, res) {
     const e = entities.get(path);
     const send = (code, xml) => { res.writeHead(code, { 'Content-Type': 'application/atom+xml;type=entry;charset=utf-8' }); res.end(xml || ''); };
     const notFound = () => send(404, '<Error><Code>404</Code><Detail>Entity ' + path + ' does not exist.</Detail></Error>');
+    if (req.method === 'GET' && path === '$status') { // debugging aid, not Service Bus
+      const st = {};
+      for (const x of entities.values()) st[x.path] = { ready: x.ready.length, locked: x.locks.size, scheduled: x.scheduled.length, links: [...x.links].map(l => ({ open: l.is_open(), credit: l.credit, sendable: l.sendable() })) };
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      return res.end(JSON.stringify(st, null, 1));
+    }
     if (req.method === 'GET') return e && e.kind !== 'dlq' ? send(200, e.xml) : notFound();
     if (req.method === 'DELETE') { if (!e || e.kind === 'dlq') return notFound(); deleteEntity(path); return send(200); }
     if (req.method !== 'PUT') return send(405);
@@ -425,9 +441,12 @@ function loadState(file) {
 }
 
 if (args.state) loadState(args.state);
-for (const sig of ['SIGTERM', 'SIGINT']) {
-  process.on(sig, () => {
-    if (args.state) saveState(args.state);
-    process.exit(0);
-  });
+function shutdown() {
+  if (args.state) saveState(args.state);
+  process.exit(0);
+}
+for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, shutdown);
+if (args['exit-on-stdin-close'] === 'true') {
+  process.stdin.on('end', shutdown);
+  process.stdin.resume();
 }
