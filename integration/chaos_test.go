@@ -313,49 +313,8 @@ steps:
 		t.Errorf("%d completion records for executions never submitted", extra)
 	}
 
-	// 2. Leases: group the calls by item (execution, sequence).
-	byItem := map[string][]chaosCall{}
-	for _, c := range calls {
-		k := c.Exec + ":" + strconv.Itoa(c.Seq)
-		byItem[k] = append(byItem[k], c)
-	}
-	var overlaps, unexplained []string
-	var resume []time.Duration
-	twice := 0
-	for k, cs := range byItem {
-		sort.Slice(cs, func(i, j int) bool { return cs[i].At.Before(cs[j].At) })
-		if len(cs) > 1 {
-			twice++
-		}
-		for j := 1; j < len(cs); j++ {
-			for i := 0; i < j; i++ {
-				a, b := cs[i], cs[j]
-				if a.Attempt == b.Attempt && a.Node == b.Node {
-					continue // same holding (the step has no in-step retries here)
-				}
-				if b.At.Before(a.LeaseDeadline) {
-					overlaps = append(overlaps, fmt.Sprintf("%s: %s attempt %d called at %s while %s attempt %d held the lease until %s",
-						k, b.Node, b.Attempt, b.At.Format("15:04:05.000"), a.Node, a.Attempt, a.LeaseDeadline.Format("15:04:05.000")))
-				}
-			}
-			// Explain the repeat: the node of the previous call was killed
-			// between that call and this one.
-			prev, cur := cs[j-1], cs[j]
-			var kill *chaosKill
-			for x := range kills {
-				if kills[x].Node == prev.Node && !kills[x].At.Before(prev.At) && kills[x].At.Before(cur.At) {
-					kill = &kills[x]
-					break
-				}
-			}
-			if kill == nil {
-				unexplained = append(unexplained, fmt.Sprintf("%s: %s attempt %d at %s, then %s attempt %d at %s, with no kill of %s between",
-					k, prev.Node, prev.Attempt, prev.At.Format("15:04:05.000"), cur.Node, cur.Attempt, cur.At.Format("15:04:05.000"), prev.Node))
-			} else {
-				resume = append(resume, cur.At.Sub(kill.At))
-			}
-		}
-	}
+	// 2. Leases and repeats.
+	overlaps, unexplained, resume, twice, items := chaosAnalyze(calls, kills)
 	if len(overlaps) > 0 {
 		t.Errorf("%d step calls while another holder's lease was unexpired, e.g.:\n%s", len(overlaps), strings.Join(chaosFirst(overlaps, 10), "\n"))
 	}
@@ -379,7 +338,7 @@ steps:
 	}
 
 	p50, p99 := chaosPercentile(resume, 50), chaosPercentile(resume, 99)
-	t.Logf("steps that ran twice (each after a kill -9 of the node running it): %d of %d items", twice, len(byItem))
+	t.Logf("steps that ran twice (each after a kill -9 of the node running it): %d of %d items", twice, items)
 	t.Logf("kill -9 mid-step -> step resumed on another node: n=%d p50=%s p99=%s (lease %s)",
 		len(resume), p50.Round(time.Millisecond), p99.Round(time.Millisecond), chaosLease)
 	t.Logf("throughput under chaos: %.0f http steps/s, %.0f flow steps/s (4 per execution)",
@@ -428,4 +387,79 @@ func chaosPercentile(d []time.Duration, p int) time.Duration {
 		i = 1
 	}
 	return s[i-1]
+}
+
+// chaosAnalyze checks the recorded step calls against the kills. An
+// overlap is a call made while an earlier holder of the same item (another
+// attempt or node) still had an unexpired lease by its own account; an
+// unexplained repeat is a second call of an item whose previous caller was
+// not killed in between. resume holds, for explained repeats, the time from
+// the kill to the repeat.
+func chaosAnalyze(calls []chaosCall, kills []chaosKill) (overlaps, unexplained []string, resume []time.Duration, twice, items int) {
+	byItem := map[string][]chaosCall{}
+	for _, c := range calls {
+		k := c.Exec + ":" + strconv.Itoa(c.Seq)
+		byItem[k] = append(byItem[k], c)
+	}
+	for k, cs := range byItem {
+		sort.Slice(cs, func(i, j int) bool { return cs[i].At.Before(cs[j].At) })
+		if len(cs) > 1 {
+			twice++
+		}
+		for j := 1; j < len(cs); j++ {
+			for i := 0; i < j; i++ {
+				a, b := cs[i], cs[j]
+				if a.Attempt == b.Attempt && a.Node == b.Node {
+					continue // same holding
+				}
+				if b.At.Before(a.LeaseDeadline) {
+					overlaps = append(overlaps, fmt.Sprintf("%s: %s attempt %d called at %s while %s attempt %d held the lease until %s",
+						k, b.Node, b.Attempt, b.At.Format("15:04:05.000"), a.Node, a.Attempt, a.LeaseDeadline.Format("15:04:05.000")))
+				}
+			}
+			prev, cur := cs[j-1], cs[j]
+			var kill *chaosKill
+			for x := range kills {
+				if kills[x].Node == prev.Node && !kills[x].At.Before(prev.At) && kills[x].At.Before(cur.At) {
+					kill = &kills[x]
+					break
+				}
+			}
+			if kill == nil {
+				unexplained = append(unexplained, fmt.Sprintf("%s: %s attempt %d at %s, then %s attempt %d at %s, with no kill of %s between",
+					k, prev.Node, prev.Attempt, prev.At.Format("15:04:05.000"), cur.Node, cur.Attempt, cur.At.Format("15:04:05.000"), prev.Node))
+			} else {
+				resume = append(resume, cur.At.Sub(kill.At))
+			}
+		}
+	}
+	return overlaps, unexplained, resume, twice, len(byItem)
+}
+
+// TestChaosCheckerCatchesOverlapsAndUnexplainedRepeats feeds the checker
+// made-up histories, so that a checker that cannot fail would be caught.
+func TestChaosCheckerCatchesOverlapsAndUnexplainedRepeats(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	call := func(node string, attempt, ms, leaseMs int) chaosCall {
+		return chaosCall{Exec: "e", Seq: 1, Node: node, Attempt: attempt, At: at(ms), LeaseDeadline: at(ms + leaseMs)}
+	}
+	// Clean: n1 runs, is killed, n2 runs after n1's lease ran out.
+	ov, un, res, twice, _ := chaosAnalyze([]chaosCall{call("n1", 1, 0, 4000), call("n2", 2, 4100, 4000)},
+		[]chaosKill{{Node: "n1", At: at(50)}})
+	if len(ov) != 0 || len(un) != 0 || twice != 1 || len(res) != 1 || res[0] != 4050*time.Millisecond {
+		t.Fatalf("clean history: overlaps %v unexplained %v resume %v twice %d", ov, un, res, twice)
+	}
+	// Overlap: n2 ran while n1's lease still held.
+	ov, _, _, _, _ = chaosAnalyze([]chaosCall{call("n1", 1, 0, 4000), call("n2", 2, 1000, 4000)},
+		[]chaosKill{{Node: "n1", At: at(50)}})
+	if len(ov) != 1 {
+		t.Fatalf("overlap not caught: %v", ov)
+	}
+	// Unexplained: a repeat with no kill of n1.
+	_, un, _, _, _ = chaosAnalyze([]chaosCall{call("n1", 1, 0, 4000), call("n2", 2, 5000, 4000)}, nil)
+	if len(un) != 1 {
+		t.Fatalf("unexplained repeat not caught: %v", un)
+	}
+	t.Logf("caught: %s", un[0])
 }
