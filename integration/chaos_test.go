@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/clusterbus/clusterbus/adapters"
-	_ "github.com/clusterbus/clusterbus/adapters/nats"
 	"github.com/clusterbus/clusterbus/flows"
 )
 
@@ -306,7 +305,13 @@ steps:
 	if len(missing) > 0 {
 		t.Errorf("%d executions never completed, e.g. %v", len(missing), chaosFirst(missing, 10))
 	}
-	if len(repeated) > 0 {
+	switch {
+	case len(repeated) > 0 && !b.Capabilities().Dedupe.Available():
+		// Documented in package flows: without dedupe a crash between the
+		// completion record and the ack repeats the record.
+		t.Logf("%d executions have more than one completion record; %s does not deduplicate, so this is the documented behaviour: %v",
+			len(repeated), b.Capabilities().Name, chaosFirst(repeated, 10))
+	case len(repeated) > 0:
 		t.Errorf("%d executions have more than one completion record: %v", len(repeated), chaosFirst(repeated, 10))
 	}
 	if extra != 0 {
