@@ -320,11 +320,19 @@ steps:
 
 	// 2. Leases and repeats.
 	overlaps, unexplained, resume, twice, items := chaosAnalyze(calls, kills)
+	// Without dedupe a crash between recording a continuation and the ack
+	// forks the execution (documented in package flows): the fork's copies
+	// are separate items, which this checker cannot tell from one item
+	// held twice, so there the findings are reported, not failed.
+	report := t.Errorf
+	if !b.Capabilities().Dedupe.Available() {
+		report = t.Logf
+	}
 	if len(overlaps) > 0 {
-		t.Errorf("%d step calls while another holder's lease was unexpired, e.g.:\n%s", len(overlaps), strings.Join(chaosFirst(overlaps, 10), "\n"))
+		report("%d step calls while another holder's lease was unexpired, e.g.:\n%s", len(overlaps), strings.Join(chaosFirst(overlaps, 10), "\n"))
 	}
 	if len(unexplained) > 0 {
-		t.Errorf("%d steps ran again without a crash of the node that ran them, e.g.:\n%s", len(unexplained), strings.Join(chaosFirst(unexplained, 10), "\n"))
+		report("%d steps ran again without a crash of the node that ran them, e.g.:\n%s", len(unexplained), strings.Join(chaosFirst(unexplained, 10), "\n"))
 	}
 
 	// 3. Every completed execution ran its three http steps.
