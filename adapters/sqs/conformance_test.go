@@ -22,6 +22,7 @@ func TestConformance(t *testing.T) {
 		endpoint = server.endpoint
 	}
 	cfg := config(t, endpoint)
+	t.Log("Harness.Restart is nil: fauxqs keeps no data across restarts (and AWS cannot be restarted); TestFauxqsRestart covers recovery")
 	adaptertest.Run(t, adaptertest.Harness{
 		Open: func(ctx context.Context) (adapters.Broker, error) {
 			return sqs.Open(ctx, cfg)

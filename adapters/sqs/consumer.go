@@ -122,12 +122,19 @@ func (c *consumer) fetch() {
 		got []*delivery
 		err error
 	)
+	failed := 0
 	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		got, err = c.receive()
 		if err == nil || code(err) != adapters.ErrUnavailable || c.ctx.Err() != nil {
+			if failed > 0 && err == nil {
+				c.b.log.Info("receiving again", "queue", c.q.name, "dead_letters", c.dead, "failures", failed)
+			}
 			break
 		}
-		c.b.log.Warn("receive failed; retrying", "queue", c.q.name, "dead_letters", c.dead, "err", err, "in", backoff)
+		if failed == 0 {
+			c.b.log.Warn("receive failed; retrying with backoff", "queue", c.q.name, "dead_letters", c.dead, "err", err)
+		}
+		failed++
 		select {
 		case <-time.After(backoff):
 		case <-c.ctx.Done():
