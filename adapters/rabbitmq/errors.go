@@ -48,10 +48,16 @@ var argHints = map[string]string{
 	"x-queue-type":              "the queue type (the adapter declares quorum queues)",
 	"x-dead-letter-exchange":    "dead-letter routing (the adapter dead-letters through the default exchange)",
 	"x-dead-letter-routing-key": "dead-letter routing (the adapter routes to the queue's .dlq)",
-	"x-message-ttl":             "the retry queue's delay",
-	"x-expires":                 "the retry queue's expiry",
+	"x-dead-letter-strategy":    upgradeHint,
+	"x-overflow":                upgradeHint,
+	"x-message-ttl":             "the delay queue's delay",
+	"x-expires":                 "the delay queue's expiry",
 	"x-max-length":              "the config queue's length",
 }
+
+// upgradeHint explains the arguments of at-least-once dead-lettering, which
+// queues declared by earlier versions of the adapter (or by hand) lack.
+const upgradeHint = "at-least-once dead-lettering (the adapter declares x-dead-letter-strategy=at-least-once with x-overflow=reject-publish; queues declared by earlier versions of the adapter lack both)"
 
 // redeclareErr explains a 406 PRECONDITION_FAILED from a queue declare.
 func redeclareErr(op, queue string, err error) error {
@@ -64,9 +70,9 @@ func redeclareErr(op, queue string, err error) error {
 			hint = "an argument this adapter does not set"
 		}
 		return adapters.Wrap(adapters.ErrInvalidArgument, op, fmt.Errorf(
-			"queue %q exists with another value of argument %s, from %s; RabbitMQ cannot change it in place: delete the queue or declare it as it was: %w",
+			"queue %q exists with another value of argument %s, from %s; RabbitMQ cannot change it in place: drain and delete the queue, or use a new queue name (or declare it as it was): %w",
 			queue, m[1], hint, err))
 	}
 	return adapters.Wrap(adapters.ErrInvalidArgument, op, fmt.Errorf(
-		"queue %q exists with other arguments or properties than this QueueConfig derives: %w", queue, err))
+		"queue %q exists with other arguments or properties than this QueueConfig derives; RabbitMQ cannot change them in place: drain and delete the queue, or use a new queue name: %w", queue, err))
 }

@@ -93,9 +93,19 @@ func intHeader(h amqp.Table, name string) int {
 }
 
 // deadLetterReason is the reason of an item RabbitMQ dead-lettered by
-// itself (delivery limit, expiry), from its x-death headers.
+// itself (delivery limit, expiry), from its x-death headers. The newest
+// death comes first in x-death; x-first-death-reason is the oldest, which
+// for an item that went through a delay queue is that queue's "expired".
 func deadLetterReason(h amqp.Table, maxAttempts int) string {
-	r, _ := h["x-first-death-reason"].(string)
+	r := ""
+	if deaths, ok := h["x-death"].([]interface{}); ok && len(deaths) > 0 {
+		if last, ok := deaths[0].(amqp.Table); ok {
+			r, _ = last["reason"].(string)
+		}
+	}
+	if r == "" {
+		r, _ = h["x-first-death-reason"].(string)
+	}
 	switch r {
 	case "":
 		return ""

@@ -20,20 +20,34 @@ func dlqName(q string) string    { return "cb.q." + q + ".dlq" }
 func configName(q string) string { return "cb.q." + q + ".cfg" }
 
 // retryName is the delay queue for items nacked with a delay of ms
-// milliseconds, dead-lettering back into target.
-func retryName(target string, ms int64) string { return fmt.Sprintf("%s.retry.%dms", target, ms) }
+// milliseconds, dead-lettering back into target. (Earlier versions of the
+// adapter used classic queues named target.retry.<ms>ms; the new name keeps
+// the two kinds apart, so that neither fails to declare over the other.)
+func retryName(target string, ms int64) string { return fmt.Sprintf("%s.delay.%dms", target, ms) }
+
+// atLeastOnceDLX are the arguments that make a quorum queue dead-letter
+// at-least-once (RabbitMQ 3.10+): the dead-lettered item stays in the
+// source queue until the target queue has confirmed it. RabbitMQ requires
+// overflow reject-publish for it (with no length limit set, nothing is ever
+// rejected) and falls back to at-most-once without it.
+func atLeastOnceDLX(args amqp.Table) amqp.Table {
+	args["x-overflow"] = "reject-publish"
+	args["x-dead-letter-strategy"] = "at-least-once"
+	return args
+}
 
 // queueArgs are the main queue's arguments, derived from cfg alone so that
 // every client declares the same ones. RabbitMQ dead-letters an item that
 // has been returned more than x-delivery-limit times, so MaxAttempts
-// deliveries need a limit of MaxAttempts-1.
+// deliveries need a limit of MaxAttempts-1; it moves it to the dead-letter
+// queue at-least-once.
 func queueArgs(cfg adapters.QueueConfig) amqp.Table {
-	return amqp.Table{
+	return atLeastOnceDLX(amqp.Table{
 		"x-queue-type":              "quorum",
 		"x-delivery-limit":          int64(cfg.MaxAttempts - 1),
 		"x-dead-letter-exchange":    "",
 		"x-dead-letter-routing-key": dlqName(cfg.Name),
-	}
+	})
 }
 
 func dlqArgs() amqp.Table { return amqp.Table{"x-queue-type": "quorum"} }
@@ -58,16 +72,18 @@ func retryDelay(d time.Duration) int64 {
 	return (ms + scale - 1) / scale * scale
 }
 
-// retryArgs: items wait ms, then dead-letter back into target. The queue
-// expires when unused for ten minutes after its items would have left.
+// retryArgs: a quorum queue (message TTL on quorum queues needs RabbitMQ
+// 3.10+) where items wait ms, then dead-letter back into target
+// at-least-once. The queue expires when unused for ten minutes after its
+// items would have left.
 func retryArgs(target string, ms int64) amqp.Table {
-	return amqp.Table{
-		"x-queue-type":              "classic",
+	return atLeastOnceDLX(amqp.Table{
+		"x-queue-type":              "quorum",
 		"x-message-ttl":             ms,
 		"x-dead-letter-exchange":    "",
 		"x-dead-letter-routing-key": target,
 		"x-expires":                 ms + int64(10*time.Minute/time.Millisecond),
-	}
+	})
 }
 
 // storedConfig is what the config queue holds: the fields of QueueConfig
@@ -198,8 +214,10 @@ func (b *Broker) queueConfig(ctx context.Context, queue string) (adapters.QueueC
 }
 
 // DeleteQueue deletes the queue, its dead-letter queue, its config queue and
-// the retry queues this Broker declared (others expire by themselves; their
-// items are dropped when they find no queue).
+// the delay queues this Broker declared. Others expire by themselves ten
+// minutes after their last use; until then their items, finding no queue,
+// wait in them (at-least-once dead-lettering retries the route) and are
+// dropped with them.
 func (b *Broker) DeleteQueue(ctx context.Context, queue string) error {
 	op := "rabbitmq: delete queue " + queue
 	if b.isClosed() {
@@ -246,7 +264,7 @@ func (b *Broker) DeleteQueue(ctx context.Context, queue string) error {
 
 func isRetryOf(name, queue string) bool {
 	for _, t := range []string{queueName(queue), dlqName(queue)} {
-		p := t + ".retry."
+		p := t + ".delay."
 		if len(name) > len(p) && name[:len(p)] == p {
 			return true
 		}
