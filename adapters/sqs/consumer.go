@@ -163,7 +163,7 @@ func (c *consumer) receive() ([]*delivery, error) {
 		QueueUrl:              aws.String(c.url),
 		MaxNumberOfMessages:   int32(c.prefetch),
 		WaitTimeSeconds:       seconds(c.b.cfg.WaitTime),
-		VisibilityTimeout:     seconds(c.q.lease) + graceSeconds,
+		VisibilityTimeout:     withGrace(seconds(c.q.lease)),
 		MessageAttributeNames: []string{"All"},
 		MessageSystemAttributeNames: []types.MessageSystemAttributeName{
 			types.MessageSystemAttributeNameApproximateReceiveCount, types.MessageSystemAttributeNameMessageGroupId,
@@ -301,6 +301,12 @@ type delivery struct {
 // redrive policy).
 const graceSeconds = 1
 
+// withGrace adds graceSeconds to a visibility timeout, within SQS's 12 h
+// maximum (a 12 h lease gets no grace).
+func withGrace(s int32) int32 {
+	return min(s+graceSeconds, int32(MaxLease/time.Second))
+}
+
 var _ adapters.Delivery = (*delivery)(nil)
 
 func (d *delivery) Message() adapters.Message { return d.msg }
@@ -411,7 +417,7 @@ func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
 	}
 	s := seconds(dur)
 	start := time.Now()
-	err := d.changeVisibility(ctx, s+graceSeconds)
+	err := d.changeVisibility(ctx, withGrace(s))
 	if err == nil {
 		d.mu.Lock()
 		d.deadline = start.Add(time.Duration(s) * time.Second)

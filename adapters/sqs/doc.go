@@ -38,7 +38,7 @@
 // the answer about its own entry). Items are delivered at least once.
 // Receive hands an item out under a lease of the queue's length, counted
 // from the moment the receive call returned; SQS is asked for one second
-// more (the visibility timeout is lease + 1 s), so the adapter's deadline
+// more (the visibility timeout is lease + 1 s, at most 12 h), so the adapter's deadline
 // always passes before SQS makes the item visible again, as long as a
 // response takes less than that second to arrive. Extend and Nack(delay)
 // call ChangeMessageVisibility; all durations are rounded up to whole

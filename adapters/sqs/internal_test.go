@@ -131,6 +131,15 @@ func TestSecondsRoundsUp(t *testing.T) {
 	}
 }
 
+func TestGraceStaysWithinSQSMaximum(t *testing.T) {
+	if got := withGrace(30); got != 31 {
+		t.Errorf("withGrace(30) = %d, want 31", got)
+	}
+	if got := withGrace(seconds(MaxLease)); got != 43200 {
+		t.Errorf("withGrace(12h) = %d, want SQS's maximum 43200", got)
+	}
+}
+
 func TestBatcherGroupsConcurrentCallsAndReportsEachResult(t *testing.T) {
 	var mu sync.Mutex
 	var sizes []int
