@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	sb "github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/azservicebus"
 )
@@ -312,4 +314,28 @@ func TestSubscriptionSurvivesServerLosingEverything(t *testing.T) {
 			t.Fatal("no message after crash")
 		}
 	}
+}
+
+// The test server refuses messages over 256 KiB as Service Bus Standard
+// does, so the at-limit conformance case shows that the adapter's 248 KiB
+// (plus system properties) fits on the wire.
+func TestServerRefusesMessagesOver256KiB(t *testing.T) {
+	s := needServer(t)
+	b := openTest(t)
+	q := uniqueName("big")
+	declare(t, b, adapters.QueueConfig{Name: q, Lease: 5 * time.Second})
+	client, err := sb.NewClientFromConnectionString(s.connectionString(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close(context.Background())
+	sender, err := client.NewSender(q, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = sender.SendMessage(ctxFor(t, time.Minute), &sb.Message{Body: make([]byte, 257*1024)}, nil)
+	if err == nil {
+		t.Fatal("a 257 KiB message was accepted")
+	}
+	t.Logf("refused: %v", err)
 }

@@ -29,7 +29,7 @@ type testServer struct {
 	mu    sync.Mutex
 	cmd   *exec.Cmd
 	stdin io.WriteCloser // the server exits when this closes (or the test binary dies)
-	state string // --state file: a clean restart keeps the data
+	state string         // --state file: a clean restart keeps the data
 	amqp  int
 	admin int
 }

@@ -8,7 +8,10 @@
 // dead-letter, schedule, and for its admin client to create, get and delete
 // queues, topics and subscriptions. State lives in memory only: a restart
 // loses everything. No authentication (SASL ANONYMOUS, any token accepted),
-// no partitions, no sessions, no transactions, no peek, no deferral.
+// no partitions, no sessions, no transactions, no peek, no deferral, no
+// quotas; messages over 256 KiB are refused at the link (max-message-size).
+// A delivery whose lock expired and that the client never settles keeps one
+// of its session's 2048 delivery slots until the link closes.
 //
 // Usage: node server.js [--host 127.0.0.1] [--port 0] [--admin-port 0] [--state FILE]
 //                        [--exit-on-stdin-close true]  (the tests use it so a killed test binary leaves no server behind)
@@ -261,6 +264,7 @@ container.on('sender_open', (context) => { // a client receiver
 container.on('receiver_open', (context) => { // a client sender
   const link = context.receiver;
   echoAttach(link);
+  link.local.attach.max_message_size = MAX_MESSAGE_BYTES; // the SDK refuses larger messages itself
   const path = entityPath(link.remote.attach.target && link.remote.attach.target.address);
   if (path.endsWith('$management') || path === '$cbs') return;
   const e = entities.get(path);
