@@ -558,3 +558,115 @@ func TestOrderedNackKeepsKeyOrder(t *testing.T) {
 		}
 	}
 }
+
+// On the last attempt the adapter dead-letters an item whose lease runs
+// out; an Extend must move that moment, so an item kept by Extend past its
+// first deadline can still be acked and never reaches the dead-letter queue.
+func TestLastAttemptExtendedIsNotDeadLettered(t *testing.T) {
+	b := open(t)
+	q := declare(t, b, adapters.QueueConfig{MaxAttempts: 1, Lease: time.Second})
+	if err := b.Enqueue(ctxT(t, time.Minute), q.Name, adapters.Message{ID: "kept"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := b.Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	d, err := c.Receive(ctxT(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := d.LeaseDeadline()
+	for time.Now().Before(first.Add(2 * time.Second)) {
+		if err := d.Extend(ctxT(t, time.Minute), time.Second); err != nil {
+			t.Fatalf("Extend: %v", err)
+		}
+		time.Sleep(400 * time.Millisecond)
+	}
+	if err := d.Ack(ctxT(t, time.Minute)); err != nil {
+		t.Fatalf("Ack after extending past the first deadline: %v", err)
+	}
+	dlq, err := b.Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{DeadLetters: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dlq.Close()
+	if dd, err := dlq.Receive(ctxT(t, 3*time.Second)); err == nil {
+		t.Errorf("dead-letter queue has %q (reason %q) although it was extended and acked", dd.Message().ID, dd.Message().Headers[adapters.HeaderDeadLetterReason])
+	}
+}
+
+// A subscription whose owner does not call Receive drops messages beyond
+// its buffer and reports ErrGap before the messages it kept.
+func TestSubscriptionBufferOverflowReportsGap(t *testing.T) {
+	b := open(t)
+	if live {
+		t.Skip("publishes 1,100 messages; run against fauxqs only")
+	}
+	topic := uniqueName("t")
+	sub, err := b.Subscribe(ctxT(t, time.Minute), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	const n = 1100 // more than the 1,024 the subscription buffers
+	errs := make(chan error, 8)
+	for w := range 8 {
+		go func() {
+			for i := w; i < n; i += 8 {
+				if err := b.Publish(ctxT(t, time.Minute), topic, adapters.Message{ID: fmt.Sprint(i)}); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Wait until the subscription has taken everything from its queue (it
+	// deletes what it receives, kept or dropped).
+	urls := subscriberQueues(t, b, topic)
+	if len(urls) != 1 {
+		t.Fatalf("subscriber queues %v", urls)
+	}
+	for deadline := time.Now().Add(time.Minute); ; {
+		out, err := b.SQS().GetQueueAttributes(ctxT(t, time.Minute), &awssqs.GetQueueAttributesInput{QueueUrl: aws.String(urls[0]),
+			AttributeNames: []types.QueueAttributeName{types.QueueAttributeNameApproximateNumberOfMessages, types.QueueAttributeNameApproximateNumberOfMessagesNotVisible}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Attributes[string(types.QueueAttributeNameApproximateNumberOfMessages)] == "0" &&
+			out.Attributes[string(types.QueueAttributeNameApproximateNumberOfMessagesNotVisible)] == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("subscriber queue not drained: %v", out.Attributes)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ctx := ctxT(t, time.Minute)
+	got, gaps := 0, 0
+	for got < 1024 {
+		_, err := sub.Receive(ctx)
+		switch {
+		case errors.Is(err, adapters.ErrGap):
+			gaps++
+			if got > 0 && gaps == 1 {
+				t.Errorf("ErrGap after %d messages, want it before the kept messages", got)
+			}
+		case err != nil:
+			t.Fatalf("after %d messages and %d gaps: %v", got, gaps, err)
+		default:
+			got++
+		}
+	}
+	if gaps == 0 {
+		t.Errorf("received %d messages of %d published without an ErrGap", got, n)
+	}
+	t.Logf("%d messages, %d gap reports", got, gaps)
+}
