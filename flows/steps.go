@@ -23,6 +23,9 @@ const (
 	HeaderNode           = "X-Clusterbus-Node"
 	HeaderFencingToken   = "X-Clusterbus-Fencing-Token"
 	HeaderLeaseDeadline  = "X-Clusterbus-Lease-Deadline"
+	// HeaderWorkDeadline is when the node stops working on the step unless
+	// it renews the lease first (the lease deadline minus the margin).
+	HeaderWorkDeadline = "X-Clusterbus-Work-Deadline"
 )
 
 func (sc *StepContext) execVars() map[string]any {
@@ -136,6 +139,7 @@ func (h *httpStep) do(ctx context.Context, client *http.Client, sc *StepContext,
 	deadline := sc.LeaseDeadline
 	if sc.lease != nil {
 		deadline = sc.lease.Deadline()
+		req.Header.Set(HeaderWorkDeadline, sc.lease.WorkDeadline().UTC().Format(time.RFC3339Nano))
 	}
 	if !deadline.IsZero() {
 		req.Header.Set(HeaderLeaseDeadline, deadline.UTC().Format(time.RFC3339Nano))

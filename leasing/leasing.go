@@ -146,6 +146,15 @@ func (l *Lease) Deadline() time.Time {
 	return l.deadline
 }
 
+// WorkDeadline is Deadline minus Margin: unless the lease is renewed
+// before then, the work context is cancelled at that time and Valid turns
+// false, so the holder does nothing with the item after it.
+func (l *Lease) WorkDeadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.deadline.Add(-l.cfg.Margin)
+}
+
 // Valid reports whether the lease is neither lost nor within Margin of its
 // deadline: whether it is still safe to record the result of the work.
 func (l *Lease) Valid() bool {

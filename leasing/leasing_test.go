@@ -95,6 +95,9 @@ func TestHoldRenewsWellInsideTheLeaseSoNoOneElseGetsTheItem(t *testing.T) {
 	if tok := l.Token(); tok.Epoch != 6 || tok.Attempt != 1 || tok.ID != "item-1" {
 		t.Fatalf("token = %+v, want attempt 1 epoch 6 id item-1", tok)
 	}
+	if got, want := l.WorkDeadline(), l.Deadline().Add(-lease/10); !got.Equal(want) {
+		t.Fatalf("WorkDeadline %v, want the deadline minus the default margin %v", got, want)
+	}
 	if !l.Deadline().After(first) || !l.Valid() {
 		t.Fatalf("deadline %v not moved past %v or lease not valid", l.Deadline(), first)
 	}
