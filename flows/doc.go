@@ -50,7 +50,11 @@
 //     of the results queue must treat the execution ID as the key. The same
 //     holds everywhere if the redelivery comes after the dedupe window.
 //   - A wait, a RetryAfter and a drain hand-back each count as a delivery
-//     attempt (the contract has no snooze).
+//     attempt (the contract has no snooze). A wait needs a broker with
+//     delayed nack (Capabilities.DelayedNack); without it the continuation
+//     comes back at once and uses up its attempts.
+//   - Steps do not see a fork or a repeat themselves: make the systems they
+//     call honour the idempotency key or the fencing token.
 //   - Status answers from this node's memory of execution events, which
 //     travel on a broadcast topic (at most once): a node that started after
 //     an execution and has heard nothing since does not know it, the index
