@@ -342,6 +342,8 @@ func (d *delivery) begin(op string) error {
 func (d *delivery) end(err error, settles bool) {
 	d.mu.Lock()
 	switch {
+	case d.state == 2:
+		// Released by Consumer.Close meanwhile: stays lost.
 	case err == nil && !settles:
 		d.state = 0
 	case err == nil, errors.Is(err, adapters.ErrLeaseLost):
