@@ -128,8 +128,11 @@ func (c *consumer) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		for _, rm := range buf {
-			_ = c.rcv.AbandonMessage(ctx, rm, nil)
+			if err := c.rcv.AbandonMessage(ctx, rm, nil); err != nil {
+				c.b.log.Debug("close: abandoning a prefetched item failed; it returns when its lock expires", "queue", c.queue, "err", err)
+			}
 		}
+		c.b.log.Debug("consumer closed", "queue", c.queue, "abandoned", len(buf))
 		_ = c.rcv.Close(ctx)
 		c.b.drop(c, nil)
 	})

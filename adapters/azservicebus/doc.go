@@ -57,8 +57,10 @@
 // random UUID. Ordering by key is not supported (it would need Service Bus
 // sessions): QueueConfig.Ordered is refused with ErrUnsupported.
 //
-// Consumer.Close abandons prefetched items not yet returned by Receive;
-// delivered items keep their locks until they expire. Broker.Close closes
+// Consumer.Close abandons the prefetched items it holds that Receive has not
+// returned (each counts as a delivery); delivered items, and items the SDK
+// received on outstanding link credit (Prefetch > 1) while closing, keep
+// their locks until they expire. Broker.Close closes
 // everything; settling afterwards fails with ErrLeaseLost (matching ErrClosed
 // too).
 //
