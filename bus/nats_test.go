@@ -33,7 +33,7 @@ func startNATSNode(t testing.TB, url, cluster, id string, tweak func(*Config)) *
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	b, err := nats.Open(ctx, nats.Options{Servers: []string{url}, Name: id})
+	b, err := openNATS(ctx, url)
 	if err != nil {
 		t.Fatalf("nats open: %v", err)
 	}
@@ -168,4 +168,8 @@ func TestNATSSignedClusterRejectsWrongKey(t *testing.T) {
 	if n := testCounter(a.m.rejected.WithLabelValues(rejectForged)); n < 1 {
 		t.Fatalf("forged messages counted %v", n)
 	}
+}
+
+func openNATS(ctx context.Context, url string) (adapters.Broker, error) {
+	return nats.Open(ctx, nats.Options{Servers: []string{url}})
 }
