@@ -393,3 +393,37 @@ func TestPrefetchAcksEachOnceAndCloseReturnsTheRest(t *testing.T) {
 	}
 	t.Logf("the other %d items arrived within %s of the close", n-10, time.Since(start))
 }
+
+// The test server's schedule-message management operation (the adapter
+// schedules with ScheduledEnqueueTime on a plain send instead): the SDK's
+// ScheduleMessages gets sequence numbers back and the message appears no
+// earlier than its time.
+func TestServerScheduleMessagesOperation(t *testing.T) {
+	s := needServer(t)
+	b := openTest(t)
+	ctx := ctxFor(t, time.Minute)
+	q := uniqueName("sched")
+	declare(t, b, adapters.QueueConfig{Name: q, Lease: 5 * time.Second})
+	client, err := sb.NewClientFromConnectionString(s.connectionString(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close(context.Background())
+	sender, err := client.NewSender(q, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().Add(time.Second)
+	seqs, err := sender.ScheduleMessages(ctx, []*sb.Message{{Body: []byte("later")}}, at, nil)
+	if err != nil || len(seqs) != 1 || seqs[0] <= 0 {
+		t.Fatalf("ScheduleMessages = %v, %v", seqs, err)
+	}
+	c := consume(t, b, q, adapters.ConsumeOptions{})
+	d, err := c.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now := time.Now(); now.Before(at) || string(d.Message().Body) != "later" {
+		t.Fatalf("got %q at %s, scheduled for %s", d.Message().Body, now, at)
+	}
+}
