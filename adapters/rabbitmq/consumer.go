@@ -438,13 +438,15 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 			break
 		}
 		if err = d.c.b.publish(ctx, "", name, true, p); !errors.Is(err, errNoRoute) {
-			break // sent, or failed for good; errNoRoute: the retry queue expired
+			break // sent, or failed for good; errNoRoute: the delay queue expired
 		}
 	}
 	if err != nil {
 		d.finish(false)
 		return mapErr(op, err)
 	}
+	// The copy is confirmed in the delay queue; only now give up the
+	// original. A failure from here on leaves a duplicate, never a loss.
 	return d.ack("nack")
 }
 

@@ -22,14 +22,31 @@
 // its own exclusive, auto-deleted, server-named queue to it. A queue Q is a
 // quorum queue "cb.q.Q" with x-delivery-limit = MaxAttempts-1 and
 // dead-lettering (through the default exchange) into the quorum queue
-// "cb.q.Q.dlq"; a small classic queue "cb.q.Q.cfg" holds the QueueConfig
-// fields RabbitMQ cannot store (the lease), so that a client that did not
-// declare the queue consumes it with the right lease. Delayed nacks go
-// through classic queues "cb.q.Q.retry.<ms>ms". Queue arguments are derived
-// from QueueConfig alone, so every client declares the same ones;
-// redeclaring with another MaxAttempts (RabbitMQ answers 406
+// "cb.q.Q.dlq", at-least-once (x-dead-letter-strategy=at-least-once, which
+// RabbitMQ only honours with x-overflow=reject-publish; no length limit is
+// set, so nothing is rejected); a small classic queue "cb.q.Q.cfg" holds
+// the QueueConfig fields RabbitMQ cannot store (the lease), so that a
+// client that did not declare the queue consumes it with the right lease.
+// Delayed nacks go through quorum queues "cb.q.Q.delay.<ms>ms" (message TTL
+// <ms>, at-least-once dead-lettering back into "cb.q.Q"). Queue arguments
+// are derived from QueueConfig alone, so every client declares the same
+// ones; redeclaring with another MaxAttempts (RabbitMQ answers 406
 // PRECONDITION_FAILED) or another Lease fails with adapters.ErrInvalidArgument
 // naming the argument that differs.
+//
+// Requires RabbitMQ 3.10 or later (message TTL and at-least-once
+// dead-lettering on quorum queues) with the stream_queue feature flag
+// enabled (the default for nodes created since 3.9).
+//
+// Upgrading from earlier versions of this adapter: they declared "cb.q.Q"
+// without x-dead-letter-strategy and x-overflow, and RabbitMQ cannot change
+// queue arguments in place, so DeclareQueue on such a queue fails with
+// ErrInvalidArgument (406 PRECONDITION_FAILED naming
+// x-dead-letter-strategy) saying to drain and delete the queue or use a new
+// queue name. Enqueue and Consume still work on it (they do not declare),
+// but RabbitMQ dead-letters its items at-most-once until it is recreated.
+// Their classic delay queues "cb.q.Q.retry.<ms>ms" are no longer used; they
+// return what they hold (at-most-once) and expire by themselves.
 //
 // # Message Delivery Semantics
 //
@@ -71,24 +88,40 @@
 // Attempts: Attempt is the quorum queue's x-delivery-count + 1, plus the
 // deliveries before any delayed nacks (carried in the cb-attempts header).
 //
-// Nack(0) requeues at once. Nack(d) publishes a copy (with the attempt
-// count) to a retry queue whose x-message-ttl is d rounded up to whole
-// milliseconds and, above 100ms, to two significant digits (at most 10%
-// late, never early); when it expires RabbitMQ dead-letters it back into the
-// queue. Then the original is acked. Retry queues expire ten minutes after
-// their last use. The trip through the retry queue is at-most-once inside
-// RabbitMQ (classic-queue dead-lettering); a crash of the broker during
-// the delay can lose the item. Capabilities.DelayedNack is Emulated.
+// Nack(0) requeues at once, inside the quorum queue. Nack(d) publishes a
+// copy (with the attempt count) to a delay queue whose x-message-ttl is d
+// rounded up to whole milliseconds and, above 100ms, to two significant
+// digits (at most 10% late, never early), waits for the publisher confirm
+// (the copy is on a majority of the delay queue's replicas), and only then
+// acks the original. When the copy expires, RabbitMQ dead-letters it back
+// into the queue at-least-once: it stays in the delay queue until the queue
+// has confirmed it, across broker restarts (tested: a restart during the
+// delay, including a delay that ends while the node is down, returns every
+// item with its attempt count). A failure between the confirm and the ack
+// (connection lost, process or broker crash) leaves both the original
+// (redelivered) and the delayed copy: a duplicate, never a loss; Nack then
+// returns adapters.ErrLeaseLost although the copy is scheduled.
+// Capabilities.DelayedNack is Emulated. Delay queues expire ten minutes
+// after their last use (a delayed Nack redeclares the queue at most once a
+// minute). Items still in a delay queue when their queue is deleted wait
+// there (RabbitMQ retries the route) until it expires, and reappear if a
+// queue of that name is declared again meanwhile; DeleteQueue deletes the
+// delay queues its own Broker declared.
 //
 // Dead letters: DeadLetter(reason) publishes the item with
 // adapters.HeaderDeadLetterReason (and HeaderDeadLetterAttempts) to
-// "cb.q.Q.dlq", confirmed, then acks the original. An item RabbitMQ
-// dead-letters by itself after x-delivery-limit carries x-death headers
-// instead; the adapter turns x-first-death-reason into
-// HeaderDeadLetterReason when the dead-letter queue is read. Because a
-// retry through a delay queue restarts RabbitMQ's delivery count, the
-// adapter also dead-letters any item that arrives with Attempt above
-// MaxAttempts, and Nack of the last attempt dead-letters instead of
+// "cb.q.Q.dlq", confirmed, then acks the original (again a duplicate,
+// never a loss, if it fails in between). An item RabbitMQ dead-letters by
+// itself after x-delivery-limit moves at-least-once, kept in "cb.q.Q"
+// until "cb.q.Q.dlq" confirms it (tested across a restart that returned a
+// held last attempt), and carries x-death headers; the adapter turns the
+// newest death's reason into HeaderDeadLetterReason when the dead-letter
+// queue is read. Items waiting to be dead-lettered still count in
+// "cb.q.Q"'s message count but are never delivered from it; RabbitMQ moves
+// them 32 at a time by default (dead_letter_worker_consumer_prefetch).
+// Because a retry through a delay queue restarts RabbitMQ's delivery
+// count, the adapter also dead-letters any item that arrives with Attempt
+// above MaxAttempts, and Nack of the last attempt dead-letters instead of
 // requeueing.
 //
 // Reconnects: the Broker redials with exponential backoff (50ms up to

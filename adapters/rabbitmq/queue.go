@@ -58,7 +58,7 @@ func configArgs() amqp.Table {
 }
 
 // retryDelay rounds a delay up to whole milliseconds and, above 100ms, to
-// two significant digits, so that few retry queues exist and an item never
+// two significant digits, so that few delay queues exist and an item never
 // comes back early. The result is within 10% (above 100ms) of the request.
 func retryDelay(d time.Duration) int64 {
 	ms := int64(math.Ceil(float64(d) / float64(time.Millisecond)))
@@ -296,7 +296,7 @@ func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) 
 	return mapErr(op, err)
 }
 
-// ensureRetryQueue declares a retry queue unless this connection declared
+// ensureRetryQueue declares a delay queue unless this connection declared
 // it within the last minute (a declare restarts its x-expires clock).
 func (b *Broker) ensureRetryQueue(ctx context.Context, name, target string, ms int64, force bool) error {
 	b.mu.Lock()
@@ -313,7 +313,7 @@ func (b *Broker) ensureRetryQueue(ctx context.Context, name, target string, ms i
 	}
 	defer ch.Close()
 	if _, err := ch.QueueDeclare(name, true, false, false, false, retryArgs(target, ms)); err != nil {
-		return redeclareErr("rabbitmq: declare retry queue", name, err)
+		return redeclareErr("rabbitmq: declare delay queue", name, err)
 	}
 	b.mu.Lock()
 	b.declared[name] = gen

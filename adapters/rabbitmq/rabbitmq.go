@@ -95,7 +95,7 @@ type Broker struct {
 	ready  chan struct{}    // closed while conn != nil
 	pool   []*pubChan       // idle confirm-mode channels of conn
 	queues map[string]adapters.QueueConfig
-	// declared remembers exchanges and retry queues declared on a
+	// declared remembers exchanges and delay queues declared on a
 	// connection generation.
 	declared   map[string]uint64
 	declaredAt map[string]time.Time
