@@ -57,7 +57,7 @@ func (b *Broker) Consume(ctx context.Context, q string, opts adapters.ConsumeOpt
 	}
 	b.consumers[c] = struct{}{}
 	b.mu.Unlock()
-	if c.retry, err = b.startGroup(b.retryTopic(q), b.retryTopic(q), c.handleRetry); err != nil {
+	if c.retry, err = b.startGroup(b.retryTopic(q), b.retryTopic(q), c.handleRetry, nil); err != nil {
 		_ = c.Close()
 		return nil, mapErr(op, err)
 	}
@@ -97,13 +97,21 @@ func (c *consumer) join() error {
 			c.joinErr = errors.New("consumer is closed")
 			return
 		}
-		r, err := c.b.startGroup(c.topic, c.topic, c.handle)
+		handle, resume := c.handle, (func(context.Context, *partState, int) bool)(nil)
+		if c.ordered() {
+			handle, resume = c.handleOrdered, c.resumeSlot
+		}
+		r, err := c.b.startGroup(c.topic, c.topic, handle, resume)
 		c.mu.Lock()
 		c.main, c.joinErr = r, err
 		c.mu.Unlock()
 	})
 	return c.joinErr
 }
+
+// ordered reports whether this consumer keeps per-key order (see
+// ordered.go). The dead-letter topic is not ordered.
+func (c *consumer) ordered() bool { return c.cfg.Ordered && !c.dead }
 
 // handle passes a record of the read topic to Receive.
 func (c *consumer) handle(gctx context.Context, ps *partState, epoch int, km kafkago.Message) bool {
@@ -252,6 +260,13 @@ func (c *consumer) forget(d *delivery) {
 func (c *consumer) release(d *delivery, why string, persistent bool) {
 	op := fmt.Sprintf("kafka: release item of %q", c.queue)
 	var out kafkago.Message
+	if d.slot != nil && (d.attempt < c.cfg.MaxAttempts || !persistent) {
+		// Ordered: the partition hands the record out again itself (or,
+		// when the consumer closes, its next owner reads it again).
+		d.gone()
+		d.signal(outcome{})
+		return
+	}
 	if !c.dead && d.attempt >= c.cfg.MaxAttempts {
 		out = requeue(c.b.deadTopic(c.queue), d.km,
 			header(adapters.HeaderDeadLetterReason, fmt.Sprintf("%s on attempt %d of %d (max attempts reached)", why, d.attempt, c.cfg.MaxAttempts)))
@@ -278,6 +293,7 @@ func (c *consumer) release(d *delivery, why string, persistent bool) {
 	if err := d.finish(ctx, op); err != nil {
 		c.b.log.Debug("commit after re-queue failed", "queue", c.queue, "err", err)
 	}
+	d.signal(outcome{settled: true})
 }
 
 // elsewhere points km at a partition of the read topic that this consumer
@@ -318,6 +334,7 @@ type delivery struct {
 	c       *consumer
 	ps      *partState
 	epoch   int
+	slot    *slot // ordered queues
 	km      kafkago.Message
 	msg     adapters.Message
 	attempt int
@@ -441,6 +458,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 	if err := d.begin(ctx, op); err != nil {
 		return err
 	}
+	defer d.signal(outcome{settled: true})
 	return d.finish(ctx, op)
 }
 
@@ -458,6 +476,12 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	c := d.c
 	var out kafkago.Message
 	switch {
+	case d.slot != nil && d.attempt < c.cfg.MaxAttempts:
+		// Ordered: handed out again by its partition, before anything
+		// behind it.
+		d.gone()
+		d.signal(outcome{delay: delay})
+		return nil
 	case !c.dead && d.attempt >= c.cfg.MaxAttempts:
 		out = requeue(c.b.deadTopic(c.queue), d.km,
 			header(adapters.HeaderDeadLetterReason, fmt.Sprintf("nacked on attempt %d of %d (max attempts reached)", d.attempt, c.cfg.MaxAttempts)))
@@ -474,6 +498,7 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 		d.abort()
 		return err
 	}
+	defer d.signal(outcome{settled: true})
 	return d.finish(ctx, op)
 }
 
@@ -514,5 +539,6 @@ func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
 		d.abort()
 		return err
 	}
+	defer d.signal(outcome{settled: true})
 	return d.finish(ctx, op)
 }

@@ -61,6 +61,20 @@
 // DeadLetter, and Nack or lease expiry with MaxAttempts used up, append the
 // item to the dead-letter topic with adapters.HeaderDeadLetterReason.
 //
+// Ordered queues (Ordering Emulated). Items are placed by Message.Key, so
+// same-key items share a partition, and each partition of an ordered queue
+// has at most one item in flight: the next record is handed out only after
+// the one before it is settled (Ack, DeadLetter, or dead-lettered when
+// MaxAttempts is used up). Nack and lease expiry do not re-append the item;
+// its partition hands the same record out again (attempt + 1, after the
+// Nack delay) to the same consumer, ahead of everything behind it. A
+// rebalance or crash makes the next owner start again at the item in
+// flight. The price is head-of-line blocking: all keys of a partition wait
+// for its slowest item, and an ordered queue has at most one item in flight
+// per partition. Its attempt count lives in memory between redeliveries, so
+// a move to another consumer restarts it from the count in the record.
+// The dead-letter topic is not ordered.
+//
 // Acks and offsets. Kafka stores one committed offset per partition. The
 // adapter tracks every offset it hands out and commits the contiguous
 // low-water mark: the offset below which everything is settled. A slow item
@@ -86,18 +100,17 @@
 //   - Items in a partition go only to the member that owns it. A consumer
 //     that has joined but stops calling Receive keeps its partitions' items
 //     waiting; close it. With more consumers than partitions, some are idle.
-//   - Re-queued copies (lease expiry, Nack) are new records: the original
-//     enqueue order is not kept, and a crash between appending the copy and
-//     committing the original can deliver both.
+//   - On queues that are not ordered, re-queued copies (lease expiry, Nack)
+//     are new records: enqueue order is not kept, a copy after lease expiry
+//     goes to another member's partition when there is one, and a crash
+//     between appending the copy and committing the original can deliver
+//     both.
 //
 // # Limits
 //
 //   - Dedupe is Unsupported: Kafka's idempotent producer only drops its own
 //     retries within one producer session; nothing remembers message IDs,
 //     and the adapter does not keep a shared store to fake it.
-//   - Ordering is Unsupported: same-key items land in one partition and are
-//     fetched in order, but lease expiry and Nack re-append them at the back
-//     (and possibly in another partition), so order by key is not kept.
 //   - MaxMessageSize is 1,000,000 bytes (Kafka's default message.max.bytes is
 //     1 MiB; the rest is room for headers and framing). MinLease is 100ms;
 //     there is no MaxLease or MaxDelay. A consumer holds at most 10,000

@@ -34,6 +34,9 @@ type groupRunner struct {
 	// handle passes one record on; it returns false if it could not
 	// (the generation ended first), and the record is read again later.
 	handle func(gctx context.Context, ps *partState, epoch int, km kafkago.Message) bool
+	// resume, if set, runs when a partition kept across a rebalance is
+	// read again, before any new record; false stops the reader.
+	resume func(gctx context.Context, ps *partState, epoch int) bool
 
 	group *kafkago.ConsumerGroup
 	// commitMu serialises commits; callers waiting for it share the next.
@@ -62,6 +65,7 @@ type partState struct {
 	committed int64 // last offset committed by this runner; -1 none
 	next      int64 // next offset to read (or kafkago.FirstOffset)
 	onLost    []func()
+	slot      *slot // ordered queues: the record in flight
 }
 
 type genState struct {
@@ -70,9 +74,10 @@ type genState struct {
 	cancel context.CancelFunc
 }
 
-func (b *Broker) startGroup(groupID, topic string, handle func(context.Context, *partState, int, kafkago.Message) bool) (*groupRunner, error) {
+func (b *Broker) startGroup(groupID, topic string, handle func(context.Context, *partState, int, kafkago.Message) bool,
+	resume func(context.Context, *partState, int) bool) (*groupRunner, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &groupRunner{b: b, groupID: groupID, topic: topic, handle: handle, ctx: ctx, cancel: cancel,
+	r := &groupRunner{b: b, groupID: groupID, topic: topic, handle: handle, resume: resume, ctx: ctx, cancel: cancel,
 		done: make(chan struct{}), parts: map[int]*partState{}, ready: make(chan struct{})}
 	cg, err := kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
 		ID:                groupID,
@@ -126,7 +131,17 @@ func (r *groupRunner) run() {
 		keep := map[int]bool{}
 		for _, pa := range assigned {
 			ps := r.parts[pa.ID]
-			if ps != nil && follows && max(pa.Offset, -1) == ps.committed {
+			if ps == nil || !follows {
+				continue
+			}
+			switch off := max(pa.Offset, -1); {
+			case off == ps.committed:
+				keep[pa.ID] = true
+			case off > ps.committed && off <= ps.mark:
+				// A commit of ours landed though its call failed (the
+				// connection broke after the broker applied it); only
+				// we owned the partition, so the offset is ours.
+				ps.committed = off
 				keep[pa.ID] = true
 			}
 		}
@@ -172,6 +187,7 @@ func (r *groupRunner) run() {
 func (r *groupRunner) loseLocked(ps *partState) {
 	ps.epoch++
 	ps.pending = nil
+	ps.slot = nil
 	clear(ps.done)
 	fns := ps.onLost
 	ps.onLost = nil
@@ -200,6 +216,9 @@ func (r *groupRunner) readPartition(gctx context.Context, ps *partState) {
 		}),
 	})
 	defer rd.Close()
+	if r.resume != nil && !r.resume(gctx, ps, epoch) {
+		return
+	}
 	if err := rd.SetOffset(start); err != nil {
 		r.b.log.Warn("partition reader: bad start offset", "topic", r.topic, "partition", ps.p, "offset", start, "err", err)
 		<-gctx.Done()
@@ -297,7 +316,7 @@ func (ps *partState) commit(ctx context.Context, op string, epoch int, off int64
 			r.mu.Lock()
 			durable := off < ps.committed
 			r.mu.Unlock()
-			if durable {
+			if durable || r.committedPast(ctx, ps.p, off) {
 				return nil
 			}
 			return lostErr(op)
@@ -325,18 +344,22 @@ func (ps *partState) commit(ctx context.Context, op string, epoch int, off int64
 		if errors.Is(err, errGenEnded) || gs.ctx.Err() != nil {
 			continue // the generation ended meanwhile; wait for the next
 		}
-		if errors.Is(err, kafkago.RebalanceInProgress) || errors.Is(err, kafkago.IllegalGeneration) ||
-			errors.Is(err, kafkago.UnknownMemberId) {
-			// The generation is ending; whether the partition stays
-			// ours is decided by the next one.
-			select {
-			case <-gs.ctx.Done():
-				continue
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-r.ctx.Done():
-				return adapters.Errorf(adapters.ErrClosed, op, "consumer is closed")
-			}
+		// A rebalance or a broken coordinator connection ends the
+		// generation soon; whether the partition stays ours (and the
+		// commit is retried) is decided by the next one. An error that
+		// does not end it within a session timeout is reported.
+		t := time.NewTimer(r.b.cfg.SessionTimeout)
+		select {
+		case <-gs.ctx.Done():
+			t.Stop()
+			continue
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-r.ctx.Done():
+			t.Stop()
+			return adapters.Errorf(adapters.ErrClosed, op, "consumer is closed")
+		case <-t.C:
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -383,6 +406,26 @@ func (r *groupRunner) commitGen(gs *genState) error {
 }
 
 var errGenEnded = errors.New("generation ended")
+
+// committedPast asks the group coordinator whether the committed offset of
+// partition p is past off. It settles the doubt left by a commit whose call
+// failed just before the partition was lost: the broker may have applied
+// it. Once the next generation exists, the old one's commits are refused,
+// so the answer is final.
+func (r *groupRunner) committedPast(ctx context.Context, p int, off int64) bool {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := r.b.client.OffsetFetch(ctx, &kafkago.OffsetFetchRequest{GroupID: r.groupID, Topics: map[string][]int{r.topic: {p}}})
+	if err != nil || resp.Error != nil {
+		return false
+	}
+	for _, pp := range resp.Topics[r.topic] {
+		if pp.Partition == p && pp.Error == nil && pp.CommittedOffset > off {
+			return true
+		}
+	}
+	return false
+}
 
 func lostErr(op string) error {
 	return adapters.Errorf(adapters.ErrLeaseLost, op, "its partition was reassigned by a consumer-group rebalance")

@@ -272,7 +272,7 @@ var capabilities = adapters.Capabilities{
 	DelayedNack:    adapters.Emulated,
 	DeadLetter:     adapters.Emulated,
 	Dedupe:         adapters.Unsupported,
-	Ordering:       adapters.Unsupported,
+	Ordering:       adapters.Emulated,
 	Restart:        adapters.Native,
 	// Room under maxBatchBytes for the adapter's own headers and record
 	// framing.

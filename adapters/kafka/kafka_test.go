@@ -129,15 +129,75 @@ func TestDeclareWithDifferentConfigIsRefused(t *testing.T) {
 	_ = b1.DeleteQueue(ctx, q)
 }
 
-func TestOrderedAndDedupeQueuesAreRefused(t *testing.T) {
+func TestDedupeQueueIsRefused(t *testing.T) {
 	srv := startServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	b := openT(ctx, t, srv)
-	for _, cfg := range []adapters.QueueConfig{{Name: uniqueName("ord"), Ordered: true}, {Name: uniqueName("dup"), Dedupe: true}} {
-		if err := b.DeclareQueue(ctx, cfg); !errors.Is(err, adapters.ErrUnsupported) {
-			t.Errorf("DeclareQueue(%+v): %v, want ErrUnsupported", cfg, err)
+	cfg := adapters.QueueConfig{Name: uniqueName("dup"), Dedupe: true}
+	if err := b.DeclareQueue(ctx, cfg); !errors.Is(err, adapters.ErrUnsupported) {
+		t.Errorf("DeclareQueue(%+v): %v, want ErrUnsupported", cfg, err)
+	}
+}
+
+// On an ordered queue, Nack and lease expiry hand the same item out again
+// (attempt + 1) before the next item with its key; only a settled item lets
+// the next one through.
+func TestOrderedQueueKeepsOrderAcrossNackAndLeaseExpiry(t *testing.T) {
+	srv := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	b := openT(ctx, t, srv)
+	q := uniqueName("ord")
+	const lease = time.Second
+	if err := b.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: lease, Ordered: true, MaxAttempts: 5}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.DeleteQueue(context.Background(), q) })
+	for i := range 3 {
+		if err := b.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint("k-", i), Key: "k"}); err != nil {
+			t.Fatal(err)
 		}
+	}
+	c, err := b.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	recv := func(wantID string, wantAttempt int) adapters.Delivery {
+		t.Helper()
+		d, err := c.Receive(ctx)
+		if err != nil {
+			t.Fatalf("Receive: %v", err)
+		}
+		if d.Message().ID != wantID || d.Attempt() != wantAttempt {
+			t.Fatalf("got %q attempt %d, want %q attempt %d", d.Message().ID, d.Attempt(), wantID, wantAttempt)
+		}
+		return d
+	}
+	d := recv("k-0", 1)
+	start := time.Now()
+	if err := d.Nack(ctx, 500*time.Millisecond); err != nil {
+		t.Fatalf("Nack: %v", err)
+	}
+	d = recv("k-0", 2)
+	if el := time.Since(start); el < 450*time.Millisecond {
+		t.Errorf("came back %s after Nack(500ms)", el)
+	}
+	// Let the lease run out: the same item comes back, not k-1.
+	start = time.Now()
+	d = recv("k-0", 3)
+	if el := time.Since(start); el < lease/2 {
+		t.Errorf("came back %s after the lease of %s started", el, lease)
+	}
+	if err := d.Ack(ctx); err != nil {
+		t.Fatalf("Ack: %v", err)
+	}
+	if err := recv("k-1", 1).Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv("k-2", 1).Ack(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -267,6 +327,70 @@ func TestSubscriptionReportsGapAfterRestart(t *testing.T) {
 		case <-time.After(250 * time.Millisecond):
 		case <-ctx.Done():
 			t.Fatal("no message after the restart")
+		}
+	}
+}
+
+// When the consumer holding an ordered queue's item closes, its partition
+// moves and the new owner starts again at that item: the order holds
+// across the move (the item keeps its attempt count: it was never
+// re-appended).
+func TestOrderedQueueKeepsOrderWhenPartitionMoves(t *testing.T) {
+	srv := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	b1, b2 := openT(ctx, t, srv), openT(ctx, t, srv)
+	q := uniqueName("ordmove")
+	if err := b1.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: 30 * time.Second, Ordered: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b1.DeleteQueue(context.Background(), q) })
+	for i := range 3 {
+		if err := b1.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint("k-", i), Key: "k"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c1, err := b1.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := c1.Receive(ctx)
+	if err != nil || d.Message().ID != "k-0" {
+		t.Fatalf("first consumer: %v, %v", d, err)
+	}
+	c2, err := b2.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	got := make(chan adapters.Delivery, 3)
+	go func() {
+		for range 3 {
+			d, err := c2.Receive(ctx)
+			if err != nil {
+				return
+			}
+			got <- d
+			_ = d.Ack(ctx)
+		}
+	}()
+	// c2 has joined and holds nothing of key k while c1 holds k-0.
+	select {
+	case d := <-got:
+		t.Fatalf("second consumer received %q while the first held k-0", d.Message().ID)
+	case <-time.After(3 * time.Second):
+	}
+	if err := c1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		select {
+		case d := <-got:
+			if want := fmt.Sprint("k-", i); d.Message().ID != want {
+				t.Errorf("after the move: got %q, want %q", d.Message().ID, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("after the move: item %d never arrived", i)
 		}
 	}
 }

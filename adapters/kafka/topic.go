@@ -122,8 +122,15 @@ type subscription struct {
 
 func (s *subscription) read(r *kafkago.Reader) {
 	defer r.Close()
+	var dials int64
 	for {
 		km, err := r.FetchMessage(s.ctx)
+		// kafka-go reconnects on its own, and not every reconnect is
+		// logged; a second dial means the connection was lost.
+		if dials += r.Stats().Dials; dials > 1 {
+			s.gap.Store(true)
+			dials = 1
+		}
 		if err != nil {
 			if s.ctx.Err() != nil {
 				return
