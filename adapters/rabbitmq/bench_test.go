@@ -175,3 +175,81 @@ func benchRaw(b *testing.B, n int) float64 {
 	wg.Wait()
 	return float64(n) / elapsed.Seconds()
 }
+
+// BenchmarkDelayedNackRoundTrip measures the path at-least-once
+// dead-lettering changed: one consumer (prefetch benchPrefetch) nacks each
+// 256-byte item with a 1ms delay (copy published to the quorum delay queue,
+// confirmed, then the original acked), RabbitMQ dead-letters it back
+// at-least-once, and the consumer acks the second attempt. It reports round
+// trips per second and the mean latency of the Nack call.
+//
+//	go test -run '^$' -bench DelayedNackRoundTrip -benchtime 1000x ./adapters/rabbitmq
+func BenchmarkDelayedNackRoundTrip(b *testing.B) {
+	requireBroker(b)
+	n := b.N
+	ctx := context.Background()
+	br, err := Open(ctx, testURL(), Options{Logger: testLogger(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer br.Close()
+	q := uniqueName("nackbench")
+	if err := br.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute, MaxAttempts: 5}); err != nil {
+		b.Fatal(err)
+	}
+	defer br.DeleteQueue(ctx, q)
+	body := make([]byte, benchItemSize)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, benchProducers)
+	for range benchProducers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				if err := br.Enqueue(ctx, q, adapters.Message{Body: body}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		b.Fatal(err)
+	}
+	c, err := br.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: benchPrefetch})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	b.ResetTimer()
+	start := time.Now()
+	var nackTime time.Duration
+	for acked := 0; acked < n; {
+		rctx, cancel := context.WithTimeout(ctx, time.Minute)
+		d, err := c.Receive(rctx)
+		cancel()
+		if err != nil {
+			b.Fatalf("receive (%d of %d acked): %v", acked, n, err)
+		}
+		switch d.Attempt() {
+		case 1:
+			t0 := time.Now()
+			if err := d.Nack(ctx, time.Millisecond); err != nil {
+				b.Fatal(err)
+			}
+			nackTime += time.Since(t0)
+		default:
+			if err := d.Ack(ctx); err != nil {
+				b.Fatal(err)
+			}
+			acked++
+		}
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(n)/elapsed.Seconds(), "roundtrips/s")
+	b.ReportMetric(float64(nackTime.Microseconds())/1000/float64(n), "ms/nack")
+}
