@@ -46,15 +46,32 @@
 // # Lead duties
 //
 // RegisterDuty adds a function that runs on the lead only, with a context
-// cancelled when the lead is lost. An unscheduled duty runs once per lead
-// term (retried with backoff while it fails). A scheduled duty ("every 1m")
-// runs once per slot [k·1m, (k+1)·1m) of Unix time: when a run succeeds, the
-// lead records the slot as done and tells the cluster at once in a
-// heartbeat; a new lead skips slots it heard were done. Guarantee: a slot
-// whose completion was heard by the new lead is not run again; a slot whose
-// lead died (or lost the lead) mid-run, or before its heartbeat went out, is
-// run again by the next lead — at least once, not exactly once. Make duties
-// idempotent per slot, and fence their writes with the term. Slots missed
+// cancelled when the lead is lost and the term as fencing token. An
+// unscheduled duty runs once per lead term (retried with backoff while it
+// fails). A scheduled duty ("every 1m") runs once per slot [k·1m, (k+1)·1m)
+// of Unix time, in one of two ways depending on the broker:
+//
+//   - Brokers that drop duplicate IDs (Capabilities.Dedupe available: NATS
+//     JetStream, mem, SQS FIFO, Service Bus): the lead enqueues each slot as
+//     the item "duty:NAME:SLOT" on the queue "clusterbus-<cluster>-duties"
+//     (declared Dedupe) and consumes that queue while it leads, running each
+//     item under its lease (extended while the duty runs) and acking it when
+//     the duty returns nil. A new lead enqueues the current slot again and
+//     the broker drops the repeat; two leads on both sides of a partition
+//     produce one item, which one of them runs. If the lead dies or loses
+//     the lead mid-run, the item comes back when its lease expires (about
+//     ten failure timeouts) and the next lead runs the slot again.
+//   - Other brokers: the lead runs each slot itself, and when a run
+//     succeeds records the slot as done and tells the cluster at once in a
+//     heartbeat; a new lead skips slots it heard were done. Two leads (a
+//     partition under SplitBrain "off", or before the losing side notices)
+//     may both run a slot.
+//
+// Either way the guarantee is at least once per slot while there is a lead,
+// not exactly once: a slot whose run was interrupted, or whose completion
+// did not reach the new lead (or whose dedupe window, two minutes by default,
+// has passed when a new lead re-enqueues it), runs again. Make duties
+// idempotent per slot and fence their writes with the term. Slots missed
 // while there was no lead are not caught up, except the current one.
 //
 // # Cache-clear events

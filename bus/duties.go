@@ -105,6 +105,10 @@ func (n *Node) runDuty(ctx context.Context, d *duty, term uint64) {
 			}
 		}
 	}
+	if n.dutyQueueMode() {
+		n.scheduleDuty(ctx, d, log)
+		return
+	}
 	for {
 		now := n.clock.Now()
 		slot := DutySlot(now, d.every)

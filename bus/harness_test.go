@@ -12,6 +12,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/mem"
 )
 
@@ -61,6 +62,18 @@ type fakeCluster struct {
 	clock *clockwork.FakeClock
 	cfg   Config
 	nodes map[string]*fakeNode
+	// wrap, if set, wraps each node's mem client (to hide capabilities).
+	wrap func(*mem.Broker) adapters.Broker
+}
+
+// noDedupe hides the mem broker's dedupe, so scheduled duties run in
+// heartbeat mode.
+type noDedupe struct{ *mem.Broker }
+
+func (b noDedupe) Capabilities() adapters.Capabilities {
+	c := b.Broker.Capabilities()
+	c.Dedupe = adapters.Unsupported
+	return c
 }
 
 type fakeNode struct {
@@ -109,7 +122,11 @@ func (c *fakeCluster) add(id string, tweak ...func(*Config, *[]Option)) *fakeNod
 		f(&cfg, &opts)
 	}
 	b := c.srv.Client()
-	n, err := New(b, cfg, opts...)
+	var ab adapters.Broker = b
+	if c.wrap != nil {
+		ab = c.wrap(b)
+	}
+	n, err := New(ab, cfg, opts...)
 	if err != nil {
 		c.t.Fatalf("New(%s): %v", id, err)
 	}

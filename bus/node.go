@@ -626,15 +626,25 @@ func (n *Node) evaluate() bool {
 		term := n.term
 		gained := append([]func(context.Context, uint64){}, n.onGained...)
 		duties := n.dutyListLocked()
+		consume := false
+		for _, d := range duties {
+			consume = consume || (d.every > 0 && n.dutyQueueMode())
+		}
 		n.log.Info("lead gained", "term", term)
 		n.m.isLead.Set(1)
 		n.leadWG.Add(len(gained) + len(duties))
+		if consume {
+			n.leadWG.Add(1)
+		}
 		run = func() {
 			for _, f := range gained {
 				go func() { defer n.leadWG.Done(); f(ctx, term) }()
 			}
 			for _, d := range duties {
 				go func() { defer n.leadWG.Done(); n.runDuty(ctx, d, term) }()
+			}
+			if consume {
+				go func() { defer n.leadWG.Done(); n.consumeDuties(ctx, term) }()
 			}
 		}
 	case !shouldLead && n.leading:
