@@ -39,14 +39,18 @@
 // Leases: AckWait of the queue's consumer is QueueConfig.Lease. Receive pulls
 // one item per call (with ConsumeOptions.Prefetch > 1, also up to Prefetch
 // items already waiting, which are leased while buffered). The lease deadline
-// the Delivery reports is the arrival time plus the lease minus a small
-// margin (5%, at most 50ms), because the server's timer started a little
-// earlier. Ack, Nack and Extend are sent as requests and wait for the
-// server's reply. After the local deadline every method returns
+// the Delivery reports is the time the pull request that brought the item
+// was sent, plus the lease: the server starts its timer only when it sends the
+// item, after it got the request, so the local deadline never runs past the
+// server's however long the item waited in client buffers (a loaded machine
+// delays delivery to the application by tens of milliseconds). Pull requests
+// last at most a quarter of the lease, so an item keeps at least three
+// quarters of its lease. Ack, Nack and Extend are sent as requests and wait
+// for the server's reply. After the local deadline every method returns
 // adapters.ErrLeaseLost without sending anything. The server does not check
 // which delivery an acknowledgement came from, so an Ack sent just before the
-// local deadline can still settle an item the server had just redelivered;
-// the margin makes that unlikely, not impossible.
+// local deadline, and delayed in flight past the server's, can still settle
+// an item the server had just redelivered.
 //
 // Extend sends InProgress, which restarts the server's AckWait: the lease is
 // renewed by the full queue lease whatever duration is asked.

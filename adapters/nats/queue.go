@@ -39,8 +39,8 @@ const (
 	mdOrdered     = "clusterbus.ordered"
 )
 
-// fetchWindow bounds one pull request; the loop in Receive issues the next.
-const fetchWindow = 5 * time.Second
+// fetchWindowMax bounds one pull request; the loop in Receive issues the next.
+const fetchWindowMax = 5 * time.Second
 
 // queueInfo is what Enqueue and Consume need to know about a queue.
 type queueInfo struct {
@@ -274,7 +274,7 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 
 type fetched struct {
 	msg jetstream.Msg
-	at  time.Time // when it arrived; the lease started no later
+	at  time.Time // when the pull request that brought it was sent; the server started the lease later
 }
 
 type consumer struct {
@@ -361,17 +361,26 @@ func (c *consumer) pop() (fetched, bool) {
 }
 
 // fetch pulls into the buffer. It returns how many items arrived.
+//
+// Each item is stamped with the time its pull request was sent: the server
+// starts an item's lease (AckWait) only when it sends the item, which is
+// after it got the request, so request time + lease is a local deadline that
+// never runs past the server's, however long the item sat in client buffers
+// on a loaded machine. The price is that an item arriving late in a pull
+// window starts with less lease left, so the window is kept short relative
+// to the lease.
 func (c *consumer) fetch(ctx context.Context) (int, error) {
 	if c.prefetch > 1 {
+		reqAt := time.Now()
 		batch, err := c.cons.FetchNoWait(c.prefetch)
 		if err != nil {
 			return 0, err
 		}
-		if n := c.drain(batch); n > 0 {
+		if n := c.drain(batch, reqAt); n > 0 {
 			return n, nil
 		}
 	}
-	fctx, cancel := context.WithTimeout(ctx, fetchWindow)
+	fctx, cancel := context.WithTimeout(ctx, c.fetchWindow())
 	defer cancel()
 	// A reconnect or Close ends the pull at once: the server forgets pull
 	// requests when it restarts.
@@ -385,22 +394,30 @@ func (c *consumer) fetch(ctx context.Context) (int, error) {
 		case <-fctx.Done():
 		}
 	}()
+	reqAt := time.Now()
 	batch, err := c.cons.Fetch(1, jetstream.FetchContext(fctx))
 	if err != nil {
 		return 0, err
 	}
-	n := c.drain(batch)
+	n := c.drain(batch, reqAt)
 	if err := batch.Error(); err != nil && n == 0 && fctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) {
 		return 0, err
 	}
 	return n, nil
 }
 
-func (c *consumer) drain(batch jetstream.MessageBatch) int {
+// fetchWindow bounds one pull request: at most fetchWindowMax, and a quarter
+// of the lease, so an item that arrives at the end of a window keeps at least
+// three quarters of its lease.
+func (c *consumer) fetchWindow() time.Duration {
+	return max(min(fetchWindowMax, c.lease/4), 50*time.Millisecond)
+}
+
+func (c *consumer) drain(batch jetstream.MessageBatch, reqAt time.Time) int {
 	n := 0
 	for msg := range batch.Messages() {
 		c.mu.Lock()
-		c.buf = append(c.buf, fetched{msg: msg, at: time.Now()})
+		c.buf = append(c.buf, fetched{msg: msg, at: reqAt})
 		c.mu.Unlock()
 		n++
 	}
@@ -416,7 +433,7 @@ func (c *consumer) accept(f fetched) *delivery {
 		c.b.log.Warn("nats: not a JetStream message; dropped", "queue", c.queue, "err", err)
 		return nil
 	}
-	deadline := f.at.Add(c.lease - leaseMargin(c.lease))
+	deadline := f.at.Add(c.lease)
 	d := &delivery{
 		c:        c,
 		msg:      f.msg,
@@ -484,12 +501,6 @@ func (c *consumer) done(d *delivery) {
 	c.mu.Lock()
 	delete(c.held, d)
 	c.mu.Unlock()
-}
-
-// leaseMargin is taken off the local lease deadline: the server started the
-// lease when it sent the item, a little before it arrived here.
-func leaseMargin(lease time.Duration) time.Duration {
-	return min(lease/20, 50*time.Millisecond)
 }
 
 func reasonExpired(maxAttempts int) string {
