@@ -326,11 +326,6 @@ steps:
 	// 2. Leases and repeats.
 	ca := chaosAnalyze(calls, kills)
 	overlaps, unexplained, resume, twice, items := ca.overlaps, ca.unexplained, ca.resume, ca.twice, ca.items
-	if len(ca.early) > 0 {
-		t.Logf("%d redeliveries came before the previous holder's lease deadline as its adapter computed it, by up to %s, "+
-			"but after that holder's work deadline (deadline - margin), so no two holders worked at once; the adapter's deadline is optimistic under load, e.g.:\n%s",
-			len(ca.early), ca.maxEarly, strings.Join(chaosFirst(ca.early, 5), "\n"))
-	}
 	// Without dedupe a crash between recording a continuation and the ack
 	// forks the execution (documented in package flows): the fork's copies
 	// are separate items, which this checker cannot tell from one item
@@ -338,6 +333,11 @@ steps:
 	report := t.Errorf
 	if !b.Capabilities().Dedupe.Available() {
 		report = t.Logf
+	}
+	if len(ca.early) > 0 {
+		report("%d redeliveries came before the previous holder's lease deadline, by up to %s, though after its work deadline "+
+			"(deadline - margin), so no two holders worked at once; an adapter's lease deadline is optimistic, e.g.:\n%s",
+			len(ca.early), ca.maxEarly, strings.Join(chaosFirst(ca.early, 5), "\n"))
 	}
 	if len(overlaps) > 0 {
 		report("%d step calls while another holder's lease was unexpired, e.g.:\n%s", len(overlaps), strings.Join(chaosFirst(overlaps, 10), "\n"))
