@@ -77,12 +77,14 @@
 //
 // Acks and offsets. Kafka stores one committed offset per partition. The
 // adapter tracks every offset it hands out and commits the contiguous
-// low-water mark: the offset below which everything is settled. A slow item
-// does not hold back other acks in memory, and Ack returns once the mark is
-// committed, but the commit of later offsets waits for the slow one: after a
-// crash, every unsettled item and every settled item above the first
-// unsettled one in its partition is delivered again. Delivery is therefore
-// at-least-once.
+// low-water mark: the offset below which everything is settled. Ack marks
+// its offset settled at once, whatever else is outstanding, and returns
+// after committing the mark; concurrent acks share one commit. While an
+// earlier item of the same partition is unsettled the mark cannot pass the
+// acked one, so that ack is durable only once the earlier items settle:
+// after a crash or a partition move, every unsettled item and every settled
+// item above the first unsettled one in its partition is delivered again.
+// Delivery is therefore at-least-once.
 //
 // # Where the contract holds differently
 //
@@ -93,8 +95,9 @@
 //     keeps partitions with unsettled items with their holders whenever the
 //     fair share allows, and a settle during a rebalance waits for its outcome.
 //   - A crashed consumer (no Close) holds its items until the group session
-//     timeout moves its partitions; they then return with the attempt count
-//     they had, because Kafka counts nothing. A poison item that crashes its
+//     timeout moves its partitions, however short their leases (the lease
+//     timers died with it); they then return with the attempt count they
+//     had, because Kafka counts nothing. A poison item that crashes its
 //     consumer each time is therefore not dead-lettered by MaxAttempts.
 //     Close re-queues held items at once, with attempt+1.
 //   - Items in a partition go only to the member that owns it. A consumer

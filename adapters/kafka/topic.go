@@ -70,7 +70,7 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (adapters.Subscrip
 		}
 	}
 	sctx, cancel := context.WithCancel(context.Background())
-	s := &subscription{b: b, topic: topic, ch: make(chan adapters.Message, 256), ctx: sctx, cancel: cancel}
+	s := &subscription{b: b, topic: topic, ch: make(chan subItem, 256), ctx: sctx, cancel: cancel}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -112,8 +112,8 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (adapters.Subscrip
 type subscription struct {
 	b      *Broker
 	topic  string
-	ch     chan adapters.Message
-	gap    atomic.Bool
+	ch     chan subItem
+	gap    atomic.Bool // set when a reader may have missed messages
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -131,6 +131,11 @@ func (s *subscription) read(r *kafkago.Reader) {
 			s.gap.Store(true)
 			dials = 1
 		}
+		// The gap goes in line, ahead of the messages read after it, so a
+		// Receive already waiting sees it first.
+		if s.gap.Swap(false) && !s.send(subItem{gap: true}) {
+			return
+		}
 		if err != nil {
 			if s.ctx.Err() != nil {
 				return
@@ -143,11 +148,24 @@ func (s *subscription) read(r *kafkago.Reader) {
 			continue
 		}
 		m, _, _ := decode(km)
-		select {
-		case s.ch <- m:
-		case <-s.ctx.Done():
+		if !s.send(subItem{m: m}) {
 			return
 		}
+	}
+}
+
+// subItem is a message, or a report that messages may have been missed.
+type subItem struct {
+	m   adapters.Message
+	gap bool
+}
+
+func (s *subscription) send(it subItem) bool {
+	select {
+	case s.ch <- it:
+		return true
+	case <-s.ctx.Done():
+		return false
 	}
 }
 
@@ -161,16 +179,16 @@ func (s *subscription) Receive(ctx context.Context) (adapters.Message, error) {
 	if s.ctx.Err() != nil {
 		return adapters.Message{}, adapters.Errorf(adapters.ErrClosed, op, "subscription is closed")
 	}
-	if s.gap.Swap(false) {
-		return adapters.Message{}, adapters.Errorf(adapters.ErrGap, op, "the connection to Kafka was interrupted")
-	}
 	select {
 	case <-ctx.Done():
 		return adapters.Message{}, ctx.Err()
 	case <-s.ctx.Done():
 		return adapters.Message{}, adapters.Errorf(adapters.ErrClosed, op, "subscription is closed")
-	case m := <-s.ch:
-		return m, nil
+	case it := <-s.ch:
+		if it.gap {
+			return adapters.Message{}, adapters.Errorf(adapters.ErrGap, op, "the connection to Kafka was interrupted")
+		}
+		return it.m, nil
 	}
 }
 
