@@ -125,7 +125,7 @@ func (c *consumer) fetch() {
 	failed := 0
 	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		got, err = c.receive()
-		if err == nil || code(err) != adapters.ErrUnavailable || c.ctx.Err() != nil {
+		if err == nil || code(err) != adapters.ErrUnavailable || c.ctx.Err() != nil || c.b.ctx.Err() != nil {
 			if failed > 0 && err == nil {
 				c.b.log.Info("receiving again", "queue", c.q.name, "dead_letters", c.dead, "failures", failed)
 			}
@@ -159,7 +159,12 @@ func (c *consumer) fetch() {
 }
 
 func (c *consumer) receive() ([]*delivery, error) {
-	out, err := c.b.sqs.ReceiveMessage(c.ctx, &sqs.ReceiveMessageInput{
+	// The call runs on the broker's context, not the consumer's: a long
+	// poll cut off by Consumer.Close can still be handed items by the
+	// server (fauxqs does this, and SQS may), which would then stay hidden
+	// for a lease. Left to finish, its items are released at once (see
+	// fetch). Broker.Close does cut it off.
+	out, err := c.b.sqs.ReceiveMessage(c.b.ctx, &sqs.ReceiveMessageInput{
 		QueueUrl:              aws.String(c.url),
 		MaxNumberOfMessages:   int32(c.prefetch),
 		WaitTimeSeconds:       seconds(c.b.cfg.WaitTime),

@@ -64,7 +64,10 @@
 // it knows of, or once settled, every method returns ErrLeaseLost without
 // calling SQS (SQS may silently accept a stale receipt handle). Closing a
 // consumer sets the visibility of its unsettled and prefetched items to 0,
-// so others get them at once. Prefetched items are leased from the moment
+// so others get them at once; a long poll still waiting at the server when
+// its consumer closed is left to finish, and what it gets is released the
+// same way (with an attempt counted), rather than hidden for a lease.
+// Prefetched items are leased from the moment
 // they are received; one whose lease ran out in the buffer is dropped and
 // comes back with the next attempt.
 //

@@ -670,3 +670,42 @@ func TestSubscriptionBufferOverflowReportsGap(t *testing.T) {
 	}
 	t.Logf("%d messages, %d gap reports", got, gaps)
 }
+
+// A consumer closed while its long poll is waiting must not swallow an item
+// that arrives afterwards: the server may still hand it to that poll, and
+// the adapter then releases it at once instead of leaving it hidden for the
+// lease (30 s here).
+func TestClosedConsumerDoesNotSwallowLaterItems(t *testing.T) {
+	b := open(t)
+	q := declare(t, b, adapters.QueueConfig{Lease: 30 * time.Second})
+	c1, err := b.Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, err := c1.Receive(rctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Receive on the empty queue: %v", err)
+	}
+	// c1's long poll is still waiting at the server.
+	if err := c1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Enqueue(ctxT(t, time.Minute), q.Name, adapters.Message{ID: "later"}); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := open(t).Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	start := time.Now()
+	d, err := c2.Receive(ctxT(t, 15*time.Second))
+	if err != nil {
+		t.Fatalf("item enqueued after the first consumer closed not received within 15s (lease 30s): %v", err)
+	}
+	t.Logf("received %q attempt %d after %s", d.Message().ID, d.Attempt(), time.Since(start))
+	if err := d.Ack(ctxT(t, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+}
