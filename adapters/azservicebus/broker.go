@@ -334,7 +334,7 @@ func (b *Broker) send(ctx context.Context, op, entity string, msg *sb.Message) e
 		return err
 	}
 	if err := s.SendMessage(ctx, msg, nil); err != nil {
-		err = mapErr(op, err)
+		err = mapErrCtx(ctx, op, err)
 		if errors.Is(err, adapters.ErrNotFound) {
 			b.forget(entity)
 		}
@@ -577,6 +577,17 @@ func (b *Broker) drop(c *consumer, s *subscription) {
 	if s != nil {
 		delete(b.subs, s)
 	}
+}
+
+// mapErrCtx is mapErr for calls made with the caller's ctx: a context error
+// while ctx is still live comes from inside the SDK (it cancels its own
+// operations while recovering a link) and is reported as ErrUnavailable, not
+// as the caller's cancellation.
+func mapErrCtx(ctx context.Context, op string, err error) error {
+	if err != nil && ctx.Err() == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return adapters.Errorf(adapters.ErrUnavailable, op, "the SDK abandoned the operation while recovering its link (%v); its outcome is unknown", err)
+	}
+	return mapErr(op, err)
 }
 
 // mapErr classifies an SDK or management error into the adapters codes.

@@ -93,7 +93,7 @@ func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 			return nil, ctx.Err()
 		}
 		if err != nil {
-			err = mapErr(op, err)
+			err = mapErrCtx(ctx, op, err)
 			if !adapters.IsRetryable(err) {
 				return nil, err
 			}
@@ -188,13 +188,30 @@ func (d *delivery) begin(op string) error {
 	return nil
 }
 
-// finish maps the result of a settling call; lock lost settles for good.
-func (d *delivery) finish(op string, err error) error {
-	if err == nil {
-		d.settled = true
-		return nil
+// settle runs a settling call, retrying it (up to three tries) while it
+// fails with a transient error such as a link being recovered. A retry after
+// an attempt whose outcome was lost can report ErrLeaseLost although the
+// first attempt took effect. Lock lost, and a closed consumer or broker,
+// settle the delivery for good. Called with d.mu held.
+func (d *delivery) settle(ctx context.Context, op string, fn func(context.Context) error) error {
+	var err error
+	for try := 1; ; try++ {
+		err = fn(ctx)
+		if err == nil {
+			d.settled = true
+			return nil
+		}
+		err = mapErrCtx(ctx, op, err)
+		if try == 3 || !adapters.IsRetryable(err) || d.c.isClosed() {
+			break
+		}
+		d.c.b.log.Debug("settling failed; retrying", "queue", d.c.queue, "id", d.m.ID, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(try) * 100 * time.Millisecond):
+		}
 	}
-	err = mapErr(op, err)
 	if errors.Is(err, adapters.ErrLeaseLost) || errors.Is(err, adapters.ErrClosed) {
 		d.settled = true
 		if !errors.Is(err, adapters.ErrLeaseLost) {
@@ -216,7 +233,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 	if err := d.begin(op); err != nil {
 		return err
 	}
-	return d.finish(op, d.c.rcv.CompleteMessage(ctx, d.rm, nil))
+	return d.settle(ctx, op, func(ctx context.Context) error { return d.c.rcv.CompleteMessage(ctx, d.rm, nil) })
 }
 
 // Nack abandons the message (delay 0: Service Bus counts a delivery and
@@ -234,10 +251,12 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	}
 	if !d.c.dead && d.attempt >= d.c.info.maxAttempts {
 		reason := fmt.Sprintf("max attempts (%d) used up; the last attempt was nacked", d.c.info.maxAttempts)
-		return d.finish(op, d.c.rcv.DeadLetterMessage(ctx, d.rm, &sb.DeadLetterOptions{Reason: &reason}))
+		return d.settle(ctx, op, func(ctx context.Context) error {
+			return d.c.rcv.DeadLetterMessage(ctx, d.rm, &sb.DeadLetterOptions{Reason: &reason})
+		})
 	}
 	if delay == 0 {
-		return d.finish(op, d.c.rcv.AbandonMessage(ctx, d.rm, nil))
+		return d.settle(ctx, op, func(ctx context.Context) error { return d.c.rcv.AbandonMessage(ctx, d.rm, nil) })
 	}
 	if !time.Now().Before(d.deadline) {
 		d.settled = true
@@ -257,12 +276,12 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	if err := d.c.b.send(ctx, op, d.c.queue, cp); err != nil {
 		return err
 	}
-	err := d.c.rcv.CompleteMessage(ctx, d.rm, nil)
+	err := d.settle(ctx, op, func(ctx context.Context) error { return d.c.rcv.CompleteMessage(ctx, d.rm, nil) })
 	if err != nil {
-		d.c.b.log.Warn("nack: the delayed copy was sent but completing the original failed; the item will be delivered twice",
+		d.c.b.log.Warn("nack: the delayed copy was sent but completing the original failed; the item may be delivered twice",
 			"queue", d.c.queue, "id", d.m.ID, "err", err)
 	}
-	return d.finish(op, err)
+	return err
 }
 
 // Extend renews the Service Bus lock, which always runs for the queue's
@@ -278,7 +297,7 @@ func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
 		return err
 	}
 	if err := d.c.rcv.RenewMessageLock(ctx, d.rm, nil); err != nil {
-		err = mapErr(op, err)
+		err = mapErrCtx(ctx, op, err)
 		if errors.Is(err, adapters.ErrLeaseLost) {
 			d.settled = true
 		}
@@ -302,5 +321,7 @@ func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
 	if len(reason) > maxDeadLetterLen {
 		reason = reason[:maxDeadLetterLen]
 	}
-	return d.finish(op, d.c.rcv.DeadLetterMessage(ctx, d.rm, &sb.DeadLetterOptions{Reason: &reason}))
+	return d.settle(ctx, op, func(ctx context.Context) error {
+		return d.c.rcv.DeadLetterMessage(ctx, d.rm, &sb.DeadLetterOptions{Reason: &reason})
+	})
 }

@@ -105,7 +105,7 @@ func (s *subscription) Receive(ctx context.Context) (adapters.Message, error) {
 		}
 		cause := "the connection recovered from a fault"
 		if err != nil {
-			err = mapErr(op, err)
+			err = mapErrCtx(ctx, op, err)
 			switch {
 			case errors.Is(err, adapters.ErrNotFound):
 				// The subscription (or topic) is gone: make it again.

@@ -6,10 +6,17 @@
 // github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus to send,
 // receive in peek-lock and receive-and-delete, renew locks, complete, abandon,
 // dead-letter, schedule, and for its admin client to create, get and delete
-// queues, topics and subscriptions. State lives in memory only: a restart
-// loses everything. No authentication (SASL ANONYMOUS, any token accepted),
-// no partitions, no sessions, no transactions, no peek, no deferral, no
-// quotas; messages over 256 KiB are refused at the link (max-message-size).
+// queues, topics and subscriptions (not update them). Test-only extras on
+// the admin port: GET /$status (counts per entity) and
+// POST /$fault/detach-receivers (force-detaches every receiver link).
+// State lives in memory; with --state FILE it is written to FILE on
+// SIGTERM/SIGINT (or stdin closing) and read back at start, so a clean
+// restart keeps entities and messages (held locks are dropped and their
+// messages made available again); a crash (SIGKILL) loses everything.
+// No authentication (SASL ANONYMOUS, any token accepted), no partitions, no
+// sessions, no transactions, no peek, no deferral, no quotas, no message
+// TTL; AutoDeleteOnIdle counts only time without a receiver link; messages
+// over 256 KiB are refused at the link (max-message-size).
 // A delivery whose lock expired and that the client never settles keeps one
 // of its session's 2048 delivery slots until the link closes.
 //
@@ -199,6 +206,11 @@ const lockLost = () => rhea.message.rejected({ error: { condition: 'com.microsof
 function onDisposition(context, outcome) {
   const d = context.delivery;
   const lock = d.sbLock;
+  if (context.sender && !context.sender.is_open()) {
+    // The link was detached (deleted entity, fault injection): settle on the
+    // management link instead, as the SDK does when its link is gone.
+    return;
+  }
   if (!lock) {
     d.update(true);
   } else if (!lockValid(lock)) {
@@ -375,6 +387,12 @@ function handleAdmin(req, res) {
     const e = entities.get(path);
     const send = (code, xml) => { res.writeHead(code, { 'Content-Type': 'application/atom+xml;type=entry;charset=utf-8' }); res.end(xml || ''); };
     const notFound = () => send(404, '<Error><Code>404</Code><Detail>Entity ' + path + ' does not exist.</Detail></Error>');
+    if (req.method === 'POST' && path === '$fault/detach-receivers') { // fault injection for tests, not Service Bus
+      let n = 0;
+      for (const x of entities.values()) for (const l of [...x.links]) { x.links.delete(l); l.close({ condition: 'amqp:link:detach-forced', description: 'test server fault injection' }); n++; }
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      return res.end(JSON.stringify({ detached: n }));
+    }
     if (req.method === 'GET' && path === '$status') { // debugging aid, not Service Bus
       const st = {};
       for (const x of entities.values()) st[x.path] = { ready: x.ready.length, locked: x.locks.size, scheduled: x.scheduled.length, links: [...x.links].map(l => ({ open: l.is_open(), credit: l.credit, sendable: l.sendable() })) };
@@ -395,14 +413,7 @@ function handleAdmin(req, res) {
     } else if (parts.length !== 1) {
       return send(400, '<Error><Code>400</Code><Detail>bad entity path</Detail></Error>');
     }
-    if (e && !req.headers['if-match']) return send(409, '<Error><Code>409</Code><Detail>The messaging entity ' + path + ' already exists.</Detail></Error>');
-    if (e) { // update in place: keep messages and locks
-      if (e.kind !== kind) return send(400, '<Error><Code>400</Code><Detail>entity kind differs</Detail></Error>');
-      applyDesc(e, body);
-      const d = entities.get(path + '/$deadletterqueue');
-      if (d) d.lockMs = e.lockMs;
-      return send(200, body);
-    }
+    if (e) return send(409, '<Error><Code>409</Code><Detail>The messaging entity ' + path + ' already exists (this test server does not update entities).</Detail></Error>');
     newEntity(path, kind, body, parent);
     return send(201, body);
   });
