@@ -51,7 +51,15 @@
 //
 // The dead-letter queue is read with ConsumeOptions.DeadLetters; its items
 // carry adapters.HeaderDeadLetterReason = DeadLetterReason, followed by
-// ": " and DeadLetterErrorDescription when Service Bus set one.
+// ": " and DeadLetterErrorDescription when Service Bus set one. Nack with a
+// delay is refused there (ErrUnsupported: nothing can be sent to a
+// dead-letter sub-queue); Nack(0) abandons back into it.
+//
+// Settling (Ack, Nack, DeadLetter) is retried up to three times while it
+// fails transiently, for example while the SDK recovers a link (it then
+// settles on the entity's management link). If the answer to an attempt
+// that took effect was lost, the retry reports ErrLeaseLost: as always with
+// ErrLeaseLost the item may or may not be delivered again.
 //
 // Dedupe is native (duplicate detection by Message.ID); an empty ID gets a
 // random UUID. Ordering by key is not supported (it would need Service Bus
