@@ -71,8 +71,8 @@
 // they are received; one whose lease ran out in the buffer is dropped and
 // comes back with the next attempt.
 //
-// Standard queues may deliver an item twice even when acked, and do not
-// keep order; FIFO queues deliver in order per group and drop a repeated
+// Standard queues may, rarely, deliver an item a second time (SQS's own
+// at-least-once delivery) and do not keep order; FIFO queues deliver in order per group and drop a repeated
 // deduplication ID for SQS's fixed 5 minutes (so DedupeWindow must be at
 // most 5m). Topics are at most once: a subscription reports ErrGap after a
 // failed receive, a full buffer (1024 messages) or when it had to re-create
@@ -85,8 +85,8 @@
 // Checked before anything is sent:
 //   - at most 9 headers (SQS allows 10 message attributes and the adapter
 //     uses one, "cb-meta", for the ID, key, body encoding and dead-letter
-//     reason); header names SQS refuses ("AWS.…", "…..…", "….") are refused
-//     with ErrInvalidArgument;
+//     reason); header names SQS refuses (starting with "AWS." or "Amazon.",
+//     containing "..", ending in ".") are refused with ErrInvalidArgument;
 //   - at most 256 KiB as sent (body plus attribute names, types and values)
 //     with ErrTooLarge. Bodies that are not valid SQS text (UTF-8 of the
 //     XML characters up to U+FFFD; characters beyond the BMP such as emoji
@@ -122,8 +122,9 @@
 // adapters/sqs/testdata/fauxqs first (TestMain does it if node_modules is
 // missing). Set CLUSTERBUS_TEST_SQS_LIVE=1 with standard AWS environment
 // variables (AWS_REGION, credentials) to run the same tests against real
-// AWS, with the name prefix "cbtest-". What fauxqs cannot show and so
-// stays untested here:
+// AWS, with the name prefix "cbtest-" (no AWS account was reachable where
+// the adapter was written: the live run is untried). What fauxqs cannot
+// show and so stays untested here:
 //   - IAM, and the queue policy that lets SNS send to a subscriber queue
 //     (fauxqs stores policies but does not enforce them);
 //   - the refusal of stale receipt handles (fauxqs accepts them; the
