@@ -26,6 +26,17 @@ var adapterItemsPerSec float64
 func BenchmarkQueueThroughput(b *testing.B) {
 	body := make([]byte, 256)
 	_, _ = rand.Read(body)
+	// Warm the test server (Node's JIT) so that the sub-benchmark that runs
+	// first is not the slower one for that reason alone.
+	warm := openTest(b)
+	wq := uniqueName("warm")
+	if err := warm.DeclareQueue(context.Background(), adapters.QueueConfig{Name: wq, Lease: 30 * time.Second}); err != nil {
+		b.Fatal(err)
+	}
+	if err := pump(warm, wq, 500, body); err != nil {
+		b.Fatal(err)
+	}
+	_ = warm.DeleteQueue(context.Background(), wq)
 	b.Run("adapter", func(b *testing.B) {
 		br := openTest(b)
 		ctx := context.Background()
@@ -124,4 +135,27 @@ func BenchmarkQueueThroughput(b *testing.B) {
 			b.ReportMetric(adapterItemsPerSec/raw, "adapter/raw")
 		}
 	})
+}
+
+// pump enqueues n items and receives and acks them through the adapter.
+func pump(br adapters.Broker, q string, n int, body []byte) error {
+	ctx := context.Background()
+	c, err := br.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for i := range n {
+		if err := br.Enqueue(ctx, q, adapters.Message{ID: strconv.Itoa(i), Body: body}); err != nil {
+			return err
+		}
+		d, err := c.Receive(ctx)
+		if err != nil {
+			return err
+		}
+		if err := d.Ack(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
