@@ -100,8 +100,7 @@ func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 		}
 		if !c.fetching {
 			c.fetching = true
-			c.b.wg.Add(1)
-			go c.fetch()
+			go c.fetch() // not in b.wg: may outlive Broker.Close by one long poll
 		}
 		notify := c.notify
 		c.mu.Unlock()
@@ -117,7 +116,6 @@ func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 // fetch runs one ReceiveMessage call (retrying while SQS is unreachable)
 // and puts what it got into the buffer.
 func (c *consumer) fetch() {
-	defer c.b.wg.Done()
 	var (
 		got []*delivery
 		err error
@@ -125,7 +123,7 @@ func (c *consumer) fetch() {
 	failed := 0
 	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		got, err = c.receive()
-		if err == nil || code(err) != adapters.ErrUnavailable || c.ctx.Err() != nil || c.b.ctx.Err() != nil {
+		if err == nil || code(err) != adapters.ErrUnavailable || c.ctx.Err() != nil {
 			if failed > 0 && err == nil {
 				c.b.log.Info("receiving again", "queue", c.q.name, "dead_letters", c.dead, "failures", failed)
 			}
@@ -159,12 +157,12 @@ func (c *consumer) fetch() {
 }
 
 func (c *consumer) receive() ([]*delivery, error) {
-	// The call runs on the broker's context, not the consumer's: a long
-	// poll cut off by Consumer.Close can still be handed items by the
-	// server (fauxqs does this, and SQS may), which would then stay hidden
-	// for a lease. Left to finish, its items are released at once (see
-	// fetch). Broker.Close does cut it off.
-	out, err := c.b.sqs.ReceiveMessage(c.b.ctx, &sqs.ReceiveMessageInput{
+	// The call does not end with the consumer (or the broker, until one
+	// long-poll time after its Close): a long poll cut off at the client
+	// can still be handed items by the server (fauxqs does this, and SQS
+	// may), which would then stay hidden for a lease. Left to finish, its
+	// items are released at once (see fetch).
+	out, err := c.b.sqs.ReceiveMessage(c.b.pollCtx, &sqs.ReceiveMessageInput{
 		QueueUrl:              aws.String(c.url),
 		MaxNumberOfMessages:   int32(c.prefetch),
 		WaitTimeSeconds:       seconds(c.b.cfg.WaitTime),

@@ -151,6 +151,11 @@ type Broker struct {
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
+	// pollCtx carries consumers' receive calls; Close cancels it only
+	// after one long-poll time, so that polls waiting at the server finish
+	// and release what they get instead of leaving it hidden for a lease.
+	pollCtx    context.Context
+	pollCancel context.CancelFunc
 
 	mu     sync.Mutex
 	closed bool
@@ -206,10 +211,12 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		cons:   map[*consumer]struct{}{},
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b.pollCtx, b.pollCancel = context.WithCancel(context.Background())
 	pingCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if _, err := sqsClient.ListQueues(pingCtx, &sqs.ListQueuesInput{MaxResults: aws.Int32(1), QueueNamePrefix: aws.String(cfg.Prefix + "x")}); err != nil {
 		b.cancel()
+		b.pollCancel()
 		where := cfg.Endpoint
 		if where == "" {
 			where = "AWS region " + cfg.Region
@@ -257,7 +264,9 @@ func (b *Broker) checkOpen(op string) error {
 
 // Close ends every consumer (their unsettled items become visible again at
 // once) and every subscription (their queues and SNS subscriptions are
-// deleted), then marks the broker closed.
+// deleted), then marks the broker closed. Receive calls still waiting at the
+// server are left to finish, for at most the long-poll time, and release
+// what they get; they do not delay Close.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -285,6 +294,7 @@ func (b *Broker) Close() error {
 	}
 	wg.Wait()
 	b.cancel()
+	time.AfterFunc(b.cfg.WaitTime+2*time.Second, b.pollCancel)
 	b.wg.Wait()
 	return errors.Join(errs...)
 }

@@ -709,3 +709,51 @@ func TestClosedConsumerDoesNotSwallowLaterItems(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Like TestClosedConsumerDoesNotSwallowLaterItems, for Broker.Close: a
+// graceful stop of a node does not hide items enqueued just after it.
+func TestClosedBrokerDoesNotSwallowLaterItems(t *testing.T) {
+	needBroker(t)
+	endpoint := ""
+	if server != nil {
+		endpoint = server.endpoint
+	}
+	b1, err := sqs.Open(ctxT(t, time.Minute), config(t, endpoint))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2 := open(t)
+	q := declare(t, b2, adapters.QueueConfig{Lease: 30 * time.Second})
+	c1, err := b1.Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, err := c1.Receive(rctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Receive on the empty queue: %v", err)
+	}
+	start := time.Now()
+	if err := b1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Errorf("Broker.Close took %s: it waited for the long poll", el)
+	}
+	if err := b2.Enqueue(ctxT(t, time.Minute), q.Name, adapters.Message{ID: "later"}); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := b2.Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	d, err := c2.Receive(ctxT(t, 15*time.Second))
+	if err != nil {
+		t.Fatalf("item enqueued after the first broker closed not received within 15s (lease 30s): %v", err)
+	}
+	t.Logf("received %q attempt %d", d.Message().ID, d.Attempt())
+	if err := d.Ack(ctxT(t, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+}
