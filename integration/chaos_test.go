@@ -97,11 +97,16 @@ type chaosKill struct {
 // kill -9 to the interrupted step resuming on another node (p50, p99).
 func TestChaosFlowsCompleteExactlyOnceUnderKill9(t *testing.T) {
 	needBinary(t)
-	n := chaosExecutions
+	forEachBroker(t, testChaosFlowsCompleteExactlyOnceUnderKill9)
+}
+
+func testChaosFlowsCompleteExactlyOnceUnderKill9(t *testing.T, tb testBroker) {
+	n := chaosExecutionsFor(tb.kind)
 	if s := os.Getenv("CLUSTERBUS_CHAOS_EXECUTIONS"); s != "" {
 		n, _ = strconv.Atoi(s)
 	}
-	brokerURL := startBroker(t)
+	t.Logf("%s: %d executions", tb.kind, n)
+	brokerURL := tb.url
 	rec := newChaosRecorder(t)
 	tag := fmt.Sprintf("%d", time.Now().UnixNano()%1e8)
 	cluster, queue, results := "chaos-"+tag, "chaos-flows-"+tag, "chaos-results-"+tag

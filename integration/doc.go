@@ -5,14 +5,26 @@
 //
 // # Running
 //
-//	go test ./integration/            # builds the binary once, runs for ~1 min
+//	go test ./integration/            # builds the binary once, runs every broker
 //	go test -short ./integration/     # skips them
 //
-// The broker is a `clusterbus broker` process unless
-// CLUSTERBUS_INTEGRATION_BROKER names another broker URL (the nodes get it
-// as --broker; the link-cut test puts its proxy in front of the URL's
-// host:port, which works for brokers that do not redirect clients to other
-// addresses).
+// Each multi-process test runs once per broker, as subtests named nats,
+// rabbitmq, kafka, sqs and azservicebus (e.g.
+// TestChaosFlowsCompleteExactlyOnceUnderKill9/kafka), each with a broker of
+// its own: nats is a `clusterbus broker` process; rabbitmq is the server at
+// CLUSTERBUS_TEST_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/),
+// with names unique to the run; kafka is an in-process kfake cluster
+// (adapters/kafka/kafkatest) the nodes reach at kafka://127.0.0.1:PORT; sqs
+// is fauxqs (adapters/sqs/sqstest, Node.js); azservicebus is the Service
+// Bus test server (adapters/azservicebus/sbtest, Node.js). A broker that
+// cannot be started or reached skips its subtests with the reason, and
+// fails them when CI=true.
+//
+// CLUSTERBUS_INTEGRATION_BROKER=<url> restricts the run to that one broker
+// (the nodes get it as --broker). The link-cut test puts a TCP proxy in
+// front of the broker's address (the URL's host:port, the sqs endpoint
+// parameter or the Service Bus connection string's endpoint); it skips on
+// Kafka, whose clients reconnect to the address the broker advertises.
 //
 // # What is checked
 //

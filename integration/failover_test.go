@@ -11,9 +11,17 @@ import (
 // on a loaded machine, the 20ms polling and the HTTP round trips.
 const margin = 3 * time.Second
 
+// TestKillLeadFailsOverAndGracefulStopHandsOver runs three nodes on each
+// broker: kill -9 of the lead moves the lead to the next oldest within the
+// failure timeout plus a margin, the killed node rejoins as a non-lead, and
+// SIGTERM of the lead hands over within the failure timeout and exits 0.
 func TestKillLeadFailsOverAndGracefulStopHandsOver(t *testing.T) {
 	needBinary(t)
-	brokerURL := startBroker(t)
+	forEachBroker(t, testKillLeadFailsOverAndGracefulStopHandsOver)
+}
+
+func testKillLeadFailsOverAndGracefulStopHandsOver(t *testing.T, b testBroker) {
+	brokerURL := b.url
 	cluster := fmt.Sprintf("it-failover-%d", time.Now().UnixNano()%1e6)
 
 	// Started one after the other: n1 is the oldest, then n2, then n3.
@@ -31,7 +39,7 @@ func TestKillLeadFailsOverAndGracefulStopHandsOver(t *testing.T) {
 	took := waitUntil(t, failureTimeout+margin, "after kill -9 of n1, n2 and n3 agree on n2", func() bool {
 		return n2.sees("n2", "n2", "n3") && n3.sees("n2", "n2", "n3")
 	})
-	t.Logf("kill -9 of the lead -> survivors agree on the next oldest in %s (failure timeout %s)", took, failureTimeout)
+	t.Logf("%s: kill -9 of the lead -> survivors agree on the next oldest in %s (failure timeout %s)", b.kind, took, failureTimeout)
 	c, _ = n3.cluster()
 	if c.Term <= term1 {
 		t.Fatalf("term after failover %d, before %d: want higher", c.Term, term1)
@@ -51,19 +59,28 @@ func TestKillLeadFailsOverAndGracefulStopHandsOver(t *testing.T) {
 	took = waitUntil(t, failureTimeout, "after SIGTERM of n2, n1 and n3 agree on n3 within the failure timeout", func() bool {
 		return n3.sees("n3", "n1", "n3") && n1.sees("n3", "n1", "n3")
 	})
-	t.Logf("SIGTERM of the lead -> survivors agree on n3 in %s", took)
+	t.Logf("%s: SIGTERM of the lead -> survivors agree on n3 in %s", b.kind, took)
 	if code := <-done; code != 0 {
 		t.Fatalf("n2 exited %d after SIGTERM, want 0\n%s", code, n2.log())
 	}
 	t.Logf("n2 exited 0 %s after SIGTERM", time.Since(start).Round(time.Millisecond))
 }
 
+// TestHealthTurns503WhenBrokerLinkCut runs, on each broker, a node whose
+// broker link goes through a TCP proxy and another that connects directly:
+// cutting the proxy turns the first one's HEAD /ha/health to 503 within the
+// failure timeout plus a margin, the other drops it, and restoring the link
+// brings it back to 200. Kafka skips: see viaProxy.
 func TestHealthTurns503WhenBrokerLinkCut(t *testing.T) {
 	needBinary(t)
-	brokerURL := startBroker(t)
-	target, _ := viaProxy(t, brokerURL, "x:1")
+	forEachBroker(t, testHealthTurns503WhenBrokerLinkCut)
+}
+
+func testHealthTurns503WhenBrokerLinkCut(t *testing.T, b testBroker) {
+	target, _ := viaProxy(t, b, "127.0.0.1:1")
+	brokerURL := b.url
 	px := newProxy(t, target)
-	_, proxied := viaProxy(t, brokerURL, px.Addr())
+	_, proxied := viaProxy(t, b, px.Addr())
 	cluster := fmt.Sprintf("it-link-%d", time.Now().UnixNano()%1e6)
 
 	other := startNode(t, brokerURL, cluster, "direct")
@@ -79,7 +96,7 @@ func TestHealthTurns503WhenBrokerLinkCut(t *testing.T) {
 	took := waitUntil(t, failureTimeout+margin, "HEAD /ha/health turns 503 after the link is cut", func() bool {
 		return cutoff.health() == http.StatusServiceUnavailable
 	})
-	t.Logf("health 503 %s after the broker link was cut (failure timeout %s)", took, failureTimeout)
+	t.Logf("%s: health 503 %s after the broker link was cut (failure timeout %s)", b.kind, took, failureTimeout)
 	resp, err := client.Get(cutoff.addr + "/ha/health")
 	if err == nil {
 		buf := make([]byte, 200)
@@ -95,5 +112,5 @@ func TestHealthTurns503WhenBrokerLinkCut(t *testing.T) {
 	took = waitUntil(t, 60*time.Second, "health back to 200 after the link is restored", func() bool {
 		return cutoff.health() == http.StatusOK
 	})
-	t.Logf("health 200 again %s after the link was restored (client reconnect backoff included)", took)
+	t.Logf("%s: health 200 again %s after the link was restored (client reconnect backoff included)", b.kind, took)
 }

@@ -39,6 +39,6 @@ func TestMain(m *testing.M) {
 func needBinary(t *testing.T) {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("multi-process test: builds and runs the clusterbus binary for about a minute; skipped with -short")
+		t.Skip("multi-process test: runs clusterbus processes on every broker for several minutes; skipped with -short")
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -118,14 +117,10 @@ func (p *proc) log() string {
 
 var brokerURLRE = regexp.MustCompile(`nats://[0-9.]+:[0-9]+`)
 
-// startBroker returns the broker URL: CLUSTERBUS_INTEGRATION_BROKER if set,
-// else a `clusterbus broker` process on a free loopback port.
-func startBroker(t *testing.T) string {
+// startNATSBroker starts a `clusterbus broker` process (embedded NATS) on
+// a free loopback port and returns its URL.
+func startNATSBroker(t *testing.T) string {
 	t.Helper()
-	if u := os.Getenv("CLUSTERBUS_INTEGRATION_BROKER"); u != "" {
-		t.Logf("broker from CLUSTERBUS_INTEGRATION_BROKER: %s", u)
-		return u
-	}
 	p := startProc(t, "broker", "broker", "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(t.TempDir(), "broker"), "--sync=false")
 	var u string
 	waitUntil(t, 30*time.Second, "the broker prints its URL", func() bool {
@@ -318,16 +313,4 @@ func (p *proxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = false
-}
-
-// viaProxy returns brokerURL with its host:port replaced by addr.
-func viaProxy(t *testing.T, brokerURL, addr string) (target, proxied string) {
-	t.Helper()
-	u, err := url.Parse(brokerURL)
-	if err != nil || u.Host == "" || strings.Contains(u.Host, ",") {
-		t.Skipf("cannot put a proxy in front of broker URL %q (want one host:port)", brokerURL)
-	}
-	target = u.Host
-	u.Host = addr
-	return target, u.String()
 }
