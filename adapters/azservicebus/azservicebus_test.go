@@ -186,6 +186,9 @@ func TestNackDelayCopyKeepsIdentityAndCountsAttempts(t *testing.T) {
 	if d.Message().ID != want.ID || !strings.Contains(d.Message().Headers[adapters.HeaderDeadLetterReason], "max attempts (3)") {
 		t.Fatalf("dead-lettered %+v", d.Message())
 	}
+	if err := d.Nack(ctx, time.Second); !errors.Is(err, adapters.ErrUnsupported) {
+		t.Fatalf("Nack with a delay on the dead-letter queue = %v; want ErrUnsupported", err)
+	}
 	if err := d.Ack(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -262,15 +262,15 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 		d.settled = true
 		return adapters.Errorf(adapters.ErrLeaseLost, op, "lock expired at %s", d.deadline.Format(time.RFC3339Nano))
 	}
+	if d.c.dead {
+		return adapters.Errorf(adapters.ErrUnsupported, op, "Nack with a delay on the dead-letter queue: Service Bus cannot send to a dead-letter sub-queue; use Nack(0)")
+	}
 	cp := toSB(d.m)
 	cp.MessageID = ptr(uuid.NewString()) // a new ID, or duplicate detection would drop the copy
 	cp.ApplicationProperties[propID] = d.m.ID
 	cp.ApplicationProperties[propAttempts] = strconv.Itoa(d.attempt)
 	at := time.Now().Add(delay)
 	cp.ScheduledEnqueueTime = &at
-	if d.c.dead {
-		return adapters.Errorf(adapters.ErrUnsupported, op, "Nack with a delay on the dead-letter queue: Service Bus cannot send to a dead-letter sub-queue; use Nack(0)")
-	}
 	// Copy first, then complete: a failure in between leaves a duplicate,
 	// never a loss.
 	if err := d.c.b.send(ctx, op, d.c.queue, cp); err != nil {
