@@ -58,6 +58,9 @@ type flowsConfig struct {
 	Concurrency int           `koanf:"concurrency"`
 	Lease       time.Duration `koanf:"lease"`
 	MaxAttempts int           `koanf:"max-attempts"`
+	// ResultsQueue receives one completion record per execution; empty
+	// records none.
+	ResultsQueue string `koanf:"results-queue"`
 }
 
 // configSections are the nested keys whose env names need a '.' after the
@@ -78,7 +81,7 @@ func defaultNodeConfig() nodeConfig {
 		ClockSkewThreshold: d.ClockSkewThreshold,
 		SplitBrain:         string(d.SplitBrain),
 		DrainTimeout:       30 * time.Second,
-		Flows:              flowsConfig{Queue: "flows", Concurrency: 4, Lease: 30 * time.Second, MaxAttempts: 5},
+		Flows:              flowsConfig{Concurrency: 4, Lease: 30 * time.Second, MaxAttempts: 5},
 	}
 }
 

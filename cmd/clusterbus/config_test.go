@@ -31,6 +31,7 @@ flows:
 	t.Setenv("CLUSTERBUS_CLUSTER", "from-env")
 	t.Setenv("CLUSTERBUS_NODE_ID", "env-id")
 	t.Setenv("CLUSTERBUS_FLOWS_DIR", "/from/env")
+	t.Setenv("CLUSTERBUS_FLOWS_RESULTS_QUEUE", "done")
 	t.Setenv("CLUSTERBUS_FLOWS_LEASE", "45s")
 
 	fs := pflag.NewFlagSet("node", pflag.ContinueOnError)
@@ -55,7 +56,8 @@ flows:
 		{"flows.lease (env)", cfg.Flows.Lease, 45 * time.Second},
 		{"flows.concurrency (file)", cfg.Flows.Concurrency, 7},
 		{"flows.max-attempts (file)", cfg.Flows.MaxAttempts, 9},
-		{"flows.queue (default)", cfg.Flows.Queue, "flows"},
+		{"flows.queue (default: empty, the node uses CLUSTER-flows)", cfg.Flows.Queue, ""},
+		{"flows.results-queue (env)", cfg.Flows.ResultsQueue, "done"},
 		{"clock-skew-threshold (default)", cfg.ClockSkewThreshold, 2 * time.Second},
 	}
 	for _, c := range checks {

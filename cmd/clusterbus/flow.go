@@ -16,21 +16,15 @@ import (
 	"github.com/clusterbus/clusterbus/flows"
 )
 
-// flowsResultsQueue is --flows.results-queue (env
-// CLUSTERBUS_FLOWS_RESULTS_QUEUE): where completion records go. It is not
-// part of nodeConfig yet, so it is read here.
-var flowsResultsQueue string
-
 func init() {
 	d := defaultNodeConfig().Flows
 	fs := nodeCmd.Flags()
 	fs.String("flows.dir", d.Dir, "directory of flow and rule YAML files to load (empty: the flow engine does not run)")
-	fs.String("flows.queue", d.Queue, "queue that carries flow steps")
+	fs.String("flows.queue", d.Queue, "queue that carries flow steps (empty: CLUSTER-flows)")
 	fs.Int("flows.concurrency", d.Concurrency, "flow steps this node runs at once")
 	fs.Duration("flows.lease", d.Lease, "lease of a flow step; renewed every third of it while the step runs")
 	fs.Int("flows.max-attempts", d.MaxAttempts, "deliveries of a step before its execution is dead-lettered")
-	fs.StringVar(&flowsResultsQueue, "flows.results-queue", os.Getenv("CLUSTERBUS_FLOWS_RESULTS_QUEUE"),
-		"queue that receives one completion record per execution (empty: none)")
+	fs.String("flows.results-queue", d.ResultsQueue, "queue that receives one completion record per execution (empty: none)")
 	nodeServices = append(nodeServices, startFlows)
 
 	flowCmd := &cobra.Command{Use: "flow", Short: "Submit flow executions and ask where they are"}
@@ -110,12 +104,15 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 		log.Info("flows: no flows.dir configured; the flow engine does not run on this node")
 		return nil, nil
 	}
+	if fc.Queue == "" {
+		fc.Queue = env.Config.Cluster + "-flows"
+	}
 	e, err := flows.New(env.Broker, flows.Config{
 		Queue:        fc.Queue,
 		Concurrency:  fc.Concurrency,
 		Lease:        fc.Lease,
 		MaxAttempts:  fc.MaxAttempts,
-		ResultsQueue: flowsResultsQueue,
+		ResultsQueue: fc.ResultsQueue,
 		DrainGrace:   min(env.Config.DrainTimeout/2, 5*time.Second),
 	}, flows.Options{NodeID: env.Node.ID(), Gate: env.Node.Serving, Logger: env.Logger, Registry: env.Registry})
 	if err != nil {

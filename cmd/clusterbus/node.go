@@ -19,10 +19,6 @@ import (
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
 	"github.com/clusterbus/clusterbus/bus"
-
-	// Adapters linked into the binary; each registers its URL scheme.
-	_ "github.com/clusterbus/clusterbus/adapters/mem"
-	_ "github.com/clusterbus/clusterbus/adapters/nats"
 )
 
 // nodeEnv is what a node service gets: the broker, the running node, the HTTP
