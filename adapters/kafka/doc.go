@@ -121,6 +121,11 @@
 //   - Restart is Native: clients reconnect and resume from committed offsets.
 //   - replication=-1 needs Kafka 2.4 or later (CreateTopics v4); set an
 //     explicit factor for older brokers.
+//   - kafka-go's consumer group speaks old protocol versions (FindCoordinator
+//     v0, JoinGroup v1, SyncGroup, Heartbeat and LeaveGroup v0). Kafka 4.0
+//     removed many old versions (KIP-896; 4.0.1 restored JoinGroup v0-v1).
+//     This adapter is tested against kfake only; run the suite with
+//     CLUSTERBUS_TEST_KAFKA_BROKERS against the Kafka version you deploy.
 //
 // # Tests
 //
