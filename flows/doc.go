@@ -49,6 +49,16 @@
 //     execution from that step on, and can record completion twice. Readers
 //     of the results queue must treat the execution ID as the key. The same
 //     holds everywhere if the redelivery comes after the dedupe window.
+//     Each node narrows this: it remembers, from the step_done and
+//     completed events it has heard (its own included), up to which
+//     sequence number each execution has recorded its steps, and drops
+//     (acknowledges without running) an item below that, so a repeat or a
+//     fork's second copy that reaches such a node ends there. What is left:
+//     a crash between the enqueue and the step_done event, a node that
+//     started after the event or missed it (the topic is at most once) or
+//     forgot the execution (Config.IndexSize), and two copies running at
+//     the same time. A consequence: an execution ID submitted again while
+//     a node still remembers it past step 0 is dropped on that node.
 //   - A wait, a RetryAfter and a drain hand-back each count as a delivery
 //     attempt (the contract has no snooze). A wait needs a broker with
 //     delayed nack (Capabilities.DelayedNack); without it the continuation

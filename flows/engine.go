@@ -469,6 +469,15 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 		e.log.Warn("flows: dead-lettering an item that does not decode", "id", job.Message.ID, "err", err)
 		return workqueue.Permanent(fmt.Errorf("flows: item %q does not decode: %w", job.Message.ID, err))
 	}
+	if e.idx.recorded(it.Exec, it.Seq) {
+		// A repeat: the step at this sequence already recorded its
+		// continuation (or the completion) and said so on the events
+		// topic, but its item was not acknowledged (a crash in between),
+		// or it is a copy from a fork. Running it again would fork the
+		// execution on a broker without dedupe; drop it.
+		e.log.Info("flows: dropping a repeated item whose step was already recorded", "item", it.id(), "attempt", job.Attempt)
+		return nil
+	}
 	now := e.opts.Clock.Now()
 	if wait := it.NotBefore.Sub(now); wait > 0 {
 		return workqueue.RetryAfter(wait, errNotDue)

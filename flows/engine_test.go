@@ -401,7 +401,7 @@ func (d *crashingDelivery) Ack(ctx context.Context) error {
 	return d.Delivery.Ack(ctx)
 }
 
-func TestCrashBeforeAckRepeatsTheStepButRecordsCompletionOnce(t *testing.T) {
+func TestCrashBeforeAckRecordsCompletionOnce(t *testing.T) {
 	for _, at := range []string{":1", ":2"} { // the middle step; the last step
 		t.Run("seq"+at[1:], func(t *testing.T) {
 			srv := mem.NewServer()
@@ -442,7 +442,11 @@ func TestCrashBeforeAckRepeatsTheStepButRecordsCompletionOnce(t *testing.T) {
 			}
 			// The crash loses every lease of the node: the step whose ack
 			// failed and whatever else it held (at most Concurrency items).
-			if crashing.crashed.Load() && (twice < 1 || twice > cfg.Concurrency) {
+			// The step whose ack failed runs again only if the node that
+			// gets it back has not yet heard its step_done event (here the
+			// item comes back at once, so that is a race); otherwise the
+			// repeat is dropped.
+			if crashing.crashed.Load() && twice > cfg.Concurrency {
 				t.Fatalf("crashed once but %d steps ran twice: %v", twice, runs)
 			}
 			if !crashing.crashed.Load() && twice != 0 {

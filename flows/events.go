@@ -65,6 +65,10 @@ type Status struct {
 	Completions int `json:"completions,omitempty"`
 
 	completionIDs map[string]bool
+	// recordedBelow: every sequence number below it has had its
+	// continuation (or completion) recorded, as step_done and completed
+	// events say. A queue item below it is a repeat.
+	recordedBelow int
 }
 
 func rank(t EventType) int {
@@ -117,6 +121,9 @@ func (x *index) apply(e Event) {
 		s.completionIDs[e.ID] = true
 		s.Completions++
 	}
+	if (e.Type == EventStepDone || e.Type == EventCompleted) && e.Seq+1 > s.recordedBelow {
+		s.recordedBelow = e.Seq + 1
+	}
 	terminal := s.State != StateRunning
 	newer := e.Seq > s.Seq || (e.Seq == s.Seq && rank(e.Type) >= rank(statusType(s)))
 	if terminal && rank(e.Type) < 3 {
@@ -152,6 +159,16 @@ func statusType(s *Status) EventType {
 		return EventDeadLettered
 	}
 	return EventStarted
+}
+
+// recorded reports whether this node has heard that the step at sequence
+// seq of execution id (or a later one) recorded its continuation or the
+// completion: a queue item for it is then a repeat (see handle).
+func (x *index) recorded(id string, seq int) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	s, ok := x.m[id]
+	return ok && seq < s.recordedBelow
 }
 
 func (x *index) get(id string) (Status, bool) {
