@@ -217,6 +217,7 @@ func (r *groupRunner) readPartition(gctx context.Context, ps *partState) {
 	})
 	defer rd.Close()
 	if r.resume != nil && !r.resume(gctx, ps, epoch) {
+		<-gctx.Done() // as below: a closing consumer keeps its generation
 		return
 	}
 	if err := rd.SetOffset(start); err != nil {
@@ -253,7 +254,13 @@ func (r *groupRunner) readPartition(gctx context.Context, ps *partState) {
 			}
 		}
 		r.mu.Unlock()
-		if !ok || gctx.Err() != nil {
+		if !ok {
+			// The consumer is closing: keep the generation (and with it
+			// the commits of the items it releases) until it leaves.
+			<-gctx.Done()
+			return
+		}
+		if gctx.Err() != nil {
 			return
 		}
 	}
