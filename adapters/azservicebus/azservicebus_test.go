@@ -463,7 +463,7 @@ func TestConsumerSurvivesForcedLinkDetach(t *testing.T) {
 		next <- result{d, err}
 	}()
 	time.Sleep(200 * time.Millisecond) // let that Receive block on the link (no condition to wait on from outside)
-	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/$fault/detach-receivers", s.admin), "", nil)
+	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/$fault/detach-receivers", s.AdminPort()), "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
