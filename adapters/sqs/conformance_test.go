@@ -19,7 +19,7 @@ func TestConformance(t *testing.T) {
 	needBroker(t)
 	endpoint := ""
 	if server != nil {
-		endpoint = server.endpoint
+		endpoint = server.Endpoint()
 	}
 	cfg := config(t, endpoint)
 	t.Log("Harness.Restart is nil: fauxqs keeps no data across restarts (and AWS cannot be restarted); TestFauxqsRestart covers recovery")

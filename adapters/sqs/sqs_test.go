@@ -18,6 +18,7 @@ import (
 
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/sqs"
+	"github.com/clusterbus/clusterbus/adapters/sqs/sqstest"
 )
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
@@ -68,7 +69,7 @@ func TestOpenThroughRegistry(t *testing.T) {
 	if server == nil {
 		t.Skip("needs the fauxqs endpoint")
 	}
-	b, err := adapters.Open(ctxT(t, time.Minute), "sqs://us-east-1?endpoint="+server.endpoint+"&wait=2s")
+	b, err := adapters.Open(ctxT(t, time.Minute), "sqs://us-east-1?endpoint="+server.Endpoint()+"&wait=2s")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +183,7 @@ func TestNameTooLongForSQSIsRefused(t *testing.T) {
 	needBroker(t)
 	endpoint := ""
 	if server != nil {
-		endpoint = server.endpoint
+		endpoint = server.Endpoint()
 	}
 	cfg := config(t, endpoint)
 	cfg.Prefix = strings.Repeat("p", 20)
@@ -427,12 +428,12 @@ func TestFauxqsRestart(t *testing.T) {
 	if live || server == nil {
 		t.Skip("restarts a local fauxqs")
 	}
-	fx, err := startFauxqs(0)
+	fx, err := sqstest.Start(0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { fx.stop() })
-	cfg := config(t, fx.endpoint)
+	t.Cleanup(func() { fx.Stop() })
+	cfg := config(t, fx.Endpoint())
 	cfg.WaitTime = 2 * time.Second
 	b, err := sqs.Open(ctxT(t, time.Minute), cfg)
 	if err != nil {
@@ -454,12 +455,12 @@ func TestFauxqsRestart(t *testing.T) {
 	}
 	defer c.Close()
 
-	fx2, err := fx.restart()
+	fx2, err := fx.Restart()
 	if err != nil {
 		t.Fatal(err)
 	}
 	fx = fx2
-	t.Logf("fauxqs restarted on %s", fx.endpoint)
+	t.Logf("fauxqs restarted on %s", fx.Endpoint())
 
 	// Subscription: a gap, then messages published after it re-subscribed.
 	ctx := ctxT(t, 2*time.Minute)
@@ -716,7 +717,7 @@ func TestClosedBrokerDoesNotSwallowLaterItems(t *testing.T) {
 	needBroker(t)
 	endpoint := ""
 	if server != nil {
-		endpoint = server.endpoint
+		endpoint = server.Endpoint()
 	}
 	b1, err := sqs.Open(ctxT(t, time.Minute), config(t, endpoint))
 	if err != nil {
