@@ -423,20 +423,27 @@ func (b *Broker) Publish(ctx context.Context, topic string, m adapters.Message) 
 		return err
 	}
 	msg := toSB(m)
-	if err := b.ensureTopic(ctx, op, topic); err != nil {
+	entity := topicEntity(topic)
+	if err := b.ensureTopic(ctx, op, entity); err != nil {
 		return err
 	}
-	err := b.send(ctx, op, topic, msg)
+	err := b.send(ctx, op, entity, msg)
 	if errors.Is(err, adapters.ErrNotFound) {
 		// The topic was deleted (or the broker lost it) since we cached it:
 		// make it again, once.
-		if err := b.ensureTopic(ctx, op, topic); err != nil {
+		if err := b.ensureTopic(ctx, op, entity); err != nil {
 			return err
 		}
-		err = b.send(ctx, op, topic, msg)
+		err = b.send(ctx, op, entity, msg)
 	}
 	return err
 }
+
+// topicEntity is the Service Bus entity behind a clusterbus topic. Queues and
+// topics share one namespace in Service Bus, while clusterbus keeps them
+// apart (a topic and a queue may have the same name), so topics get a prefix
+// that no queue name can have: queue names never contain a period.
+func topicEntity(topic string) string { return "t." + topic }
 
 func (b *Broker) ensureTopic(ctx context.Context, op, topic string) error {
 	key := strings.ToLower(topic)
@@ -476,13 +483,14 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (adapters.Subscrip
 	if err := adapters.ValidateName("topic", topic); err != nil {
 		return nil, err
 	}
-	if err := b.ensureTopic(ctx, op, topic); err != nil {
+	entity := topicEntity(topic)
+	if err := b.ensureTopic(ctx, op, entity); err != nil {
 		return nil, err
 	}
-	s := &subscription{b: b, topic: topic, name: "cb-" + randomHex(8), done: make(chan struct{})}
+	s := &subscription{b: b, topic: entity, name: "cb-" + randomHex(8), done: make(chan struct{})}
 	if err := s.create(ctx); err != nil {
 		if errors.Is(err, adapters.ErrNotFound) { // topic deleted under our cache
-			b.forget(topic)
+			b.forgetTopic(entity)
 		}
 		return nil, err
 	}

@@ -72,7 +72,8 @@
 // everything; settling afterwards fails with ErrLeaseLost (matching ErrClosed
 // too).
 //
-// Topics. Publish sends to a Service Bus topic, created on first use (default
+// Topics. Publish sends to a Service Bus topic named "t." + the topic (Service
+// Bus keeps queues and topics in one namespace; clusterbus does not), created on first use (default
 // message time-to-live 1h, remade if it disappears). Subscribe creates a
 // subscription of its own (auto-deleted after subscription_idle without a
 // receiver), read in receive-and-delete mode; Close deletes it. Receive
