@@ -140,7 +140,7 @@ steps:
 	}
 	nodeArgs := []string{"--flows.dir", dir, "--flows.queue", queue, "--flows.results-queue", results,
 		"--flows.lease", chaosLease.String(), "--flows.concurrency", strconv.Itoa(chaosConcurrency),
-		"--flows.max-attempts", "20", "--log-level", "warn"}
+		"--flows.max-attempts", "20", "--log-level", chaosLogLevel()}
 	ids := make([]string, chaosNodes)
 	var nodesMu sync.Mutex
 	nodes := make([]*node, chaosNodes)
@@ -385,6 +385,16 @@ steps:
 		len(resume), p50.Round(time.Millisecond), p99.Round(time.Millisecond), chaosLease)
 	t.Logf("throughput under chaos: %.0f http steps/s, %.0f flow steps/s (4 per execution)",
 		float64(len(calls))/took.Seconds(), float64(4*completed.Load())/took.Seconds())
+}
+
+// chaosLogLevel is the nodes' log level: warn, or
+// CLUSTERBUS_CHAOS_LOG_LEVEL (e.g. info, to see rebalances and dropped
+// repeats in the log tails printed on failure).
+func chaosLogLevel() string {
+	if l := os.Getenv("CLUSTERBUS_CHAOS_LOG_LEVEL"); l != "" {
+		return l
+	}
+	return "warn"
 }
 
 func chaosSubmit(addr, id string) error {

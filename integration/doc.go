@@ -26,9 +26,26 @@
 // parameter or the Service Bus connection string's endpoint); it skips on
 // Kafka, whose clients reconnect to the address the broker advertises.
 //
+// Knobs: CLUSTERBUS_CHAOS_EXECUTIONS (executions per chaos run, default
+// 1000 on every broker), CLUSTERBUS_CHAOS_LOG_LEVEL (the chaos nodes' log
+// level, default warn) and CLUSTERBUS_INTEGRATION_LOG_DIR (keep every
+// process's log there instead of in a temporary directory).
+//
 // # What is checked
 //
 // Timing is the defaults: heartbeat 500ms, failure timeout 1.5s. The
 // tests wait on conditions with deadlines of the failure timeout plus a
 // margin and log the times they measured.
+//
+// The chaos test fails on a missing completion, on two holders working on
+// one item at once, and on a step repeated without a crash of the node
+// that ran it. A second completion record of an execution fails it on
+// brokers that deduplicate (NATS, SQS FIFO queues, Service Bus). On those
+// that do not (RabbitMQ, Kafka) package flows documents that a crash
+// between recording a step and its ack can fork an execution, and the
+// checker cannot tell a fork's two copies from one item held twice, so
+// there repeated completions and lease findings are logged as lines
+// starting "FINDING (<broker>, no dedupe)" instead of failing: exactly-once
+// completion is not guaranteed on those brokers, and the log says how
+// often it was missed.
 package integration

@@ -39,10 +39,19 @@ type proc struct {
 }
 
 // startProc runs the binary with args; stdout and stderr go to a log file
-// that is printed if the test fails. The process is killed at cleanup.
+// (kept under CLUSTERBUS_INTEGRATION_LOG_DIR if set) whose tail is printed
+// if the test fails. The process is killed at cleanup.
 func startProc(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	logPath := filepath.Join(t.TempDir(), name+".log")
+	dir := t.TempDir()
+	if d := os.Getenv("CLUSTERBUS_INTEGRATION_LOG_DIR"); d != "" {
+		// Kept after the test: one file per process start.
+		dir = filepath.Join(d, strings.ReplaceAll(t.Name(), "/", "_"))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logPath := filepath.Join(dir, fmt.Sprintf("%s-%d.log", name, time.Now().UnixNano()))
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
