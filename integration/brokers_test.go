@@ -37,8 +37,8 @@ func forEachBroker(t *testing.T, fn func(t *testing.T, b testBroker)) {
 		kind := brokerKindOf(u)
 		t.Run(kind, func(t *testing.T) {
 			t.Logf("broker from CLUSTERBUS_INTEGRATION_BROKER: %s", adapters.Redact(u))
-			if kind == "sqs" {
-				setEnv(t, sqstest.Env()) // placeholder credentials unless the environment has some
+			if kind == "sqs" && os.Getenv("AWS_ACCESS_KEY_ID") == "" && os.Getenv("AWS_PROFILE") == "" {
+				setEnv(t, sqstest.Env()) // placeholder credentials, for an emulator
 			}
 			fn(t, testBroker{kind: kind, url: u})
 		})
@@ -123,16 +123,11 @@ func startTestBroker(t *testing.T, kind string) testBroker {
 	return b
 }
 
-// setEnv sets KEY=VALUE pairs for the test and the processes it starts;
-// a key the environment already sets to something non-empty is kept (real
-// credentials win over placeholders).
+// setEnv sets KEY=VALUE pairs for the test and the processes it starts.
 func setEnv(t *testing.T, kvs []string) {
 	t.Helper()
 	for _, kv := range kvs {
 		k, v, _ := strings.Cut(kv, "=")
-		if os.Getenv(k) != "" && v != "" {
-			continue
-		}
 		t.Setenv(k, v)
 	}
 }
