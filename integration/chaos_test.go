@@ -114,13 +114,24 @@ func testChaosFlowsCompleteExactlyOnceUnderKill9(t *testing.T, tb testBroker) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
+	tag := fmt.Sprintf("%d", time.Now().UnixNano()%1e8)
+	cluster, queue, results := "chaos-"+tag, "chaos-flows-"+tag, "chaos-results-"+tag
+	t.Cleanup(func() {
+		// After the nodes are gone (cleanups run last-in first-out), so
+		// that a shared broker (RabbitMQ) does not keep every run's queues.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, q := range []string{queue, results} {
+			if err := b.DeleteQueue(ctx, q); err != nil && !errors.Is(err, adapters.ErrNotFound) {
+				t.Logf("cleanup: delete queue %s: %v", q, err)
+			}
+		}
+	})
 	// The lease is chaosLease unless the broker's minimum is longer
 	// (Service Bus: 5s).
 	chaosLease := max(chaosLease, b.Capabilities().MinLease)
 	t.Logf("%s: lease %s", tb.kind, chaosLease)
 	rec := newChaosRecorder(t)
-	tag := fmt.Sprintf("%d", time.Now().UnixNano()%1e8)
-	cluster, queue, results := "chaos-"+tag, "chaos-flows-"+tag, "chaos-results-"+tag
 
 	dir := t.TempDir()
 	flowYAML := fmt.Sprintf(`flow: chaos
