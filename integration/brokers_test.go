@@ -179,9 +179,3 @@ func viaProxy(t *testing.T, b testBroker, addr string) (target, proxied string) 
 	u.Host = addr
 	return target, u.String()
 }
-
-// chaosExecutionsFor is how many flow executions the chaos test submits on
-// a broker kind (CLUSTERBUS_CHAOS_EXECUTIONS overrides it for all).
-func chaosExecutionsFor(kind string) int {
-	return chaosExecutions
-}

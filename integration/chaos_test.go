@@ -101,7 +101,7 @@ func TestChaosFlowsCompleteExactlyOnceUnderKill9(t *testing.T) {
 }
 
 func testChaosFlowsCompleteExactlyOnceUnderKill9(t *testing.T, tb testBroker) {
-	n := chaosExecutionsFor(tb.kind)
+	n := chaosExecutions
 	if s := os.Getenv("CLUSTERBUS_CHAOS_EXECUTIONS"); s != "" {
 		n, _ = strconv.Atoi(s)
 	}
