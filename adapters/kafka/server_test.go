@@ -3,36 +3,29 @@ package kafka_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
-
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/kafka"
+	"github.com/clusterbus/clusterbus/adapters/kafka/kafkatest"
 )
 
 // testQuery tunes the adapter for tests: short group timeouts so that
 // rebalances (a consumer joining or leaving) settle in about a second, and
 // four partitions per queue to keep the in-process server's load low.
-const testQuery = "session_timeout=6s&heartbeat_interval=300ms&partitions=4"
+const testQuery = kafkatest.TestQuery
 
 // server is the Kafka the tests run against: an in-process kfake cluster
-// on a random port (with a data directory, so that Restart keeps topics,
-// records and committed offsets), or, with CLUSTERBUS_TEST_KAFKA_BROKERS
-// set, a real Kafka (which the tests cannot restart).
+// (package kafkatest) on a random port with a data directory, so that
+// Restart keeps topics, records and committed offsets, or, with
+// CLUSTERBUS_TEST_KAFKA_BROKERS set, a real Kafka (which the tests cannot
+// restart).
 type server struct {
 	t       testing.TB
 	brokers string // host:port[,host:port]
-	port    int
-	dir     string
-
-	mu      sync.Mutex
-	cluster *kfake.Cluster
+	fake    *kafkatest.Server
 }
 
 func startServer(t testing.TB) *server {
@@ -51,40 +44,12 @@ func startServer(t testing.TB) *server {
 		b.Close()
 		return s
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	fake, err := kafkatest.Start(kafkatest.Options{DataDir: t.TempDir()})
 	if err != nil {
-		t.Fatalf("pick a port: %v", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	s := &server{t: t, port: port, dir: t.TempDir(), brokers: fmt.Sprintf("127.0.0.1:%d", port)}
-	if err := s.start(); err != nil {
 		t.Fatalf("start kfake: %v", err)
 	}
-	t.Cleanup(func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.cluster != nil {
-			s.cluster.Close()
-		}
-	})
-	return s
-}
-
-func (s *server) start() error {
-	c, err := kfake.NewCluster(
-		kfake.NumBrokers(1),
-		kfake.Ports(s.port),
-		kfake.DataDir(s.dir),
-		kfake.GroupMinSessionTimeout(time.Second),
-	)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.cluster = c
-	s.mu.Unlock()
-	return nil
+	t.Cleanup(fake.Stop)
+	return &server{t: t, brokers: fake.Addr(), fake: fake}
 }
 
 // URL is the broker URL of the server, with the test tuning.
@@ -93,28 +58,13 @@ func (s *server) URL() string { return "kafka://" + s.brokers + "?" + testQuery 
 // Restart closes the kfake cluster (cutting every connection) and starts a
 // new one on the same port from the same data directory.
 func (s *server) Restart(ctx context.Context) error {
-	s.mu.Lock()
-	old := s.cluster
-	s.cluster = nil
-	s.mu.Unlock()
-	if old == nil {
-		return fmt.Errorf("no server to restart")
+	if s.fake == nil {
+		return fmt.Errorf("a real Kafka cannot be restarted by the tests")
 	}
-	old.Close()
-	var err error
-	for ctx.Err() == nil {
-		if err = s.start(); err == nil {
-			return nil
-		}
-		if !strings.Contains(err.Error(), "address already in use") {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("restart on port %d: %w (last: %v)", s.port, ctx.Err(), err)
+	return s.fake.Restart(ctx)
 }
 
-func (s *server) canRestart() bool { return s.dir != "" }
+func (s *server) canRestart() bool { return s.fake != nil }
 
 func mustConfig(t testing.TB, url string) kafka.Config {
 	t.Helper()
