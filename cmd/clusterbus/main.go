@@ -1,5 +1,3 @@
-// Command clusterbus runs a clusterbus node, its embedded broker, and the
-// CLI that talks to them. See README.md.
 package main
 
 import (

@@ -1,0 +1,16 @@
+// Command clusterbus runs a clusterbus node, its embedded broker, and the CLI
+// that talks to them.
+//
+//	clusterbus node     join a cluster (embedded NATS when --broker is empty); serves
+//	                    /ha/health, /api/cluster, /api/flows, /metrics and a status page
+//	clusterbus broker   run the embedded NATS server (JetStream) for several nodes
+//	clusterbus check    round-trip a topic message and a queue item on a broker URL
+//	clusterbus status   print the cluster as a node sees it
+//	clusterbus cache    broadcast cache-clear events
+//	clusterbus flow     submit flow executions and ask where they are
+//	clusterbus version
+//
+// Every subcommand lives in its own file and adds itself to rootCmd from an
+// init function. The binary links every adapter (adapters.go), so --broker
+// accepts every scheme. See README.md.
+package main
