@@ -64,19 +64,78 @@ func Open(ctx context.Context, rawURL string) (Broker, error) {
 	return open(ctx, u)
 }
 
-// redact hides a password in a URL for error messages.
+// redact hides the secrets in a broker URL for logs, errors and output: the
+// password of the user info, the value of any query parameter whose name
+// says it is a secret (password, secret, token, key, signature, sas), and
+// the SharedAccessKey and SharedAccessSignature of a Service Bus
+// connection string given as the connection_string parameter.
 func redact(raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		if i := strings.Index(raw, "@"); i >= 0 {
+	if err != nil {
+		if i := strings.LastIndex(raw, "@"); i >= 0 {
 			return "…@" + raw[i+1:]
+		}
+		if i := strings.Index(raw, "?"); i >= 0 {
+			return raw[:i] + "?…"
 		}
 		return raw
 	}
-	return u.Redacted()
+	// Work on the text, so the URL keeps its form (url.URL.String drops
+	// the "//" of "azservicebus://?…").
+	head, query, hasQuery := strings.Cut(raw, "?")
+	if _, has := u.User.Password(); has {
+		if at := strings.LastIndex(head, "@"); at >= 0 {
+			start := strings.Index(head, "//") + 2
+			if c := strings.Index(head[start:at], ":"); c >= 0 {
+				head = head[:start+c] + ":xxxxx" + head[at:]
+			}
+		}
+	}
+	if !hasQuery {
+		return head
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return head + "?…"
+	}
+	for k, vs := range q {
+		for i, v := range vs {
+			switch {
+			case strings.EqualFold(k, "connection_string"):
+				vs[i] = redactConnectionString(v)
+			case secretParam(k):
+				vs[i] = "xxxxx"
+			}
+		}
+	}
+	return head + "?" + q.Encode()
 }
 
-// Redact returns rawURL with any password replaced, for logs and errors.
+// secretParam reports whether a URL query parameter holds a secret.
+func secretParam(name string) bool {
+	n := strings.ToLower(name)
+	for _, w := range []string{"password", "passwd", "secret", "token", "key", "signature", "sas"} {
+		if strings.Contains(n, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// redactConnectionString masks the secret parts of a
+// "Name=value;Name=value" connection string.
+func redactConnectionString(cs string) string {
+	parts := strings.Split(cs, ";")
+	for i, p := range parts {
+		name, _, ok := strings.Cut(p, "=")
+		if ok && secretParam(name) && !strings.EqualFold(strings.TrimSpace(name), "SharedAccessKeyName") {
+			parts[i] = name + "=xxxxx"
+		}
+	}
+	return strings.Join(parts, ";")
+}
+
+// Redact returns rawURL with its secrets replaced, for logs and errors.
 func Redact(rawURL string) string { return redact(rawURL) }
 
 // String describes caps on one line.
