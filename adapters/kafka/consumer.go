@@ -57,7 +57,7 @@ func (b *Broker) Consume(ctx context.Context, q string, opts adapters.ConsumeOpt
 	}
 	b.consumers[c] = struct{}{}
 	b.mu.Unlock()
-	if c.retry, err = b.startGroup(b.retryTopic(q), b.retryTopic(q), c.handleRetry, nil); err != nil {
+	if c.retry, err = b.startGroup(b.retryTopic(q), b.retryTopic(q), c.handleRetry, nil, 0); err != nil {
 		_ = c.Close()
 		return nil, mapErr(op, err)
 	}
@@ -101,7 +101,7 @@ func (c *consumer) join() error {
 		if c.ordered() {
 			handle, resume = c.handleOrdered, c.resumeSlot
 		}
-		r, err := c.b.startGroup(c.topic, c.topic, handle, resume)
+		r, err := c.b.startGroup(c.topic, c.topic, handle, resume, c.cfg.Lease)
 		c.mu.Lock()
 		c.main, c.joinErr = r, err
 		c.mu.Unlock()

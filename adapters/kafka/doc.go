@@ -93,7 +93,16 @@
 //     that member reads its unsettled items again (same attempt number) and
 //     the old holder's settle calls return ErrLeaseLost. A sticky assignment
 //     keeps partitions with unsettled items with their holders whenever the
-//     fair share allows, and a settle during a rebalance waits for its outcome.
+//     fair share allows, and a settle during a rebalance waits for its
+//     outcome. The old holder learns of the move when the new owner does,
+//     so its handlers may still be working; the new owner therefore honours
+//     their leases: each member reports at every join which partitions it
+//     holds records of (or lost with records out, within one lease), and a
+//     member that is given such a partition of a member still in the group
+//     (DescribeGroups) reads it only one QueueConfig.Lease after the
+//     generation started. A partition of a member that crashed or closed
+//     is read at once. The price is that a rebalance stalls the partitions
+//     that move from busy members for one lease.
 //   - A crashed consumer (no Close) holds its items until the group session
 //     timeout moves its partitions, however short their leases (the lease
 //     timers died with it); they then return with the attempt count they

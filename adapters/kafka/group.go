@@ -37,6 +37,11 @@ type groupRunner struct {
 	// resume, if set, runs when a partition kept across a rebalance is
 	// read again, before any new record; false stops the reader.
 	resume func(gctx context.Context, ps *partState, epoch int) bool
+	// fence, if > 0, is the queue's lease: a partition that comes from a
+	// live member still holding records of it is not read until fence
+	// after the generation started, when every lease that member held
+	// has run out (see heldElsewhere).
+	fence time.Duration
 
 	group *kafkago.ConsumerGroup
 	// commitMu serialises commits; callers waiting for it share the next.
@@ -51,6 +56,10 @@ type groupRunner struct {
 	ready   chan struct{} // closed while cur is set
 	lastGen int32
 	hadGen  bool
+	// lostHeld: partitions lost while records of them were handed out,
+	// with the time until which those deliveries' leases may run. They
+	// are reported to the group as held until then.
+	lostHeld map[int]time.Time
 }
 
 // partState is one partition owned by this runner.
@@ -66,19 +75,26 @@ type partState struct {
 	next      int64 // next offset to read (or kafkago.FirstOffset)
 	onLost    []func()
 	slot      *slot // ordered queues: the record in flight
+	// fencedUntil: no record is read before it (see groupRunner.fence).
+	fencedUntil time.Time
 }
 
 type genState struct {
 	gen    *kafkago.Generation
 	ctx    context.Context // cancelled when the generation ends
 	cancel context.CancelFunc
+	start  time.Time
+
+	heldOnce sync.Once
+	held     map[int]bool // partitions other members report as held
+	heldErr  error
 }
 
 func (b *Broker) startGroup(groupID, topic string, handle func(context.Context, *partState, int, kafkago.Message) bool,
-	resume func(context.Context, *partState, int) bool) (*groupRunner, error) {
+	resume func(context.Context, *partState, int) bool, fence time.Duration) (*groupRunner, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &groupRunner{b: b, groupID: groupID, topic: topic, handle: handle, resume: resume, ctx: ctx, cancel: cancel,
-		done: make(chan struct{}), parts: map[int]*partState{}, ready: make(chan struct{})}
+	r := &groupRunner{b: b, groupID: groupID, topic: topic, handle: handle, resume: resume, fence: fence, ctx: ctx, cancel: cancel,
+		done: make(chan struct{}), parts: map[int]*partState{}, ready: make(chan struct{}), lostHeld: map[int]time.Time{}}
 	cg, err := kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
 		ID:                groupID,
 		Brokers:           b.cfg.Brokers,
@@ -124,7 +140,7 @@ func (r *groupRunner) run() {
 			continue
 		}
 		gctx, gcancel := context.WithCancel(context.Background())
-		gs := &genState{gen: gen, ctx: gctx, cancel: gcancel}
+		gs := &genState{gen: gen, ctx: gctx, cancel: gcancel, start: time.Now()}
 		assigned := gen.Assignments[r.topic]
 		r.mu.Lock()
 		follows := r.hadGen && gen.ID == r.lastGen+1
@@ -152,12 +168,14 @@ func (r *groupRunner) run() {
 			}
 		}
 		var run []*partState
+		fresh := map[*partState]bool{}
 		for _, pa := range assigned {
 			ps := r.parts[pa.ID]
 			if ps == nil {
 				start := max(pa.Offset, -1)
 				ps = &partState{r: r, p: pa.ID, done: map[int64]bool{}, mark: start, committed: start, next: pa.Offset}
 				r.parts[pa.ID] = ps
+				fresh[ps] = true
 			}
 			run = append(run, ps)
 		}
@@ -168,7 +186,7 @@ func (r *groupRunner) run() {
 		r.b.log.Debug("consumer group: generation started", "group", r.groupID, "generation", gen.ID,
 			"partitions", len(assigned), "kept", len(keep))
 		for _, ps := range run {
-			gen.Start(func(gctx context.Context) { r.readPartition(gctx, ps) })
+			gen.Start(func(gctx context.Context) { r.readPartition(gctx, gs, ps, fresh[ps]) })
 		}
 		gen.Start(func(gctx context.Context) {
 			<-gctx.Done()
@@ -185,6 +203,11 @@ func (r *groupRunner) run() {
 
 // loseLocked voids the partition's deliveries and delayed items.
 func (r *groupRunner) loseLocked(ps *partState) {
+	if r.fence > 0 && len(ps.pending) > 0 {
+		// A handler may still be working on a record handed out before
+		// the loss, until its lease runs out: say so at the next join.
+		r.lostHeld[ps.p] = time.Now().Add(r.fence)
+	}
 	ps.epoch++
 	ps.pending = nil
 	ps.slot = nil
@@ -196,10 +219,22 @@ func (r *groupRunner) loseLocked(ps *partState) {
 	}
 }
 
-func (r *groupRunner) readPartition(gctx context.Context, ps *partState) {
+func (r *groupRunner) readPartition(gctx context.Context, gs *genState, ps *partState, fresh bool) {
+	if fresh && r.fence > 0 && r.heldElsewhere(gctx, gs, ps.p) {
+		r.mu.Lock()
+		ps.fencedUntil = gs.start.Add(r.fence)
+		r.mu.Unlock()
+	}
 	r.mu.Lock()
-	start, epoch := ps.next, ps.epoch
+	start, epoch, until := ps.next, ps.epoch, ps.fencedUntil
 	r.mu.Unlock()
+	if wait := time.Until(until); wait > 0 {
+		r.b.log.Info("kafka: partition came from a member still holding records of it; waiting out their lease before reading it",
+			"topic", r.topic, "partition", ps.p, "wait", wait.Round(time.Millisecond))
+		if !sleepCtx(gctx, wait) {
+			return
+		}
+	}
 	rd := kafkago.NewReader(kafkago.ReaderConfig{
 		Brokers:        r.b.cfg.Brokers,
 		Dialer:         r.b.dialer,
@@ -264,6 +299,47 @@ func (r *groupRunner) readPartition(gctx context.Context, ps *partState) {
 			return
 		}
 	}
+}
+
+// heldElsewhere reports whether another live member of the group said, when
+// it joined this generation, that it may still be working on records of
+// partition p: it owned p with records handed out and not settled, or lost
+// it so within one lease. Those records' leases are honoured: the caller
+// does not read p until they have run out. A member that crashed is not in
+// the group any more (its session timed out), so its partitions are read
+// at once. If the group cannot be described, p counts as held.
+func (r *groupRunner) heldElsewhere(ctx context.Context, gs *genState, p int) bool {
+	gs.heldOnce.Do(func() {
+		gs.held = map[int]bool{}
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		resp, err := r.b.client.DescribeGroups(dctx, &kafkago.DescribeGroupsRequest{GroupIDs: []string{r.groupID}})
+		if err == nil && len(resp.Groups) == 1 && resp.Groups[0].Error != nil {
+			err = resp.Groups[0].Error
+		}
+		if err == nil && len(resp.Groups) != 1 {
+			err = fmt.Errorf("DescribeGroups returned %d groups for one", len(resp.Groups))
+		}
+		if err != nil {
+			gs.heldErr = err
+			r.b.log.Warn("kafka: cannot describe the consumer group; waiting out one lease before reading partitions that moved",
+				"group", r.groupID, "err", err)
+			return
+		}
+		for _, m := range resp.Groups[0].Members {
+			if m.MemberID == gs.gen.MemberID {
+				continue
+			}
+			var d stickyData
+			if json.Unmarshal(m.MemberMetadata.UserData, &d) != nil {
+				continue
+			}
+			for _, q := range d.Held {
+				gs.held[q] = true
+			}
+		}
+	})
+	return gs.heldErr != nil || gs.held[p]
 }
 
 // valid reports whether a record handed on in epoch is still this
@@ -466,17 +542,30 @@ type stickyBalancer struct{ r *groupRunner }
 type stickyData struct {
 	Owned []int `json:"owned"`
 	Busy  []int `json:"busy"`
+	// Held: partitions whose records this member may still be working
+	// on (Busy, and those lost with records out within one lease).
+	Held []int `json:"held,omitempty"`
 }
 
 func (stickyBalancer) ProtocolName() string { return "clusterbus-sticky" }
 
 func (s stickyBalancer) UserData() ([]byte, error) {
 	var d stickyData
+	now := time.Now()
 	s.r.mu.Lock()
 	for p, ps := range s.r.parts {
 		d.Owned = append(d.Owned, p)
 		if len(ps.pending) > 0 {
 			d.Busy = append(d.Busy, p)
+			d.Held = append(d.Held, p)
+		}
+	}
+	for p, until := range s.r.lostHeld {
+		switch {
+		case !now.Before(until):
+			delete(s.r.lostHeld, p)
+		case !slices.Contains(d.Held, p):
+			d.Held = append(d.Held, p)
 		}
 	}
 	s.r.mu.Unlock()

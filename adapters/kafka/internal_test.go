@@ -168,7 +168,9 @@ func startKfake(t *testing.T) string {
 // first consumer keeps as many of its busy partitions as its share allows
 // and its leases there hold (Ack works after the rebalance); its deliveries
 // from partitions that moved fail with ErrLeaseLost, and the new owner
-// receives those items again with the same attempt number.
+// receives those items again with the same attempt number, but not before
+// one lease has passed: the first consumer is alive and may still be
+// working on them until their leases run out.
 func TestRebalanceKeepsLeasesWithinFairShareAndVoidsTheRest(t *testing.T) {
 	addr := startKfake(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -188,7 +190,8 @@ func TestRebalanceKeepsLeasesWithinFairShareAndVoidsTheRest(t *testing.T) {
 	}
 	defer b2.Close()
 	q := fmt.Sprintf("rebalance-%d", time.Now().UnixNano())
-	if err := b1.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
+	const lease = 4 * time.Second
+	if err := b1.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: lease}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 40 {
@@ -221,14 +224,39 @@ func TestRebalanceKeepsLeasesWithinFairShareAndVoidsTheRest(t *testing.T) {
 			t.Fatalf("Nack: %v", err)
 		}
 	}
+	// The first consumer keeps its leases alive, as a worker does; an
+	// Extend of a delivery whose partition moved fails.
+	extendCtx, stopExtend := context.WithCancel(ctx)
+	extended := make(chan struct{})
+	go func() {
+		defer close(extended)
+		for {
+			for _, d := range held {
+				_ = d.Extend(extendCtx, lease)
+			}
+			select {
+			case <-extendCtx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		}
+	}()
 	c2, err := b2.Consume(ctx, q, adapters.ConsumeOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c2.Close()
+	joined := time.Now()
 	d2, err := c2.Receive(ctx) // joins the group: a rebalance
 	if err != nil {
 		t.Fatalf("second consumer: %v", err)
+	}
+	waited := time.Since(joined)
+	stopExtend()
+	<-extended
+	t.Logf("the second consumer got its first item %s after joining (lease %s)", waited.Round(time.Millisecond), lease)
+	if waited < lease {
+		t.Errorf("the second consumer got an item %s after joining, before the first consumer's leases (%s) on the partition could run out", waited, lease)
 	}
 	moved := d2.(*delivery).ps.p
 	if held[moved] == nil {
