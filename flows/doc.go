@@ -53,12 +53,18 @@
 //     completed events it has heard (its own included), up to which
 //     sequence number each execution has recorded its steps, and drops
 //     (acknowledges without running) an item below that, so a repeat or a
-//     fork's second copy that reaches such a node ends there. What is left:
-//     a crash between the enqueue and the step_done event, a node that
-//     started after the event or missed it (the topic is at most once) or
-//     forgot the execution (Config.IndexSize), and two copies running at
-//     the same time. A consequence: an execution ID submitted again while
-//     a node still remembers it past step 0 is dropped on that node.
+//     fork's second copy that reaches such a node ends there. A starting
+//     engine catches up: it asks the other nodes on the events topic for
+//     the executions they saw updated in the last 15 minutes and merges
+//     their replies (split to fit the broker's message size), so a node
+//     restarted after a crash knows what was recorded before it; in the
+//     daemon the node's warm-up (one failure timeout before it serves)
+//     gives the replies time to arrive before it takes work. What is left:
+//     a crash between the enqueue and the step_done event, an event or a
+//     reply that was missed (the topic is at most once), an execution the
+//     node forgot (Config.IndexSize), and two copies running at the same
+//     time. A consequence: an execution ID submitted again while a node
+//     still remembers it past step 0 is dropped on that node.
 //   - A wait, a RetryAfter and a drain hand-back each count as a delivery
 //     attempt (the contract has no snooze). A wait needs a broker with
 //     delayed nack (Capabilities.DelayedNack); without it the continuation
@@ -66,8 +72,10 @@
 //   - Steps do not see a fork or a repeat themselves: make the systems they
 //     call honour the idempotency key or the fencing token.
 //   - Status answers from this node's memory of execution events, which
-//     travel on a broadcast topic (at most once): a node that started after
-//     an execution and has heard nothing since does not know it, the index
-//     is bounded (Config.IndexSize), and a missed event makes a status lag
-//     until the next one.
+//     travel on a broadcast topic (at most once), and of the catch-up
+//     replies it got when it started (executions updated in the 15 minutes
+//     before): an older execution that started before this node and has
+//     been silent since is not known, the index is bounded
+//     (Config.IndexSize), and a missed event makes a status lag until the
+//     next one.
 package flows

@@ -131,6 +131,7 @@ type Engine struct {
 	subStop context.CancelFunc
 	subDone chan struct{}
 	started bool
+	answers sync.WaitGroup // catch-up replies being sent
 }
 
 // New returns an engine; register flows, then Start it.
@@ -329,8 +330,8 @@ func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, 
 
 // Status says where execution id is, from this node's index of events.
 // It returns an error matching adapters.ErrNotFound if this node has heard
-// nothing of it (never submitted, forgotten, or started before this node
-// subscribed and silent since).
+// nothing of it: never submitted, forgotten, or silent since well before
+// this node started (the catch-up at Start covers the last 15 minutes).
 func (e *Engine) Status(ctx context.Context, id string) (Status, error) {
 	s, ok := e.idx.get(id)
 	if !ok {
@@ -357,6 +358,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("flows: subscribe to events: %w", err)
 	}
+	e.requestCatchUp(ctx)
 	if err := e.worker.Start(ctx); err != nil {
 		sub.Close()
 		return fmt.Errorf("flows: %w", err)
@@ -395,6 +397,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 	e.subStop()
 	e.sub.Close()
 	<-e.subDone
+	e.answers.Wait()
 	return err
 }
 
@@ -418,6 +421,10 @@ func (e *Engine) eventLoop(ctx context.Context, sub adapters.Subscription) {
 				return
 			case <-t.Chan():
 			}
+			continue
+		}
+		if m.Headers[headerSync] != "" {
+			e.handleSync(ctx, m)
 			continue
 		}
 		var ev Event

@@ -100,16 +100,8 @@ func (x *index) apply(e Event) {
 	defer x.mu.Unlock()
 	s, ok := x.m[e.Execution]
 	if !ok {
-		for len(x.m) >= x.max && len(x.order) > 0 {
-			delete(x.m, x.order[0])
-			x.order = x.order[1:]
-		}
-		s = &Status{Execution: e.Execution, Flow: e.Flow, Version: e.Version, State: StateRunning}
-		x.m[e.Execution] = s
-		x.order = append(x.order, e.Execution)
-		if len(x.order) > 2*x.max { // compact after evictions of re-added keys
-			x.order = append([]string(nil), x.order[len(x.order)-x.max:]...)
-		}
+		s = x.addLocked(e.Execution)
+		s.Flow, s.Version = e.Flow, e.Version
 	}
 	if e.Type == EventStarted && (s.Started.IsZero() || e.Time.Before(s.Started)) {
 		s.Started = e.Time
@@ -147,6 +139,21 @@ func (x *index) apply(e Event) {
 	case EventDeadLettered:
 		s.State = StateDeadLettered
 	}
+}
+
+// addLocked adds a running execution, forgetting the oldest if full.
+func (x *index) addLocked(id string) *Status {
+	for len(x.m) >= x.max && len(x.order) > 0 {
+		delete(x.m, x.order[0])
+		x.order = x.order[1:]
+	}
+	s := &Status{Execution: id, State: StateRunning}
+	x.m[id] = s
+	x.order = append(x.order, id)
+	if len(x.order) > 2*x.max { // compact after evictions of re-added keys
+		x.order = append([]string(nil), x.order[len(x.order)-x.max:]...)
+	}
+	return s
 }
 
 func statusType(s *Status) EventType {
