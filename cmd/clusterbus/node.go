@@ -82,6 +82,9 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 		return &exitError{code: 2, err: err}
 	}
 	log := base.With("node", bcfg.NodeID)
+	// Adapters opened by URL log through slog.Default(): make it this
+	// node's logger, so their lines follow --log-level and --log-format.
+	slog.SetDefault(log)
 
 	var srv *natsserver.Server
 	brokerURL := cfg.Broker
