@@ -77,7 +77,8 @@ type Options struct {
 	Gate func() bool
 	// Clock defaults to the real clock.
 	Clock clockwork.Clock
-	// Logger defaults to slog.Default().
+	// Logger defaults to slog.Default(). The engine adds the node ID to
+	// its lines, so pass one without it.
 	Logger *slog.Logger
 	// Registry receives the queue metrics, if set.
 	Registry prometheus.Registerer
@@ -161,7 +162,8 @@ func New(b adapters.Broker, cfg Config, opts Options) (*Engine, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	e := &Engine{b: b, cfg: cfg, opts: opts, log: opts.Logger.With("component", "flows", "node", opts.NodeID),
+	opts.Logger = opts.Logger.With("node", opts.NodeID) // the engine's and its worker's lines
+	e := &Engine{b: b, cfg: cfg, opts: opts, log: opts.Logger.With("component", "flows"),
 		idx: newIndex(cfg.IndexSize), flows: map[string]map[int]*Flow{}, rules: map[string]*Rule{}}
 	w, err := workqueue.New(b, workqueue.Config{
 		Queue: adapters.QueueConfig{Name: cfg.Queue, Lease: cfg.Lease, MaxAttempts: cfg.MaxAttempts,

@@ -31,6 +31,9 @@ type nodeEnv struct {
 	Config   *nodeConfig
 	Logger   *slog.Logger
 	Registry *prometheus.Registry
+	// BaseLogger is Logger without the node ID, for libraries that add it
+	// themselves (bus, flows).
+	BaseLogger *slog.Logger
 }
 
 // nodeServices are started after the node joins, stopped (in reverse) on
@@ -137,7 +140,7 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	if err := node.Start(ctx); err != nil {
 		return err
 	}
-	env := &nodeEnv{Broker: b, Node: node, Mux: mux, Config: cfg, Logger: log, Registry: reg}
+	env := &nodeEnv{Broker: b, Node: node, Mux: mux, Config: cfg, Logger: log, Registry: reg, BaseLogger: base}
 	var stops []func(context.Context) error
 	var startErr error
 	for _, start := range nodeServices {
