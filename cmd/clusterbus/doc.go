@@ -5,6 +5,7 @@
 //	                    /ha/health, /api/cluster, /api/flows, /metrics and a status page
 //	clusterbus broker   run the embedded NATS server (JetStream) for several nodes
 //	clusterbus check    round-trip a topic message and a queue item on a broker URL
+//	clusterbus bench    measure queue throughput and latency, and topic latency, on a broker URL
 //	clusterbus status   print the cluster as a node sees it
 //	clusterbus cache    broadcast cache-clear events
 //	clusterbus flow     submit flow executions and ask where they are
