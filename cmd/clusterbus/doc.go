@@ -9,6 +9,7 @@
 //	clusterbus status   print the cluster as a node sees it
 //	clusterbus cache    broadcast cache-clear events
 //	clusterbus flow     submit flow executions and ask where they are
+//	clusterbus queue    replay a queue's dead letters onto it
 //	clusterbus version
 //
 // Every subcommand lives in its own file and adds itself to rootCmd from an
