@@ -226,6 +226,13 @@ func (r *groupRunner) readPartition(gctx context.Context, gs *genState, ps *part
 		r.mu.Unlock()
 	}
 	r.mu.Lock()
+	if until, ok := r.lostHeld[ps.p]; ok && fresh && until.After(ps.fencedUntil) {
+		// This runner lost the partition with records out and got it
+		// back without its state: its own handlers may still hold them.
+		ps.fencedUntil = until
+	}
+	r.mu.Unlock()
+	r.mu.Lock()
 	start, epoch, until := ps.next, ps.epoch, ps.fencedUntil
 	r.mu.Unlock()
 	if wait := time.Until(until); wait > 0 {
