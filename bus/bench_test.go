@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -20,6 +21,7 @@ import (
 //	go test -run '^$' -bench BenchmarkFailover -benchtime 20x ./bus
 //	go test -run '^$' -bench BenchmarkCacheClearFanout -benchtime 200x ./bus
 //	go test -run '^$' -bench BenchmarkHeartbeatLoad -benchtime 1x ./bus
+//	go test -run '^$' -bench BenchmarkHeartbeatObserver -benchtime 1x ./bus
 
 func percentiles(d []time.Duration) (p50, p99 time.Duration) {
 	if len(d) == 0 {
@@ -322,6 +324,130 @@ func heartbeatLoad(b *testing.B, n int, hb time.Duration) {
 	if r1 > r0 {
 		b.ReportMetric(float64(cpu.Microseconds())/(r1-r0), "cpu-us/delivery")
 	}
+	b.ReportMetric(b2f(formed), "formed")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkHeartbeatObserver measures what one node pays for the size of
+// its cluster at the default timing (500ms heartbeats): n-1 simulated
+// members only publish heartbeats (their subscriptions deliver nothing, so
+// they cost the process little), then k full nodes join and must see all n
+// members. The CPU of the process before and after the k nodes joined gives
+// one node's cost: cores/node. hb-in/s/node is what each full node
+// receives, and cluster-hb/s the traffic on the heartbeat topic. This is
+// how 1,000 nodes can be measured in one process: the N² deliveries of a
+// full simulation are not needed to know what one node of N does.
+func BenchmarkHeartbeatObserver(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				heartbeatObserver(b, n, 10)
+			}
+		})
+	}
+}
+
+// publishOnly is a broker whose subscriptions deliver nothing.
+type publishOnly struct{ adapters.Broker }
+
+func (publishOnly) Subscribe(context.Context, string) (adapters.Subscription, error) {
+	return &silentSub{done: make(chan struct{})}, nil
+}
+
+type silentSub struct {
+	once sync.Once
+	done chan struct{}
+}
+
+func (s *silentSub) Receive(ctx context.Context) (adapters.Message, error) {
+	select {
+	case <-ctx.Done():
+		return adapters.Message{}, ctx.Err()
+	case <-s.done:
+		return adapters.Message{}, adapters.ErrClosed
+	}
+}
+
+func (s *silentSub) Close() error {
+	s.once.Do(func() { close(s.done) })
+	return nil
+}
+
+func heartbeatObserver(b *testing.B, n, k int) {
+	srv := mem.NewServer(mem.WithSubscriptionBuffer(8192))
+	cfg := DefaultConfig()
+	cfg.Cluster = "bench-observer"
+	cfg.SplitBrain = SplitBrainOff
+	var all []*Node
+	defer func() {
+		for _, nd := range all {
+			nd.halt()
+		}
+	}()
+	start := func(id string, br adapters.Broker) *Node {
+		c := cfg
+		c.NodeID = id
+		nd, err := New(br, c)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := nd.Start(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		all = append(all, nd)
+		return nd
+	}
+	for i := range n - k {
+		start(fmt.Sprintf("sim%04d", i), publishOnly{srv.Client()})
+	}
+	window := 5 * time.Second
+	measure := func() (cores float64, el time.Duration) {
+		c0, t0 := cpuTime(), time.Now()
+		time.Sleep(window)
+		el = time.Since(t0)
+		return (cpuTime() - c0).Seconds() / el.Seconds(), el
+	}
+	time.Sleep(time.Second)
+	base, _ := measure()
+	var full []*Node
+	for i := range k {
+		full = append(full, start(fmt.Sprintf("full%02d", i), srv.Client()))
+	}
+	formed := false
+	deadline := time.Now().Add(4 * cfg.FailureTimeout)
+	for time.Now().Before(deadline) && !formed {
+		time.Sleep(100 * time.Millisecond)
+		formed = true
+		for _, nd := range full {
+			if len(nd.Status().Members) != n {
+				formed = false
+			}
+		}
+	}
+	var r0, g0 float64
+	for _, nd := range full {
+		r0 += testCounter(nd.m.hbReceived)
+		g0 += testCounter(nd.m.subscriptionGaps)
+	}
+	with, el := measure()
+	var r1, g1 float64
+	minLive := n
+	for _, nd := range full {
+		r1 += testCounter(nd.m.hbReceived)
+		g1 += testCounter(nd.m.subscriptionGaps)
+		live := 0
+		for _, m := range nd.Status().Members {
+			if m.Live {
+				live++
+			}
+		}
+		minLive = min(minLive, live)
+	}
+	b.ReportMetric((with-base)/float64(k), "cores/node")
+	b.ReportMetric((r1-r0)/el.Seconds()/float64(k), "hb-in/s/node")
+	b.ReportMetric(float64(n)/cfg.HeartbeatInterval.Seconds(), "cluster-hb/s")
+	b.ReportMetric(float64(minLive), "min-live-seen")
+	b.ReportMetric(g1-g0, "sub-gaps")
 	b.ReportMetric(b2f(formed), "formed")
 	b.ReportMetric(0, "ns/op")
 }
