@@ -300,9 +300,8 @@ steps:
 	// Kills go on while executions are submitted and for chaosAfterSubmit
 	// more; then every node is up again and the cluster must finish what
 	// is left. (Killing forever measures whether a broker's failover keeps
-	// up with the kill rate — a Kafka consumer group rebalancing on a 6 s
-	// session timeout does not at one kill every 4 s — not whether work
-	// is lost.)
+	// up with the kill rate — a Kafka consumer group must rebalance after
+	// every kill and every restart — not whether work is lost.)
 	deadline := start.Add(chaosBudget)
 	calm := time.Now().Add(chaosAfterSubmit)
 	stopChaos := sync.OnceFunc(func() { close(chaosStop); <-chaosDone })

@@ -109,6 +109,16 @@
 //     had, because Kafka counts nothing. A poison item that crashes its
 //     consumer each time is therefore not dead-lettered by MaxAttempts.
 //     Close re-queues held items at once, with attempt+1.
+//   - The other side of that: a consumer that is alive but cut off from
+//     the group coordinator loses its partitions after the session
+//     timeout, and the next owner reads them at once (the member is no
+//     longer in the group, so nothing tells the next owner to wait), while
+//     the cut-off consumer's handlers learn of the loss only when a
+//     settle or Extend fails. With a session timeout shorter than the
+//     lease, two consumers can then work on one item for up to the
+//     difference. For strict leases set session_timeout at least as long
+//     as the queue lease (the default 10s is shorter than the 30s lease of
+//     package flows).
 //   - Items in a partition go only to the member that owns it. A consumer
 //     that has joined but stops calling Receive keeps its partitions' items
 //     waiting; close it. With more consumers than partitions, some are idle.
@@ -143,5 +153,11 @@
 // closes the cluster and starts a new one on the same port and directory,
 // so records and committed offsets survive. CLUSTERBUS_TEST_KAFKA_BROKERS=
 // host:port[,...] runs the same suite against a real Kafka (no restart
-// case there).
+// case there). One kfake behaviour matters under churn: it restarts its
+// wait for a rebalance on every join or departure (kfake's groups.go), so
+// joins that keep coming closer together than the rebalance timeout stall
+// a kfake group; seen in the chaos test, where no generation started for
+// four minutes. Members retry
+// failed joins after a jittered backoff so that they cannot keep that
+// rhythm forever, and the tests use a 3s session (and rebalance) timeout.
 package kafka

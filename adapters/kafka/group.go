@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -104,9 +105,15 @@ func (b *Broker) startGroup(groupID, topic string, handle func(context.Context, 
 		HeartbeatInterval: b.cfg.HeartbeatInterval,
 		SessionTimeout:    b.cfg.SessionTimeout,
 		RebalanceTimeout:  b.cfg.SessionTimeout,
-		JoinGroupBackoff:  500 * time.Millisecond,
-		StartOffset:       kafkago.FirstOffset,
-		Timeout:           10 * time.Second,
+		// Jittered, so that members whose joins time out do not retry in
+		// lockstep. A coordinator that restarts its rebalance wait on
+		// every join (kfake does; Kafka does not) never finishes a
+		// rebalance while joins keep coming closer together than the
+		// rebalance timeout, and members retrying on one fixed cycle
+		// can keep them that close forever.
+		JoinGroupBackoff: 500*time.Millisecond + rand.N(2500*time.Millisecond),
+		StartOffset:      kafkago.FirstOffset,
+		Timeout:          10 * time.Second,
 		ErrorLogger: kafkago.LoggerFunc(func(f string, a ...any) {
 			b.log.Debug("consumer group: "+fmt.Sprintf(f, a...), "group", groupID)
 		}),

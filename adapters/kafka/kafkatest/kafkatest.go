@@ -11,10 +11,13 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
-// TestQuery is the kafka:// query URL appends: a 6s group session timeout
-// with 300ms heartbeats (a dead consumer's partitions move within seconds)
-// and four partitions per queue (less work for the in-process server).
-const TestQuery = "session_timeout=6s&heartbeat_interval=300ms&partitions=4"
+// TestQuery is the kafka:// query URL appends: a 3s group session timeout
+// (also the rebalance timeout) with 300ms heartbeats, so a dead consumer's
+// partitions move within seconds, and four partitions per queue (less work
+// for the in-process server). kfake restarts its wait for a rebalance on
+// every join or departure; with a rebalance timeout longer than the gap
+// between the chaos tests' kills, rebalances there could not finish.
+const TestQuery = "session_timeout=3s&heartbeat_interval=300ms&partitions=4"
 
 // Options configures Start. The zero value is a free port and no data
 // directory.
