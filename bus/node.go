@@ -52,19 +52,24 @@ func WithRegisterer(r prometheus.Registerer) Option { return func(o *options) { 
 // lead callbacks and cache regions, then Start it; Drain and Stop it on the
 // way out. All methods are safe for concurrent use.
 type Node struct {
-	b      adapters.Broker
-	cfg    Config
-	log    *slog.Logger
-	clock  clockwork.Clock
-	reg    prometheus.Registerer
-	m      *metrics
-	sign   signer
-	topic  string
-	inc    string
-	start  time.Time
-	kick   chan struct{}
-	pubMu  sync.Mutex // serialises invalidation publishes so cseq order holds
-	loopWG sync.WaitGroup
+	b     adapters.Broker
+	cfg   Config
+	log   *slog.Logger
+	clock clockwork.Clock
+	reg   prometheus.Registerer
+	m     *metrics
+	sign  signer
+	topic string
+	inc   string
+	start time.Time
+	kick  chan struct{}
+	// pubKick asks publishLoop for a heartbeat; a publish blocked by a
+	// broker that does not answer must not hold up evaluate, which is
+	// what turns health to 503 within the failure timeout.
+	pubKick chan struct{}
+	pubDone chan struct{} // a heartbeat publish finished
+	pubMu   sync.Mutex    // serialises invalidation publishes so cseq order holds
+	loopWG  sync.WaitGroup
 	// ticks and handled count loop iterations, so tests on a fake clock
 	// can tell when the node has caught up.
 	ticks, handled atomic.Uint64
@@ -149,6 +154,8 @@ func New(b adapters.Broker, cfg Config, opts ...Option) (*Node, error) {
 		topic:     "clusterbus-" + cfg.Cluster,
 		inc:       randomID(8),
 		kick:      make(chan struct{}, 1),
+		pubKick:   make(chan struct{}, 1),
+		pubDone:   make(chan struct{}, 1),
 		members:   map[string]*member{},
 		senders:   map[string]*sender{},
 		state:     StateStarting,
@@ -205,8 +212,9 @@ func (n *Node) Start(ctx context.Context) error {
 		"heartbeat", n.cfg.HeartbeatInterval, "failure_timeout", n.cfg.FailureTimeout,
 		"split_brain", n.cfg.SplitBrain, "signed", n.sign.enabled(), "broker", n.b.Capabilities().Name)
 	t := n.clock.NewTicker(n.cfg.HeartbeatInterval)
-	n.loopWG.Add(2)
+	n.loopWG.Add(3)
 	go n.receiveLoop(sub)
+	go n.publishLoop()
 	go n.tickLoop(t)
 	return nil
 }
@@ -298,18 +306,63 @@ func (n *Node) poke() {
 func (n *Node) tickLoop(t clockwork.Ticker) {
 	defer n.loopWG.Done()
 	defer t.Stop()
-	n.publishHeartbeat()
+	n.requestPublish()
 	for {
 		select {
 		case <-n.stopCtx.Done():
 			return
 		case <-t.Chan():
 			n.evaluate()
-			n.publishHeartbeat()
+			n.publishAndWait()
 			n.ticks.Add(1)
 		case <-n.kick:
 			if n.evaluate() {
-				n.publishHeartbeat()
+				n.requestPublish()
+			}
+		}
+	}
+}
+
+// publishAndWait asks for a heartbeat and waits until it is published, but
+// no longer than a heartbeat interval (100ms at most, in real time): a
+// broker that does not answer delays the heartbeat, not the next
+// evaluation.
+func (n *Node) publishAndWait() {
+	select {
+	case <-n.pubDone: // from an earlier publish
+	default:
+	}
+	n.requestPublish()
+	t := time.NewTimer(min(n.cfg.HeartbeatInterval, 100*time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-n.pubDone:
+	case <-t.C:
+	case <-n.stopCtx.Done():
+	}
+}
+
+// requestPublish asks publishLoop for a heartbeat; if one is already
+// asked for, that one will carry the latest state.
+func (n *Node) requestPublish() {
+	select {
+	case n.pubKick <- struct{}{}:
+	default:
+	}
+}
+
+// publishLoop publishes the heartbeats tickLoop asks for, one at a time.
+func (n *Node) publishLoop() {
+	defer n.loopWG.Done()
+	for {
+		select {
+		case <-n.stopCtx.Done():
+			return
+		case <-n.pubKick:
+			n.publishHeartbeat()
+			select {
+			case n.pubDone <- struct{}{}:
+			default:
 			}
 		}
 	}
