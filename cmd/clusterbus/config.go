@@ -34,6 +34,9 @@ type nodeConfig struct {
 	DataDir string `koanf:"data-dir"`
 	// EmbeddedListen is the embedded NATS server's address.
 	EmbeddedListen string `koanf:"embedded-listen"`
+	// EmbeddedSync makes the embedded NATS server fsync every write before
+	// acknowledging it, as `clusterbus broker` does by default.
+	EmbeddedSync bool `koanf:"embedded-sync"`
 
 	LogFormat string `koanf:"log-format"` // text or json
 	LogLevel  string `koanf:"log-level"`  // debug, info, warn, error
@@ -74,6 +77,7 @@ func defaultNodeConfig() nodeConfig {
 		Cluster:            d.Cluster,
 		DataDir:            "clusterbus-data",
 		EmbeddedListen:     "127.0.0.1:14222",
+		EmbeddedSync:       true,
 		LogFormat:          "text",
 		LogLevel:           "info",
 		HeartbeatInterval:  d.HeartbeatInterval,
@@ -96,6 +100,7 @@ func addNodeFlags(fs *pflag.FlagSet) {
 	fs.String("node-id", d.NodeID, "node ID (default: random, fixed for the life of the process)")
 	fs.String("data-dir", d.DataDir, "embedded NATS server store (only without --broker)")
 	fs.String("embedded-listen", d.EmbeddedListen, "embedded NATS server address (only without --broker)")
+	fs.Bool("embedded-sync", d.EmbeddedSync, "embedded NATS server fsyncs every write before acknowledging it, so an acknowledged item survives a machine crash (only without --broker)")
 	fs.String("log-format", d.LogFormat, "log format: text or json")
 	fs.String("log-level", d.LogLevel, "log level: debug, info, warn or error")
 	fs.Duration("heartbeat-interval", d.HeartbeatInterval, "heartbeat interval")

@@ -59,6 +59,7 @@ flows:
 		{"flows.queue (default: empty, the node uses CLUSTER-flows)", cfg.Flows.Queue, ""},
 		{"flows.results-queue (env)", cfg.Flows.ResultsQueue, "done"},
 		{"clock-skew-threshold (default)", cfg.ClockSkewThreshold, 2 * time.Second},
+		{"embedded-sync (default: fsync, like clusterbus broker)", cfg.EmbeddedSync, true},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -123,5 +124,21 @@ func TestNewLoggerFormats(t *testing.T) {
 	}
 	if _, err := newLogger(&sb, "xml", "info"); err == nil {
 		t.Fatal("log-format xml accepted")
+	}
+}
+
+func TestEmbeddedSyncCanBeTurnedOff(t *testing.T) {
+	t.Setenv("CLUSTERBUS_EMBEDDED_SYNC", "false")
+	fs := pflag.NewFlagSet("node", pflag.ContinueOnError)
+	addNodeFlags(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadNodeConfig(fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.EmbeddedSync {
+		t.Error("CLUSTERBUS_EMBEDDED_SYNC=false left fsync on")
 	}
 }

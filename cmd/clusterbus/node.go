@@ -98,14 +98,14 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 			quiet, _ := newLogger(logOut, cfg.LogFormat, "warn")
 			srvLog = quiet.With("node", bcfg.NodeID)
 		}
-		srv, err = natsserver.Start(natsserver.Config{Listen: cfg.EmbeddedListen, DataDir: cfg.DataDir,
+		srv, err = natsserver.Start(natsserver.Config{Listen: cfg.EmbeddedListen, DataDir: cfg.DataDir, Sync: cfg.EmbeddedSync,
 			Logger: srvLog.With("component", "nats-server")})
 		if err != nil {
 			return fmt.Errorf("embedded NATS server (no --broker given): %w; pass --broker nats://%s to join a running one, or --embedded-listen to use another port", err, cfg.EmbeddedListen)
 		}
 		defer srv.Shutdown()
 		brokerURL = srv.ClientURL()
-		log.Info("embedded NATS server running", "url", brokerURL, "data_dir", cfg.DataDir)
+		log.Info("embedded NATS server running", "url", brokerURL, "data_dir", cfg.DataDir, "fsync", cfg.EmbeddedSync)
 	}
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	b, err := adapters.Open(openCtx, brokerURL)
