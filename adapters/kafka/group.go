@@ -107,10 +107,10 @@ func (b *Broker) startGroup(groupID, topic string, handle func(context.Context, 
 		RebalanceTimeout:  b.cfg.SessionTimeout,
 		// Jittered, so that members whose joins time out do not retry in
 		// lockstep. A coordinator that restarts its rebalance wait on
-		// every join (kfake does; Kafka does not) never finishes a
-		// rebalance while joins keep coming closer together than the
-		// rebalance timeout, and members retrying on one fixed cycle
-		// can keep them that close forever.
+		// every join (kfake does) never finishes a rebalance while joins
+		// keep coming closer together than the rebalance timeout, and
+		// members retrying on one fixed cycle can keep them that close
+		// forever.
 		JoinGroupBackoff: 500*time.Millisecond + rand.N(2500*time.Millisecond),
 		StartOffset:      kafkago.FirstOffset,
 		Timeout:          10 * time.Second,
@@ -238,8 +238,6 @@ func (r *groupRunner) readPartition(gctx context.Context, gs *genState, ps *part
 		// back without its state: its own handlers may still hold them.
 		ps.fencedUntil = until
 	}
-	r.mu.Unlock()
-	r.mu.Lock()
 	start, epoch, until := ps.next, ps.epoch, ps.fencedUntil
 	r.mu.Unlock()
 	if wait := time.Until(until); wait > 0 {
