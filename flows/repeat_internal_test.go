@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,13 +13,6 @@ import (
 	"github.com/clusterbus/clusterbus/adapters/mem"
 	"github.com/clusterbus/clusterbus/workqueue"
 )
-
-type repeatLogWriter struct{ t *testing.T }
-
-func (w repeatLogWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
 
 // repeatRig is a broker without dedupe, a two-step flow "two" (steps a and
 // b) that counts its runs, and a reader of the completion records.
@@ -41,7 +33,7 @@ func newRepeatRig(t *testing.T, queue string) *repeatRig {
 	b := mem.NewServer(mem.WithCapabilities(func(c *adapters.Capabilities) { c.Dedupe = adapters.Unsupported })).Client()
 	t.Cleanup(func() { b.Close() })
 	r := &repeatRig{t: t, ctx: ctx, b: b, runs: map[string]int{},
-		log: slog.New(slog.NewTextHandler(repeatLogWriter{t}, nil)),
+		log: slog.New(slog.NewTextHandler(t.Output(), nil)),
 		cfg: Config{Queue: queue, ResultsQueue: queue + "-results", Lease: 2 * time.Second, MaxAttempts: 3,
 			Concurrency: 1, Retry: workqueue.Backoff{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}}}
 	return r

@@ -38,7 +38,7 @@ func forEachBroker(t *testing.T, fn func(t *testing.T, b testBroker)) {
 		t.Run(kind, func(t *testing.T) {
 			t.Logf("broker from CLUSTERBUS_INTEGRATION_BROKER: %s", adapters.Redact(u))
 			if kind == "sqs" && os.Getenv("AWS_ACCESS_KEY_ID") == "" && os.Getenv("AWS_PROFILE") == "" {
-				setEnv(t, sqstest.Env()) // placeholder credentials, for an emulator
+				sqstest.Setenv(t) // placeholder credentials, for an emulator
 			}
 			fn(t, testBroker{kind: kind, url: u})
 		})
@@ -107,7 +107,7 @@ func startTestBroker(t *testing.T, kind string) testBroker {
 			brokerUnavailable(t, kind, err)
 		}
 		t.Cleanup(s.Stop)
-		setEnv(t, sqstest.Env())
+		sqstest.Setenv(t)
 		b.url = s.URL()
 	case "azservicebus":
 		s, err := sbtest.Start(sbtest.Options{})
@@ -121,15 +121,6 @@ func startTestBroker(t *testing.T, kind string) testBroker {
 	}
 	t.Logf("%s broker ready in %s: %s", kind, time.Since(start).Round(time.Millisecond), adapters.Redact(b.url))
 	return b
-}
-
-// setEnv sets KEY=VALUE pairs for the test and the processes it starts.
-func setEnv(t *testing.T, kvs []string) {
-	t.Helper()
-	for _, kv := range kvs {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
 }
 
 var sbEndpointRE = regexp.MustCompile(`Endpoint=sb://([^/;]+)/?`)

@@ -1,12 +1,10 @@
 package sbtest_test
 
 import (
-	"context"
 	"os"
 	"testing"
-	"time"
 
-	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/adaptertest"
 	_ "github.com/clusterbus/clusterbus/adapters/azservicebus"
 	"github.com/clusterbus/clusterbus/adapters/azservicebus/sbtest"
 )
@@ -22,39 +20,5 @@ func TestStartServesServiceBusAndRestartKeepsItems(t *testing.T) {
 		t.Skipf("Service Bus test server unavailable: %v", err)
 	}
 	t.Cleanup(s.Stop)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	b, err := adapters.Open(ctx, s.URL())
-	if err != nil {
-		t.Fatalf("Open(%s): %v", s.URL(), err)
-	}
-	defer b.Close()
-	q := "sbtest-q"
-	if err := b.DeclareQueue(ctx, adapters.QueueConfig{Name: q}); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Enqueue(ctx, q, adapters.Message{ID: "m1", Body: []byte("x")}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Restart(ctx); err != nil {
-		t.Fatal(err)
-	}
-	b2, err := adapters.Open(ctx, s.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b2.Close()
-	c, err := b2.Consume(ctx, q, adapters.ConsumeOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	d, err := c.Receive(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d.Message().ID != "m1" {
-		t.Fatalf("received %q after Restart, want m1", d.Message().ID)
-	}
-	_ = d.Ack(ctx)
+	adaptertest.RoundTrip(t, s.URL(), s.Restart)
 }

@@ -13,7 +13,9 @@ import (
 	"regexp"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -162,6 +164,14 @@ func Env() []string {
 		"AWS_SECRET_ACCESS_KEY=test",
 		"AWS_SESSION_TOKEN=",
 		"AWS_PROFILE=",
+	}
+}
+
+// Setenv sets Env for the test t and the processes it starts.
+func Setenv(t testing.TB) {
+	for _, kv := range Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
 	}
 }
 

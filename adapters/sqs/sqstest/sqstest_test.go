@@ -1,13 +1,10 @@
 package sqstest_test
 
 import (
-	"context"
 	"os"
-	"strings"
 	"testing"
-	"time"
 
-	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/adaptertest"
 	_ "github.com/clusterbus/clusterbus/adapters/sqs"
 	"github.com/clusterbus/clusterbus/adapters/sqs/sqstest"
 )
@@ -23,35 +20,6 @@ func TestStartServesSQSThroughURLAndEnv(t *testing.T) {
 		t.Skipf("fauxqs unavailable: %v", err)
 	}
 	t.Cleanup(s.Stop)
-	for _, kv := range sqstest.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	b, err := adapters.Open(ctx, s.URL())
-	if err != nil {
-		t.Fatalf("Open(%s): %v", s.URL(), err)
-	}
-	defer b.Close()
-	q := "sqstest-q"
-	if err := b.DeclareQueue(ctx, adapters.QueueConfig{Name: q}); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Enqueue(ctx, q, adapters.Message{ID: "m1", Body: []byte("x")}); err != nil {
-		t.Fatal(err)
-	}
-	c, err := b.Consume(ctx, q, adapters.ConsumeOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	d, err := c.Receive(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d.Message().ID != "m1" {
-		t.Fatalf("received %q, want m1", d.Message().ID)
-	}
-	_ = d.Ack(ctx)
+	sqstest.Setenv(t)
+	adaptertest.RoundTrip(t, s.URL(), nil)
 }
