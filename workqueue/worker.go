@@ -127,6 +127,7 @@ func New(b adapters.Broker, cfg Config, h Handler, opts Options) (*Worker, error
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics(nil)
 	}
+	opts.Metrics.init(cfg.Queue.Name)
 	return &Worker{b: b, cfg: cfg, h: h, opts: opts, log: opts.Logger.With("queue", cfg.Queue.Name)}, nil
 }
 
@@ -328,7 +329,11 @@ func (w *Worker) settle(d adapters.Delivery, job *Job, lease *leasing.Lease, her
 		}
 		if err = d.Nack(sctx, delay); err == nil {
 			m.Retried.WithLabelValues(q).Inc()
-			log.Info("workqueue: retrying", "delay", delay, "err", herr)
+			lvl := slog.LevelInfo
+			if asked {
+				lvl = slog.LevelDebug // the handler chose the delay (a wait, a RetryAfter): not a failure
+			}
+			log.Log(context.Background(), lvl, "workqueue: retrying", "delay", delay, "err", herr)
 		}
 	}
 	if err != nil {
