@@ -47,7 +47,6 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map
 	return 0, false
 }
 
-
 // A registered flow's series exist at zero before anything runs; a
 // completed and a dead-lettered execution are counted and timed; the index
 // keeps each step attempt with its node and error; the dead-lettered
