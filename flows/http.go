@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/clusterbus/clusterbus/adapters"
 )
@@ -43,7 +44,7 @@ func (e *Engine) Routes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, map[string]any{"executions": nonNil(e.List(r.URL.Query().Get("state"), limit))})
 	})
 	mux.HandleFunc("POST /api/executions/{id}/replay", func(w http.ResponseWriter, r *http.Request) {
-		n, err := e.Replay(r.Context(), r.PathValue("id"), ReplayOptions{})
+		n, err := e.Replay(r.Context(), r.PathValue("id"), ReplayOptions{Wait: 500 * time.Millisecond})
 		if err != nil && n == 0 {
 			writeError(w, err)
 			return

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -19,6 +21,9 @@ import (
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
 	"github.com/clusterbus/clusterbus/bus"
+	"github.com/clusterbus/clusterbus/console"
+	"github.com/clusterbus/clusterbus/flows"
+	"github.com/clusterbus/clusterbus/queuestats"
 )
 
 // nodeEnv is what a node service gets: the broker, the running node, the HTTP
@@ -34,6 +39,11 @@ type nodeEnv struct {
 	// BaseLogger is Logger without the node ID, for libraries that add it
 	// themselves (bus, flows).
 	BaseLogger *slog.Logger
+	// Queues watches queue counts for /metrics and the console: services
+	// Watch the queues they use.
+	Queues *queuestats.Watcher
+	// Flows is the flow engine, once its service started it (else nil).
+	Flows *flows.Engine
 }
 
 // nodeServices are started after the node joins, stopped (in reverse) on
@@ -117,18 +127,25 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	log.Info("broker connected", "url", adapters.Redact(brokerURL), "capabilities", b.Capabilities().String())
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
+	ln, err := net.Listen("tcp", cfg.HTTP)
+	if err != nil {
+		return fmt.Errorf("http: listen %s: %w", cfg.HTTP, err)
+	}
+	defer ln.Close()
+	bcfg.HTTPAddr = advertiseHTTP(ln.Addr())
 	node, err := bus.New(b, bcfg, bus.WithLogger(base), bus.WithRegisterer(reg))
 	if err != nil {
 		return err
 	}
 	mux := http.NewServeMux()
 	node.Mount(mux)
-
-	ln, err := net.Listen("tcp", cfg.HTTP)
-	if err != nil {
-		return fmt.Errorf("http: listen %s: %w", cfg.HTTP, err)
-	}
+	queues := queuestats.New(b, reg, 0, log)
+	qctx, qstop := context.WithCancel(context.Background())
+	defer qstop()
+	go queues.Run(qctx)
+	cons := console.New(console.Config{Node: node, Queues: queues, Gatherer: reg, Broker: b.Capabilities().Name, Logger: log})
+	cons.Routes(mux)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -140,7 +157,7 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	if err := node.Start(ctx); err != nil {
 		return err
 	}
-	env := &nodeEnv{Broker: b, Node: node, Mux: mux, Config: cfg, Logger: log, Registry: reg, BaseLogger: base}
+	env := &nodeEnv{Broker: b, Node: node, Mux: mux, Config: cfg, Logger: log, Registry: reg, BaseLogger: base, Queues: queues}
 	var stops []func(context.Context) error
 	var startErr error
 	for _, start := range nodeServices {
@@ -152,6 +169,9 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 		if s != nil {
 			stops = append(stops, s)
 		}
+	}
+	if env.Flows != nil {
+		cons.SetFlows(env.Flows)
 	}
 	if startErr == nil {
 		<-ctx.Done()
@@ -183,4 +203,35 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// buildInfo is clusterbus_build_info{version,go_version} 1.
+func buildInfo() prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "clusterbus", Name: "build_info",
+		Help: "Always 1; its labels say which clusterbus and Go built this process."}, []string{"version", "go_version"})
+	g.WithLabelValues(version, runtime.Version()).Set(1)
+	return g
+}
+
+// advertiseHTTP is the HTTP address this node tells the other members: the
+// listen address, with a wildcard host replaced by this machine's first
+// non-loopback IP (the loopback address if it has none).
+func advertiseHTTP(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return ""
+	}
+	ip := ta.IP
+	if ip == nil || ip.IsUnspecified() {
+		ip = net.IPv4(127, 0, 0, 1)
+		if addrs, err := net.InterfaceAddrs(); err == nil {
+			for _, x := range addrs {
+				if n, ok := x.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+					ip = n.IP
+					break
+				}
+			}
+		}
+	}
+	return "http://" + net.JoinHostPort(ip.String(), strconv.Itoa(ta.Port))
 }
