@@ -1,6 +1,9 @@
 package natsserver_test
 
 import (
+	"io"
+	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -100,5 +103,98 @@ func TestStartClusterRejectsBadConfig(t *testing.T) {
 	}
 	if _, err := natsserver.Start(natsserver.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), ClusterName: "c", ClusterListen: "127.0.0.1:0"}); err == nil {
 		t.Fatal("clustered server without a Name accepted")
+	}
+}
+
+// With RouteVia every route goes through a proxy the test owns: the
+// cluster forms through them, and cutting server 1's proxies leaves it
+// without routes (no direct implicit route goes around them).
+func TestClusterRoutesThroughProxies(t *testing.T) {
+	var mu sync.Mutex
+	proxies := map[[2]int]*cutProxy{}
+	c, err := natsserver.StartCluster(natsserver.ClusterConfig{Dir: t.TempDir(), RouteVia: func(from, to int, addr string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		p := newCutProxy(t, addr)
+		proxies[[2]int{from, to}] = p
+		return p.addr()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Shutdown)
+	mu.Lock()
+	n := len(proxies)
+	mu.Unlock()
+	if n != 6 {
+		t.Fatalf("%d proxies, want 6 (one per ordered pair)", n)
+	}
+	mu.Lock()
+	for k, p := range proxies {
+		if k[0] == 0 || k[1] == 0 {
+			p.cut()
+		}
+	}
+	mu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Server(0).NumRoutes() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("server 1 still has %d routes with its proxies cut", c.Server(0).NumRoutes())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if c.Server(1).NumRoutes() == 0 {
+		t.Fatal("servers 2 and 3 lost their route")
+	}
+}
+
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	cutOff bool
+	conns  []net.Conn
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			p.mu.Lock()
+			if err != nil || p.cutOff {
+				p.mu.Unlock()
+				c.Close()
+				if up != nil {
+					up.Close()
+				}
+				continue
+			}
+			p.conns = append(p.conns, c, up)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(up, c); up.Close() }()
+			go func() { _, _ = io.Copy(c, up); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cutOff = true
+	for _, c := range p.conns {
+		c.Close()
 	}
 }

@@ -178,6 +178,9 @@ func (s *Server) Addr() string {
 	return s.cfg.Listen
 }
 
+// NumRoutes is the number of route connections to other cluster servers.
+func (s *Server) NumRoutes() int { return s.srv.NumRoutes() }
+
 // Config is the configuration the server was started with (defaults
 // applied).
 func (s *Server) Config() Config { return s.cfg }
