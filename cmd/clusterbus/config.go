@@ -55,6 +55,16 @@ type nodeConfig struct {
 	// MessageMaxAge is the freshness window of signed topic messages
 	// (0: 10 x failure-timeout + clock-skew-threshold).
 	MessageMaxAge time.Duration `koanf:"message-max-age"`
+	// Admin API (see adminhttp and trust.go). AdminToken is
+	// CLUSTERBUS_ADMIN_TOKEN (there is no flag: argv is visible in ps).
+	AdminToken              string `koanf:"admin-token"`
+	AdminTokenFile          string `koanf:"admin-token-file"`
+	AdminHTTP               string `koanf:"admin-http"`
+	AdminAllowRemoteNoToken bool   `koanf:"admin-allow-remote-without-token"`
+	ProtectReads            bool   `koanf:"protect-reads"`
+	TLSCert                 string `koanf:"tls-cert"`
+	TLSKey                  string `koanf:"tls-key"`
+	HTTPMaxBody             int64  `koanf:"http-max-body"`
 	// DrainTimeout bounds the graceful stop on SIGTERM.
 	DrainTimeout time.Duration `koanf:"drain-timeout"`
 
@@ -92,6 +102,7 @@ func defaultNodeConfig() nodeConfig {
 		ClockSkewThreshold: d.ClockSkewThreshold,
 		SplitBrain:         string(d.SplitBrain),
 		DrainTimeout:       30 * time.Second,
+		HTTPMaxBody:        1 << 20,
 		Flows:              flowsConfig{Concurrency: 4, Lease: 30 * time.Second, MaxAttempts: 5},
 	}
 }
@@ -120,6 +131,13 @@ func addNodeFlags(fs *pflag.FlagSet) {
 	fs.String("cluster-key-file", d.ClusterKeyFile, "file of cluster keys, one per line, the first signs, all verify; re-read on SIGHUP (or env CLUSTERBUS_CLUSTER_KEY, comma-separated)")
 	fs.Duration("message-max-age", d.MessageMaxAge, "signed topic messages sent longer ago (or ahead) than this are dropped (0: 10 x failure-timeout + clock-skew-threshold)")
 	fs.Duration("drain-timeout", d.DrainTimeout, "how long a graceful stop may take")
+	fs.String("admin-token-file", d.AdminTokenFile, "file holding the admin API token (or env CLUSTERBUS_ADMIN_TOKEN); mutating requests need Authorization: Bearer <token>; re-read on SIGHUP")
+	fs.String("admin-http", d.AdminHTTP, "a separate listen address for mutating API requests (the --http listener then serves health and reads only)")
+	fs.Bool("admin-allow-remote-without-token", d.AdminAllowRemoteNoToken, "without an admin token, serve mutating requests to non-loopback clients too (trust the network)")
+	fs.Bool("protect-reads", d.ProtectReads, "read endpoints (/api/*, /metrics, status page) need the admin token too; /ha/health, /livez, /readyz stay open")
+	fs.String("tls-cert", d.TLSCert, "PEM certificate: serve HTTPS (with --tls-key)")
+	fs.String("tls-key", d.TLSKey, "PEM private key of --tls-cert")
+	fs.Int64("http-max-body", d.HTTPMaxBody, "largest request body accepted, in bytes (413 above)")
 }
 
 // loadNodeConfig merges defaults, file, environment and flags.

@@ -91,6 +91,7 @@ file is submitted as is. Prints the execution ID.`,
 	status.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the execution to end")
 	for _, c := range []*cobra.Command{submit, status} {
 		c.Flags().StringVar(&addr, "addr", defaultAddr(), "a node's HTTP address (env CLUSTERBUS_ADDR)")
+		addAdminTokenFlag(c)
 		flowCmd.AddCommand(c)
 	}
 	rootCmd.AddCommand(flowCmd)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -131,17 +130,10 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	mux := http.NewServeMux()
 	node.Mount(mux)
 
-	ln, err := net.Listen("tcp", cfg.HTTP)
+	hs, err := startHTTP(cfg, mux, log, tr)
 	if err != nil {
-		return fmt.Errorf("http: listen %s: %w", cfg.HTTP, err)
+		return &exitError{code: 2, err: err}
 	}
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("http server failed", "err", err)
-		}
-	}()
-	log.Info("http listening", "addr", ln.Addr().String())
 
 	if err := node.Start(ctx); err != nil {
 		return err

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/signed"
+	"github.com/clusterbus/clusterbus/adminhttp"
 )
 
 // clusterKeys returns the node's key ring and where it came from, or nil
@@ -62,6 +65,7 @@ func (c *nodeConfig) messageMaxAge() time.Duration {
 // key) and the reload of the key file on SIGHUP.
 type trust struct {
 	signed *signed.Broker
+	token  atomic.Pointer[string] // the admin token, "" for none
 }
 
 // wrapBroker wraps b with adapters/signed when the cluster has a key, and
@@ -72,6 +76,9 @@ func wrapBroker(ctx context.Context, cfg *nodeConfig, nodeID string, b adapters.
 	if err != nil {
 		return nil, nil, &exitError{code: 2, err: err}
 	}
+	tr := &trust{}
+	empty := ""
+	tr.token.Store(&empty)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP) // never let SIGHUP kill a node
 	go func() {
@@ -82,8 +89,15 @@ func wrapBroker(ctx context.Context, cfg *nodeConfig, nodeID string, b adapters.
 				return
 			case <-hup:
 			}
+			if cfg.AdminTokenFile != "" {
+				if tok, err := readTokenFile(cfg.AdminTokenFile); err != nil {
+					log.Error("SIGHUP: admin token NOT reloaded; still using the previous one", "err", err)
+				} else {
+					tr.token.Store(&tok)
+					log.Info("SIGHUP: admin token reloaded", "file", cfg.AdminTokenFile)
+				}
+			}
 			if ring == nil || cfg.ClusterKeyFile == "" {
-				log.Info("SIGHUP: nothing to reload (no --cluster-key-file)")
 				continue
 			}
 			keys, err := signed.ReadKeyFile(cfg.ClusterKeyFile)
@@ -99,7 +113,7 @@ func wrapBroker(ctx context.Context, cfg *nodeConfig, nodeID string, b adapters.
 	}()
 	if ring == nil {
 		log.Warn("no cluster key (CLUSTERBUS_CLUSTER_KEY or --cluster-key-file): messages are not authenticated; the cluster trusts the broker's access control")
-		return b, &trust{}, nil
+		return b, tr, nil
 	}
 	sb, err := signed.Wrap(b, signed.Config{Cluster: cfg.Cluster, Sender: nodeID, Keys: ring,
 		MaxAge: cfg.messageMaxAge(), Logger: log.With("component", "signed"), Registerer: reg})
@@ -107,7 +121,8 @@ func wrapBroker(ctx context.Context, cfg *nodeConfig, nodeID string, b adapters.
 		return nil, nil, err
 	}
 	log.Info("messages are signed and verified", "keys_from", src, "keys", ring.Len(), "message_max_age", cfg.messageMaxAge())
-	return sb, &trust{signed: sb}, nil
+	tr.signed = sb
+	return sb, tr, nil
 }
 
 // alerts describes recent rejections for /api/cluster and the status page.
@@ -133,4 +148,50 @@ func (t *trust) alerts() []string {
 	}
 	return []string{fmt.Sprintf("%d messages failed verification (%s); last at %s: %s from %s on %s %q: %s",
 		st.Total, strings.Join(parts, ", "), l.Time.UTC().Format(time.RFC3339), l.Reason, from, l.Kind, l.Destination, l.Detail)}
+}
+
+// adminToken reads the admin token: --admin-token-file wins over
+// CLUSTERBUS_ADMIN_TOKEN; both set is an error.
+func (c *nodeConfig) adminToken() (string, error) {
+	switch {
+	case c.AdminTokenFile != "" && c.AdminToken != "":
+		return "", fmt.Errorf("admin-token-file %s and CLUSTERBUS_ADMIN_TOKEN are both set: use one", c.AdminTokenFile)
+	case c.AdminTokenFile != "":
+		return readTokenFile(c.AdminTokenFile)
+	}
+	return strings.TrimSpace(c.AdminToken), nil
+}
+
+func readTokenFile(path string) (string, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("admin-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(raw))
+	if tok == "" {
+		return "", fmt.Errorf("admin-token-file %s is empty", path)
+	}
+	return tok, nil
+}
+
+// startHTTP serves mux (guarded, see adminhttp) on --http and, if set,
+// --admin-http.
+func startHTTP(cfg *nodeConfig, mux http.Handler, log *slog.Logger, tr *trust) (*adminhttp.Server, error) {
+	tok, err := cfg.adminToken()
+	if err != nil {
+		return nil, err
+	}
+	tr.token.Store(&tok)
+	if tok == "" && !cfg.AdminAllowRemoteNoToken {
+		log.Warn("no admin token (CLUSTERBUS_ADMIN_TOKEN or --admin-token-file): mutating API requests are served to loopback clients only")
+	}
+	return adminhttp.Start(mux, adminhttp.ServerConfig{
+		Addr: cfg.HTTP, AdminAddr: cfg.AdminHTTP, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey, Logger: log,
+		Guard: adminhttp.Config{
+			Token:                   func() string { return *tr.token.Load() },
+			AllowRemoteWithoutToken: cfg.AdminAllowRemoteNoToken,
+			ProtectReads:            cfg.ProtectReads,
+			MaxBody:                 cfg.HTTPMaxBody,
+		},
+	})
 }
