@@ -131,6 +131,16 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// ValidateNodeID checks a node ID: 1-64 letters, digits, '.', '-' or '_',
+// starting with a letter or digit.
+func ValidateNodeID(id string) error {
+	if !nodeIDRE.MatchString(id) {
+		return adapters.Errorf(adapters.ErrInvalidArgument, "bus: config",
+			"node ID %q: want 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit", id)
+	}
+	return nil
+}
+
 // ParseSplitBrain parses "keep-majority", "keep-oldest", "off",
 // "static-quorum" or "static-quorum:N" (also "static-quorum(N)").
 func ParseSplitBrain(s string) (SplitBrain, int, error) {

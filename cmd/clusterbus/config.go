@@ -50,6 +50,9 @@ type nodeConfig struct {
 	ClusterKey string `koanf:"cluster-key"`
 	// DrainTimeout bounds the graceful stop on SIGTERM.
 	DrainTimeout time.Duration `koanf:"drain-timeout"`
+	// StartTimeout bounds how long the node may take to get ready (broker
+	// reachable, joined, every service started); 0 waits for ever.
+	StartTimeout time.Duration `koanf:"start-timeout"`
 
 	// Flows configures the flow executor (cmd/clusterbus/flow.go).
 	Flows flowsConfig `koanf:"flows"`
@@ -97,8 +100,8 @@ func addNodeFlags(fs *pflag.FlagSet) {
 	fs.String("broker", d.Broker, "broker URL such as nats://host:4222; empty runs the embedded NATS server")
 	fs.String("http", d.HTTP, "listen address for /ha/health, /api/cluster, /metrics and the status page")
 	fs.String("cluster", d.Cluster, "cluster name")
-	fs.String("node-id", d.NodeID, "node ID (default: random, fixed for the life of the process)")
-	fs.String("data-dir", d.DataDir, "embedded NATS server store (only without --broker)")
+	fs.String("node-id", d.NodeID, "node ID (default: the one kept in --data-dir, created on first start; else derived from the host name)")
+	fs.String("data-dir", d.DataDir, "the node's own directory: its node ID, and the embedded NATS server's store (without --broker)")
 	fs.String("embedded-listen", d.EmbeddedListen, "embedded NATS server address (only without --broker)")
 	fs.Bool("embedded-sync", d.EmbeddedSync, "embedded NATS server fsyncs every write before acknowledging it, so an acknowledged item survives a machine crash (only without --broker)")
 	fs.String("log-format", d.LogFormat, "log format: text or json")
@@ -110,6 +113,7 @@ func addNodeFlags(fs *pflag.FlagSet) {
 	fs.String("split-brain", d.SplitBrain, "split-brain policy: keep-majority, keep-oldest, off or static-quorum:N")
 	fs.String("cluster-key", d.ClusterKey, "shared secret that signs coordination messages (prefer env CLUSTERBUS_CLUSTER_KEY)")
 	fs.Duration("drain-timeout", d.DrainTimeout, "how long a graceful stop may take")
+	fs.Duration("start-timeout", d.StartTimeout, "give up (exit 1) if the node is not ready this long after start; 0 waits for the broker for ever")
 }
 
 // loadNodeConfig merges defaults, file, environment and flags.

@@ -25,7 +25,7 @@ func init() {
 	fs.Duration("flows.lease", d.Lease, "lease of a flow step; renewed every third of it while the step runs")
 	fs.Int("flows.max-attempts", d.MaxAttempts, "deliveries of a step before its execution is dead-lettered")
 	fs.String("flows.results-queue", d.ResultsQueue, "queue that receives one completion record per execution (empty: none)")
-	nodeServices = append(nodeServices, startFlows)
+	nodeServices = append(nodeServices, nodeService{Name: "the flow engine", Check: checkFlows, Start: startFlows})
 
 	flowCmd := &cobra.Command{Use: "flow", Short: "Submit flow executions and ask where they are"}
 	var addr, input, id string
@@ -96,7 +96,21 @@ file is submitted as is. Prints the execution ID.`,
 	rootCmd.AddCommand(flowCmd)
 }
 
-// startFlows is the node service that runs the flow engine.
+// checkFlows validates the flow settings and definitions before the node
+// joins: a bad file or setting exits 2 with its key.
+func checkFlows(cfg *nodeConfig) error {
+	fc := cfg.Flows
+	if fc.Dir == "" {
+		return nil
+	}
+	if _, err := flows.CheckDir(fc.Dir); err != nil {
+		return fmt.Errorf("flows.dir %s: %w", fc.Dir, err)
+	}
+	return nil
+}
+
+// startFlows is the node service that runs the flow engine. Declaring its
+// queues and subscribing retry until the broker lets them through.
 func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error, error) {
 	fc := env.Config.Flows
 	log := env.Logger.With("component", "flows")
@@ -121,7 +135,7 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 	if err := e.LoadDir(fc.Dir); err != nil {
 		return nil, fmt.Errorf("flows.dir %s: %w", fc.Dir, err)
 	}
-	if err := e.Start(ctx); err != nil {
+	if err := env.Retry(ctx, "declaring queues", e.Start); err != nil {
 		return nil, err
 	}
 	e.Routes(env.Mux)
