@@ -3,10 +3,14 @@ package integration
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -119,4 +123,141 @@ func TestStartBeforeBroker(t *testing.T) {
 	if out, _ := st.Output["outcome"].(string); out != "freight-nl" {
 		t.Fatalf("shipping-carrier outcome = %v, want freight-nl", st.Output)
 	}
+}
+
+// TestConfigTyposRejected runs the binary with misspelt and invalid
+// settings: each exits 2 before it connects (its broker address does not
+// answer, so a node that got as far as joining would wait instead), and
+// says which key is wrong with the nearest valid name, in the words the
+// user typed (never a Go field name). config check, config print and flow
+// lint give the same verdicts without running a node.
+func TestConfigTyposRejected(t *testing.T) {
+	needBinary(t)
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	badFlows := filepath.Join(dir, "badflows")
+	if err := os.Mkdir(badFlows, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write("badflows/broken.yaml", "flow: broken\nversion: 1\nsteps:\n  - name: a\n    set: {x: \"input.(\"}\n")
+	deadBroker := fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))
+	cases := []struct {
+		name string
+		env  []string
+		args []string
+		want []string // every one must appear in the output
+	}{
+		{"yaml underscore key", nil, []string{"--config", write("a.yaml", "failure_timeout: 2s\n")},
+			[]string{`unknown key "failure_timeout"`, `did you mean "failure-timeout"`}},
+		{"yaml misspelt key", nil, []string{"--config", write("b.yaml", "split-brian: keep-oldest\n")},
+			[]string{`unknown key "split-brian"`, `did you mean "split-brain"`}},
+		{"yaml nested misspelt key", nil, []string{"--config", write("c.yaml", "flows:\n  concurency: 2\n")},
+			[]string{`unknown key "flows.concurency"`, `did you mean "flows.concurrency"`}},
+		{"duration without unit", nil, []string{"--config", write("d.yaml", "heartbeat-interval: 500\n")},
+			[]string{"heartbeat-interval: 500 has no unit"}},
+		{"misspelt env", []string{"CLUSTERBUS_FAILURE_TIMOUT=2s"}, nil,
+			[]string{"CLUSTERBUS_FAILURE_TIMOUT is not a clusterbus setting", `did you mean "CLUSTERBUS_FAILURE_TIMEOUT"`}},
+		{"env duration without unit", []string{"CLUSTERBUS_FAILURE_TIMEOUT=1500"}, nil,
+			[]string{"CLUSTERBUS_FAILURE_TIMEOUT: 1500 has no unit"}},
+		{"timing named by keys", nil, []string{"--heartbeat-interval", "1s", "--failure-timeout", "1500ms"},
+			[]string{"failure-timeout (1.5s) must be more than 2 × heartbeat-interval (1s)"}},
+		{"max-attempts 0", nil, []string{"--flows.max-attempts", "0"},
+			[]string{"flows.max-attempts (0): want at least 1"}},
+		{"negative drain timeout", nil, []string{"--drain-timeout", "-1s"},
+			[]string{"drain-timeout (-1s): want more than 0"}},
+		{"bad split-brain", nil, []string{"--split-brain", "majority"},
+			[]string{`split-brain "majority": want keep-majority, keep-oldest, off or static-quorum:N`}},
+		{"broken flow definitions", nil, []string{"--flows.dir", badFlows},
+			[]string{"broken.yaml"}},
+	}
+	goFields := []string{"FailureTimeout", "HeartbeatInterval", "MaxAttempts", "SplitBrain", "DrainTimeout"}
+	run := func(t *testing.T, env []string, args ...string) (int, string) {
+		t.Helper()
+		cmd := exec.Command(binPath, args...)
+		cmd.Env = nodeEnv(env...)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		switch {
+		case err == nil:
+			return 0, string(out)
+		case errors.As(err, &ee):
+			return ee.ExitCode(), string(out)
+		}
+		t.Fatalf("run %v: %v", args, err)
+		return -1, ""
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			for _, sub := range []string{"node", "config check"} {
+				args := append(strings.Fields(sub), "--broker", deadBroker, "--http", "127.0.0.1:0",
+					"--data-dir", filepath.Join(dir, "data"))
+				args = append(args, c.args...)
+				start := time.Now()
+				code, out := run(t, c.env, args...)
+				if code != 2 {
+					t.Fatalf("clusterbus %s: exit %d, want 2\n%s", sub, code, out)
+				}
+				for _, w := range c.want {
+					if !strings.Contains(out, w) {
+						t.Errorf("clusterbus %s: output lacks %q:\n%s", sub, w, out)
+					}
+				}
+				for _, f := range goFields {
+					if strings.Contains(out, f) {
+						t.Errorf("clusterbus %s: output names the Go field %s:\n%s", sub, f, out)
+					}
+				}
+				if strings.Contains(out, "waiting for broker") || strings.Contains(out, "http listening") {
+					t.Errorf("clusterbus %s: got as far as starting before the config error:\n%s", sub, out)
+				}
+				t.Logf("clusterbus %s: exit 2 in %s: %s", sub, time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
+			}
+		})
+	}
+
+	t.Run("check and print a good config", func(t *testing.T) {
+		flowsDir, _ := filepath.Abs("../examples/flows")
+		file := write("good.yaml", "cluster: shop\nfailure-timeout: 2s\nflows:\n  dir: "+flowsDir+"\n")
+		env := []string{"CLUSTERBUS_CLUSTER_KEY=top-secret-key", "CLUSTERBUS_HEARTBEAT_INTERVAL=400ms"}
+		if code, out := run(t, env, "config", "check", "--config", file); code != 0 || !strings.Contains(out, "config ok") {
+			t.Fatalf("config check of a good config: exit %d\n%s", code, out)
+		}
+		code, out := run(t, env, "config", "print", "--config", file, "--broker", "nats://u:pw-secret@127.0.0.1:4222")
+		if code != 0 {
+			t.Fatalf("config print: exit %d\n%s", code, out)
+		}
+		for _, re := range []string{
+			`(?m)^cluster\s+shop\s+file ` + regexp.QuoteMeta(file) + `$`,
+			`(?m)^failure-timeout\s+2s\s+file `,
+			`(?m)^heartbeat-interval\s+400ms\s+env CLUSTERBUS_HEARTBEAT_INTERVAL$`,
+			`(?m)^cluster-key\s+<redacted>\s+env CLUSTERBUS_CLUSTER_KEY$`,
+			`(?m)^broker\s+\S+\s+flag --broker$`,
+			`(?m)^drain-timeout\s+30s\s+default$`,
+		} {
+			if !regexp.MustCompile(re).MatchString(out) {
+				t.Errorf("config print lacks %s:\n%s", re, out)
+			}
+		}
+		for _, secret := range []string{"top-secret-key", "pw-secret"} {
+			if strings.Contains(out, secret) {
+				t.Errorf("config print shows the secret %q:\n%s", secret, out)
+			}
+		}
+	})
+
+	t.Run("flow lint", func(t *testing.T) {
+		if code, out := run(t, nil, "flow", "lint", "../examples/flows"); code != 0 {
+			t.Fatalf("flow lint examples/flows: exit %d\n%s", code, out)
+		}
+		code, out := run(t, nil, "flow", "lint", badFlows)
+		if code != 2 || !strings.Contains(out, "broken.yaml") {
+			t.Fatalf("flow lint of a broken flow: exit %d, want 2 naming the file\n%s", code, out)
+		}
+	})
 }

@@ -248,6 +248,10 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 // (the caller's context), --start-timeout, or a service that failed for
 // good.
 func notReady(ctx context.Context, cfg *nodeConfig, err error) error {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return err
+	}
 	if ctx.Err() != nil {
 		return nil // stopped by a signal while starting: a clean exit
 	}

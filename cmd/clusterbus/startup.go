@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/clusterbus/clusterbus/adapters"
 )
 
 // startGate is the node's HTTP front while it starts: until Open, health
@@ -76,7 +79,8 @@ func (b *backoff) next() time.Duration {
 
 // retryUntilReady runs fn until it succeeds or ctx ends (a signal, or
 // --start-timeout), waiting a jittered backoff between attempts and
-// logging each failure with what the node waits for. It returns fn's last
+// logging each failure with what the node waits for. An error matching
+// adapters.ErrInvalidArgument ends it at once with exit code 2. It returns fn's last
 // error wrapped with phase if ctx ends first.
 func retryUntilReady(ctx context.Context, log *slog.Logger, gate *startGate, phase string, fn func(context.Context) error) error {
 	gate.Phase(phase)
@@ -89,6 +93,11 @@ func retryUntilReady(ctx context.Context, log *slog.Logger, gate *startGate, pha
 				log.Info("ready after retries", "phase", phase, "attempts", attempt, "took", time.Since(start).Round(time.Millisecond))
 			}
 			return nil
+		}
+		if errors.Is(err, adapters.ErrInvalidArgument) {
+			// A bad setting (a malformed broker URL, a lease the broker
+			// refuses) does not fix itself: a configuration error.
+			return &exitError{code: 2, err: fmt.Errorf("%s: %w", phase, err)}
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("%s: gave up after %d attempts in %s: %w", phase, attempt, time.Since(start).Round(time.Millisecond), err)
