@@ -164,23 +164,29 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 		brokerURL = srv.ClientURL()
 		log.Info("embedded NATS server running", "url", brokerURL, "data_dir", cfg.DataDir, "fsync", cfg.EmbeddedSync)
 	}
-	var b adapters.Broker
+	var raw adapters.Broker
 	err = retryUntilReady(startCtx, log, gate, "waiting for broker", func(ctx context.Context) error {
 		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		var err error
-		b, err = adapters.Open(octx, brokerURL)
+		raw, err = adapters.Open(octx, brokerURL)
 		return err
 	})
 	if err != nil {
 		return notReady(ctx, cfg, err)
 	}
-	defer b.Close()
-	log.Info("broker connected", "url", adapters.Redact(brokerURL), "capabilities", b.Capabilities().String())
+	defer raw.Close()
+	log.Info("broker connected", "url", adapters.Redact(brokerURL), "capabilities", raw.Capabilities().String())
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	node, err := bus.New(b, bcfg, bus.WithLogger(base), bus.WithRegisterer(reg))
+	// Everything the node and its services send or receive goes through
+	// b: signed and verified when the cluster has a key.
+	b, tr, err := wrapBroker(ctx, cfg, bcfg.NodeID, raw, log, reg)
+	if err != nil {
+		return err
+	}
+	node, err := bus.New(b, bcfg, bus.WithLogger(base), bus.WithRegisterer(reg), bus.WithAlerts(tr.alerts))
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
