@@ -106,3 +106,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Close stops every listener at once.
+func (s *Server) Close() error {
+	var errs []error
+	for _, hs := range s.servers {
+		errs = append(errs, hs.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -61,24 +61,30 @@ func (c *nodeConfig) messageMaxAge() time.Duration {
 	return 10*c.FailureTimeout + c.ClockSkewThreshold
 }
 
-// trust is what signing adds to a node: the signed broker (nil without a
-// key) and the reload of the key file on SIGHUP.
+// trust holds the node's secrets: the cluster key ring (nil without a key),
+// the signed broker once wrapped, and the admin token. newTrust reads them
+// before the node connects anywhere, and re-reads --cluster-key-file and
+// --admin-token-file on SIGHUP until ctx ends.
 type trust struct {
+	cfg    *nodeConfig
+	log    *slog.Logger
+	ring   *signed.KeyRing
+	src    string
 	signed *signed.Broker
 	token  atomic.Pointer[string] // the admin token, "" for none
 }
 
-// wrapBroker wraps b with adapters/signed when the cluster has a key, and
-// re-reads --cluster-key-file on SIGHUP until ctx ends. Without a key it
-// returns b as is: the cluster then trusts the broker's access control.
-func wrapBroker(ctx context.Context, cfg *nodeConfig, nodeID string, b adapters.Broker, log *slog.Logger, reg prometheus.Registerer) (adapters.Broker, *trust, error) {
+func newTrust(ctx context.Context, cfg *nodeConfig, log *slog.Logger) (*trust, error) {
 	ring, src, err := cfg.clusterKeys()
 	if err != nil {
-		return nil, nil, &exitError{code: 2, err: err}
+		return nil, err
 	}
-	tr := &trust{}
-	empty := ""
-	tr.token.Store(&empty)
+	tok, err := cfg.adminToken()
+	if err != nil {
+		return nil, err
+	}
+	t := &trust{cfg: cfg, log: log, ring: ring, src: src}
+	t.token.Store(&tok)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP) // never let SIGHUP kill a node
 	go func() {
@@ -89,40 +95,54 @@ func wrapBroker(ctx context.Context, cfg *nodeConfig, nodeID string, b adapters.
 				return
 			case <-hup:
 			}
-			if cfg.AdminTokenFile != "" {
-				if tok, err := readTokenFile(cfg.AdminTokenFile); err != nil {
-					log.Error("SIGHUP: admin token NOT reloaded; still using the previous one", "err", err)
-				} else {
-					tr.token.Store(&tok)
-					log.Info("SIGHUP: admin token reloaded", "file", cfg.AdminTokenFile)
-				}
-			}
-			if ring == nil || cfg.ClusterKeyFile == "" {
-				continue
-			}
-			keys, err := signed.ReadKeyFile(cfg.ClusterKeyFile)
-			if err == nil {
-				err = ring.Set(keys...)
-			}
-			if err != nil {
-				log.Error("SIGHUP: cluster keys NOT reloaded; still using the previous ones", "file", cfg.ClusterKeyFile, "err", err)
-				continue
-			}
-			log.Info("SIGHUP: cluster keys reloaded", "file", cfg.ClusterKeyFile, "keys", len(keys))
+			t.reload()
 		}
 	}()
-	if ring == nil {
-		log.Warn("no cluster key (CLUSTERBUS_CLUSTER_KEY or --cluster-key-file): messages are not authenticated; the cluster trusts the broker's access control")
-		return b, tr, nil
+	return t, nil
+}
+
+// reload re-reads the key and token files; a file that fails keeps the
+// previous value.
+func (t *trust) reload() {
+	cfg, log := t.cfg, t.log
+	if cfg.AdminTokenFile != "" {
+		if tok, err := readTokenFile(cfg.AdminTokenFile); err != nil {
+			log.Error("SIGHUP: admin token NOT reloaded; still using the previous one", "err", err)
+		} else {
+			t.token.Store(&tok)
+			log.Info("SIGHUP: admin token reloaded", "file", cfg.AdminTokenFile)
+		}
 	}
-	sb, err := signed.Wrap(b, signed.Config{Cluster: cfg.Cluster, Sender: nodeID, Keys: ring,
-		MaxAge: cfg.messageMaxAge(), Logger: log.With("component", "signed"), Registerer: reg})
+	if t.ring == nil || cfg.ClusterKeyFile == "" {
+		return
+	}
+	keys, err := signed.ReadKeyFile(cfg.ClusterKeyFile)
+	if err == nil {
+		err = t.ring.Set(keys...)
+	}
 	if err != nil {
-		return nil, nil, err
+		log.Error("SIGHUP: cluster keys NOT reloaded; still using the previous ones", "file", cfg.ClusterKeyFile, "err", err)
+		return
 	}
-	log.Info("messages are signed and verified", "keys_from", src, "keys", ring.Len(), "message_max_age", cfg.messageMaxAge())
-	tr.signed = sb
-	return sb, tr, nil
+	log.Info("SIGHUP: cluster keys reloaded", "file", cfg.ClusterKeyFile, "keys", len(keys))
+}
+
+// wrap wraps b with adapters/signed when the cluster has a key. Without a
+// key it returns b as is: the cluster then trusts the broker's access
+// control.
+func (t *trust) wrap(b adapters.Broker, nodeID string, reg prometheus.Registerer) (adapters.Broker, error) {
+	if t.ring == nil {
+		t.log.Warn("no cluster key (CLUSTERBUS_CLUSTER_KEY or --cluster-key-file): messages are not authenticated; the cluster trusts the broker's access control")
+		return b, nil
+	}
+	sb, err := signed.Wrap(b, signed.Config{Cluster: t.cfg.Cluster, Sender: nodeID, Keys: t.ring,
+		MaxAge: t.cfg.messageMaxAge(), Logger: t.log.With("component", "signed"), Registerer: reg})
+	if err != nil {
+		return nil, err
+	}
+	t.signed = sb
+	t.log.Info("messages are signed and verified", "keys_from", t.src, "keys", t.ring.Len(), "message_max_age", t.cfg.messageMaxAge())
+	return sb, nil
 }
 
 // alerts describes recent rejections for /api/cluster and the status page.
@@ -177,12 +197,7 @@ func readTokenFile(path string) (string, error) {
 // startHTTP serves mux (guarded, see adminhttp) on --http and, if set,
 // --admin-http.
 func startHTTP(cfg *nodeConfig, mux http.Handler, log *slog.Logger, tr *trust) (*adminhttp.Server, error) {
-	tok, err := cfg.adminToken()
-	if err != nil {
-		return nil, err
-	}
-	tr.token.Store(&tok)
-	if tok == "" && !cfg.AdminAllowRemoteNoToken {
+	if *tr.token.Load() == "" && !cfg.AdminAllowRemoteNoToken {
 		log.Warn("no admin token (CLUSTERBUS_ADMIN_TOKEN or --admin-token-file): mutating API requests are served to loopback clients only")
 	}
 	return adminhttp.Start(mux, adminhttp.ServerConfig{
