@@ -35,12 +35,19 @@ type QueueStatter interface {
 }
 
 // Stats asks b for the counts of queue. It returns an error matching
-// ErrUnsupported if the broker cannot report them. Decorators that wrap a
-// Broker forward QueueStats so that this keeps working through them.
+// ErrUnsupported if the broker cannot report them. A decorator that does
+// not implement QueueStatter itself is looked through with its
+// Unwrap() Broker method: counts carry no message content.
 func Stats(ctx context.Context, b Broker, queue string) (QueueStats, error) {
-	s, ok := b.(QueueStatter)
-	if !ok || !b.Capabilities().QueueStats.Available() {
-		return QueueStats{}, Errorf(ErrUnsupported, "adapters: queue stats", "%s cannot report queue counts", b.Capabilities().Name)
+	for inner := b; inner != nil; {
+		if s, ok := inner.(QueueStatter); ok && inner.Capabilities().QueueStats.Available() {
+			return s.QueueStats(ctx, queue)
+		}
+		u, ok := inner.(interface{ Unwrap() Broker })
+		if !ok {
+			break
+		}
+		inner = u.Unwrap()
 	}
-	return s.QueueStats(ctx, queue)
+	return QueueStats{}, Errorf(ErrUnsupported, "adapters: queue stats", "%s cannot report queue counts", b.Capabilities().Name)
 }

@@ -28,6 +28,9 @@ type ClusterJSON struct {
 	Terms  []TermChange `json:"terms,omitempty"`
 	Duties []DutyStatus `json:"duties,omitempty"`
 	Now    time.Time    `json:"now,omitzero"`
+	// Alerts are conditions an operator should look at that do not
+	// change the node's state (see WithAlerts).
+	Alerts []string `json:"alerts,omitempty"`
 }
 
 // NodeJSON is one member in ClusterJSON.
@@ -115,6 +118,7 @@ func (n *Node) Mount(mux *http.ServeMux) {
 		enc.SetIndent("", "  ")
 		doc := n.Status().JSON()
 		doc.Terms, doc.Duties = n.Terms(), n.Duties()
+		doc.Alerts = n.alerts()
 		_ = enc.Encode(doc)
 	})
 	mux.HandleFunc("POST /api/cache/clear", func(w http.ResponseWriter, r *http.Request) {
@@ -133,3 +137,14 @@ func (n *Node) Mount(mux *http.ServeMux) {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	}
 }
+
+func (n *Node) alerts() []string {
+	if n.opts.alerts == nil {
+		return nil
+	}
+	return n.opts.alerts()
+}
+
+// Alerts are the conditions an operator should look at that do not change
+// the node's state (see WithAlerts), as /api/cluster shows them.
+func (n *Node) Alerts() []string { return n.alerts() }

@@ -27,8 +27,8 @@ func TestStatusCarriesTermsDutyRunsAndHTTPAddresses(t *testing.T) {
 	}
 	a := add("a")
 	// Every series exists before anything happened.
-	if got := testCounter(a.m.rejected.WithLabelValues(rejectForged)); got != 0 {
-		t.Fatalf("rejected{forged} = %v", got)
+	if got := testCounter(a.m.rejected.WithLabelValues(rejectStale)); got != 0 {
+		t.Fatalf("rejected{stale} = %v", got)
 	}
 	b := add("b")
 	add("c")

@@ -124,6 +124,8 @@ type Snapshot struct {
 	// Counters are the cluster-wide counters that alerts are built from.
 	Counters Counters  `json:"counters"`
 	Now      time.Time `json:"now"`
+
+	nodeAlerts []string // the node's own (WithAlerts), already in Cluster.Alerts
 }
 
 // FlowsView is the flows part of the snapshot.
@@ -152,7 +154,7 @@ func (c *Console) snapshot() Snapshot {
 	n := c.cfg.Node
 	st := n.Status()
 	cl := st.JSON()
-	cl.Terms, cl.Duties = n.Terms(), n.Duties()
+	cl.Terms, cl.Duties, cl.Alerts = n.Terms(), n.Duties(), n.Alerts()
 	s := Snapshot{Cluster: cl, Broker: c.cfg.Broker, Queues: []queuestats.Stat{}, Now: st.Now.UTC()}
 	if c.cfg.Queues != nil {
 		s.Queues = c.cfg.Queues.Snapshot()
@@ -167,6 +169,7 @@ func (c *Console) snapshot() Snapshot {
 		s.Flows = fv
 	}
 	s.Counters = c.counters(st.Now)
+	s.nodeAlerts = cl.Alerts
 	s.Alerts = alerts(st, s)
 	return s
 }
@@ -179,6 +182,9 @@ func alerts(st bus.Status, s Snapshot) []Alert {
 	}
 	if !st.Serving {
 		add("error", "This node (%s) does not serve: %s", st.Local, st.Reason)
+	}
+	for _, a := range s.nodeAlerts {
+		add("error", "%s", a)
 	}
 	if st.Lead == "" {
 		add("error", "No lead: lead duties do not run")
@@ -256,8 +262,8 @@ func (c *Console) counters(now time.Time) Counters {
 				return ""
 			}
 			switch mf.GetName() {
-			case "clusterbus_heartbeats_rejected_total":
-				out.Rejected[label("reason")] = m.GetCounter().GetValue()
+			case "clusterbus_heartbeats_rejected_total", "clusterbus_messages_rejected_total":
+				out.Rejected[label("reason")] += m.GetCounter().GetValue()
 			case "clusterbus_subscription_gaps_total":
 				out.SubscriptionGaps = m.GetCounter().GetValue()
 			case "clusterbus_cache_invalidations_total":
@@ -298,7 +304,11 @@ func (c *Console) serveEvents(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Accel-Buffering", "no")
 	ch := c.subscribe()
 	defer c.unsubscribe(ch)
+	// The server's WriteTimeout would end the stream: each write gets its
+	// own deadline instead.
+	rc := http.NewResponseController(w)
 	write := func(b []byte) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
 		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
 			return false
 		}
@@ -319,6 +329,7 @@ func (c *Console) serveEvents(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-keepalive.C:
+			_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
 			if _, err := io.WriteString(w, ": keepalive\n\n"); err != nil {
 				return
 			}

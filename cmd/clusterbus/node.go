@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -44,11 +43,31 @@ type nodeEnv struct {
 	Queues *queuestats.Watcher
 	// Flows is the flow engine, once its service started it (else nil).
 	Flows *flows.Engine
+
+	retry func(ctx context.Context, phase string, fn func(context.Context) error) error
 }
 
-// nodeServices are started after the node joins, stopped (in reverse) on
-// shutdown before the node leaves. Other files add to it from init.
-var nodeServices []func(ctx context.Context, env *nodeEnv) (stop func(context.Context) error, err error)
+// Retry runs fn until it succeeds, with a jittered backoff, while health
+// answers 503 "starting: PHASE"; it fails only when ctx ends (a signal or
+// --start-timeout). Services use it for whatever needs the broker.
+func (e *nodeEnv) Retry(ctx context.Context, phase string, fn func(context.Context) error) error {
+	return e.retry(ctx, phase, fn)
+}
+
+// nodeService is a part of the node that runs beside bus.Node, such as the
+// flow engine. Check runs before anything connects (a bad setting exits 2
+// before the node joins); Start runs once the node has joined and may
+// retry through env.Retry until the broker lets it through. Other files
+// add services from init.
+type nodeService struct {
+	Name  string
+	Check func(cfg *nodeConfig) error
+	Start func(ctx context.Context, env *nodeEnv) (stop func(context.Context) error, err error)
+}
+
+// nodeServices are started after the node joins, in order, and stopped (in
+// reverse) on shutdown before the node leaves.
+var nodeServices []nodeService
 
 // nodeCmd is `clusterbus node`; other files may add flags to it (name them
 // as their koanf key, such as "flows.dir").
@@ -80,24 +99,58 @@ func init() {
 }
 
 // runNode runs a node until ctx is done, then shuts it down gracefully.
+//
+// Start order does not matter: the HTTP server is up first and answers 503
+// with what the node waits for; connecting to the broker, joining and
+// every service start retry with a jittered backoff until they succeed
+// (bounded only by --start-timeout), and the node's routes are served only
+// once all of them are up. A configuration error exits 2 before anything
+// connects.
 func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byte) (int, error) }) error {
 	bcfg, err := cfg.busConfig()
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
-	if bcfg.NodeID == "" {
-		// Fixed here so that every log line, ours included, carries it.
-		bcfg.NodeID = bus.NewNodeID()
-		cfg.NodeID = bcfg.NodeID
+	for _, s := range nodeServices {
+		if s.Check != nil {
+			if err := s.Check(cfg); err != nil {
+				return &exitError{code: 2, err: err}
+			}
+		}
 	}
 	base, err := newLogger(logOut, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
+	id, release, err := resolveNodeID(cfg, base)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	defer release()
+	// Fixed here so that every log line, ours included, carries it.
+	bcfg.NodeID, cfg.NodeID = id, id
 	log := base.With("node", bcfg.NodeID)
 	// Adapters opened by URL log through slog.Default(): make it this
 	// node's logger, so their lines follow --log-level and --log-format.
 	slog.SetDefault(log)
+
+	startCtx, cancelStart := ctx, context.CancelFunc(func() {})
+	if cfg.StartTimeout > 0 {
+		startCtx, cancelStart = context.WithTimeout(ctx, cfg.StartTimeout)
+	}
+	defer cancelStart()
+
+	tr, err := newTrust(ctx, cfg, log)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	gate := newStartGate()
+	hs, err := startHTTP(cfg, gate, log, tr)
+	if err != nil {
+		return err
+	}
+	defer hs.Close()
+	log.Info("answering 503 until ready")
 
 	var srv *natsserver.Server
 	brokerURL := cfg.Broker
@@ -108,6 +161,7 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 			quiet, _ := newLogger(logOut, cfg.LogFormat, "warn")
 			srvLog = quiet.With("node", bcfg.NodeID)
 		}
+		gate.Phase("starting the embedded NATS server")
 		srv, err = natsserver.Start(natsserver.Config{Listen: cfg.EmbeddedListen, DataDir: cfg.DataDir, Sync: cfg.EmbeddedSync,
 			Logger: srvLog.With("component", "nats-server")})
 		if err != nil {
@@ -117,26 +171,34 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 		brokerURL = srv.ClientURL()
 		log.Info("embedded NATS server running", "url", brokerURL, "data_dir", cfg.DataDir, "fsync", cfg.EmbeddedSync)
 	}
-	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	b, err := adapters.Open(openCtx, brokerURL)
-	cancel()
+	var raw adapters.Broker
+	err = retryUntilReady(startCtx, log, gate, "waiting for broker", func(ctx context.Context) error {
+		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		var err error
+		raw, err = adapters.Open(octx, brokerURL)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("broker: %w", err)
+		return notReady(ctx, cfg, err)
 	}
-	defer b.Close()
-	log.Info("broker connected", "url", adapters.Redact(brokerURL), "capabilities", b.Capabilities().String())
+	defer raw.Close()
+	log.Info("broker connected", "url", adapters.Redact(brokerURL), "capabilities", raw.Capabilities().String())
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
-	ln, err := net.Listen("tcp", cfg.HTTP)
-	if err != nil {
-		return fmt.Errorf("http: listen %s: %w", cfg.HTTP, err)
-	}
-	defer ln.Close()
-	bcfg.HTTPAddr = advertiseHTTP(ln.Addr())
-	node, err := bus.New(b, bcfg, bus.WithLogger(base), bus.WithRegisterer(reg))
+	// Everything the node and its services send or receive goes through
+	// b: signed and verified when the cluster has a key.
+	b, err := tr.wrap(raw, bcfg.NodeID, reg)
 	if err != nil {
 		return err
+	}
+	if addrs := hs.Addrs(); len(addrs) > 0 {
+		bcfg.HTTPAddr = advertiseHTTP(addrs[0], cfg.TLSCert != "")
+	}
+	node, err := bus.New(b, bcfg, bus.WithLogger(base), bus.WithRegisterer(reg), bus.WithAlerts(tr.alerts))
+	if err != nil {
+		return &exitError{code: 2, err: err}
 	}
 	mux := http.NewServeMux()
 	node.Mount(mux)
@@ -146,38 +208,40 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	go queues.Run(qctx)
 	cons := console.New(console.Config{Node: node, Queues: queues, Gatherer: reg, Broker: b.Capabilities().Name, Logger: log})
 	cons.Routes(mux)
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("http server failed", "err", err)
-		}
-	}()
-	log.Info("http listening", "addr", ln.Addr().String())
 
-	if err := node.Start(ctx); err != nil {
-		return err
+	if err := retryUntilReady(startCtx, log, gate, "joining the cluster", node.Start); err != nil {
+		return notReady(ctx, cfg, err)
 	}
-	env := &nodeEnv{Broker: b, Node: node, Mux: mux, Config: cfg, Logger: log, Registry: reg, BaseLogger: base, Queues: queues}
+	env := &nodeEnv{Broker: b, Node: node, Mux: mux, Config: cfg, Logger: log, Registry: reg, BaseLogger: base, Queues: queues,
+		retry: func(ctx context.Context, phase string, fn func(context.Context) error) error {
+			return retryUntilReady(ctx, log, gate, phase, fn)
+		}}
 	var stops []func(context.Context) error
 	var startErr error
-	for _, start := range nodeServices {
-		s, err := start(ctx, env)
+	for _, s := range nodeServices {
+		gate.Phase("starting " + s.Name)
+		stop, err := s.Start(startCtx, env)
 		if err != nil {
-			startErr = err
+			startErr = notReady(ctx, cfg, err)
 			break
 		}
-		if s != nil {
-			stops = append(stops, s)
+		if stop != nil {
+			stops = append(stops, stop)
 		}
 	}
 	if env.Flows != nil {
 		cons.SetFlows(env.Flows)
 	}
 	if startErr == nil {
+		cancelStart()
+		// Every route is mounted: from now on the node's own health
+		// (warm-up, broker link, split brain) answers.
+		gate.Open(mux)
+		log.Info("node services running; serving once the node is in good standing")
 		<-ctx.Done()
 		log.Info("shutting down: draining")
 	} else {
-		log.Error("a node service failed to start; shutting down", "err", startErr)
+		log.Error("the node did not get ready; shutting down", "err", startErr)
 	}
 
 	// Drain: 503 on health, hand over the lead, stop services, leave.
@@ -205,6 +269,23 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	return nil
 }
 
+// notReady explains a start that ended before the node was ready: a signal
+// (the caller's context), --start-timeout, or a service that failed for
+// good.
+func notReady(ctx context.Context, cfg *nodeConfig, err error) error {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return err
+	}
+	if ctx.Err() != nil {
+		return nil // stopped by a signal while starting: a clean exit
+	}
+	if cfg.StartTimeout > 0 && errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("not ready within --start-timeout %s: %w", cfg.StartTimeout, err)
+	}
+	return err
+}
+
 // buildInfo is clusterbus_build_info{version,go_version} 1.
 func buildInfo() prometheus.Collector {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "clusterbus", Name: "build_info",
@@ -216,12 +297,12 @@ func buildInfo() prometheus.Collector {
 // advertiseHTTP is the HTTP address this node tells the other members: the
 // listen address, with a wildcard host replaced by this machine's first
 // non-loopback IP (the loopback address if it has none).
-func advertiseHTTP(a net.Addr) string {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
+func advertiseHTTP(addr string, tls bool) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
 		return ""
 	}
-	ip := ta.IP
+	ip := net.ParseIP(host)
 	if ip == nil || ip.IsUnspecified() {
 		ip = net.IPv4(127, 0, 0, 1)
 		if addrs, err := net.InterfaceAddrs(); err == nil {
@@ -233,5 +314,9 @@ func advertiseHTTP(a net.Addr) string {
 			}
 		}
 	}
-	return "http://" + net.JoinHostPort(ip.String(), strconv.Itoa(ta.Port))
+	scheme := "http://"
+	if tls {
+		scheme = "https://"
+	}
+	return scheme + net.JoinHostPort(ip.String(), port)
 }

@@ -218,17 +218,25 @@
     conn(true, "live");
     render(JSON.parse(txt));
   }
+  // Polling, with the admin token: for a browser without EventSource, or a
+  // node that protects reads (EventSource cannot send a header).
+  const poll = async () => {
+    const h = {}, tok = sessionStorage.getItem(TOKEN);
+    if (tok) h.Authorization = "Bearer " + tok;
+    try {
+      const r = await fetch("/api/console", { cache: "no-store", headers: h });
+      if (r.ok) onData(await r.text());
+      else conn(false, r.status === 401 || r.status === 403 ? "this node protects reads: enter the admin token" : "node answers " + r.status);
+    } catch (e) { conn(false, "node not answering"); }
+    setTimeout(poll, 1000);
+  };
   if (window.EventSource) {
     const es = new EventSource("/api/console/events");
     es.onmessage = (e) => onData(e.data);
-    es.onerror = () => conn(false, "reconnecting to the node…");
-  } else {
-    const poll = async () => {
-      try { const r = await fetch("/api/console", { cache: "no-store" }); if (r.ok) onData(await r.text()); }
-      catch (e) { conn(false, "node not answering"); }
-      setTimeout(poll, 1000);
+    es.onerror = () => {
+      if (!lastMsg) { es.close(); poll(); return; } // never got through: poll instead
+      conn(false, "reconnecting to the node…");
     };
-    poll();
-  }
+  } else poll();
   setInterval(() => { if (lastMsg && Date.now() - lastMsg > 5000) conn(false, "no update for " + dur(Date.now() - lastMsg)); }, 1000);
 })();
