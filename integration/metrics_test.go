@@ -34,8 +34,8 @@ func TestLiveNodeMetricsHaveEveryName(t *testing.T) {
 		`clusterbus_queue_dead_letters{queue="metrics-flows"} 0`,
 		`clusterbus_workqueue_lease_renewals_total{queue="metrics-flows"} 0`,
 		`clusterbus_workqueue_lease_losses_total{queue="metrics-flows"} 0`,
-		`clusterbus_heartbeats_rejected_total{reason="forged"} 0`,
-		`clusterbus_heartbeats_rejected_total{reason="unsigned"} 0`,
+		`clusterbus_heartbeats_rejected_total{reason="stale"} 0`,
+		`clusterbus_heartbeats_rejected_total{reason="malformed"} 0`,
 		`clusterbus_subscription_gaps_total 0`,
 		`clusterbus_lead_changes_total`,
 	}
