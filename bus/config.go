@@ -64,11 +64,6 @@ type Config struct {
 	// StaticQuorum.
 	SplitBrain SplitBrain
 	Quorum     int
-
-	// ClusterKey, when set, signs every coordination message with
-	// HMAC-SHA256; unsigned or forged messages are dropped, counted and
-	// put the node in cluster panic.
-	ClusterKey string
 }
 
 // DefaultConfig returns the defaults: heartbeat 500ms, failure timeout

@@ -47,7 +47,14 @@ type nodeConfig struct {
 	ClockSkewThreshold time.Duration `koanf:"clock-skew-threshold"`
 	// SplitBrain: keep-majority, keep-oldest, off or static-quorum:N.
 	SplitBrain string `koanf:"split-brain"`
-	ClusterKey string `koanf:"cluster-key"`
+	// ClusterKey is CLUSTERBUS_CLUSTER_KEY: keys, comma-separated, the
+	// first signs. ClusterKeyFile holds one key per line instead and is
+	// re-read on SIGHUP. See trust.go.
+	ClusterKey     string `koanf:"cluster-key"`
+	ClusterKeyFile string `koanf:"cluster-key-file"`
+	// MessageMaxAge is the freshness window of signed topic messages
+	// (0: 10 x failure-timeout + clock-skew-threshold).
+	MessageMaxAge time.Duration `koanf:"message-max-age"`
 	// DrainTimeout bounds the graceful stop on SIGTERM.
 	DrainTimeout time.Duration `koanf:"drain-timeout"`
 
@@ -108,7 +115,10 @@ func addNodeFlags(fs *pflag.FlagSet) {
 	fs.Duration("forget-after", d.ForgetAfter, "how long failed members count for split-brain (0: 20 x failure timeout)")
 	fs.Duration("clock-skew-threshold", d.ClockSkewThreshold, "flag members whose clock differs by more than this")
 	fs.String("split-brain", d.SplitBrain, "split-brain policy: keep-majority, keep-oldest, off or static-quorum:N")
-	fs.String("cluster-key", d.ClusterKey, "shared secret that signs coordination messages (prefer env CLUSTERBUS_CLUSTER_KEY)")
+	fs.String("cluster-key", d.ClusterKey, "")
+	_ = fs.MarkDeprecated("cluster-key", "a key on the command line is visible to every user of the machine (ps); use env CLUSTERBUS_CLUSTER_KEY or --cluster-key-file")
+	fs.String("cluster-key-file", d.ClusterKeyFile, "file of cluster keys, one per line, the first signs, all verify; re-read on SIGHUP (or env CLUSTERBUS_CLUSTER_KEY, comma-separated)")
+	fs.Duration("message-max-age", d.MessageMaxAge, "signed topic messages sent longer ago (or ahead) than this are dropped (0: 10 x failure-timeout + clock-skew-threshold)")
 	fs.Duration("drain-timeout", d.DrainTimeout, "how long a graceful stop may take")
 }
 
@@ -162,7 +172,6 @@ func (c *nodeConfig) busConfig() (bus.Config, error) {
 	b.FailureTimeout = c.FailureTimeout
 	b.ForgetAfter = c.ForgetAfter
 	b.ClockSkewThreshold = c.ClockSkewThreshold
-	b.ClusterKey = c.ClusterKey
 	sb, q, err := bus.ParseSplitBrain(c.SplitBrain)
 	if err != nil {
 		return b, err

@@ -108,17 +108,23 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 		log.Info("embedded NATS server running", "url", brokerURL, "data_dir", cfg.DataDir, "fsync", cfg.EmbeddedSync)
 	}
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	b, err := adapters.Open(openCtx, brokerURL)
+	raw, err := adapters.Open(openCtx, brokerURL)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
-	defer b.Close()
-	log.Info("broker connected", "url", adapters.Redact(brokerURL), "capabilities", b.Capabilities().String())
+	defer raw.Close()
+	log.Info("broker connected", "url", adapters.Redact(brokerURL), "capabilities", raw.Capabilities().String())
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	node, err := bus.New(b, bcfg, bus.WithLogger(base), bus.WithRegisterer(reg))
+	// Everything the node and its services send or receive goes through
+	// b: signed and verified when the cluster has a key.
+	b, tr, err := wrapBroker(ctx, cfg, bcfg.NodeID, raw, log, reg)
+	if err != nil {
+		return err
+	}
+	node, err := bus.New(b, bcfg, bus.WithLogger(base), bus.WithRegisterer(reg), bus.WithAlerts(tr.alerts))
 	if err != nil {
 		return err
 	}

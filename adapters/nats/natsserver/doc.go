@@ -27,9 +27,31 @@
 // two minutes (the NATS default), which is much faster; see the benchmark in
 // package nats for the cost.
 //
+// # Clusters (for tests)
+//
+// Config.ClusterName, ClusterListen and Routes join a server to a cluster.
+// StartCluster starts N servers on loopback (random client and route ports,
+// one data directory each, names Name-1…Name-N, routes between every pair,
+// JetStream clustered) and waits for a JetStream meta leader:
+//
+//	c, err := natsserver.StartCluster(natsserver.ClusterConfig{Dir: t.TempDir()})
+//	defer c.Shutdown()
+//	b, err := adapters.Open(ctx, c.ClientURL()+"?replicas=3")
+//	i := c.StreamLeader("", "clusterbus_q_flows") // which server leads a stream
+//	c.Stop(i); …; c.Restart(i)                      // same ports, same store
+//
+// RouteAddr(i) is server i's route listener and ClusterConfig.RouteVia lets a
+// test put a proxy on every route (implicit routes are then off), so that it
+// can cut the link between two servers. A stopped server in-process is a
+// graceful shutdown; a kill -9 needs the server in a process of its own.
+//
+// Seen with nats-server 2.15.2: right after an account's last stream is
+// deleted, creating a stream can fail with "could not create storage
+// directory"; tests that delete streams keep one alive.
+//
 // # Not provided
 //
-// Clustering, TLS, accounts and monitoring are not configured: this is a
-// single-node server for development and small deployments. Run a real NATS
-// cluster and point clusterbus at it for anything else.
+// TLS, accounts and monitoring are not configured: this is a server for
+// development, small deployments and tests. Run a real NATS cluster and
+// point clusterbus at it for production.
 package natsserver

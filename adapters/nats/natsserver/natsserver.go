@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -41,6 +43,21 @@ type Config struct {
 	// ReadyTimeout bounds how long Start waits for the server to accept
 	// connections. Zero means 10 seconds.
 	ReadyTimeout time.Duration
+
+	// ClusterName, ClusterListen and Routes make the server one of a
+	// cluster: it listens for routes from the other servers on
+	// ClusterListen (host:port) and dials each of Routes (host:port, or
+	// nats-route://host:port). All three are set together or none; Name is
+	// then required (JetStream tells peers apart by server name). See
+	// StartCluster for N servers on loopback.
+	ClusterName   string
+	ClusterListen string
+	Routes        []string
+	// ClusterAdvertise is the route address this server gossips to the
+	// others for implicit routes; empty means ClusterListen. A test that
+	// routes through proxies sets an address nobody listens on, so that
+	// no server dials a peer directly around a proxy.
+	ClusterAdvertise string
 }
 
 // Server is a running embedded NATS server.
@@ -89,7 +106,35 @@ func Start(cfg Config) (*Server, error) {
 	if (cfg.User == "") != (cfg.Password == "") {
 		return nil, errors.New("natsserver: Config.User and Config.Password must be set together")
 	}
+	clustered := cfg.ClusterName != "" || cfg.ClusterListen != "" || len(cfg.Routes) > 0
+	var cluster server.ClusterOpts
+	var routes []*url.URL
+	if clustered {
+		if cfg.ClusterName == "" || cfg.ClusterListen == "" {
+			return nil, errors.New("natsserver: Config.ClusterName and Config.ClusterListen are required together (with Config.Routes) for a clustered server")
+		}
+		if cfg.Name == "" {
+			return nil, errors.New("natsserver: Config.Name is required for a clustered server: JetStream tells peers apart by server name")
+		}
+		chost, cport, err := splitPort(cfg.ClusterListen)
+		if err != nil {
+			return nil, fmt.Errorf("natsserver: Config.ClusterListen %q: %v", cfg.ClusterListen, err)
+		}
+		cluster = server.ClusterOpts{Name: cfg.ClusterName, Host: chost, Port: cport, Advertise: cfg.ClusterAdvertise}
+		for _, r := range cfg.Routes {
+			if !strings.Contains(r, "://") {
+				r = "nats-route://" + r
+			}
+			u, err := url.Parse(r)
+			if err != nil || u.Host == "" {
+				return nil, fmt.Errorf("natsserver: Config.Routes entry %q: want host:port or nats-route://host:port", r)
+			}
+			routes = append(routes, u)
+		}
+	}
 	opts := &server.Options{
+		Cluster:    cluster,
+		Routes:     routes,
 		ServerName: cfg.Name,
 		Host:       host,
 		Port:       port,
@@ -114,7 +159,7 @@ func Start(cfg Config) (*Server, error) {
 		srv.Shutdown()
 		return nil, fmt.Errorf("natsserver: not ready for connections on %s after %s (is the port in use?)", cfg.Listen, cfg.ReadyTimeout)
 	}
-	if !srv.JetStreamEnabled() {
+	if !clustered && !srv.JetStreamEnabled() {
 		srv.Shutdown()
 		return nil, fmt.Errorf("natsserver: JetStream did not start (data dir %s)", cfg.DataDir)
 	}
@@ -132,6 +177,9 @@ func (s *Server) Addr() string {
 	}
 	return s.cfg.Listen
 }
+
+// NumRoutes is the number of route connections to other cluster servers.
+func (s *Server) NumRoutes() int { return s.srv.NumRoutes() }
 
 // Config is the configuration the server was started with (defaults
 // applied).
@@ -156,6 +204,22 @@ func Run(ctx context.Context, cfg Config) error {
 	<-ctx.Done()
 	s.Shutdown()
 	return nil
+}
+
+// splitPort splits host:port; port 0 means a random port.
+func splitPort(hostport string) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return "", 0, fmt.Errorf("want host:port: %v", err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, errors.New("port must be a number from 0 to 65535")
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	return host, port, nil
 }
 
 // slogLogger adapts slog to the server's Logger interface.
