@@ -208,6 +208,12 @@ func (n *Node) Start(ctx context.Context) error {
 
 	sub, err := n.b.Subscribe(ctx, n.topic)
 	if err != nil {
+		// Not started: Start may be called again (the broker may not be
+		// up yet).
+		n.mu.Lock()
+		n.started = false
+		n.stopFn()
+		n.mu.Unlock()
 		return fmt.Errorf("bus: start: subscribe %q: %w", n.topic, err)
 	}
 	n.mu.Lock()

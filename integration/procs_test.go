@@ -57,6 +57,7 @@ func startProc(t *testing.T, name string, args ...string) *proc {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(binPath, args...)
+	cmd.Env = nodeEnv()
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -80,6 +81,19 @@ func startProc(t *testing.T, name string, args ...string) *proc {
 		}
 	})
 	return p
+}
+
+// nodeEnv is the environment of processes the tests start: this one's
+// without its CLUSTERBUS_* variables, which configure the tests, not the
+// nodes (a node rejects a CLUSTERBUS_* variable it does not know).
+func nodeEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CLUSTERBUS_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
 }
 
 func (p *proc) running() bool {
