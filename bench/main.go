@@ -2,7 +2,8 @@
 // run, in one process and one run, through raw nats.go used at its best,
 // Watermill with watermill-nats (JetStream) tuned, the clusterbus NATS
 // adapter and the clusterbus workqueue, on an embedded nats-server with the
-// default fsync and with fsync always. It is its own Go module so that the
+// default fsync and with fsync always; and raw amqp091-go against the
+// clusterbus RabbitMQ adapter on a RabbitMQ (-rabbit). It is its own Go module so that the
 // main module does not depend on Watermill.
 //
 // Workload: -items items of -size bytes, enqueue → receive → ack, -consumers
@@ -14,6 +15,7 @@
 // table shows medians in items/s and each system's ratio to raw nats.go.
 //
 //	cd bench && go run . -runs 3
+//	cd bench && go run . -runs 3 -fsync default -systems rabbit-raw,rabbit-adapter
 package main
 
 import (
@@ -62,6 +64,7 @@ func main() {
 	flag.StringVar(&systems, "systems", "raw,watermill,adapter,workqueue", "systems to run")
 	flag.StringVar(&modes, "modes", "concurrent,drain", "modes to run")
 	flag.StringVar(&fsyncs, "fsync", "default,always", "server fsync settings to run")
+	flag.StringVar(&rabbitURL, "rabbit", rabbitURL, "RabbitMQ URL of the rabbit-* systems")
 	flag.Parse()
 	cfg.systems, cfg.modes, cfg.fsyncs = strings.Split(systems, ","), strings.Split(modes, ","), strings.Split(fsyncs, ",")
 	if err := run(cfg); err != nil {
@@ -77,6 +80,17 @@ var allSystems = map[string]system{
 	"watermill": runWatermill,
 	"adapter":   runAdapter,
 	"workqueue": runWorkqueue,
+	// RabbitMQ (-rabbit); the fsync setting does not apply.
+	"rabbit-raw":     runRabbitRaw,
+	"rabbit-adapter": runRabbitAdapter,
+}
+
+// baseOf is the system each one's ratio is taken against.
+func baseOf(s string) string {
+	if strings.HasPrefix(s, "rabbit-") {
+		return "rabbit-raw"
+	}
+	return "raw"
 }
 
 func run(cfg config) error {
@@ -127,8 +141,8 @@ func run(cfg config) error {
 			for _, mode := range cfg.modes {
 				m := median(results[s][mode])
 				cell := fmt.Sprintf("%.0f [%.0f-%.0f]", m, slices.Min(results[s][mode]), slices.Max(results[s][mode]))
-				if raw := results["raw"][mode]; len(raw) > 0 {
-					cell += fmt.Sprintf(" %.2fx raw", m/median(raw))
+				if raw := results[baseOf(s)][mode]; len(raw) > 0 {
+					cell += fmt.Sprintf(" %.2fx %s", m/median(raw), baseOf(s))
 				}
 				if s == "adapter" || s == "workqueue" {
 					if wm := results["watermill"][mode]; len(wm) > 0 {
@@ -207,9 +221,24 @@ func (c *counter) add() {
 // measure runs start (the consumers) and produce in the order the mode asks,
 // waits until every item is acked and returns when the timing started.
 func measure(ctx context.Context, cfg config, drain bool, start func() error, enqueue func(i int) error, c *counter) (time.Time, error) {
+	return measureWith(ctx, cfg, drain, start, enqueue, nil, c)
+}
+
+// measureWith is measure with produced, if not nil, run after the last
+// enqueue (such as awaiting outstanding publisher confirms).
+func measureWith(ctx context.Context, cfg config, drain bool, start func() error, enqueue func(i int) error, produced func() error, c *counter) (time.Time, error) {
 	var t0 time.Time
-	if drain {
+	produceAll := func() error {
 		if err := produce(cfg, enqueue); err != nil {
+			return err
+		}
+		if produced != nil {
+			return produced()
+		}
+		return nil
+	}
+	if drain {
+		if err := produceAll(); err != nil {
 			return t0, err
 		}
 		t0 = time.Now()
@@ -222,7 +251,7 @@ func measure(ctx context.Context, cfg config, drain bool, start func() error, en
 		}
 		t0 = time.Now()
 		errc := make(chan error, 1)
-		go func() { errc <- produce(cfg, enqueue) }()
+		go func() { errc <- produceAll() }()
 		defer func() { <-errc }()
 		select {
 		case err := <-errc:
