@@ -3,9 +3,9 @@ package signed
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
-	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
