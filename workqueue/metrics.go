@@ -46,15 +46,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 }
 
-// init creates every series of queue at zero.
-func (m *Metrics) init(queue string) {
-	m.InFlight.WithLabelValues(queue)
-	for _, c := range []*prometheus.CounterVec{m.Received, m.Acked, m.Retried, m.DeadLettered, m.HandedBack,
-		m.Panics, m.LeaseRenewals, m.LeaseLosses, m.SettleErrors} {
-		c.WithLabelValues(queue)
-	}
-}
-
 func register(reg prometheus.Registerer, c prometheus.Collector) prometheus.Collector {
 	if reg == nil {
 		return c
