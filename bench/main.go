@@ -267,14 +267,13 @@ func measureWith(ctx context.Context, cfg config, drain bool, start func() error
 		t0 = time.Now()
 		errc := make(chan error, 1)
 		go func() { errc <- produceAll() }()
-		defer func() { <-errc }()
 		select {
 		case err := <-errc:
 			if err != nil {
 				return t0, err
 			}
-			errc <- nil
 		case <-c.done:
+			defer func() { <-errc }()
 		}
 	}
 	select {
@@ -346,7 +345,7 @@ func runRaw(ctx context.Context, url string, cfg config, drain bool) (time.Durat
 		msg := natsgo.NewMsg(subject)
 		msg.Header.Set("cb-id", fmt.Sprint(i))
 		msg.Data = body
-		if _, err := js.PublishMsgAsync(msg); err != nil {
+		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute)); err != nil {
 			return err
 		}
 		if published.Add(1) == int64(cfg.items) {
