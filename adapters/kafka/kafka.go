@@ -234,7 +234,7 @@ func (cfg Config) saslMechanism() (sasl.Mechanism, error) {
 	const op = "kafka: config"
 	if cfg.SASL == "" {
 		if cfg.User != "" || cfg.Password != "" {
-			return nil, adapters.Errorf(adapters.ErrInvalidArgument, op, "a user and password without sasl=: want sasl=plain, scram-sha-256 or scram-sha-512")
+			return nil, adapters.Errorf(adapters.ErrInvalidArgument, op, "a user and password need a SASL mechanism: add sasl=plain, scram-sha-256 or scram-sha-512")
 		}
 		return nil, nil
 	}
