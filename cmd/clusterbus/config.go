@@ -60,6 +60,16 @@ type nodeConfig struct {
 	// MessageMaxAge is the freshness window of signed topic messages
 	// (0: 10 x failure-timeout + clock-skew-threshold).
 	MessageMaxAge time.Duration `koanf:"message-max-age"`
+	// Admin API (see adminhttp and trust.go). AdminToken is
+	// CLUSTERBUS_ADMIN_TOKEN (there is no flag: argv is visible in ps).
+	AdminToken              string `koanf:"admin-token"`
+	AdminTokenFile          string `koanf:"admin-token-file"`
+	AdminHTTP               string `koanf:"admin-http"`
+	AdminAllowRemoteNoToken bool   `koanf:"admin-allow-remote-without-token"`
+	ProtectReads            bool   `koanf:"protect-reads"`
+	TLSCert                 string `koanf:"tls-cert"`
+	TLSKey                  string `koanf:"tls-key"`
+	HTTPMaxBody             int64  `koanf:"http-max-body"`
 	// DrainTimeout bounds the graceful stop on SIGTERM.
 	DrainTimeout time.Duration `koanf:"drain-timeout"`
 	// StartTimeout bounds how long the node may take to get ready (broker
@@ -100,6 +110,7 @@ func defaultNodeConfig() nodeConfig {
 		ClockSkewThreshold: d.ClockSkewThreshold,
 		SplitBrain:         string(d.SplitBrain),
 		DrainTimeout:       30 * time.Second,
+		HTTPMaxBody:        1 << 20,
 		Flows:              flowsConfig{Concurrency: 4, Lease: 30 * time.Second, MaxAttempts: 5},
 	}
 }
@@ -130,6 +141,15 @@ func addNodeFlags(fs *pflag.FlagSet) {
 	fs.Duration("drain-timeout", d.DrainTimeout, "how long a graceful stop may take")
 	fs.Duration("start-timeout", d.StartTimeout, "give up (exit 1) if the node is not ready this long after start; 0 waits for the broker for ever")
 	addFlowsFlags(fs)
+	fs.String("admin-token", d.AdminToken, "")
+	_ = fs.MarkDeprecated("admin-token", "a token on the command line is visible to every user of the machine (ps); use env CLUSTERBUS_ADMIN_TOKEN or --admin-token-file")
+	fs.String("admin-token-file", d.AdminTokenFile, "file holding the admin API token (or env CLUSTERBUS_ADMIN_TOKEN); mutating requests need Authorization: Bearer <token>; re-read on SIGHUP")
+	fs.String("admin-http", d.AdminHTTP, "a separate listen address for mutating API requests (the --http listener then serves health and reads only)")
+	fs.Bool("admin-allow-remote-without-token", d.AdminAllowRemoteNoToken, "without an admin token, serve mutating requests to non-loopback clients too (trust the network)")
+	fs.Bool("protect-reads", d.ProtectReads, "read endpoints (/api/*, /metrics, status page) need the admin token too; /ha/health, /livez, /readyz stay open")
+	fs.String("tls-cert", d.TLSCert, "PEM certificate: serve HTTPS (with --tls-key)")
+	fs.String("tls-key", d.TLSKey, "PEM private key of --tls-cert")
+	fs.Int64("http-max-body", d.HTTPMaxBody, "largest request body accepted, in bytes (413 above)")
 }
 
 // loadNodeConfig merges defaults, file, environment and flags, strictly:

@@ -109,6 +109,7 @@ file is submitted as is. Prints the execution ID.`,
 	flowCmd.AddCommand(lint)
 	for _, c := range []*cobra.Command{submit, status} {
 		c.Flags().StringVar(&addr, "addr", defaultAddr(), "a node's HTTP address (env CLUSTERBUS_ADDR)")
+		addAdminTokenFlag(c)
 		flowCmd.AddCommand(c)
 	}
 	rootCmd.AddCommand(flowCmd)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -131,19 +130,17 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	}
 	defer cancelStart()
 
-	gate := newStartGate()
-	ln, err := net.Listen("tcp", cfg.HTTP)
+	tr, err := newTrust(ctx, cfg, log)
 	if err != nil {
-		return fmt.Errorf("http: listen %s: %w", cfg.HTTP, err)
+		return &exitError{code: 2, err: err}
 	}
-	hs := &http.Server{Handler: gate, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("http server failed", "err", err)
-		}
-	}()
+	gate := newStartGate()
+	hs, err := startHTTP(cfg, gate, log, tr)
+	if err != nil {
+		return err
+	}
 	defer hs.Close()
-	log.Info("http listening; answering 503 until ready", "addr", ln.Addr().String())
+	log.Info("answering 503 until ready")
 
 	var srv *natsserver.Server
 	brokerURL := cfg.Broker
@@ -182,7 +179,7 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Everything the node and its services send or receive goes through
 	// b: signed and verified when the cluster has a key.
-	b, tr, err := wrapBroker(ctx, cfg, bcfg.NodeID, raw, log, reg)
+	b, err := tr.wrap(raw, bcfg.NodeID, reg)
 	if err != nil {
 		return err
 	}
