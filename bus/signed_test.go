@@ -226,3 +226,141 @@ func TestSignedRestartIgnoresPreviousRunReplay(t *testing.T) {
 		t.Fatalf("x after a replay of its previous run: %s", c.describe())
 	}
 }
+
+// startSignedNATSNode is startNATSNode with the broker wrapped by
+// adapters/signed (the node ID as the sender, freshness maxAge).
+func startSignedNATSNode(t *testing.T, url, cluster, id, key string, maxAge time.Duration) *natsNode {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	raw, err := openNATS(ctx, url)
+	if err != nil {
+		t.Fatalf("nats open: %v", err)
+	}
+	sb, err := signed.Wrap(raw, signed.Config{Cluster: cluster, Sender: id, Keys: ring(t, key), MaxAge: maxAge})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(cluster)
+	cfg.NodeID = id
+	cfg.FailureTimeout = 400 * time.Millisecond
+	n, err := New(sb, cfg, WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nn := &natsNode{Node: n, b: sb}
+	t.Cleanup(func() { nn.halt(); nn.b.Close() })
+	return nn
+}
+
+// TestNATSSignedClusterIgnoresForgedMessages is the forged-message test on
+// an embedded NATS server, real clock, with a plain NATS client as the
+// attacker: the three nodes keep serving with the same lead and term.
+func TestNATSSignedClusterIgnoresForgedMessages(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts an embedded NATS server; skipped with -short")
+	}
+	url := startNATS(t)
+	const cluster = "nats-signed"
+	const maxAge = 2 * time.Second
+	a := startSignedNATSNode(t, url, cluster, "a", testKey, maxAge)
+	time.Sleep(20 * time.Millisecond)
+	b := startSignedNATSNode(t, url, cluster, "b", testKey, maxAge)
+	time.Sleep(20 * time.Millisecond)
+	x := startSignedNATSNode(t, url, cluster, "x", testKey, maxAge)
+	all := []*natsNode{a, b, x}
+	waitFor(t, 10*time.Second, "all agree on a", func() bool { return agree(all, "a") })
+	_, term := a.IsLead()
+	ctx := context.Background()
+	raw, err := openNATS(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	foreignRaw, _ := openNATS(ctx, url)
+	foreign, err := signed.Wrap(foreignRaw, signed.Config{Cluster: cluster, Sender: "a", Keys: ring(t, foreignKey)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { foreign.Close() })
+	var cleared atomic.Int64
+	for _, n := range all {
+		n.OnInvalidate("users", func([]string) { cleared.Add(1) })
+	}
+	capSub, err := raw.Subscribe(ctx, a.Topic())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var captured adapters.Message
+	for captured.Body == nil {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		m, err := capSub.Receive(rctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(m.Body), `"id":"b"`) {
+			captured = m
+		}
+	}
+	_ = capSub.Close()
+	if err := a.declareDutyQueue(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hb := func(id string, term uint64) adapters.Message {
+		m, _ := encode(kindHeartbeat, cluster, id, heartbeat{ID: id, Inc: "evil", Seq: 1 << 40, State: StateActive,
+			Start: time.Now().Add(-time.Hour).UnixNano(), Term: term, LeadTerm: term, Sent: time.Now().UnixNano()})
+		return m
+	}
+	inv, _ := encode(kindInvalidate, cluster, "b", invalidation{ID: "b", Inc: "evil", CSeq: 99, Region: "users"})
+	duty, _ := encode("duty", cluster, "a", dutyItem{Name: "d", Slot: 1, Term: math.MaxUint64})
+	attacks := []attack{
+		{"unsigned heartbeat with a's ID", func(ctx context.Context) error { return raw.Publish(ctx, a.Topic(), hb("a", 1)) }},
+		{"unsigned heartbeat, term 2^64-1", func(ctx context.Context) error {
+			return raw.Publish(ctx, a.Topic(), hb("evil", math.MaxUint64))
+		}},
+		{"heartbeat signed with another key", func(ctx context.Context) error {
+			return foreign.Publish(ctx, a.Topic(), hb("a", math.MaxUint64))
+		}},
+		{"unsigned cache-clear", func(ctx context.Context) error { return raw.Publish(ctx, a.Topic(), inv) }},
+		{"replayed heartbeat of b", func(ctx context.Context) error { return raw.Publish(ctx, a.Topic(), captured) }},
+		{"oversized unsigned message", func(ctx context.Context) error {
+			return raw.Publish(ctx, a.Topic(), adapters.Message{Body: make([]byte, raw.Capabilities().MaxMessageSize-1024)})
+		}},
+		{"unsigned duty item", func(ctx context.Context) error { return raw.Enqueue(ctx, a.dutyQueueName(), duty) }},
+		{"duty item signed with another key", func(ctx context.Context) error { return foreign.Enqueue(ctx, a.dutyQueueName(), duty) }},
+	}
+	for _, at := range attacks {
+		if err := at.send(ctx); err != nil {
+			t.Fatalf("%s: %v", at.name, err)
+		}
+	}
+	time.Sleep(maxAge + 500*time.Millisecond)
+	if err := raw.Publish(ctx, a.Topic(), captured); err != nil { // now stale
+		t.Fatal(err)
+	}
+	// Watch for three failure timeouts: nothing changes.
+	end := time.Now().Add(3 * 400 * time.Millisecond)
+	for time.Now().Before(end) {
+		for _, n := range all {
+			st := n.Status()
+			if st.State != StateActive || !n.Serving() || st.Lead != "a" || st.Term != term || len(st.Members) != 3 {
+				t.Fatalf("%s after the attacks: state %s serving %v lead %q term %d members %d (want active, a, %d, 3)",
+					n.ID(), st.State, n.Serving(), st.Lead, st.Term, len(st.Members), term)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := cleared.Load(); n != 0 {
+		t.Errorf("forged cache-clears cleared %d regions", n)
+	}
+	sa := a.b.(*signed.Broker).Stats()
+	for _, r := range []string{signed.ReasonUnsigned, signed.ReasonForged, signed.ReasonReplay, signed.ReasonStale} {
+		if sa.ByReason[r] == 0 {
+			t.Errorf("a counted no %s rejection: %+v", r, sa.ByReason)
+		}
+	}
+}

@@ -13,8 +13,12 @@
 // the kind (topic or queue), the cluster, the destination (topic or queue
 // name), the sender, the sender's incarnation (its start time) and sequence
 // number, the send time, and the application's message ID, key, headers and
-// body. The broker-level message carries the same ID and key (for the
-// broker's dedupe and ordering) and no headers; on receipt the application
+// body. The broker-level message carries the key (for ordering), no
+// headers, and for queue items the ID followed by "~" and a tag computed
+// with the signing key, so that the broker's dedupe still drops repeats of
+// a genuine item but a client without the key cannot take the ID of an
+// item before it is enqueued (and have the broker drop the real one as a
+// duplicate); topic messages carry the ID as is; on receipt the application
 // gets the ID, key, headers and body from inside the envelope. Headers an
 // adapter adds on receipt (the cb- prefix, such as the dead-letter reason)
 // are outside the MAC and passed through.
@@ -86,7 +90,10 @@
 //
 // Every holder of the key can sign as any sender: the sender name is
 // authenticated as "a member of the cluster", not as one particular node.
-// Freshness relies on clocks within MaxAge of each other. Replay state is
+// Freshness relies on clocks within MaxAge of each other. The broker-level
+// ID of a queue item depends on the signing key, so the broker's dedupe
+// does not drop a repeat enqueued across a switch of signing key (the
+// layers above tolerate a repeat, as after any redelivery). Replay state is
 // per subscription and kept for twice MaxAge after a sender's last
 // message: a subscription that starts after a message was sent cannot tell
 // a first replay of it from the original, within its freshness window. A

@@ -2,7 +2,10 @@ package signed
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -231,6 +234,9 @@ func (s *Broker) seal(op string, kind byte, dest string, m adapters.Message) (ad
 		return adapters.Message{}, adapters.Errorf(adapters.ErrInvalidArgument, op, "%v", err)
 	}
 	out := adapters.Message{ID: m.ID, Key: m.Key, Body: body}
+	if kind == kindQueue {
+		out.ID = brokerID(keys[0], dest, m.ID)
+	}
 	if lim := s.inner.Capabilities().MaxMessageSize; lim > 0 && adapters.Size(out) > lim {
 		return adapters.Message{}, adapters.Errorf(adapters.ErrTooLarge, op, "%d bytes signed (%d unsigned), limit %d (%s)",
 			adapters.Size(out), adapters.Size(m), lim, s.inner.Capabilities().Name)
@@ -331,6 +337,19 @@ func (s *Broker) open(kind byte, dest string, m adapters.Message) (*envelope, Re
 		return nil, rej(ReasonStale, e.Sender, fmt.Sprintf("enqueued %s ago, limit %s", age.Round(time.Millisecond), s.cfg.QueueMaxAge))
 	}
 	return e, Rejection{}
+}
+
+// brokerID is the ID a queue item carries at the broker: the item's ID
+// (shortened) and a tag only key holders can compute. A broker that drops
+// repeated IDs then drops repeats of genuine items as before, but a client
+// without the key cannot take a future item's ID first (an unsigned item
+// enqueued with the ID of the next step of an execution would otherwise
+// make the broker drop the real one as a duplicate).
+func brokerID(key []byte, queue, id string) string {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte("clusterbus/signed/broker-id\n" + queue + "\n" + id))
+	tag := base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:16])
+	return id[:min(len(id), 100)] + "~" + tag
 }
 
 func kindName(k byte) string {
