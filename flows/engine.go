@@ -132,7 +132,12 @@ type Engine struct {
 	subStop context.CancelFunc
 	subDone chan struct{}
 	started bool
-	answers sync.WaitGroup // catch-up replies being sent
+	answers sync.WaitGroup // catch-up replies being sent, catch-ups scheduled
+	// A catch-up after a gap in the events: when the last was asked, and
+	// whether one is scheduled.
+	gapMu      sync.Mutex
+	gapLast    time.Time
+	gapPending bool
 }
 
 // New returns an engine; register flows, then Start it.
@@ -412,10 +417,14 @@ func (e *Engine) eventLoop(ctx context.Context, sub adapters.Subscription) {
 				return
 			}
 			if errors.Is(err, adapters.ErrGap) {
-				e.log.Info("flows: events may have been missed; statuses may lag until the next event", "err", err)
+				// Statuses here may be stale (an execution "running" that
+				// ended meanwhile): ask the others again, as at start.
+				e.log.Info("flows: events may have been missed; catching up from the other nodes", "err", err)
+				e.catchUpAfterGap(ctx)
 				continue
 			}
 			e.log.Warn("flows: events subscription", "err", err)
+			e.catchUpAfterGap(ctx)
 			t := e.opts.Clock.NewTimer(time.Second)
 			select {
 			case <-ctx.Done():
