@@ -25,6 +25,7 @@ const (
 	StateActive   = "active"   // in good standing: serving, may hold the lead
 	StateDraining = "draining" // stopping: hands over the lead, takes no new work
 	StateFenced   = "fenced"   // on a losing side of a split, or lost the broker
+	StateDegraded = "degraded" // lost the broker under OnBrokerLoss "degrade": health 200, no lead, no work, caches bypassed
 	StatePanic    = "panic"    // cluster panic: refuses to serve until restarted
 	StateLeft     = "left"     // stopped gracefully
 )
@@ -534,7 +535,7 @@ func (n *Node) handle(msg adapters.Message) {
 const maxTermValue = uint64(1) << 62
 
 var knownStates = map[string]bool{StateStarting: true, StateActive: true, StateDraining: true,
-	StateFenced: true, StatePanic: true, StateLeft: true}
+	StateFenced: true, StateDegraded: true, StatePanic: true, StateLeft: true}
 
 // validateHeartbeat checks a decoded heartbeat before it may touch the
 // membership.
@@ -815,6 +816,7 @@ func (n *Node) evaluate() bool {
 		n.m.leadChanges.Inc()
 		n.log.Info("lead changed", "lead", n.lead, "previous", prevLead, "term", n.maxTerm)
 	}
+	clearCaches := prevState == StateDegraded && n.state != StateDegraded
 	if n.state != prevState {
 		lvl := slog.LevelInfo
 		if n.state != StateActive && n.state != StateLeft && n.state != StateDraining {
@@ -877,6 +879,9 @@ func (n *Node) evaluate() bool {
 	n.m.term.Set(float64(n.maxTerm))
 	changed := n.state != prevState || n.lead != prevLead || run != nil
 	n.mu.Unlock()
+	if clearCaches {
+		n.clearAll("leaving degraded mode: invalidations may have been missed")
+	}
 	if run != nil {
 		run()
 	}
@@ -915,6 +920,9 @@ func (n *Node) standingLocked(now time.Time) (string, string) {
 		return StateStarting, fmt.Sprintf("starting: up %s of the %s warm-up", up.Round(time.Millisecond), n.cfg.FailureTimeout)
 	}
 	if !ok {
+		if n.cfg.OnBrokerLoss == DegradeOnBrokerLoss {
+			return StateDegraded, "degraded: " + why
+		}
 		return StateFenced, why
 	}
 	if ok, why := n.snapshotLocked(now).standing(); !ok {
@@ -1106,5 +1114,23 @@ func (n *Node) Healthy() (bool, string) {
 	if !n.started {
 		return false, "not started"
 	}
-	return n.serving, n.reason
+	return n.serving || n.state == StateDegraded, n.reason
+}
+
+// Degraded reports whether the node has lost its broker and runs degraded
+// (Config.OnBrokerLoss "degrade"): health 200, no lead, no work, every
+// Cache read a miss.
+func (n *Node) Degraded() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.state == StateDegraded
+}
+
+// Admit says whether the node accepts new work for the cluster (a flow
+// submission): an error matching adapters.ErrUnavailable while degraded.
+func (n *Node) Admit() error {
+	if n.Degraded() {
+		return adapters.Errorf(adapters.ErrUnavailable, "bus: admit", "degraded: the broker is not reachable, so work cannot be recorded durably; retry on another node")
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -253,4 +254,56 @@ func TestManualDown(t *testing.T) {
 		}
 	}
 	c.until(2*testHB, "a serves after downing b and c", func() bool { return a.Serving() && a.Lead() == "a" })
+}
+
+// TestDegradeOnBrokerLoss: under OnBrokerLoss "degrade" a node that loses
+// its broker keeps health 200 with a "degraded" reason, holds no lead,
+// takes no work (Serving false), misses on every Cache read and refuses
+// submissions (Admit); with its link back it serves and leads again, its
+// caches cleared. Under the default it fences (503).
+func TestDegradeOnBrokerLoss(t *testing.T) {
+	cfg := testConfig("degrade")
+	cfg.OnBrokerLoss = DegradeOnBrokerLoss
+	c := newFakeCluster(t, cfg)
+	a := c.add("a")
+	c.until(testFT+3*testHB, "a leads", func() bool { l, _ := a.IsLead(); return l })
+	cache := NewCache[string](a.Node, "users")
+	if _, err := cache.Load("u1", func() (string, error) { return "v1", nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := cache.Get("u1"); !ok {
+		t.Fatal("cache miss while connected")
+	}
+	a.b.Disconnect()
+	c.until(testFT+3*testHB, "a degrades", func() bool { return a.Degraded() })
+	if ok, reason := a.Healthy(); !ok || !strings.HasPrefix(reason, "degraded: ") {
+		t.Fatalf("Healthy while degraded = %v %q, want 200 with a degraded reason", ok, reason)
+	}
+	if l, _ := a.IsLead(); l || a.Serving() {
+		t.Fatalf("degraded node: lead %v serving %v, want neither", l, a.Serving())
+	}
+	if _, ok := cache.Get("u1"); ok {
+		t.Fatal("a cache read hit while degraded")
+	}
+	loads := 0
+	for range 2 {
+		v, err := cache.Load("u2", func() (string, error) { loads++; return "v2", nil })
+		if err != nil || v != "v2" {
+			t.Fatalf("Load while degraded = %q, %v", v, err)
+		}
+	}
+	if loads != 2 {
+		t.Fatalf("Load while degraded called load %d times, want every time (2)", loads)
+	}
+	if err := a.Admit(); !errors.Is(err, adapters.ErrUnavailable) {
+		t.Fatalf("Admit while degraded = %v, want ErrUnavailable", err)
+	}
+	a.b.Reconnect()
+	c.until(testFT+3*testHB, "a serves and leads again", func() bool { l, _ := a.IsLead(); return l && a.Serving() })
+	if _, ok := cache.Get("u1"); ok {
+		t.Fatal("a value cached before the outage survived it")
+	}
+	if err := a.Admit(); err != nil {
+		t.Fatalf("Admit after recovery: %v", err)
+	}
 }

@@ -75,6 +75,10 @@ type Options struct {
 	NodeID string
 	// Gate, if set, must answer true for the node to take work (bus.Node.Serving).
 	Gate func() bool
+	// Admit, if set, is asked before each Submit; an error refuses the
+	// submission (bus.Node.Admit refuses while the node is degraded; an
+	// error matching adapters.ErrUnavailable answers 503 over HTTP).
+	Admit func() error
 	// Clock defaults to the real clock.
 	Clock clockwork.Clock
 	// Logger defaults to slog.Default(). The engine adds the node ID to
@@ -310,6 +314,11 @@ func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, 
 	var o submitOpts
 	for _, fn := range opts {
 		fn(&o)
+	}
+	if e.opts.Admit != nil {
+		if err := e.opts.Admit(); err != nil {
+			return "", fmt.Errorf("flows: submit: %w", err)
+		}
 	}
 	f, ok := e.lookup(flow, o.version)
 	if !ok {
