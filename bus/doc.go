@@ -28,8 +28,11 @@
 // Its own link is decided before anyone else's: a member is taken for
 // failed only if this node heard its own heartbeat at least half a
 // FailureTimeout after the member's last one (else the silence is this
-// node's), and a node whose link comes back gives every member one more
-// FailureTimeout to be heard again before deciding who is gone.
+// node's), and a node whose link comes back after an outage of D gives
+// every member min(D, 10 × FailureTimeout) + FailureTimeout to be heard
+// again before deciding who is gone: clients reconnect on their own
+// backoff, about D after the broker returns. The cost: if the oldest died
+// during the outage, the next lead takes over that much later.
 //
 // The state is kept in two pure types that the loops call under the
 // node's lock: membership (apply a heartbeat, expire, forget, down) and

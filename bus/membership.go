@@ -125,19 +125,18 @@ func (ms *membership) apply(kind string, hb heartbeat, now time.Time) (res apply
 // expire marks failed the members not heard for ft. A silence counts only
 // if this node's own heartbeat came back at least ft/2 after the member's
 // last one (so a silence that is this node's own lost link is not taken
-// for the others failing), and only from connectedSince on (so a node
-// that has just got its link back gives everyone one failure timeout to
-// be heard again before it decides who is gone). It returns the IDs that
-// failed now.
-func (ms *membership) expire(now time.Time, ft time.Duration, selfHeard, connectedSince time.Time) []string {
+// for the others failing), and only from holdUntil on (so a node that has
+// just got its link back gives everyone time to be heard again before it
+// decides who is gone). It returns the IDs that failed now.
+func (ms *membership) expire(now time.Time, ft time.Duration, selfHeard, holdUntil time.Time) []string {
 	var failed []string
 	for id, m := range ms.members {
 		if m.dead {
 			continue
 		}
 		from := m.lastHeard
-		if connectedSince.After(from) {
-			from = connectedSince
+		if holdUntil.After(from) {
+			from = holdUntil
 		}
 		if now.Sub(from) > ft && selfHeard.Sub(m.lastHeard) >= ft/2 {
 			m.dead, m.deadAt = true, now

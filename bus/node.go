@@ -100,11 +100,12 @@ type Node struct {
 	state      string
 	reason     string
 	selfHeard  time.Time
-	// connected is the last verdict on this node's own link, and
-	// connSince when it last turned true: members are given one failure
-	// timeout from then before they are taken for failed.
+	// connected is the last verdict on this node's own link; lostAt is
+	// when it was last lost, and no member is taken for failed until one
+	// failure timeout after holdUntil (set when the link comes back).
 	connected bool
-	connSince time.Time
+	lostAt    time.Time
+	holdUntil time.Time
 	// dupes is the evidence of another live incarnation of this node's
 	// ID: when each was first and last heard. panicDup is set while that
 	// evidence keeps the node in panic.
@@ -711,7 +712,7 @@ func (n *Node) rejoinLocked(now time.Time, by string) {
 	n.inc = randomID(8)
 	n.start = now
 	n.selfHeard = time.Time{}
-	n.connected = false
+	n.connected, n.lostAt = false, time.Time{}
 	n.log.Warn("this node was downed by the serving side while it was cut off; rejoining as a new incarnation",
 		"by", by, "old_incarnation", old, "incarnation", n.inc)
 }
@@ -764,12 +765,23 @@ func (n *Node) evaluate() bool {
 	// Own link first: a node that has lost the broker decides that about
 	// itself, not that everyone else failed.
 	conn, _ := n.connectedLocked(now)
-	if conn && !n.connected {
-		n.connSince = now
+	switch {
+	case conn && !n.connected:
+		// Back after an outage: the others reconnect on their own
+		// backoff, about as long after the broker returns as the outage
+		// lasted; they get that long (at most 10 failure timeouts) on top
+		// of the failure timeout before any is taken for failed, so the
+		// oldest leads again instead of a younger node for a moment.
+		n.holdUntil = now
+		if !n.lostAt.IsZero() {
+			n.holdUntil = now.Add(min(now.Sub(n.lostAt), 10*ft))
+		}
+	case !conn && n.connected:
+		n.lostAt = n.selfHeard
 	}
 	n.connected = conn
 	if conn {
-		for _, id := range n.ms.expire(now, ft, n.selfHeard, n.connSince) {
+		for _, id := range n.ms.expire(now, ft, n.selfHeard, n.holdUntil) {
 			m := n.ms.members[id]
 			n.log.Warn("member failed: no heartbeat within the failure timeout", "member", id,
 				"host", m.hb.Host, "last_heartbeat_ago", now.Sub(m.lastHeard).Round(time.Millisecond))
