@@ -64,6 +64,10 @@ type Config struct {
 	Host, IP string
 	// Version is the application version shown in the status.
 	Version string
+	// HTTPAddr is the address (such as http://10.0.0.5:8080) where this
+	// node serves its HTTP endpoints, told to the other members for the
+	// status page. Empty tells none.
+	HTTPAddr string
 
 	// HeartbeatInterval is how often the node announces itself.
 	HeartbeatInterval time.Duration

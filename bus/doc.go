@@ -7,7 +7,7 @@
 //	n.RegisterDuty("mail", "every 1m", sendMail)
 //	users := bus.NewCache[User](n, "users")
 //	err = n.Start(ctx)
-//	http.Handle("/", n.Handler()) // /ha/health, /api/cluster, /metrics, status page
+//	http.Handle("/", n.Handler()) // /ha/health, /api/cluster, /metrics (package console adds the page)
 //	...
 //	n.Drain(); n.Stop(ctx)
 //

@@ -53,12 +53,15 @@ func (n *Node) declareDutyQueue(ctx context.Context) error {
 	})
 }
 
-// callDuty runs d once, turning a panic into an error.
+// callDuty runs d once, turning a panic into an error, and notes the run
+// for the status.
 func (n *Node) callDuty(ctx context.Context, d *duty, term uint64) (err error) {
+	began := n.clock.Now()
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("bus: duty %q panicked: %v", d.name, r)
 		}
+		n.recordDutyRun(d.name, term, began, err, ctx.Err() != nil)
 	}()
 	return d.fn(ctx, term)
 }

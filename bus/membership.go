@@ -64,6 +64,7 @@ const (
 	applyUpdated                      // a known member's next heartbeat
 	applyLeft                         // the member left
 	applyIgnored                      // a leave of an incarnation not known
+	applyBack                         // a known member heard again after it had failed
 )
 
 // apply records a heartbeat (or leave) received at now. prev is the
@@ -100,7 +101,7 @@ func (ms *membership) apply(kind string, hb heartbeat, now time.Time) (res apply
 	}
 	if m.dead {
 		m.dead = false
-		changed = true
+		res, changed = applyBack, true
 	}
 	if m.hb.State != hb.State || m.hb.LeadTerm != hb.LeadTerm || m.heard == 1 {
 		changed = true

@@ -28,6 +28,9 @@ const (
 	StateDegraded = "degraded" // lost the broker under OnBrokerLoss "degrade": health 200, no lead, no work, caches bypassed
 	StatePanic    = "panic"    // cluster panic: refuses to serve until restarted
 	StateLeft     = "left"     // stopped gracefully
+	// StateUnreachable is shown for a member whose heartbeats stopped
+	// (failed, not yet forgotten); no node sends it.
+	StateUnreachable = "unreachable"
 )
 
 // Option tunes New.
@@ -123,6 +126,7 @@ type Node struct {
 	onGained    []func(ctx context.Context, term uint64)
 	onLost      []func(term uint64)
 	lastPublish time.Time
+	obs         observed // what the console shows beyond membership (observe.go)
 }
 
 // dupe is another incarnation of this node's ID, as heard.
@@ -410,6 +414,7 @@ func (n *Node) selfHeartbeatLocked() heartbeat {
 	if n.leading {
 		hb.LeadTerm = n.term
 	}
+	n.observeSelfLocked(&hb)
 	if len(n.dutyDone) > 0 {
 		hb.Duties = make(map[string]int64, len(n.dutyDone))
 		for k, v := range n.dutyDone {
@@ -655,7 +660,10 @@ func (n *Node) handleHeartbeat(kind string, hb heartbeat) {
 	case applyRestarted:
 		delete(n.senders, prev)
 		n.log.Info("member restarted: the new incarnation replaces the old", "member", hb.ID, "host", hb.Host)
+	case applyBack:
+		n.log.Info("member is back", "member", hb.ID, "host", hb.Host)
 	}
+	n.observeHeartbeatLocked(hb, now)
 	if hb.Term > n.maxTerm {
 		n.maxTerm = hb.Term
 	}
@@ -817,16 +825,9 @@ func (n *Node) evaluate() bool {
 	}
 	n.lead = n.snapshotLocked(now).lead()
 
-	live := 1
-	for _, m := range n.ms.members {
-		if !m.dead {
-			live++
-		}
-	}
-	n.m.members.Set(float64(live))
+	n.updateMembersMetricLocked(now)
 	if n.lead != prevLead {
 		n.m.leadChanges.Inc()
-		n.log.Info("lead changed", "lead", n.lead, "previous", prevLead, "term", n.maxTerm)
 	}
 	clearCaches := prevState == StateDegraded && n.state != StateDegraded
 	if n.state != prevState {
@@ -858,7 +859,7 @@ func (n *Node) evaluate() bool {
 		for _, d := range duties {
 			consume = consume || (d.every > 0 && n.dutyQueueMode())
 		}
-		n.log.Info("lead gained", "term", term)
+		n.recordTermLocked(term, n.cfg.NodeID, n.cfg.Host, now)
 		n.m.isLead.Set(1)
 		n.leadWG.Add(len(gained) + len(duties))
 		if consume {
@@ -880,7 +881,6 @@ func (n *Node) evaluate() bool {
 		n.leadCancel()
 		term := n.term
 		lost := append([]func(uint64){}, n.onLost...)
-		n.log.Info("lead lost", "term", term, "state", n.state, "lead", n.lead)
 		n.m.isLead.Set(0)
 		run = func() {
 			for _, f := range lost {
@@ -889,6 +889,9 @@ func (n *Node) evaluate() bool {
 		}
 	}
 	n.m.term.Set(float64(n.maxTerm))
+	if n.lead != prevLead || run != nil {
+		n.logLeadChangeLocked(prevLead)
+	}
 	changed := n.state != prevState || n.lead != prevLead || run != nil
 	n.mu.Unlock()
 	if clearCaches {
@@ -1050,6 +1053,8 @@ type MemberStatus struct {
 	ClockSkew     time.Duration // member's clock minus ours, at receipt
 	ClockSkewed   bool          // differs from the cluster median by more than the threshold
 	Live          bool
+	HTTPAddr      string // the member's HTTP address (Config.HTTPAddr), if it tells
+	Reason        string // why the member is in its state, as it says
 }
 
 // Status is the cluster as the local node sees it.
@@ -1084,15 +1089,17 @@ func (n *Node) Status() Status {
 	self := MemberStatus{
 		ID: n.cfg.NodeID, Host: n.cfg.Host, IP: n.cfg.IP, StartedAt: n.start, LastHeartbeat: n.selfHeard,
 		Lead: n.lead == n.cfg.NodeID, Local: true, State: n.state, Version: n.cfg.Version, Live: true,
+		HTTPAddr: n.cfg.HTTPAddr, Reason: n.reason,
 	}
 	st.Members = append(st.Members, self)
 	for id, m := range n.ms.members {
 		st.Members = append(st.Members, MemberStatus{
 			ID: id, Host: m.hb.Host, IP: m.hb.IP, StartedAt: time.Unix(0, m.hb.Start), LastHeartbeat: m.lastHeard,
 			Lead: id == n.lead, State: m.hb.State, Version: m.hb.Version, ClockSkew: m.skew, Live: !m.dead,
+			HTTPAddr: m.hb.HTTP, Reason: m.hb.Reason,
 		})
 		if m.dead {
-			st.Members[len(st.Members)-1].State = "unreachable"
+			st.Members[len(st.Members)-1].State = StateUnreachable
 		}
 	}
 	// Skew: compare each live member with the median offset.

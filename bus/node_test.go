@@ -671,7 +671,7 @@ func TestHTTPHealthAndClusterAPI(t *testing.T) {
 	if body["lead"] != "a" || body["local"] != "a" {
 		t.Errorf("lead %v local %v", body["lead"], body["local"])
 	}
-	for _, p := range []string{"/", "/metrics", "/livez", "/readyz"} {
+	for _, p := range []string{"/metrics", "/livez", "/readyz"} {
 		r, err := http.Get(srv.URL + p)
 		if err != nil {
 			t.Fatal(err)

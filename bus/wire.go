@@ -48,6 +48,12 @@ type heartbeat struct {
 	// Down lists the incarnations the sender has downed (removed while
 	// unreachable); a node that finds its own here rejoins as a new one.
 	Down []string `json:"down,omitempty"`
+	// HTTP is the sender's HTTP address (Config.HTTPAddr); Reason says
+	// why it is in State; Runs are the last runs of the duties it ran as
+	// the lead. For the status page only: nothing decides on them.
+	HTTP   string             `json:"http,omitempty"`
+	Reason string             `json:"rsn,omitempty"`
+	Runs   map[string]DutyRun `json:"runs,omitempty"`
 }
 
 // invalidation is the body of a cache-clear message.

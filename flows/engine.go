@@ -84,7 +84,7 @@ type Options struct {
 	// Logger defaults to slog.Default(). The engine adds the node ID to
 	// its lines, so pass one without it.
 	Logger *slog.Logger
-	// Registry receives the queue metrics, if set.
+	// Registry receives the flow and queue metrics, if set.
 	Registry prometheus.Registerer
 	// HTTPClient is used by http steps; default http.DefaultClient.
 	HTTPClient *http.Client
@@ -127,6 +127,7 @@ type Engine struct {
 	opts Options
 	log  *slog.Logger
 	idx  *index
+	m    *metrics
 
 	mu      sync.RWMutex
 	flows   map[string]map[int]*Flow
@@ -174,6 +175,7 @@ func New(b adapters.Broker, cfg Config, opts Options) (*Engine, error) {
 	opts.Logger = opts.Logger.With("node", opts.NodeID) // the engine's and its worker's lines
 	e := &Engine{b: b, cfg: cfg, opts: opts, log: opts.Logger.With("component", "flows"),
 		idx: newIndex(cfg.IndexSize), flows: map[string]map[int]*Flow{}, rules: map[string]*Rule{}}
+	e.m = newMetrics(opts.Registry, e)
 	w, err := workqueue.New(b, workqueue.Config{
 		Queue: adapters.QueueConfig{Name: cfg.Queue, Lease: cfg.Lease, MaxAttempts: cfg.MaxAttempts,
 			Dedupe: b.Capabilities().Dedupe.Available()},
@@ -204,6 +206,7 @@ func (e *Engine) Register(f *Flow) error {
 		e.flows[f.Name] = map[int]*Flow{}
 	}
 	e.flows[f.Name][f.Version] = f
+	e.m.initFlow(f)
 	return nil
 }
 
@@ -341,6 +344,7 @@ func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, 
 		return "", err
 	}
 	e.publish(ctx, Event{Type: EventStarted, Execution: it.Exec, Flow: it.Flow, Version: it.Version, Step: it.Step, Node: e.opts.NodeID, Time: now})
+	e.log.Info("flows: execution started", "flow", it.Flow, "version", it.Version, "execution", it.Exec)
 	return o.id, nil
 }
 
@@ -528,7 +532,10 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 		Attempt: job.Attempt, IdempotencyKey: it.Exec + ":" + it.Step + ":" + strconv.Itoa(it.Seq),
 		Node: e.opts.NodeID, Input: it.Input, Vars: maps.Clone(it.Vars), Token: job.Token(),
 		LeaseDeadline: job.Lease.Deadline(), checkpoint: it.Checkpoint, lease: job.Lease, engine: e}
+	began := e.opts.Clock.Now()
 	out, err := s.Run(ctx, sc)
+	ev.Duration = e.opts.Clock.Since(began)
+	e.m.stepDuration.WithLabelValues(it.Flow, it.Step).Observe(ev.Duration.Seconds())
 	if err != nil {
 		e.failed(ctx, ev, job, err)
 		return err
@@ -570,6 +577,9 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 		e.publish(ctx, ev)
 		e.publish(ctx, Event{Type: EventCompleted, Execution: it.Exec, Flow: it.Flow, Version: it.Version,
 			Step: it.Step, Seq: it.Seq, Attempt: job.Attempt, Node: e.opts.NodeID, Time: e.opts.Clock.Now(), Output: next.Vars})
+		e.m.executions.WithLabelValues(it.Flow, OutcomeCompleted).Inc()
+		e.log.Info("flows: execution completed", "flow", it.Flow, "version", it.Version, "execution", it.Exec,
+			"steps", it.Seq+1, "took", e.opts.Clock.Since(it.Started))
 		return nil
 	}
 	if err := e.enqueue(ctx, next); err != nil {
@@ -617,6 +627,15 @@ func (e *Engine) failed(ctx context.Context, ev Event, job *workqueue.Job, err e
 		ev.Type = EventRetried
 	}
 	e.publish(context.WithoutCancel(ctx), ev)
+	if ev.Type != EventRetried {
+		flow := ev.Flow
+		if _, ok := e.lookup(flow, 0); !ok {
+			flow = "(unregistered)" // a label per name a peer makes up would grow without bound
+		}
+		e.m.executions.WithLabelValues(flow, string(ev.Type)).Inc()
+		e.log.Info("flows: execution failed", "flow", ev.Flow, "version", ev.Version, "execution", ev.Execution,
+			"outcome", ev.Type, "step", ev.Step, "attempt", ev.Attempt, "err", err)
+	}
 }
 
 func decodeItem(b []byte, it *item) error {

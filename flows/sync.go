@@ -172,7 +172,7 @@ func (x *index) recent(since time.Time) []syncEntry {
 			continue
 		}
 		st := *s
-		st.completionIDs = nil
+		st.completionIDs, st.Steps = nil, nil // step histories stay local: replies keep their size
 		out = append(out, syncEntry{Status: st, RecordedBelow: s.recordedBelow})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Updated.After(out[j].Updated) })
@@ -211,6 +211,7 @@ func (x *index) merge(entries []syncEntry) int {
 			keep := *s
 			*s = in.Status
 			s.completionIDs, s.recordedBelow, s.Completions, s.Started = keep.completionIDs, keep.recordedBelow, keep.Completions, keep.Started
+			s.Steps = keep.Steps
 		}
 	}
 	return added

@@ -287,6 +287,7 @@ func capabilities(maxPayload int) adapters.Capabilities {
 		Dedupe:         adapters.Native,
 		Ordering:       adapters.Emulated, // one item in flight per Ordered queue; see doc.go
 		Restart:        adapters.Native,
+		QueueStats:     adapters.Native,
 		MaxMessageSize: max(maxPayload-reservedBytes, 1024),
 		MaxHeaders:     MaxHeaders,
 		MinLease:       MinLease,

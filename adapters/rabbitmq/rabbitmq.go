@@ -142,6 +142,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Broker, error) {
 		Dedupe:         adapters.Unsupported,
 		Ordering:       adapters.Unsupported,
 		Restart:        adapters.Emulated,
+		QueueStats:     adapters.Emulated, // ready and dead-lettered counts only
 		MaxMessageSize: MaxMessageSize,
 		MaxHeaders:     64,
 		MinLease:       MinLease,

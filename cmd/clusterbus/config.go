@@ -486,7 +486,17 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	case "", "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
+		opts.ReplaceAttr = durationText
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("log-format %q: want text or json", format)
+}
+
+// durationText writes durations in JSON logs as text ("1.5s") rather than
+// nanoseconds, as the text format does.
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }

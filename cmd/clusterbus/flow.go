@@ -158,6 +158,8 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 		return nil, err
 	}
 	e.Routes(env.Mux)
+	env.Flows = e
+	env.Queues.Watch(e.Config().Queue, e.Config().ResultsQueue)
 	log.Info("flows: engine running", "dir", fc.Dir, "flows", e.Flows(), "queue", e.Config().Queue,
 		"concurrency", e.Config().Concurrency, "lease", e.Config().Lease)
 	return e.Stop, nil
