@@ -29,7 +29,11 @@ import (
 // CLUSTERBUS_NODE_ID or CLUSTERBUS_FLOWS_MAX_ATTEMPTS), then flags.
 type nodeConfig struct {
 	// Broker is the broker URL; empty runs the embedded NATS server.
-	Broker string `koanf:"broker"`
+	// BrokerFile holds it instead, and BrokerPasswordFile the password
+	// of its user info (secrets off argv; see trust.go).
+	Broker             string `koanf:"broker"`
+	BrokerFile         string `koanf:"broker-file"`
+	BrokerPasswordFile string `koanf:"broker-password-file"`
 	// HTTP is the listen address of the health, status and API server.
 	HTTP string `koanf:"http"`
 	// Cluster and NodeID: see bus.Config.
@@ -123,7 +127,9 @@ func defaultNodeConfig() nodeConfig {
 func addNodeFlags(fs *pflag.FlagSet) {
 	d := defaultNodeConfig()
 	fs.String("config", "", "YAML config file (env CLUSTERBUS_CONFIG)")
-	fs.String("broker", d.Broker, "broker URL such as nats://host:4222; empty runs the embedded NATS server")
+	fs.String("broker", d.Broker, "broker URL such as nats://host:4222; empty runs the embedded NATS server (a password here is visible in ps: use --broker-file or --broker-password-file)")
+	fs.String("broker-file", d.BrokerFile, "file holding the broker URL, secrets and all (instead of --broker)")
+	fs.String("broker-password-file", d.BrokerPasswordFile, "file holding the password of the broker URL's user")
 	fs.String("http", d.HTTP, "listen address for /ha/health, /api/cluster, /metrics and the status page")
 	fs.String("cluster", d.Cluster, "cluster name")
 	fs.String("node-id", d.NodeID, "node ID (default: the one kept in --data-dir, created on first start; else derived from the host name)")
@@ -252,6 +258,9 @@ func loadNodeConfigSources(fs *pflag.FlagSet) (*nodeConfig, map[string]configSet
 	cfg := defaultNodeConfig()
 	if err := k.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{Tag: "koanf"}); err != nil {
 		return nil, nil, fmt.Errorf("config: %w", err)
+	}
+	if err := cfg.resolveBroker(); err != nil {
+		return nil, nil, err
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, nil, err
