@@ -81,6 +81,10 @@ type Options struct {
 	NodeID string
 	// Gate, if set, must answer true for the node to take work (bus.Node.Serving).
 	Gate func() bool
+	// Admit, if set, is asked before each Submit; an error refuses the
+	// submission (bus.Node.Admit refuses while the node is degraded; an
+	// error matching adapters.ErrUnavailable answers 503 over HTTP).
+	Admit func() error
 	// Clock defaults to the real clock.
 	Clock clockwork.Clock
 	// Logger defaults to slog.Default(). The engine adds the node ID to
@@ -144,7 +148,12 @@ type Engine struct {
 	subStop context.CancelFunc
 	subDone chan struct{}
 	started bool
-	answers sync.WaitGroup // catch-up replies being sent
+	answers sync.WaitGroup // catch-up replies being sent, catch-ups scheduled
+	// A catch-up after a gap in the events: when the last was asked, and
+	// whether one is scheduled.
+	gapMu      sync.Mutex
+	gapLast    time.Time
+	gapPending bool
 }
 
 // New returns an engine; register flows, then Start it.
@@ -324,6 +333,11 @@ func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, 
 	for _, fn := range opts {
 		fn(&o)
 	}
+	if e.opts.Admit != nil {
+		if err := e.opts.Admit(); err != nil {
+			return "", fmt.Errorf("flows: submit: %w", err)
+		}
+	}
 	f, ok := e.lookup(flow, o.version)
 	if !ok {
 		return "", adapters.Errorf(adapters.ErrNotFound, "flows: submit", "no flow %q (version %d); registered: %s",
@@ -436,10 +450,14 @@ func (e *Engine) eventLoop(ctx context.Context, sub adapters.Subscription) {
 				return
 			}
 			if errors.Is(err, adapters.ErrGap) {
-				e.log.Info("flows: events may have been missed; statuses may lag until the next event", "err", err)
+				// Statuses here may be stale (an execution "running" that
+				// ended meanwhile): ask the others again, as at start.
+				e.log.Info("flows: events may have been missed; catching up from the other nodes", "err", err)
+				e.catchUpAfterGap(ctx)
 				continue
 			}
 			e.log.Warn("flows: events subscription", "err", err)
+			e.catchUpAfterGap(ctx)
 			t := e.opts.Clock.NewTimer(time.Second)
 			select {
 			case <-ctx.Done():
