@@ -49,7 +49,9 @@ func (s *suite) waitStats(t *testing.T, b adapters.Broker, queue string, depth, 
 	var err error
 	for time.Now().Before(deadline) {
 		st, err = adapters.Stats(s.ctx(t), b, queue)
-		if err == nil && match(st.Depth, depth) && match(st.InFlight, inFlight) && match(st.DeadLetters, dead) {
+		// A broker that cannot tell what is held may count it as waiting.
+		depthOK := match(st.Depth, depth) || (st.InFlight == adapters.Unknown && st.Depth == depth+inFlight)
+		if err == nil && depthOK && match(st.InFlight, inFlight) && match(st.DeadLetters, dead) {
 			if st.OldestAge != adapters.Unknown && st.Depth+max(st.InFlight, 0) > 0 && st.OldestAge <= 0 {
 				t.Errorf("OldestAge %s with items in the queue", st.OldestAge)
 			}
