@@ -93,6 +93,9 @@ type Broker struct {
 	caps     adapters.Capabilities
 	done     chan struct{}
 	wg       sync.WaitGroup
+	// consumers counts consumer loops; Close waits for them to confirm the
+	// acknowledgements they sent before it closes the connection.
+	consumers sync.WaitGroup
 
 	mu     sync.Mutex
 	closed bool
@@ -408,6 +411,7 @@ func (b *Broker) Close() error {
 	b.conn = nil
 	b.pool = nil
 	b.mu.Unlock()
+	b.consumers.Wait()
 	var err error
 	if conn != nil {
 		err = conn.Close()
