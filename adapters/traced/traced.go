@@ -172,3 +172,29 @@ func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 	}
 	return d, nil
 }
+
+// EnqueueBatch implements adapters.BatchEnqueuer: one producer span for the
+// batch, its trace context in every message, then the inner broker's batch
+// (or its Enqueue per message).
+func (b *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.Message) error {
+	if !trace.SpanContextFromContext(ctx).IsValid() || len(ms) == 0 {
+		return adapters.EnqueueBatch(ctx, b.inner, queue, ms)
+	}
+	ctx, span := b.tracer.Start(ctx, "send "+queue, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(append(b.attrs("send", queue, adapters.Message{}), attribute.Int("messaging.batch.message_count", len(ms)))...))
+	defer span.End()
+	out := make([]adapters.Message, len(ms))
+	for i, m := range ms {
+		h := make(map[string]string, len(m.Headers)+2)
+		maps.Copy(h, m.Headers)
+		Propagator.Inject(ctx, Carrier(h))
+		m.Headers = h
+		out[i] = m
+	}
+	err := adapters.EnqueueBatch(ctx, b.inner, queue, out)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	return err
+}
