@@ -126,23 +126,6 @@ func TestOpenUnreachableIsUnavailable(t *testing.T) {
 	}
 }
 
-func TestRetryDelayRoundsUpWithinTenPercent(t *testing.T) {
-	for _, d := range []time.Duration{0, time.Microsecond, 7 * time.Millisecond, 99 * time.Millisecond,
-		100 * time.Millisecond, 1234 * time.Millisecond, 9999 * time.Millisecond, time.Hour + time.Millisecond} {
-		ms := retryDelay(d)
-		got := time.Duration(ms) * time.Millisecond
-		if got < d {
-			t.Errorf("retryDelay(%s) = %s: earlier than asked", d, got)
-		}
-		if d >= 100*time.Millisecond && float64(got) > 1.1*float64(d) {
-			t.Errorf("retryDelay(%s) = %s: more than 10%% late", d, got)
-		}
-	}
-	if retryDelay(1234*time.Millisecond) != 1300 || retryDelay(1201*time.Millisecond) != 1300 {
-		t.Errorf("retryDelay: want two significant digits, got %d", retryDelay(1234*time.Millisecond))
-	}
-}
-
 func TestRedeclareWithOtherMaxAttemptsNamesArgument(t *testing.T) {
 	requireBroker(t)
 	b := openTest(t, testURL())

@@ -227,16 +227,27 @@ func (c *Cluster) MetaLeader() int {
 	return -1
 }
 
-// WaitMetaLeader waits until a running server leads the meta group.
+// WaitMetaLeader waits until a running server leads the meta group and
+// every running server is current with it (a server that just restarted
+// has caught up), so that JetStream API calls are answered.
 func (c *Cluster) WaitMetaLeader(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	for c.MetaLeader() < 0 {
+	for c.MetaLeader() < 0 || !c.allCurrent() {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("natsserver: no JetStream meta leader in cluster %s within %s", c.cfg.Name, timeout)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	return nil
+}
+
+func (c *Cluster) allCurrent() bool {
+	for i := range c.cfg.Size {
+		if s := c.Server(i); s != nil && !s.srv.JetStreamIsCurrent() {
+			return false
+		}
+	}
+	return true
 }
 
 // StreamLeader returns the index of the server that leads stream (in the
