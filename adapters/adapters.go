@@ -88,7 +88,13 @@ type Delivery interface {
 	// LeaseDeadline is when the lease expires as far as this process knows.
 	LeaseDeadline() time.Time
 
-	// Ack removes the item for good.
+	// Ack removes the item for good. A nil return means the lease was
+	// held when the acknowledgement was sent; adapters may send it without
+	// waiting for the broker's reply (their package doc says which), in
+	// which case Consumer.Close and Broker.Close return only once it
+	// reached the broker, and an acknowledgement lost with the connection
+	// before that lets the item come back after its lease, as if its holder
+	// had died (at-least-once delivery either way).
 	Ack(ctx context.Context) error
 	// Nack returns the item to the queue; it is not delivered again before
 	// delay has passed. The next delivery counts as a new attempt; if the

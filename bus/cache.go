@@ -34,7 +34,7 @@ func (n *Node) Invalidate(ctx context.Context, region string, keys ...string) er
 	n.cseq++
 	inv := invalidation{ID: n.cfg.NodeID, Inc: n.inc, CSeq: n.cseq, Region: region, Keys: keys, Sent: n.clock.Now().UnixNano()}
 	n.mu.Unlock()
-	msg, err := n.sign.encode(kindInvalidate, n.cfg.Cluster, n.cfg.NodeID, inv)
+	msg, err := encode(kindInvalidate, n.cfg.Cluster, n.cfg.NodeID, inv)
 	if err == nil {
 		err = n.b.Publish(ctx, n.topic, msg)
 	}

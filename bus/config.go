@@ -64,11 +64,6 @@ type Config struct {
 	// StaticQuorum.
 	SplitBrain SplitBrain
 	Quorum     int
-
-	// ClusterKey, when set, signs every coordination message with
-	// HMAC-SHA256; unsigned or forged messages are dropped, counted and
-	// put the node in cluster panic.
-	ClusterKey string
 }
 
 // DefaultConfig returns the defaults: heartbeat 500ms, failure timeout
@@ -90,43 +85,67 @@ var (
 
 // Validate checks cfg and names the field and the rule that fails. Errors
 // match adapters.ErrInvalidArgument.
-func (c Config) Validate() error {
+func (c Config) Validate() error { return c.ValidateNamed(nil) }
+
+// ValidateNamed is Validate with the settings named by name(field) (such
+// as "failure-timeout" for "FailureTimeout"), so that a program reading its
+// own configuration keys reports the key its user typed; a nil name, or
+// one that returns "", keeps the Go field name.
+func (c Config) ValidateNamed(name func(field string) string) error {
+	f := func(field string) string {
+		if name != nil {
+			if n := name(field); n != "" {
+				return n
+			}
+		}
+		return field
+	}
 	var errs []error
 	bad := func(format string, a ...any) {
 		errs = append(errs, fmt.Errorf(format, a...))
 	}
 	if !clusterRE.MatchString(c.Cluster) {
-		bad("Cluster %q: want 1-40 letters, digits, '-' or '_', starting with a letter or digit", c.Cluster)
+		bad("%s %q: want 1-40 letters, digits, '-' or '_', starting with a letter or digit", f("Cluster"), c.Cluster)
 	}
 	if c.NodeID != "" && !nodeIDRE.MatchString(c.NodeID) {
-		bad("NodeID %q: want 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit", c.NodeID)
+		bad("%s %q: want 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit", f("NodeID"), c.NodeID)
 	}
 	if c.HeartbeatInterval <= 0 {
-		bad("HeartbeatInterval (%s) must be more than 0", c.HeartbeatInterval)
+		bad("%s (%s) must be more than 0", f("HeartbeatInterval"), c.HeartbeatInterval)
 	}
 	if c.FailureTimeout <= 2*c.HeartbeatInterval {
-		bad("FailureTimeout (%s) must be more than 2 × HeartbeatInterval (%s)", c.FailureTimeout, c.HeartbeatInterval)
+		bad("%s (%s) must be more than 2 × %s (%s)", f("FailureTimeout"), c.FailureTimeout, f("HeartbeatInterval"), c.HeartbeatInterval)
 	}
 	if c.ForgetAfter != 0 && c.ForgetAfter < c.FailureTimeout {
-		bad("ForgetAfter (%s) must be 0 (default) or at least FailureTimeout (%s)", c.ForgetAfter, c.FailureTimeout)
+		bad("%s (%s) must be 0 (default) or at least %s (%s)", f("ForgetAfter"), c.ForgetAfter, f("FailureTimeout"), c.FailureTimeout)
 	}
 	if c.ClockSkewThreshold <= 0 {
-		bad("ClockSkewThreshold (%s) must be more than 0", c.ClockSkewThreshold)
+		bad("%s (%s) must be more than 0", f("ClockSkewThreshold"), c.ClockSkewThreshold)
 	}
 	switch c.SplitBrain {
 	case KeepMajority, KeepOldest, SplitBrainOff:
 		if c.Quorum != 0 {
-			bad("Quorum (%d) is only used with SplitBrain %q; got SplitBrain %q", c.Quorum, StaticQuorum, c.SplitBrain)
+			bad("%s (%d) is only used with %s %q; got %q", f("Quorum"), c.Quorum, f("SplitBrain"), StaticQuorum, c.SplitBrain)
 		}
 	case StaticQuorum:
 		if c.Quorum < 1 {
-			bad("Quorum (%d) must be at least 1 with SplitBrain %q", c.Quorum, StaticQuorum)
+			bad("%s (%d) must be at least 1 with %s %q", f("Quorum"), c.Quorum, f("SplitBrain"), StaticQuorum)
 		}
 	default:
-		bad("SplitBrain %q: want one of %s, %s, %s, %s", c.SplitBrain, KeepMajority, KeepOldest, StaticQuorum, SplitBrainOff)
+		bad("%s %q: want one of %s, %s, %s, %s", f("SplitBrain"), c.SplitBrain, KeepMajority, KeepOldest, StaticQuorum, SplitBrainOff)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return &adapters.Error{Code: adapters.ErrInvalidArgument, Op: "bus: config", Err: err}
+	}
+	return nil
+}
+
+// ValidateNodeID checks a node ID: 1-64 letters, digits, '.', '-' or '_',
+// starting with a letter or digit.
+func ValidateNodeID(id string) error {
+	if !nodeIDRE.MatchString(id) {
+		return adapters.Errorf(adapters.ErrInvalidArgument, "bus: config",
+			"node ID %q: want 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit", id)
 	}
 	return nil
 }

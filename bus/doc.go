@@ -88,15 +88,19 @@
 //
 // # Message authentication and cluster panic
 //
-// With Config.ClusterKey set, every coordination message carries an
-// HMAC-SHA256 over its kind, cluster, sender and body. A message that is
-// unsigned, forged, or signed when this node has no key is dropped and
-// counted (clusterbus_heartbeats_rejected_total), and — because it claims to
-// come from this cluster — puts the node in cluster panic. So does a live
-// heartbeat from another process with this node's ID. A panicked node stays
-// a visible member in state "panic", answers 503, never leads and never
-// serves until it is restarted. Replays of old signed messages are dropped
-// by sequence number per incarnation.
+// The node has no signing code of its own: authentication is a property of
+// the broker it is given. With a cluster key, wrap the broker with
+// adapters/signed (clusterbus node does so when CLUSTERBUS_CLUSTER_KEY or
+// --cluster-key-file is set): every message the node sends is signed, and
+// an unsigned, forged, stale or replayed message is dropped (topics) or
+// dead-lettered (queues) before the node sees it, so it can change neither
+// membership, terms nor health. Without a key the node trusts the broker's
+// own access control. Messages that do reach the node and are malformed or
+// name another cluster are dropped and counted
+// (clusterbus_heartbeats_rejected_total). A live heartbeat from another
+// process with this node's ID puts the node in cluster panic: it stays a
+// visible member in state "panic", answers 503, never leads and never
+// serves until it is restarted.
 //
 // # Split brain
 //

@@ -82,7 +82,7 @@ func (n *Node) scheduleDuty(ctx context.Context, d *duty, log *slog.Logger) {
 		term := n.term
 		n.mu.Unlock()
 		if slot > last && !done {
-			msg, err := n.sign.encode("duty", n.cfg.Cluster, n.cfg.NodeID, dutyItem{Name: d.name, Slot: slot, Term: term})
+			msg, err := encode("duty", n.cfg.Cluster, n.cfg.NodeID, dutyItem{Name: d.name, Slot: slot, Term: term})
 			if err == nil {
 				msg.ID = fmt.Sprintf("duty:%s:%d", d.name, slot)
 				err = n.b.Enqueue(ctx, n.dutyQueueName(), msg)
@@ -153,7 +153,7 @@ func (n *Node) consumeDuties(ctx context.Context, term uint64) {
 func (n *Node) runDutyItem(ctx context.Context, dl adapters.Delivery, term uint64, log *slog.Logger) {
 	bg := context.WithoutCancel(ctx)
 	msg := dl.Message()
-	_, _, rej := n.sign.verify(n.cfg.Cluster, msg)
+	_, _, rej := checkHeaders(n.cfg.Cluster, msg)
 	var it dutyItem
 	if rej == "" {
 		if err := json.Unmarshal(msg.Body, &it); err != nil {

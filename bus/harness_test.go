@@ -64,6 +64,9 @@ type fakeCluster struct {
 	nodes map[string]*fakeNode
 	// wrap, if set, wraps each node's mem client (to hide capabilities).
 	wrap func(*mem.Broker) adapters.Broker
+	// decorate, if set, wraps each node's broker last, knowing the node
+	// ID (adapters/signed in signed_test.go).
+	decorate func(id string, b adapters.Broker) adapters.Broker
 }
 
 // noDedupe hides the mem broker's dedupe, so scheduled duties run in
@@ -125,6 +128,9 @@ func (c *fakeCluster) add(id string, tweak ...func(*Config, *[]Option)) *fakeNod
 	var ab adapters.Broker = b
 	if c.wrap != nil {
 		ab = c.wrap(b)
+	}
+	if c.decorate != nil {
+		ab = c.decorate(id, ab)
 	}
 	n, err := New(ab, cfg, opts...)
 	if err != nil {

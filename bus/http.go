@@ -18,6 +18,9 @@ type ClusterJSON struct {
 	Lead    string     `json:"lead"`
 	Term    uint64     `json:"term"`
 	Nodes   []NodeJSON `json:"nodes"`
+	// Alerts are conditions an operator should look at that do not
+	// change the node's state (see WithAlerts).
+	Alerts []string `json:"alerts,omitempty"`
 }
 
 // NodeJSON is one member in ClusterJSON.
@@ -99,7 +102,9 @@ func (n *Node) Mount(mux *http.ServeMux) {
 		w.Header().Set("Cache-Control", "no-store")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(n.Status().JSON())
+		doc := n.Status().JSON()
+		doc.Alerts = n.alerts()
+		_ = enc.Encode(doc)
 	})
 	mux.HandleFunc("POST /api/cache/clear", func(w http.ResponseWriter, r *http.Request) {
 		var req CacheClearRequest
@@ -120,13 +125,21 @@ func (n *Node) Mount(mux *http.ServeMux) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		st := n.Status()
-		_ = statusPage.Execute(w, statusView{Status: st, Refresh: max(1, int(n.cfg.HeartbeatInterval.Seconds()*2))})
+		_ = statusPage.Execute(w, statusView{Status: st, Alerts: n.alerts(), Refresh: max(1, int(n.cfg.HeartbeatInterval.Seconds()*2))})
 	})
 }
 
 type statusView struct {
 	Status
+	Alerts  []string
 	Refresh int
+}
+
+func (n *Node) alerts() []string {
+	if n.opts.alerts == nil {
+		return nil
+	}
+	return n.opts.alerts()
 }
 
 func (v statusView) Age(t time.Time) string {
@@ -148,7 +161,8 @@ th{background:#f0f0f0}.bad{color:#b00;font-weight:bold}.ok{color:#070}.local{bac
 <p>Cluster <b>{{.Cluster}}</b> · this node <b>{{.Local}}</b> ·
 lead <b>{{if .Lead}}{{.Lead}}{{else}}none{{end}}</b> · term {{.Term}} ·
 {{if .Serving}}<span class="ok">serving</span>{{else}}<span class="bad">not serving: {{.Reason}}</span>{{end}}</p>
-<table>
+{{range .Alerts}}<p class="bad">⚠ {{.}}</p>
+{{end}}<table>
 <tr><th>Host name</th><th>IP address</th><th>Node ID</th><th>Lead</th><th>Local</th><th>State</th><th>Version</th><th>Started</th><th>Last heartbeat</th><th>Clock skew</th></tr>
 {{range .Members}}<tr{{if .Local}} class="local"{{end}}>
 <td>{{.Host}}</td><td>{{.IP}}</td><td>{{.ID}}</td><td>{{if .Lead}}✔{{end}}</td><td>{{if .Local}}✔{{end}}</td>

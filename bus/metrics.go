@@ -35,7 +35,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		hbReceived: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "heartbeats_received_total",
 			Help: "Heartbeats accepted from members, this node's own echo included."}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "heartbeats_rejected_total",
-			Help: "Coordination messages dropped, by reason (malformed, foreign-cluster, unsigned, forged, unexpected-signature, stale)."},
+			Help: "Coordination messages dropped by the node, by reason (malformed, foreign-cluster, stale); messages that fail authentication never reach it (see clusterbus_messages_rejected_total)."},
 			[]string{"reason"}),
 		invalidations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cache_invalidations_total",
 			Help: "Cache invalidations: sent, received, and region clears caused by gaps (gap)."},

@@ -152,24 +152,6 @@ func TestNATSHealthTurns503WhenBrokerLinkLost(t *testing.T) {
 	}
 }
 
-func TestNATSSignedClusterRejectsWrongKey(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts an embedded NATS server; skipped with -short")
-	}
-	url := startNATS(t)
-	key := func(k string) func(*Config) { return func(c *Config) { c.ClusterKey = k } }
-	a := startNATSNode(t, url, "nats-signed", "a", key("one"))
-	b := startNATSNode(t, url, "nats-signed", "b", key("one"))
-	waitFor(t, 10*time.Second, "a and b agree", func() bool { return agree([]*natsNode{a, b}, "a") })
-	startNATSNode(t, url, "nats-signed", "intruder", key("two"))
-	waitFor(t, 5*time.Second, "a and b panic", func() bool {
-		return a.Status().State == StatePanic && b.Status().State == StatePanic
-	})
-	if n := testCounter(a.m.rejected.WithLabelValues(rejectForged)); n < 1 {
-		t.Fatalf("forged messages counted %v", n)
-	}
-}
-
 func openNATS(ctx context.Context, url string) (adapters.Broker, error) {
 	return nats.Open(ctx, nats.Options{Servers: []string{url}})
 }

@@ -1,9 +1,6 @@
 package bus
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 
@@ -17,13 +14,13 @@ const (
 	kindInvalidate = "inv"
 )
 
-// Header names. They carry what a receiver needs before it trusts the body;
-// the signature covers them and the body.
+// Header names. They carry what a receiver needs before it decodes the
+// body. Authentication is the broker's job (adapters/signed wraps it when
+// the cluster has a key): a message that reaches the node has passed it.
 const (
 	hdrKind    = "clusterbus.kind"
 	hdrCluster = "clusterbus.cluster"
 	hdrNode    = "clusterbus.node"
-	hdrSig     = "clusterbus.sig"
 )
 
 // heartbeat is the body of a heartbeat or leave message.
@@ -60,28 +57,13 @@ type invalidation struct {
 	Sent   int64    `json:"sent"`
 }
 
-// signer signs and verifies coordination messages.
-type signer struct{ key []byte }
-
-func (s signer) mac(kind, cluster, node string, body []byte) string {
-	h := hmac.New(sha256.New, s.key)
-	fmt.Fprintf(h, "clusterbus/v1\n%s\n%s\n%s\n", kind, cluster, node)
-	h.Write(body)
-	return base64.RawStdEncoding.EncodeToString(h.Sum(nil))
-}
-
-func (s signer) enabled() bool { return len(s.key) > 0 }
-
 // encode builds the message for kind with body v.
-func (s signer) encode(kind, cluster, node string, v any) (adapters.Message, error) {
+func encode(kind, cluster, node string, v any) (adapters.Message, error) {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return adapters.Message{}, fmt.Errorf("bus: encode %s: %w", kind, err)
 	}
 	h := map[string]string{hdrKind: kind, hdrCluster: cluster, hdrNode: node}
-	if s.enabled() {
-		h[hdrSig] = s.mac(kind, cluster, node, body)
-	}
 	return adapters.Message{Headers: h, Body: body}, nil
 }
 
@@ -89,30 +71,18 @@ func (s signer) encode(kind, cluster, node string, v any) (adapters.Message, err
 const (
 	rejectMalformed = "malformed"
 	rejectForeign   = "foreign-cluster"
-	rejectUnsigned  = "unsigned"
-	rejectForged    = "forged"
-	rejectUnexpSig  = "unexpected-signature"
 	rejectStale     = "stale"
 )
 
-// verify checks headers and signature. It returns the kind and node, or a
+// checkHeaders checks the headers. It returns the kind and node, or a
 // reject reason.
-func (s signer) verify(cluster string, m adapters.Message) (kind, node, reject string) {
+func checkHeaders(cluster string, m adapters.Message) (kind, node, reject string) {
 	kind, node = m.Headers[hdrKind], m.Headers[hdrNode]
 	if kind == "" || node == "" {
 		return "", "", rejectMalformed
 	}
 	if m.Headers[hdrCluster] != cluster {
 		return "", "", rejectForeign
-	}
-	sig, has := m.Headers[hdrSig]
-	switch {
-	case s.enabled() && !has:
-		return "", "", rejectUnsigned
-	case s.enabled() && !hmac.Equal([]byte(sig), []byte(s.mac(kind, cluster, node, m.Body))):
-		return "", "", rejectForged
-	case !s.enabled() && has:
-		return "", "", rejectUnexpSig
 	}
 	return kind, node, ""
 }

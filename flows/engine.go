@@ -235,7 +235,7 @@ func (e *Engine) Evaluate(ctx context.Context, rule string, input map[string]any
 // Nothing is registered if any file is bad; the error lists each problem
 // with its file and line.
 func (e *Engine) LoadDir(dir string) error {
-	defs, err := ParseDir(dir)
+	defs, err := CheckDir(dir)
 	if err != nil {
 		return err
 	}

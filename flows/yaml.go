@@ -74,6 +74,32 @@ func ParseDir(dir string) (*Definitions, error) {
 	return out, errors.Join(errs...)
 }
 
+// CheckDir parses dir as ParseDir does and checks every definition as
+// registering it would (steps, references, CEL expressions), without an
+// engine or a broker: what `clusterbus flow lint` and a starting node run.
+// It returns every problem found, joined.
+func CheckDir(dir string) (*Definitions, error) {
+	defs, err := ParseDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, f := range defs.Flows {
+		if err := f.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, r := range defs.Rules {
+		if err := r.Compile(); err != nil {
+			errs = append(errs, fmt.Errorf("flows: %w", err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return defs, nil
+}
+
 var yamlLineRE = regexp.MustCompile(`line (\d+)`)
 
 // Parse parses YAML flow and rule definitions (one or more documents).

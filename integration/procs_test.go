@@ -64,6 +64,7 @@ func startProcOf(t *testing.T, bin, name string, args ...string) *proc {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.Env = nodeEnv()
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -87,6 +88,19 @@ func startProcOf(t *testing.T, bin, name string, args ...string) *proc {
 		}
 	})
 	return p
+}
+
+// nodeEnv is the environment of processes the tests start: this one's
+// without its CLUSTERBUS_* variables, which configure the tests, not the
+// nodes (a node rejects a CLUSTERBUS_* variable it does not know).
+func nodeEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CLUSTERBUS_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
 }
 
 func (p *proc) running() bool {

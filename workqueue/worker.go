@@ -13,6 +13,7 @@ import (
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/leasing"
 	"github.com/jonboulle/clockwork"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ErrDraining is the cause of a handler context cancelled by Stop.
@@ -82,11 +83,34 @@ type Worker struct {
 	recvStop context.CancelFunc
 	hctx     context.Context
 	hcancel  context.CancelCauseFunc
-	recvDone chan struct{}
-	handlers sync.WaitGroup
+	handlers sync.WaitGroup // the worker goroutines
+	consMu   sync.Mutex
 	cons     adapters.Consumer
 	draining atomic.Bool
 	inFlight atomic.Int64
+	m        queueMetrics
+}
+
+// queueMetrics are the worker's children of Metrics, looked up once.
+type queueMetrics struct {
+	inFlight                                     prometheus.Gauge
+	received, acked, retried, deadLettered       prometheus.Counter
+	handedBack, panics, renewals, losses, settle prometheus.Counter
+}
+
+func (m *Metrics) forQueue(q string) queueMetrics {
+	return queueMetrics{
+		inFlight:     m.InFlight.WithLabelValues(q),
+		received:     m.Received.WithLabelValues(q),
+		acked:        m.Acked.WithLabelValues(q),
+		retried:      m.Retried.WithLabelValues(q),
+		deadLettered: m.DeadLettered.WithLabelValues(q),
+		handedBack:   m.HandedBack.WithLabelValues(q),
+		panics:       m.Panics.WithLabelValues(q),
+		renewals:     m.LeaseRenewals.WithLabelValues(q),
+		losses:       m.LeaseLosses.WithLabelValues(q),
+		settle:       m.SettleErrors.WithLabelValues(q),
+	}
 }
 
 // New checks cfg and returns a Worker; Start runs it.
@@ -127,7 +151,8 @@ func New(b adapters.Broker, cfg Config, h Handler, opts Options) (*Worker, error
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics(nil)
 	}
-	return &Worker{b: b, cfg: cfg, h: h, opts: opts, log: opts.Logger.With("queue", cfg.Queue.Name)}, nil
+	return &Worker{b: b, cfg: cfg, h: h, opts: opts, log: opts.Logger.With("queue", cfg.Queue.Name),
+		m: opts.Metrics.forQueue(cfg.Queue.Name)}, nil
 }
 
 // Queue is the name of the worker's queue.
@@ -147,7 +172,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.b.DeclareQueue(ctx, w.cfg.Queue); err != nil {
 		return fmt.Errorf("workqueue: declare %q: %w", w.cfg.Queue.Name, err)
 	}
-	cons, err := w.b.Consume(ctx, w.cfg.Queue.Name, adapters.ConsumeOptions{Prefetch: 1})
+	cons, err := w.b.Consume(ctx, w.cfg.Queue.Name, w.consumeOptions())
 	if err != nil {
 		return fmt.Errorf("workqueue: consume %q: %w", w.cfg.Queue.Name, err)
 	}
@@ -156,8 +181,10 @@ func (w *Worker) Start(ctx context.Context) error {
 	rctx, rcancel := context.WithCancel(context.Background())
 	w.recvStop = rcancel
 	w.hctx, w.hcancel = context.WithCancelCause(context.Background())
-	w.recvDone = make(chan struct{})
-	go w.receiveLoop(rctx)
+	for range w.cfg.Concurrency {
+		w.handlers.Add(1)
+		go w.work(rctx)
+	}
 	return nil
 }
 
@@ -176,7 +203,6 @@ func (w *Worker) Stop(ctx context.Context) error {
 	w.mu.Unlock()
 
 	w.recvStop()
-	<-w.recvDone
 	all := make(chan struct{})
 	go func() { w.handlers.Wait(); close(all) }()
 
@@ -201,9 +227,38 @@ func (w *Worker) Stop(ctx context.Context) error {
 	return err
 }
 
-func (w *Worker) receiveLoop(ctx context.Context) {
-	defer close(w.recvDone)
-	slots := make(chan struct{}, w.cfg.Concurrency)
+// consumeOptions asks the adapter to fetch ahead one item per handler, so a
+// handler that finishes finds the next item waiting.
+func (w *Worker) consumeOptions() adapters.ConsumeOptions {
+	return adapters.ConsumeOptions{Prefetch: w.cfg.Concurrency}
+}
+
+func (w *Worker) consumer() adapters.Consumer {
+	w.consMu.Lock()
+	defer w.consMu.Unlock()
+	return w.cons
+}
+
+// reopen replaces a closed consumer, once for all handlers that saw it
+// closed.
+func (w *Worker) reopen(ctx context.Context, old adapters.Consumer) {
+	w.consMu.Lock()
+	defer w.consMu.Unlock()
+	if w.cons != old {
+		return
+	}
+	if c, err := w.b.Consume(ctx, w.cfg.Queue.Name, w.consumeOptions()); err == nil {
+		w.cons = c
+	} else {
+		w.log.Warn("workqueue: reopen consumer failed", "err", err)
+	}
+}
+
+// work is one of Concurrency handler goroutines: it receives an item from
+// the consumer (which fetches ahead for all of them), runs the handler and
+// settles the item, until ctx ends.
+func (w *Worker) work(ctx context.Context) {
+	defer w.handlers.Done()
 	clock := w.opts.Clock
 	pause := func(d time.Duration) bool {
 		t := clock.NewTimer(d)
@@ -215,20 +270,15 @@ func (w *Worker) receiveLoop(ctx context.Context) {
 			return true
 		}
 	}
-	for {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return
-		}
+	for ctx.Err() == nil {
 		for w.cfg.Gate != nil && !w.cfg.Gate() {
 			if !pause(w.cfg.GatePoll) {
 				return
 			}
 		}
-		d, err := w.cons.Receive(ctx)
+		cons := w.consumer()
+		d, err := cons.Receive(ctx)
 		if err != nil {
-			<-slots
 			if ctx.Err() != nil {
 				return
 			}
@@ -237,11 +287,7 @@ func (w *Worker) receiveLoop(ctx context.Context) {
 				if !pause(time.Second) {
 					return
 				}
-				if c, cerr := w.b.Consume(ctx, w.cfg.Queue.Name, adapters.ConsumeOptions{Prefetch: 1}); cerr == nil {
-					w.cons = c
-				} else {
-					w.log.Warn("workqueue: reopen consumer failed", "err", cerr)
-				}
+				w.reopen(ctx, cons)
 				continue
 			}
 			w.log.Warn("workqueue: receive failed; retrying", "err", err)
@@ -250,26 +296,22 @@ func (w *Worker) receiveLoop(ctx context.Context) {
 			}
 			continue
 		}
-		w.handlers.Add(1)
-		go func() {
-			defer func() { <-slots; w.handlers.Done() }()
-			w.handle(d)
-		}()
+		w.handle(d)
 	}
 }
 
 func (w *Worker) handle(d adapters.Delivery) {
 	q := w.cfg.Queue.Name
-	m := w.opts.Metrics
-	m.Received.WithLabelValues(q).Inc()
-	m.InFlight.WithLabelValues(q).Inc()
+	m := &w.m
+	m.received.Inc()
+	m.inFlight.Inc()
 	w.inFlight.Add(1)
-	defer func() { m.InFlight.WithLabelValues(q).Dec(); w.inFlight.Add(-1) }()
+	defer func() { m.inFlight.Dec(); w.inFlight.Add(-1) }()
 
 	ctx, lease := leasing.Hold(w.hctx, d, w.cfg.Lease, leasing.Options{
 		Clock: w.opts.Clock, Logger: w.log,
-		OnRenew: func() { m.LeaseRenewals.WithLabelValues(q).Inc() },
-		OnLost:  func(error) { m.LeaseLosses.WithLabelValues(q).Inc() },
+		OnRenew: m.renewals.Inc,
+		OnLost:  func(error) { m.losses.Inc() },
 	})
 	job := &Job{Message: d.Message(), Attempt: d.Attempt(), MaxAttempts: w.cfg.Queue.MaxAttempts, Queue: q, Lease: lease}
 	err := w.run(ctx, job)
@@ -280,7 +322,7 @@ func (w *Worker) handle(d adapters.Delivery) {
 func (w *Worker) run(ctx context.Context, job *Job) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			w.opts.Metrics.Panics.WithLabelValues(job.Queue).Inc()
+			w.m.panics.Inc()
 			pe := &PanicError{Value: r, Stack: debug.Stack()}
 			w.log.Error("workqueue: handler panicked", "id", job.Message.ID, "attempt", job.Attempt, "panic", r, "stack", string(pe.Stack))
 			err = pe
@@ -290,24 +332,24 @@ func (w *Worker) run(ctx context.Context, job *Job) (err error) {
 }
 
 func (w *Worker) settle(d adapters.Delivery, job *Job, lease *leasing.Lease, herr error) {
-	q := w.cfg.Queue.Name
-	m := w.opts.Metrics
+	m := &w.m
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	log := w.log.With("id", job.Message.ID, "attempt", job.Attempt)
+	// Built only on the unhappy paths below.
+	log := func() *slog.Logger { return w.log.With("id", job.Message.ID, "attempt", job.Attempt) }
 	var err error
 	switch {
 	case lease.Err() != nil:
-		log.Warn("workqueue: lease lost while the handler ran; leaving the item to the broker", "err", lease.Err(), "handler_err", herr)
+		log().Warn("workqueue: lease lost while the handler ran; leaving the item to the broker", "err", lease.Err(), "handler_err", herr)
 		return
 	case herr == nil:
 		if err = d.Ack(sctx); err == nil {
-			m.Acked.WithLabelValues(q).Inc()
+			m.acked.Inc()
 		}
 	case w.draining.Load() && errors.Is(context.Cause(w.hctx), ErrDraining) && !IsPermanent(herr):
 		if err = d.Nack(sctx, 0); err == nil {
-			m.HandedBack.WithLabelValues(q).Inc()
-			log.Info("workqueue: handed back during drain", "err", herr)
+			m.handedBack.Inc()
+			log().Info("workqueue: handed back during drain", "err", herr)
 		}
 	case IsPermanent(herr):
 		err = w.deadLetter(sctx, d, job, herr)
@@ -327,13 +369,13 @@ func (w *Worker) settle(d adapters.Delivery, job *Job, lease *leasing.Lease, her
 			delay = 0
 		}
 		if err = d.Nack(sctx, delay); err == nil {
-			m.Retried.WithLabelValues(q).Inc()
-			log.Info("workqueue: retrying", "delay", delay, "err", herr)
+			m.retried.Inc()
+			log().Info("workqueue: retrying", "delay", delay, "err", herr)
 		}
 	}
 	if err != nil {
-		m.SettleErrors.WithLabelValues(q).Inc()
-		log.Warn("workqueue: settling failed", "err", err, "handler_err", herr)
+		m.settle.Inc()
+		log().Warn("workqueue: settling failed", "err", err, "handler_err", herr)
 	}
 }
 
@@ -344,7 +386,7 @@ func (w *Worker) deadLetter(ctx context.Context, d adapters.Delivery, job *Job, 
 	}
 	err := d.DeadLetter(ctx, reason)
 	if err == nil {
-		w.opts.Metrics.DeadLettered.WithLabelValues(job.Queue).Inc()
+		w.m.deadLettered.Inc()
 		w.log.Warn("workqueue: dead-lettered", "id", job.Message.ID, "attempt", job.Attempt, "reason", reason)
 	}
 	return err

@@ -31,26 +31,56 @@
 // adapters.ErrGap.
 //
 // Enqueue is a JetStream publish that waits for the stream's
-// acknowledgement: when it returns nil the item is stored in a file-backed
-// stream (fsynced too if the server runs with sync_interval "always", as
-// natsserver.Config.Sync does). It retries "no responders" for about five
-// seconds while JetStream comes back after a restart.
+// acknowledgement of that message: when it returns nil the item is stored in
+// a file-backed stream (fsynced too if the server runs with sync_interval
+// "always", as natsserver.Config.Sync does). Publishes go through nats.go's
+// asynchronous publisher, so concurrent Enqueue calls share the connection
+// without waiting for each other (at most 4096 unacknowledged per
+// connection; beyond that a call waits for room). It retries "no responders"
+// for about five seconds while JetStream comes back after a restart.
 //
-// Leases: AckWait of the queue's consumer is QueueConfig.Lease. Receive pulls
-// one item per call (with ConsumeOptions.Prefetch > 1, also up to Prefetch
-// items already waiting, which are leased while buffered). The lease deadline
-// the Delivery reports is the time the pull request that brought the item
-// was sent, plus the lease: the server starts its timer only when it sends the
-// item, after it got the request, so the local deadline never runs past the
-// server's however long the item waited in client buffers (a loaded machine
-// delays delivery to the application by tens of milliseconds). Pull requests
-// last at most a quarter of the lease, so an item keeps at least three
-// quarters of its lease. Ack, Nack and Extend are sent as requests and wait
-// for the server's reply. After the local deadline every method returns
-// adapters.ErrLeaseLost without sending anything. The server does not check
-// which delivery an acknowledgement came from, so an Ack sent just before the
-// local deadline, and delayed in flight past the server's, can still settle
-// an item the server had just redelivered.
+// Leases: AckWait of the queue's consumer is QueueConfig.Lease; the server
+// starts it when it sends an item. How items are pulled depends on
+// ConsumeOptions.Prefetch:
+//
+//   - Prefetch 0 or 1: Receive sends one pull request for one item and waits
+//     (a quarter of the lease at most, then asks again), so a consumer holds
+//     nothing it was not asked for. The lease deadline is the time the
+//     request was sent plus the lease: never past the server's.
+//   - Prefetch P > 1: the consumer keeps one long-lived pull subscription
+//     (nats.go Consume) that asks for up to P items and asks again when half
+//     have been handed to the adapter; pull requests last a quarter of the
+//     lease (1 s to 5 s) with idle heartbeats at half that, and a missed
+//     heartbeat or a reconnect renews them. At most P items wait in the
+//     adapter's buffer and at most P more are requested or queued in nats.go.
+//     Each item's lease deadline is measured from when the adapter saw it,
+//     less an allowance of lease/20 (at most 1 s) for its time in transit
+//     and in the client's socket buffers; items that queued in nats.go while
+//     the adapter's buffer was full are stamped no later than when it filled.
+//     The pull subscription starts with the first Receive, and a consumer
+//     whose Receive has not been called for half a lease stops pulling and
+//     gives back what it fetched ahead (negatively acknowledged: JetStream
+//     counts the delivery, so the item's next attempt number is one higher)
+//     until Receive is called again. Use a Prefetch no larger than the
+//     number of goroutines calling Receive.
+//
+// An item whose lease ran out while buffered is not handed out (it comes
+// back by itself). After the local deadline every method returns
+// adapters.ErrLeaseLost without sending anything.
+//
+// Ack and Nack are sent without waiting for the server's reply (plain
+// JetStream acknowledgements, pipelined with everything else the connection
+// sends): a nil return means the lease was held when the acknowledgement was
+// handed to the connection, which delivers it in order (while disconnected,
+// nats.go keeps it in its reconnect buffer and sends it on reconnect).
+// Consumer.Close and Broker.Close return once everything sent so far reached
+// the server. If the connection is lost for good before that, the item comes
+// back after its lease, as an item whose holder died does: delivery is
+// at-least-once either way. Extend and the moves to the dead-letter queue
+// wait for the server's reply. The server does not check which delivery an
+// acknowledgement came from, so an Ack sent just before the local deadline,
+// and delayed in flight past the server's, can still settle an item the
+// server had just redelivered.
 //
 // Extend sends InProgress, which restarts the server's AckWait: the lease is
 // renewed by the full queue lease whatever duration is asked.

@@ -258,7 +258,9 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 		return nil, adapters.Wrap(code, "nats: connect to "+redactServers(opts.Servers), r.err)
 	}
 	b.nc = r.nc
-	js, err := jetstream.New(b.nc)
+	js, err := jetstream.New(b.nc,
+		jetstream.WithPublishAsyncMaxPending(publishWindow),
+		jetstream.WithPublishAsyncTimeout(publishAckTimeout))
 	if err != nil {
 		b.nc.Close()
 		return nil, adapters.Wrap(adapters.ErrUnavailable, "nats: jetstream", err)

@@ -19,7 +19,11 @@ type pubChan struct {
 	closes  chan *amqp.Error
 }
 
-const maxIdlePublishers = 16
+// maxIdlePublishers bounds the idle confirm channels kept for reuse. Each
+// concurrent Enqueue holds one channel, so the pool grows to the number of
+// concurrent producers (up to this bound) instead of opening and closing a
+// channel per publish beyond a small fixed pool.
+const maxIdlePublishers = 256
 
 func (b *Broker) getPub(ctx context.Context) (*pubChan, error) {
 	b.mu.Lock()

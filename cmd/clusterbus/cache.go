@@ -48,6 +48,7 @@ Every node of its cluster runs its handlers for REGION.`,
 		},
 	}
 	clearCmd.Flags().StringVar(&addr, "addr", defaultAddr(), "a node's HTTP address (env CLUSTERBUS_ADDR)")
+	addAdminTokenFlag(clearCmd)
 	cacheCmd.AddCommand(clearCmd)
 	rootCmd.AddCommand(cacheCmd)
 }

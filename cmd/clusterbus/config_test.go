@@ -10,7 +10,19 @@ import (
 	"github.com/spf13/pflag"
 )
 
+// clearConfigEnv unsets this process's CLUSTERBUS_* variables for the
+// test (CI sets some for the test suite; a node would reject them).
+func clearConfigEnv(t *testing.T) {
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, "CLUSTERBUS_") {
+			t.Setenv(name, "") // restored after the test
+			os.Unsetenv(name)
+		}
+	}
+}
+
 func TestNodeConfigPrecedenceFlagsOverEnvOverFile(t *testing.T) {
+	clearConfigEnv(t)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "node.yaml")
 	yaml := `
@@ -72,19 +84,17 @@ flows:
 }
 
 func TestNodeConfigRejectsBadTimingNamingTheFields(t *testing.T) {
+	clearConfigEnv(t)
 	fs := pflag.NewFlagSet("node", pflag.ContinueOnError)
 	addNodeFlags(fs)
 	if err := fs.Parse([]string{"--heartbeat-interval", "1s", "--failure-timeout", "1500ms"}); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := loadNodeConfig(fs)
-	if err != nil {
-		t.Fatal(err)
+	_, err := loadNodeConfig(fs)
+	if err == nil || !strings.Contains(err.Error(), "failure-timeout (1.5s) must be more than 2 × heartbeat-interval (1s)") {
+		t.Fatalf("loadNodeConfig() = %v", err)
 	}
-	_, err = cfg.busConfig()
-	if err == nil || !strings.Contains(err.Error(), "FailureTimeout (1.5s) must be more than 2 × HeartbeatInterval (1s)") {
-		t.Fatalf("busConfig() = %v", err)
-	}
+	cfg := defaultNodeConfig()
 	cfg.SplitBrain = "majority"
 	if _, err := cfg.busConfig(); err == nil || !strings.Contains(err.Error(), "keep-majority, keep-oldest, off or static-quorum:N") {
 		t.Fatalf("bad split-brain: %v", err)
@@ -128,6 +138,7 @@ func TestNewLoggerFormats(t *testing.T) {
 }
 
 func TestEmbeddedSyncCanBeTurnedOff(t *testing.T) {
+	clearConfigEnv(t)
 	t.Setenv("CLUSTERBUS_EMBEDDED_SYNC", "false")
 	fs := pflag.NewFlagSet("node", pflag.ContinueOnError)
 	addNodeFlags(fs)
@@ -140,5 +151,29 @@ func TestEmbeddedSyncCanBeTurnedOff(t *testing.T) {
 	}
 	if cfg.EmbeddedSync {
 		t.Error("CLUSTERBUS_EMBEDDED_SYNC=false left fsync on")
+	}
+}
+
+func TestNodeConfigRejectsUnknownKeysWithTheNearestName(t *testing.T) {
+	clearConfigEnv(t)
+	file := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(file, []byte("failure_timeout: 2s\nheartbeat-interval: 500\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CLUSTERBUS_SPLIT_BRIAN", "off")
+	fs := pflag.NewFlagSet("node", pflag.ContinueOnError)
+	addNodeFlags(fs)
+	if err := fs.Parse([]string{"--config", file}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := loadNodeConfig(fs)
+	for _, want := range []string{
+		`unknown key "failure_timeout"; did you mean "failure-timeout"?`,
+		`heartbeat-interval: 500 has no unit`,
+		`CLUSTERBUS_SPLIT_BRIAN is not a clusterbus setting; did you mean "CLUSTERBUS_SPLIT_BRAIN"?`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("loadNodeConfig: %v; want %q", err, want)
+		}
 	}
 }

@@ -12,20 +12,24 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/clusterbus/clusterbus/flows"
 )
 
-func init() {
+// addFlowsFlags declares the flows.* settings of `clusterbus node`.
+func addFlowsFlags(fs *pflag.FlagSet) {
 	d := defaultNodeConfig().Flows
-	fs := nodeCmd.Flags()
 	fs.String("flows.dir", d.Dir, "directory of flow and rule YAML files to load (empty: the flow engine does not run)")
 	fs.String("flows.queue", d.Queue, "queue that carries flow steps (empty: CLUSTER-flows)")
 	fs.Int("flows.concurrency", d.Concurrency, "flow steps this node runs at once")
 	fs.Duration("flows.lease", d.Lease, "lease of a flow step; renewed every third of it while the step runs")
 	fs.Int("flows.max-attempts", d.MaxAttempts, "deliveries of a step before its execution is dead-lettered")
 	fs.String("flows.results-queue", d.ResultsQueue, "queue that receives one completion record per execution (empty: none)")
-	nodeServices = append(nodeServices, startFlows)
+}
+
+func init() {
+	nodeServices = append(nodeServices, nodeService{Name: "the flow engine", Check: checkFlows, Start: startFlows})
 
 	flowCmd := &cobra.Command{Use: "flow", Short: "Submit flow executions and ask where they are"}
 	var addr, input, id string
@@ -89,14 +93,43 @@ file is submitted as is. Prints the execution ID.`,
 		},
 	}
 	status.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the execution to end")
+	lint := &cobra.Command{
+		Use:   "lint DIR",
+		Short: "Check the flow and rule definitions in DIR as a node would load them; exit 2 naming each problem with its file and line",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			defs, err := flows.CheckDir(args[0])
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d flows, %d rules ok\n", args[0], len(defs.Flows), len(defs.Rules))
+			return nil
+		},
+	}
+	flowCmd.AddCommand(lint)
 	for _, c := range []*cobra.Command{submit, status} {
 		c.Flags().StringVar(&addr, "addr", defaultAddr(), "a node's HTTP address (env CLUSTERBUS_ADDR)")
+		addAdminTokenFlag(c)
 		flowCmd.AddCommand(c)
 	}
 	rootCmd.AddCommand(flowCmd)
 }
 
-// startFlows is the node service that runs the flow engine.
+// checkFlows validates the flow settings and definitions before the node
+// joins: a bad file or setting exits 2 with its key.
+func checkFlows(cfg *nodeConfig) error {
+	fc := cfg.Flows
+	if fc.Dir == "" {
+		return nil
+	}
+	if _, err := flows.CheckDir(fc.Dir); err != nil {
+		return fmt.Errorf("flows.dir %s: %w", fc.Dir, err)
+	}
+	return nil
+}
+
+// startFlows is the node service that runs the flow engine. Declaring its
+// queues and subscribing retry until the broker lets them through.
 func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error, error) {
 	fc := env.Config.Flows
 	log := env.Logger.With("component", "flows")
@@ -121,7 +154,7 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 	if err := e.LoadDir(fc.Dir); err != nil {
 		return nil, fmt.Errorf("flows.dir %s: %w", fc.Dir, err)
 	}
-	if err := e.Start(ctx); err != nil {
+	if err := env.Retry(ctx, "declaring queues", e.Start); err != nil {
 		return nil, err
 	}
 	e.Routes(env.Mux)

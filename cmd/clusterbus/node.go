@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -34,11 +33,31 @@ type nodeEnv struct {
 	// BaseLogger is Logger without the node ID, for libraries that add it
 	// themselves (bus, flows).
 	BaseLogger *slog.Logger
+
+	retry func(ctx context.Context, phase string, fn func(context.Context) error) error
 }
 
-// nodeServices are started after the node joins, stopped (in reverse) on
-// shutdown before the node leaves. Other files add to it from init.
-var nodeServices []func(ctx context.Context, env *nodeEnv) (stop func(context.Context) error, err error)
+// Retry runs fn until it succeeds, with a jittered backoff, while health
+// answers 503 "starting: PHASE"; it fails only when ctx ends (a signal or
+// --start-timeout). Services use it for whatever needs the broker.
+func (e *nodeEnv) Retry(ctx context.Context, phase string, fn func(context.Context) error) error {
+	return e.retry(ctx, phase, fn)
+}
+
+// nodeService is a part of the node that runs beside bus.Node, such as the
+// flow engine. Check runs before anything connects (a bad setting exits 2
+// before the node joins); Start runs once the node has joined and may
+// retry through env.Retry until the broker lets it through. Other files
+// add services from init.
+type nodeService struct {
+	Name  string
+	Check func(cfg *nodeConfig) error
+	Start func(ctx context.Context, env *nodeEnv) (stop func(context.Context) error, err error)
+}
+
+// nodeServices are started after the node joins, in order, and stopped (in
+// reverse) on shutdown before the node leaves.
+var nodeServices []nodeService
 
 // nodeCmd is `clusterbus node`; other files may add flags to it (name them
 // as their koanf key, such as "flows.dir").
@@ -70,24 +89,58 @@ func init() {
 }
 
 // runNode runs a node until ctx is done, then shuts it down gracefully.
+//
+// Start order does not matter: the HTTP server is up first and answers 503
+// with what the node waits for; connecting to the broker, joining and
+// every service start retry with a jittered backoff until they succeed
+// (bounded only by --start-timeout), and the node's routes are served only
+// once all of them are up. A configuration error exits 2 before anything
+// connects.
 func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byte) (int, error) }) error {
 	bcfg, err := cfg.busConfig()
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
-	if bcfg.NodeID == "" {
-		// Fixed here so that every log line, ours included, carries it.
-		bcfg.NodeID = bus.NewNodeID()
-		cfg.NodeID = bcfg.NodeID
+	for _, s := range nodeServices {
+		if s.Check != nil {
+			if err := s.Check(cfg); err != nil {
+				return &exitError{code: 2, err: err}
+			}
+		}
 	}
 	base, err := newLogger(logOut, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
+	id, release, err := resolveNodeID(cfg, base)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	defer release()
+	// Fixed here so that every log line, ours included, carries it.
+	bcfg.NodeID, cfg.NodeID = id, id
 	log := base.With("node", bcfg.NodeID)
 	// Adapters opened by URL log through slog.Default(): make it this
 	// node's logger, so their lines follow --log-level and --log-format.
 	slog.SetDefault(log)
+
+	startCtx, cancelStart := ctx, context.CancelFunc(func() {})
+	if cfg.StartTimeout > 0 {
+		startCtx, cancelStart = context.WithTimeout(ctx, cfg.StartTimeout)
+	}
+	defer cancelStart()
+
+	tr, err := newTrust(ctx, cfg, log)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	gate := newStartGate()
+	hs, err := startHTTP(cfg, gate, log, tr)
+	if err != nil {
+		return err
+	}
+	defer hs.Close()
+	log.Info("answering 503 until ready")
 
 	var srv *natsserver.Server
 	brokerURL := cfg.Broker
@@ -98,6 +151,7 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 			quiet, _ := newLogger(logOut, cfg.LogFormat, "warn")
 			srvLog = quiet.With("node", bcfg.NodeID)
 		}
+		gate.Phase("starting the embedded NATS server")
 		srv, err = natsserver.Start(natsserver.Config{Listen: cfg.EmbeddedListen, DataDir: cfg.DataDir, Sync: cfg.EmbeddedSync,
 			Logger: srvLog.With("component", "nats-server")})
 		if err != nil {
@@ -107,57 +161,65 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 		brokerURL = srv.ClientURL()
 		log.Info("embedded NATS server running", "url", brokerURL, "data_dir", cfg.DataDir, "fsync", cfg.EmbeddedSync)
 	}
-	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	b, err := adapters.Open(openCtx, brokerURL)
-	cancel()
+	var raw adapters.Broker
+	err = retryUntilReady(startCtx, log, gate, "waiting for broker", func(ctx context.Context) error {
+		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		var err error
+		raw, err = adapters.Open(octx, brokerURL)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("broker: %w", err)
+		return notReady(ctx, cfg, err)
 	}
-	defer b.Close()
-	log.Info("broker connected", "url", adapters.Redact(brokerURL), "capabilities", b.Capabilities().String())
+	defer raw.Close()
+	log.Info("broker connected", "url", adapters.Redact(brokerURL), "capabilities", raw.Capabilities().String())
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	node, err := bus.New(b, bcfg, bus.WithLogger(base), bus.WithRegisterer(reg))
+	// Everything the node and its services send or receive goes through
+	// b: signed and verified when the cluster has a key.
+	b, err := tr.wrap(raw, bcfg.NodeID, reg)
 	if err != nil {
 		return err
+	}
+	node, err := bus.New(b, bcfg, bus.WithLogger(base), bus.WithRegisterer(reg), bus.WithAlerts(tr.alerts))
+	if err != nil {
+		return &exitError{code: 2, err: err}
 	}
 	mux := http.NewServeMux()
 	node.Mount(mux)
 
-	ln, err := net.Listen("tcp", cfg.HTTP)
-	if err != nil {
-		return fmt.Errorf("http: listen %s: %w", cfg.HTTP, err)
+	if err := retryUntilReady(startCtx, log, gate, "joining the cluster", node.Start); err != nil {
+		return notReady(ctx, cfg, err)
 	}
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("http server failed", "err", err)
-		}
-	}()
-	log.Info("http listening", "addr", ln.Addr().String())
-
-	if err := node.Start(ctx); err != nil {
-		return err
-	}
-	env := &nodeEnv{Broker: b, Node: node, Mux: mux, Config: cfg, Logger: log, Registry: reg, BaseLogger: base}
+	env := &nodeEnv{Broker: b, Node: node, Mux: mux, Config: cfg, Logger: log, Registry: reg, BaseLogger: base,
+		retry: func(ctx context.Context, phase string, fn func(context.Context) error) error {
+			return retryUntilReady(ctx, log, gate, phase, fn)
+		}}
 	var stops []func(context.Context) error
 	var startErr error
-	for _, start := range nodeServices {
-		s, err := start(ctx, env)
+	for _, s := range nodeServices {
+		gate.Phase("starting " + s.Name)
+		stop, err := s.Start(startCtx, env)
 		if err != nil {
-			startErr = err
+			startErr = notReady(ctx, cfg, err)
 			break
 		}
-		if s != nil {
-			stops = append(stops, s)
+		if stop != nil {
+			stops = append(stops, stop)
 		}
 	}
 	if startErr == nil {
+		cancelStart()
+		// Every route is mounted: from now on the node's own health
+		// (warm-up, broker link, split brain) answers.
+		gate.Open(mux)
+		log.Info("node services running; serving once the node is in good standing")
 		<-ctx.Done()
 		log.Info("shutting down: draining")
 	} else {
-		log.Error("a node service failed to start; shutting down", "err", startErr)
+		log.Error("the node did not get ready; shutting down", "err", startErr)
 	}
 
 	// Drain: 503 on health, hand over the lead, stop services, leave.
@@ -183,4 +245,21 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// notReady explains a start that ended before the node was ready: a signal
+// (the caller's context), --start-timeout, or a service that failed for
+// good.
+func notReady(ctx context.Context, cfg *nodeConfig, err error) error {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return err
+	}
+	if ctx.Err() != nil {
+		return nil // stopped by a signal while starting: a clean exit
+	}
+	if cfg.StartTimeout > 0 && errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("not ready within --start-timeout %s: %w", cfg.StartTimeout, err)
+	}
+	return err
 }

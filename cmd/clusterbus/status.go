@@ -32,8 +32,6 @@ func normalizeAddr(a string) string {
 	return strings.TrimRight(a, "/")
 }
 
-var httpClient = &http.Client{Timeout: 10 * time.Second}
-
 func init() {
 	var addr string
 	var asJSON bool
@@ -55,6 +53,7 @@ func init() {
 	}
 	cmd.Flags().StringVar(&addr, "addr", defaultAddr(), "a node's HTTP address (env CLUSTERBUS_ADDR)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the /api/cluster JSON")
+	addAdminTokenFlag(cmd)
 	rootCmd.AddCommand(cmd)
 }
 

@@ -1,0 +1,541 @@
+// Command bench is the peer benchmark of clusterbus's queues: one workload
+// run, in one process and one run, through raw nats.go used at its best,
+// Watermill with watermill-nats (JetStream) tuned, the clusterbus NATS
+// adapter and the clusterbus workqueue, on an embedded nats-server with the
+// default fsync and with fsync always; and raw amqp091-go against the
+// clusterbus RabbitMQ adapter on a RabbitMQ (-rabbit). It is its own Go module so that the
+// main module does not depend on Watermill.
+//
+// Workload: -items items of -size bytes, enqueue → receive → ack, -consumers
+// consumers (each on its own connection), -producers concurrent producers
+// (sharing one connection). Modes: "concurrent" (consumers run while the
+// producers enqueue; the time is from the first enqueue to the last ack) and
+// "drain" (the queue is filled first; the time is from the consumers' start
+// to the last ack). Each system runs -runs times per mode, interleaved; the
+// table shows medians in items/s and each system's ratio to raw nats.go.
+//
+//	cd bench && go run . -runs 3
+//	cd bench && go run . -runs 3 -fsync default -systems rabbit-raw,rabbit-adapter
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wmjs "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/jetstream"
+	"github.com/ThreeDotsLabs/watermill/message"
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/clusterbus/clusterbus/adapters"
+	cbnats "github.com/clusterbus/clusterbus/adapters/nats"
+	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
+	"github.com/clusterbus/clusterbus/workqueue"
+)
+
+type config struct {
+	items, size, consumers, producers, runs int
+	prefetch, rawBatch, window              int
+	systems, modes, fsyncs                  []string
+}
+
+func main() {
+	var cfg config
+	var systems, modes, fsyncs string
+	flag.IntVar(&cfg.items, "items", 20000, "items per run")
+	flag.IntVar(&cfg.size, "size", 256, "item body size in bytes")
+	flag.IntVar(&cfg.consumers, "consumers", 8, "consumers, each on its own connection")
+	flag.IntVar(&cfg.producers, "producers", 64, "concurrent producers")
+	flag.IntVar(&cfg.runs, "runs", 3, "runs per system and mode (the median is shown)")
+	flag.IntVar(&cfg.prefetch, "prefetch", 64, "ConsumeOptions.Prefetch of the clusterbus adapter consumers")
+	flag.IntVar(&cfg.rawBatch, "raw-batch", 500, "pull batch (PullMaxMessages) of raw nats.go and Watermill")
+	flag.IntVar(&cfg.window, "window", 4000, "PublishAsync window of raw nats.go")
+	flag.StringVar(&systems, "systems", "raw,watermill,adapter,workqueue", "systems to run")
+	flag.StringVar(&modes, "modes", "concurrent,drain", "modes to run")
+	flag.StringVar(&fsyncs, "fsync", "default,always", "server fsync settings to run")
+	flag.StringVar(&rabbitURL, "rabbit", rabbitURL, "RabbitMQ URL of the rabbit-* systems")
+	flag.Parse()
+	cfg.systems, cfg.modes, cfg.fsyncs = strings.Split(systems, ","), strings.Split(modes, ","), strings.Split(fsyncs, ",")
+	if err := run(cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type system func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error)
+
+var allSystems = map[string]system{
+	"raw":       runRaw,
+	"watermill": runWatermill,
+	"adapter":   runAdapter,
+	"workqueue": runWorkqueue,
+	// RabbitMQ (-rabbit); the fsync setting does not apply.
+	"rabbit-raw":     runRabbitRaw,
+	"rabbit-adapter": runRabbitAdapter,
+}
+
+// baseOf is the system each one's ratio is taken against.
+func baseOf(s string) string {
+	if strings.HasPrefix(s, "rabbit-") {
+		return "rabbit-raw"
+	}
+	return "raw"
+}
+
+func run(cfg config) error {
+	for _, s := range cfg.systems {
+		if allSystems[s] == nil {
+			return fmt.Errorf("unknown system %q", s)
+		}
+	}
+	fmt.Printf("%d items of %d B, %d consumers, %d producers, %d runs per cell (median shown); adapter prefetch %d, raw/Watermill pull batch %d, raw publish window %d\n",
+		cfg.items, cfg.size, cfg.consumers, cfg.producers, cfg.runs, cfg.prefetch, cfg.rawBatch, cfg.window)
+	for _, fs := range cfg.fsyncs {
+		dir, err := os.MkdirTemp("", "clusterbus-bench-")
+		if err != nil {
+			return err
+		}
+		srv, err := natsserver.Start(natsserver.Config{Listen: "127.0.0.1:0", DataDir: dir, Sync: fs == "always",
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			return err
+		}
+		results := map[string]map[string][]float64{}
+		for _, mode := range cfg.modes {
+			for r := range cfg.runs {
+				for _, s := range cfg.systems {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+					el, err := allSystems[s](ctx, srv.ClientURL(), cfg, mode == "drain")
+					cancel()
+					if err != nil {
+						srv.Shutdown()
+						return fmt.Errorf("fsync=%s %s %s run %d: %w", fs, s, mode, r+1, err)
+					}
+					ips := float64(cfg.items) / el.Seconds()
+					fmt.Fprintf(os.Stderr, "fsync=%s %-10s %-10s run %d: %8.0f items/s\n", fs, mode, s, r+1, ips)
+					if results[s] == nil {
+						results[s] = map[string][]float64{}
+					}
+					results[s][mode] = append(results[s][mode], ips)
+				}
+			}
+		}
+		srv.Shutdown()
+		os.RemoveAll(dir)
+		fmt.Printf("\nfsync=%s (items/s, median; ratio to raw; min-max)\n", fs)
+		tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintf(tw, "system\t%s\n", strings.Join(cfg.modes, "\t"))
+		for _, s := range cfg.systems {
+			row := []string{s}
+			for _, mode := range cfg.modes {
+				m := median(results[s][mode])
+				cell := fmt.Sprintf("%.0f [%.0f-%.0f]", m, slices.Min(results[s][mode]), slices.Max(results[s][mode]))
+				if raw := results[baseOf(s)][mode]; len(raw) > 0 {
+					cell += fmt.Sprintf(" %.2fx %s", m/median(raw), baseOf(s))
+				}
+				if s == "adapter" || s == "workqueue" {
+					if wm := results["watermill"][mode]; len(wm) > 0 {
+						cell += fmt.Sprintf(" %.2fx watermill", m/median(wm))
+					}
+				}
+				row = append(row, cell)
+			}
+			fmt.Fprintln(tw, strings.Join(row, "\t"))
+		}
+		tw.Flush()
+	}
+	return nil
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+var seq atomic.Int64
+
+func uniqueName(prefix string) string {
+	return fmt.Sprintf("%s%d%d", prefix, time.Now().UnixNano()%1e9, seq.Add(1))
+}
+
+// produce runs cfg.producers goroutines that call enqueue for every item
+// index once.
+func produce(cfg config, enqueue func(i int) error) error {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errc := make(chan error, cfg.producers)
+	for range cfg.producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= cfg.items {
+					return
+				}
+				if err := enqueue(i); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	return <-errc
+}
+
+// counter signals done when n items were acked.
+type counter struct {
+	n    int64
+	got  atomic.Int64
+	done chan struct{}
+}
+
+func newCounter(n int) *counter { return &counter{n: int64(n), done: make(chan struct{})} }
+
+func (c *counter) add() {
+	if c.got.Add(1) == c.n {
+		close(c.done)
+	}
+}
+
+// measure runs start (the consumers) and produce in the order the mode asks,
+// waits until every item is acked and returns when the timing started.
+func measure(ctx context.Context, cfg config, drain bool, start func() error, enqueue func(i int) error, c *counter) (time.Time, error) {
+	return measureWith(ctx, cfg, drain, start, enqueue, nil, c)
+}
+
+// measureWith is measure with produced, if not nil, run after the last
+// enqueue (such as awaiting outstanding publisher confirms).
+func measureWith(ctx context.Context, cfg config, drain bool, start func() error, enqueue func(i int) error, produced func() error, c *counter) (time.Time, error) {
+	var t0 time.Time
+	produceAll := func() error {
+		if err := produce(cfg, enqueue); err != nil {
+			return err
+		}
+		if produced != nil {
+			return produced()
+		}
+		return nil
+	}
+	if drain {
+		if err := produceAll(); err != nil {
+			return t0, err
+		}
+		t0 = time.Now()
+		if err := start(); err != nil {
+			return t0, err
+		}
+	} else {
+		if err := start(); err != nil {
+			return t0, err
+		}
+		t0 = time.Now()
+		errc := make(chan error, 1)
+		go func() { errc <- produceAll() }()
+		defer func() { <-errc }()
+		select {
+		case err := <-errc:
+			if err != nil {
+				return t0, err
+			}
+			errc <- nil
+		case <-c.done:
+		}
+	}
+	select {
+	case <-c.done:
+		return t0, nil
+	case <-ctx.Done():
+		return t0, fmt.Errorf("%d of %d items acked: %w", c.got.Load(), c.n, ctx.Err())
+	}
+}
+
+// runRaw is nats.go used at its best: PublishMsgAsync with a window (each
+// producer waits for nothing but the window; all acknowledgements are
+// awaited before the producers count as done), one Consume per consumer
+// pulling rawBatch, plain Ack.
+func runRaw(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+	pc, err := natsgo.Connect(url)
+	if err != nil {
+		return 0, err
+	}
+	defer pc.Close()
+	js, err := jetstream.New(pc, jetstream.WithPublishAsyncMaxPending(cfg.window))
+	if err != nil {
+		return 0, err
+	}
+	name := uniqueName("RAW")
+	subject := "raw." + name
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subject},
+		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage}); err != nil {
+		return 0, err
+	}
+	defer js.DeleteStream(context.Background(), name)
+	if _, err := js.CreateOrUpdateConsumer(ctx, name, jetstream.ConsumerConfig{Durable: "raw",
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second, MaxDeliver: -1, MaxAckPending: 10000}); err != nil {
+		return 0, err
+	}
+	body := make([]byte, cfg.size)
+	c := newCounter(cfg.items)
+	var stops []func()
+	defer func() {
+		for _, s := range stops {
+			s()
+		}
+	}()
+	start := func() error {
+		for range cfg.consumers {
+			nc, err := natsgo.Connect(url)
+			if err != nil {
+				return err
+			}
+			cjs, _ := jetstream.New(nc)
+			cons, err := cjs.Consumer(ctx, name, "raw")
+			if err != nil {
+				return err
+			}
+			cc, err := cons.Consume(func(m jetstream.Msg) {
+				if m.Ack() == nil {
+					c.add()
+				}
+			}, jetstream.PullMaxMessages(cfg.rawBatch))
+			if err != nil {
+				return err
+			}
+			stops = append(stops, func() { cc.Stop(); nc.Close() })
+		}
+		return nil
+	}
+	var published atomic.Int64
+	enqueue := func(i int) error {
+		msg := natsgo.NewMsg(subject)
+		msg.Header.Set("cb-id", fmt.Sprint(i))
+		msg.Data = body
+		if _, err := js.PublishMsgAsync(msg); err != nil {
+			return err
+		}
+		if published.Add(1) == int64(cfg.items) {
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
+	t0, err := measure(ctx, cfg, drain, start, enqueue, c)
+	return time.Since(t0), err
+}
+
+// runWatermill is Watermill 1.5 with watermill-nats/v2's JetStream
+// publisher and subscriber, tuned: a work-queue stream, a grouped (shared
+// durable) consumer, pull batch rawBatch, asynchronous acks, and the
+// producers publishing concurrently.
+func runWatermill(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+	log := watermill.NopLogger{}
+	pc, err := natsgo.Connect(url)
+	if err != nil {
+		return 0, err
+	}
+	defer pc.Close()
+	topic := uniqueName("WM")
+	js, _ := jetstream.New(pc)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: topic, Subjects: []string{topic},
+		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage}); err != nil {
+		return 0, err
+	}
+	defer js.DeleteStream(context.Background(), topic)
+	pub, err := wmjs.NewPublisher(wmjs.PublisherConfig{Conn: pc, Logger: log})
+	if err != nil {
+		return 0, err
+	}
+	body := make([]byte, cfg.size)
+	c := newCounter(cfg.items)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var subs []*wmjs.Subscriber
+	defer func() {
+		for _, s := range subs {
+			s.Close()
+		}
+	}()
+	start := func() error {
+		for range cfg.consumers {
+			nc, err := natsgo.Connect(url)
+			if err != nil {
+				return err
+			}
+			sub, err := wmjs.NewSubscriber(wmjs.SubscriberConfig{
+				Conn: nc, Logger: log, AckAsync: true,
+				ResourceInitializer: wmjs.GroupedConsumer("bench"),
+				ConsumeOptions:      []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(cfg.rawBatch)},
+			})
+			if err != nil {
+				return err
+			}
+			subs = append(subs, sub)
+			ch, err := sub.Subscribe(sctx, topic)
+			if err != nil {
+				return err
+			}
+			go func() {
+				for m := range ch {
+					m.Ack()
+					c.add()
+				}
+			}()
+		}
+		return nil
+	}
+	enqueue := func(i int) error {
+		m := message.NewMessage(fmt.Sprint(i), body)
+		return pub.Publish(topic, m)
+	}
+	t0, err := measure(ctx, cfg, drain, start, enqueue, c)
+	return time.Since(t0), err
+}
+
+func openAdapter(ctx context.Context, url string) (*cbnats.Broker, error) {
+	return cbnats.Open(ctx, cbnats.Options{Servers: []string{url}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+}
+
+// runAdapter is the clusterbus NATS adapter: Enqueue from the producers on
+// one Broker, one Broker per consumer with Prefetch -prefetch and one
+// Receive/Ack loop.
+func runAdapter(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+	pb, err := openAdapter(ctx, url)
+	if err != nil {
+		return 0, err
+	}
+	defer pb.Close()
+	q := uniqueName("adapter")
+	if err := pb.DeclareQueue(ctx, adapters.QueueConfig{Name: q}); err != nil {
+		return 0, err
+	}
+	defer pb.DeleteQueue(context.Background(), q)
+	body := make([]byte, cfg.size)
+	c := newCounter(cfg.items)
+	rctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var brokers []*cbnats.Broker
+	defer func() {
+		cancel()
+		wg.Wait()
+		for _, b := range brokers {
+			b.Close()
+		}
+	}()
+	start := func() error {
+		for range cfg.consumers {
+			b, err := openAdapter(ctx, url)
+			if err != nil {
+				return err
+			}
+			brokers = append(brokers, b)
+			cons, err := b.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: cfg.prefetch})
+			if err != nil {
+				return err
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer cons.Close()
+				for {
+					d, err := cons.Receive(rctx)
+					if err != nil {
+						return
+					}
+					if d.Ack(rctx) == nil {
+						c.add()
+					}
+				}
+			}()
+		}
+		return nil
+	}
+	enqueue := func(i int) error {
+		return pb.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint(i), Body: body})
+	}
+	t0, err := measure(ctx, cfg, drain, start, enqueue, c)
+	return time.Since(t0), err
+}
+
+// runWorkqueue is the clusterbus workqueue: one Worker per consumer
+// Broker, Concurrency 8 (so the adapter prefetches 8), a handler that does
+// nothing; the time ends when every worker has stopped, i.e. when every
+// item is settled.
+func runWorkqueue(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+	pb, err := openAdapter(ctx, url)
+	if err != nil {
+		return 0, err
+	}
+	defer pb.Close()
+	qc := adapters.QueueConfig{Name: uniqueName("workqueue")}
+	if err := pb.DeclareQueue(ctx, qc); err != nil {
+		return 0, err
+	}
+	defer pb.DeleteQueue(context.Background(), qc.Name)
+	body := make([]byte, cfg.size)
+	c := newCounter(cfg.items)
+	var workers []*workqueue.Worker
+	var brokers []*cbnats.Broker
+	defer func() {
+		for _, b := range brokers {
+			b.Close()
+		}
+	}()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	start := func() error {
+		for range cfg.consumers {
+			b, err := openAdapter(ctx, url)
+			if err != nil {
+				return err
+			}
+			brokers = append(brokers, b)
+			w, err := workqueue.New(b, workqueue.Config{Queue: qc, Concurrency: 8},
+				func(context.Context, *workqueue.Job) error { c.add(); return nil }, workqueue.Options{Logger: log})
+			if err != nil {
+				return err
+			}
+			if err := w.Start(ctx); err != nil {
+				return err
+			}
+			workers = append(workers, w)
+		}
+		return nil
+	}
+	enqueue := func(i int) error {
+		return pb.Enqueue(ctx, qc.Name, adapters.Message{ID: fmt.Sprint(i), Body: body})
+	}
+	t0, err := measure(ctx, cfg, drain, start, enqueue, c)
+	if err != nil {
+		return 0, err
+	}
+	// The handlers have run; the time counts until their items are acked.
+	for _, w := range workers {
+		if err := w.Stop(ctx); err != nil {
+			return 0, err
+		}
+	}
+	return time.Since(t0), nil
+}

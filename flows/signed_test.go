@@ -1,0 +1,173 @@
+package flows_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/mem"
+	"github.com/clusterbus/clusterbus/adapters/signed"
+	"github.com/clusterbus/clusterbus/flows"
+)
+
+const payFlow = `flow: pay
+version: 1
+steps:
+  - name: hold
+    wait: 300ms
+    next: charge
+  - name: charge
+    set:
+      total: "input.amount * 2"
+`
+
+func signedOn(t *testing.T, b adapters.Broker, sender, key string) *signed.Broker {
+	t.Helper()
+	ring, err := signed.NewKeyRing([]byte(key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := signed.Wrap(b, signed.Config{Cluster: "flows-test", Sender: sender, Keys: ring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sb.Close() })
+	return sb
+}
+
+// TestSignedForgedEventsAndItemsChangeNoExecution: forged step_done and
+// completed events, a forged catch-up request and items put straight on
+// the flows queue (unsigned, or signed with another key) change nothing:
+// the real execution runs every step and reports its own output, nobody
+// answers the forged catch-up, the forged items are dead letters.
+func TestSignedForgedEventsAndItemsChangeNoExecution(t *testing.T) {
+	const key = "flows-test-key-0123456789"
+	srv := mem.NewServer()
+	t.Cleanup(srv.Close)
+	defs, err := flows.Parse("pay.yaml", []byte(payFlow))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	events := cfg.Queue + "-events"
+	reg := func(e *flows.Engine) {
+		if err := e.Register(defs.Flows[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b1 := signedOn(t, srv.Client(), "n1", key)
+	b2 := signedOn(t, srv.Client(), "n2", key)
+	e1 := newEngine(t, b1, cfg, "n1", reg)
+	e2 := newEngine(t, b2, cfg, "n2", reg)
+	// A member's view of the events topic: counts catch-up replies to
+	// the forged requester.
+	watch := signedOn(t, srv.Client(), "watch", key)
+	wsub, err := watch.Subscribe(context.Background(), events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var repliesToEvil atomic.Int64
+	go func() {
+		for {
+			m, err := wsub.Receive(context.Background())
+			if err != nil {
+				return
+			}
+			if m.Headers["flows-sync-to"] == "evil" {
+				repliesToEvil.Add(1)
+			}
+		}
+	}()
+	t.Cleanup(func() { wsub.Close() })
+
+	ctx := context.Background()
+	id, err := e1.Submit(ctx, "pay", map[string]any{"amount": 21})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := srv.Client()
+	t.Cleanup(func() { raw.Close() })
+	foreign := signedOn(t, srv.Client(), "n1", "another-key-0123456789")
+	now := time.Now()
+	ev := func(typ flows.EventType, seq int, out map[string]any) adapters.Message {
+		b, _ := json.Marshal(flows.Event{ID: fmt.Sprintf("evil-%s-%d", typ, seq), Type: typ, Execution: id, Flow: "pay",
+			Version: 1, Step: "hold", Seq: seq, Node: "n1", Time: now, Output: out})
+		return adapters.Message{Body: b}
+	}
+	item := func(exec, step string) adapters.Message {
+		b, _ := json.Marshal(map[string]any{"v": 1, "exec": exec, "flow": "pay", "version": 1, "step": step, "seq": 1,
+			"input": map[string]any{"amount": 1000000}, "started": now})
+		return adapters.Message{ID: exec + ":1", Key: exec, Body: b}
+	}
+	syncReq := adapters.Message{Headers: map[string]string{"flows-sync": "request", "flows-sync-from": "evil"}, Body: []byte("{}")}
+	for _, p := range []adapters.Broker{raw, foreign} {
+		for _, m := range []adapters.Message{ev(flows.EventStepDone, 0, nil), ev(flows.EventStepDone, 1, nil),
+			ev(flows.EventCompleted, 1, map[string]any{"total": 666}), syncReq} {
+			if err := p.Publish(ctx, events, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, m := range []adapters.Message{item(id, "charge"), item("evil-exec", "charge")} {
+			if err := p.Enqueue(ctx, cfg.Queue, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// While it runs, no node ever reports the forged output.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s1, err1 := e1.Status(ctx, id)
+		s2, err2 := e2.Status(ctx, id)
+		for _, s := range []flows.Status{s1, s2} {
+			if fmt.Sprint(s.Output["total"]) == "666" {
+				t.Fatalf("a node reports the forged output: %+v", s)
+			}
+		}
+		if err1 == nil && err2 == nil && s1.State == flows.StateCompleted && s2.State == flows.StateCompleted {
+			if fmt.Sprint(s1.Output["total"]) != "42" || fmt.Sprint(s2.Output["total"]) != "42" || s1.Seq != 1 {
+				t.Fatalf("completed with %+v / %+v, want total 42 at seq 1", s1, s2)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("execution did not complete: %+v %v / %+v %v", s1, err1, s2, err2)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := e1.Status(ctx, "evil-exec"); err == nil {
+		t.Fatal("the forged item started an execution")
+	}
+	got := results(t, b1, cfg.ResultsQueue, 1)
+	if len(got) != 1 || got[id] != 1 {
+		t.Fatalf("results %v, want one for %s", got, id)
+	}
+	if n := repliesToEvil.Load(); n != 0 {
+		t.Fatalf("%d catch-up replies to a forged request", n)
+	}
+	// The four forged items are dead letters, each marked unauthenticated.
+	dl, err := raw.Consume(ctx, cfg.Queue, adapters.ConsumeOptions{DeadLetters: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		d, err := dl.Receive(rctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("dead letter %d: %v", i, err)
+		}
+		if r := d.Message().Headers[adapters.HeaderDeadLetterReason]; !strings.HasPrefix(r, "unauthenticated") {
+			t.Errorf("dead-letter reason %q", r)
+		}
+	}
+	st := b1.Stats()
+	st2 := b2.Stats()
+	if st.Total+st2.Total < 12 {
+		t.Errorf("rejections counted: n1 %+v n2 %+v; want the 8 forged events on both nodes and 4 items", st, st2)
+	}
+}
