@@ -121,9 +121,18 @@ func (b *Broker) runMover(ctx context.Context, source string) {
 	}
 }
 
-// moveOnce runs the mover on one channel until it closes or ctx ends.
+// moveOnce runs the mover on a connection of its own until it closes or
+// ctx ends. Its own, because RabbitMQ 3.10 answers a basic.consume on a
+// quorum queue whose process is not up yet (just declared, or restarting)
+// with INTERNAL_ERROR, which closes the whole connection: on the Broker's
+// connection that would cut every consumer and publisher with it.
 func (b *Broker) moveOnce(ctx context.Context, source string) error {
-	ch, _, err := b.channel(ctx)
+	conn, err := b.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
 	if err != nil {
 		return err
 	}
@@ -140,6 +149,11 @@ func (b *Broker) moveOnce(ctx context.Context, source string) error {
 		return err
 	}
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
+	select { // a quorum queue just declared may not be up yet (see above)
+	case <-ctx.Done():
+		return nil
+	case <-time.After(100 * time.Millisecond):
+	}
 	dch, err := ch.Consume(name, "", false, false, false, false, nil)
 	if err != nil {
 		return err
