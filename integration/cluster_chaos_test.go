@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
+	"github.com/clusterbus/clusterbus/adapters/rabbitmq/rabbittest"
 )
 
 // envNATSServer makes this test binary run one embedded NATS server of a
@@ -58,9 +60,9 @@ func init() {
 	}
 }
 
-// natsProcCluster is a 3-server NATS cluster (JetStream, routes on
-// loopback) with each server in a process of its own, so that a test can
-// kill one with SIGKILL.
+// natsProcCluster is an N-server NATS cluster (JetStream, routes on
+// loopback; N = 1 is a single server) with each server in a process of its
+// own, so that a test can kill one with SIGKILL.
 type natsProcCluster struct {
 	t     *testing.T
 	dir   string
@@ -79,9 +81,12 @@ func startNATSProcCluster(t *testing.T, size int) *natsProcCluster {
 	}
 	for i := range size {
 		cfg := natsserver.Config{Listen: client[i], DataDir: filepath.Join(c.dir, "s"+strconv.Itoa(i+1)),
-			Name: "s" + strconv.Itoa(i+1), ClusterName: "it", ClusterListen: route[i], ReadyTimeout: 30 * time.Second}
+			Name: "s" + strconv.Itoa(i+1), ReadyTimeout: 30 * time.Second}
+		if size > 1 {
+			cfg.ClusterName, cfg.ClusterListen = "it", route[i]
+		}
 		for j := range size {
-			if j != i {
+			if j != i && size > 1 {
 				cfg.Routes = append(cfg.Routes, route[j])
 			}
 		}
@@ -239,20 +244,7 @@ func TestNATSClusterServerLoss(t *testing.T) {
 		nodes:      5,
 		executions: 500,
 		nodeURL:    func(i int) string { return c.url(i%3, "?replicas=3") },
-		flowYAML: func(url string) string {
-			return fmt.Sprintf(`flow: chaos
-version: 1
-steps:
-  - name: reserve
-    http: {method: POST, url: "%[1]s/reserve", timeout: 10s, retries: 0}
-  - name: settle
-    wait: 200ms
-  - name: charge
-    http: {method: POST, url: "%[1]s/charge", timeout: 10s, retries: 0}
-  - name: confirm
-    http: {method: POST, url: "%[1]s/confirm", timeout: 10s, retries: 0}
-`, url)
-		},
+		flowYAML:   waitFlowYAML,
 		during: func(t *testing.T, env chaosEnv) {
 			c.watch("clusterbus_Q_" + env.queue)
 			polls := time.NewTicker(200 * time.Millisecond)
@@ -322,11 +314,121 @@ steps:
 	if len(kills) < 2 {
 		t.Errorf("%d NATS servers killed, want 2 (stream leader, meta leader)", len(kills))
 	}
-	watch.mu.Lock()
-	defer watch.mu.Unlock()
-	t.Logf("lead polls: %d; %d with two leads serving (all within the detection window unless listed below)", watch.polls, len(watch.multi))
-	if len(watch.longMulti) > 0 {
+	watch.report(t)
+}
+
+// TestRabbitMQClusterNodeLoss runs 5 nodes on the 3-node RabbitMQ test
+// cluster (rabbittest: cb1-3@localhost; node i connects to RabbitMQ node
+// i mod 3), submits 500 executions of a flow with a wait step, and kills
+// with SIGKILL, besides a clusterbus node every few seconds (the lead every
+// third time), the RabbitMQ node that leads the flows queue, restarted
+// once it is down 5 s. Checks as the chaos test: nothing lost; RabbitMQ has
+// no dedupe, so a repeated completion is reported, not failed (see package
+// flows); at most one lead serving beyond the detection window.
+func TestRabbitMQClusterNodeLoss(t *testing.T) {
+	needBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	rc, err := rabbittest.StartCluster(ctx)
+	if err != nil {
+		brokerUnavailable(t, "rabbitmq cluster", err)
+	}
+	if !rc.Owned() {
+		t.Skip("external RabbitMQ cluster: its nodes cannot be killed from here")
+	}
+	var watch leadWatch
+	var stall time.Duration
+	killed := ""
+	runChaos(t, testBroker{kind: "rabbitmq-cluster", url: rc.URL(0)}, chaosSetup{
+		nodes:      5,
+		executions: 500,
+		nodeURL:    func(i int) string { return rc.URL(i % 3) },
+		flowYAML:   waitFlowYAML,
+		during: func(t *testing.T, env chaosEnv) {
+			polls := time.NewTicker(200 * time.Millisecond)
+			defer polls.Stop()
+			start := time.Now()
+			for time.Since(start) < 10*time.Second {
+				select {
+				case <-env.stop:
+					return
+				case <-polls.C:
+					watch.poll(env.live())
+				}
+			}
+			i, err := rc.QueueLeader(context.Background(), "cb.q."+env.queue)
+			if err != nil || i < 0 {
+				t.Logf("leader of cb.q.%s unknown (%v); killing %s", env.queue, err, rc.NodeName(0))
+				i = 0
+			}
+			before := len(env.calls())
+			if err := rc.Kill(i); err != nil {
+				t.Errorf("kill -9 %s: %v", rc.NodeName(i), err)
+				return
+			}
+			at := time.Now()
+			env.brokerKilled(at)
+			killed = rc.NodeName(i)
+			t.Logf("kill -9 of RabbitMQ node %s (leads the flows queue)", killed)
+			for time.Since(at) < 5*time.Second {
+				<-polls.C
+				watch.poll(env.live())
+				if stall == 0 {
+					for _, call := range env.calls()[before:] {
+						if call.At.After(at) {
+							stall = call.At.Sub(at)
+							break
+						}
+					}
+				}
+			}
+			if err := rc.Start(context.Background(), i); err != nil {
+				t.Errorf("restart %s: %v", killed, err)
+			}
+			t.Logf("RabbitMQ node %s back %s after the kill", killed, time.Since(at).Round(time.Millisecond))
+			for {
+				select {
+				case <-env.stop:
+					return
+				case <-polls.C:
+					watch.poll(env.live())
+				}
+			}
+		},
+	})
+	if killed == "" {
+		t.Fatal("no RabbitMQ node was killed")
+	}
+	t.Logf("stall after kill -9 of %s: next step call %s later (0: none while it was down)", killed, stall.Round(time.Millisecond))
+	watch.report(t)
+}
+
+// waitFlowYAML is the chaos flow with a wait step between reserve and
+// charge: three http steps the checker follows, four steps in all.
+func waitFlowYAML(url string) string {
+	return fmt.Sprintf(`flow: chaos
+version: 1
+steps:
+  - name: reserve
+    http: {method: POST, url: "%[1]s/reserve", timeout: 10s, retries: 0}
+  - name: settle
+    wait: 200ms
+  - name: charge
+    http: {method: POST, url: "%[1]s/charge", timeout: 10s, retries: 0}
+  - name: confirm
+    http: {method: POST, url: "%[1]s/confirm", timeout: 10s, retries: 0}
+`, url)
+}
+
+// report logs the polls and fails on more than one lead serving beyond the
+// detection window.
+func (w *leadWatch) report(t *testing.T) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t.Logf("lead polls: %d; %d with two leads serving (all within the detection window unless listed below)", w.polls, len(w.multi))
+	if len(w.longMulti) > 0 {
 		t.Errorf("%d polls with more than one lead serving beyond the detection window (%s), e.g.:\n%s",
-			len(watch.longMulti), 2*failureTimeout+margin, strings.Join(chaosFirst(watch.longMulti, 10), "\n"))
+			len(w.longMulti), 2*failureTimeout+margin, strings.Join(chaosFirst(w.longMulti, 10), "\n"))
 	}
 }
