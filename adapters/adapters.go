@@ -202,6 +202,9 @@ type Capabilities struct {
 	Ordering Support
 	// Restart: subscriptions and consumers survive a broker restart.
 	Restart Support
+	// QueueStats: the broker reports queue counts (QueueStatter; see
+	// Stats). Emulated means some counts are Unknown.
+	QueueStats Support
 	// MaxMessageSize is the largest Message accepted, as counted by Size.
 	MaxMessageSize int
 	// MaxHeaders is the largest number of Message.Headers accepted; zero

@@ -18,6 +18,10 @@
 // dead-letter queue, which is read with ConsumeOptions.DeadLetters and carries
 // the reason in the HeaderDeadLetterReason header.
 //
+// A broker may also implement BatchEnqueuer, which stores several items
+// with one wait for the broker; the function EnqueueBatch uses it where it
+// exists and falls back to Enqueue per item.
+//
 // # Capabilities
 //
 // Brokers differ. Capabilities says, per feature, whether the broker does it

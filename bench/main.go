@@ -25,6 +25,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -65,9 +66,23 @@ func main() {
 	flag.StringVar(&modes, "modes", "concurrent,drain", "modes to run")
 	flag.StringVar(&fsyncs, "fsync", "default,always", "server fsync settings to run")
 	flag.StringVar(&rabbitURL, "rabbit", rabbitURL, "RabbitMQ URL of the rabbit-* systems")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	cfg.systems, cfg.modes, cfg.fsyncs = strings.Split(systems, ","), strings.Split(modes, ","), strings.Split(fsyncs, ",")
 	if err := run(cfg); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -252,14 +267,13 @@ func measureWith(ctx context.Context, cfg config, drain bool, start func() error
 		t0 = time.Now()
 		errc := make(chan error, 1)
 		go func() { errc <- produceAll() }()
-		defer func() { <-errc }()
 		select {
 		case err := <-errc:
 			if err != nil {
 				return t0, err
 			}
-			errc <- nil
 		case <-c.done:
+			defer func() { <-errc }()
 		}
 	}
 	select {
@@ -331,7 +345,7 @@ func runRaw(ctx context.Context, url string, cfg config, drain bool) (time.Durat
 		msg := natsgo.NewMsg(subject)
 		msg.Header.Set("cb-id", fmt.Sprint(i))
 		msg.Data = body
-		if _, err := js.PublishMsgAsync(msg); err != nil {
+		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute)); err != nil {
 			return err
 		}
 		if published.Add(1) == int64(cfg.items) {

@@ -80,14 +80,7 @@ func (n *Node) runDuty(ctx context.Context, d *duty, term uint64) {
 		b := n.cfg.HeartbeatInterval << min(i, 6)
 		return min(b, 30*time.Second)
 	}
-	call := func(slot int64) (err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				err = fmt.Errorf("bus: duty %q panicked: %v", d.name, r)
-			}
-		}()
-		return d.fn(ctx, term)
-	}
+	call := func(int64) error { return n.callDuty(ctx, d, term) }
 	if d.every == 0 {
 		for i := 0; ; i++ {
 			err := call(0)

@@ -2,13 +2,15 @@ package bus
 
 import (
 	"encoding/json"
-	"html/template"
+	"errors"
 	"io"
 	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/clusterbus/clusterbus/adapters"
 )
 
 // ClusterJSON is the body of GET /api/cluster.
@@ -18,6 +20,17 @@ type ClusterJSON struct {
 	Lead    string     `json:"lead"`
 	Term    uint64     `json:"term"`
 	Nodes   []NodeJSON `json:"nodes"`
+	// The local node's standing: its state, why, whether it serves and
+	// whether its broker link works.
+	State     string `json:"local_state,omitempty"`
+	Reason    string `json:"local_reason,omitempty"`
+	Serving   bool   `json:"serving"`
+	Connected bool   `json:"broker_connected"`
+	// Terms are the lead terms this node saw begin, oldest first; Duties
+	// the lead duties registered here.
+	Terms  []TermChange `json:"terms,omitempty"`
+	Duties []DutyStatus `json:"duties,omitempty"`
+	Now    time.Time    `json:"now,omitzero"`
 	// Alerts are conditions an operator should look at that do not
 	// change the node's state (see WithAlerts).
 	Alerts []string `json:"alerts,omitempty"`
@@ -36,19 +49,27 @@ type NodeJSON struct {
 	Version       string    `json:"version"`
 	ClockSkewMS   int64     `json:"clock_skew_ms"`
 	ClockSkewed   bool      `json:"clock_skewed,omitempty"`
+	HTTPAddr      string    `json:"http_addr,omitempty"`
+	Reason        string    `json:"reason,omitempty"`
 }
 
 // JSON converts the status to the /api/cluster document.
 func (s Status) JSON() ClusterJSON {
-	out := ClusterJSON{Cluster: s.Cluster, Local: s.Local, Lead: s.Lead, Term: s.Term, Nodes: []NodeJSON{}}
+	out := ClusterJSON{Cluster: s.Cluster, Local: s.Local, Lead: s.Lead, Term: s.Term, Nodes: []NodeJSON{},
+		State: s.State, Reason: s.Reason, Serving: s.Serving, Connected: s.Connected, Now: s.Now.UTC()}
 	for _, m := range s.Members {
 		out.Nodes = append(out.Nodes, NodeJSON{
 			ID: m.ID, Host: m.Host, IP: m.IP, StartedAt: m.StartedAt.UTC(), LastHeartbeat: m.LastHeartbeat.UTC(),
 			Lead: m.Lead, Local: m.Local, State: m.State, Version: m.Version,
-			ClockSkewMS: m.ClockSkew.Milliseconds(), ClockSkewed: m.ClockSkewed,
+			ClockSkewMS: m.ClockSkew.Milliseconds(), ClockSkewed: m.ClockSkewed, HTTPAddr: m.HTTPAddr, Reason: m.Reason,
 		})
 	}
 	return out
+}
+
+// DownRequest is the body of POST /api/cluster/down.
+type DownRequest struct {
+	Node string `json:"node"`
 }
 
 // CacheClearRequest is the body of POST /api/cache/clear.
@@ -71,8 +92,10 @@ func (n *Node) Handler() http.Handler {
 //	GET      /readyz      same as /ha/health
 //	GET      /api/cluster the cluster view as JSON (ClusterJSON)
 //	POST     /api/cache/clear  {"region": R, "keys": [...]} broadcast
+//	POST     /api/cluster/down {"node": ID} down an unreachable member (Node.Down)
 //	GET      /metrics     Prometheus, if the registerer is a Gatherer
-//	GET      /            the cluster status page
+//
+// The operator's console (package console) serves "/".
 func (n *Node) Mount(mux *http.ServeMux) {
 	health := func(w http.ResponseWriter, r *http.Request) {
 		ok, reason := n.Healthy()
@@ -103,8 +126,25 @@ func (n *Node) Mount(mux *http.ServeMux) {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		doc := n.Status().JSON()
+		doc.Terms, doc.Duties = n.Terms(), n.Duties()
 		doc.Alerts = n.alerts()
 		_ = enc.Encode(doc)
+	})
+	mux.HandleFunc("POST /api/cluster/down", func(w http.ResponseWriter, r *http.Request) {
+		var req DownRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil || req.Node == "" {
+			http.Error(w, `bus: want {"node": "ID"}`, http.StatusBadRequest)
+			return
+		}
+		if err := n.Down(req.Node); err != nil {
+			code := http.StatusConflict
+			if errors.Is(err, adapters.ErrNotFound) {
+				code = http.StatusNotFound
+			}
+			http.Error(w, err.Error(), code)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("POST /api/cache/clear", func(w http.ResponseWriter, r *http.Request) {
 		var req CacheClearRequest
@@ -121,18 +161,6 @@ func (n *Node) Mount(mux *http.ServeMux) {
 	if g, ok := n.reg.(prometheus.Gatherer); ok {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	}
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		st := n.Status()
-		_ = statusPage.Execute(w, statusView{Status: st, Alerts: n.alerts(), Refresh: max(1, int(n.cfg.HeartbeatInterval.Seconds()*2))})
-	})
-}
-
-type statusView struct {
-	Status
-	Alerts  []string
-	Refresh int
 }
 
 func (n *Node) alerts() []string {
@@ -142,34 +170,6 @@ func (n *Node) alerts() []string {
 	return n.opts.alerts()
 }
 
-func (v statusView) Age(t time.Time) string {
-	if t.IsZero() {
-		return "—"
-	}
-	return v.Now.Sub(t).Round(time.Millisecond).String()
-}
-
-var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{{.Refresh}}">
-<title>Cluster Status — {{.Cluster}}</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left}
-th{background:#f0f0f0}.bad{color:#b00;font-weight:bold}.ok{color:#070}.local{background:#eef6ff}
-</style></head><body>
-<h1>Cluster Status</h1>
-<p>Cluster <b>{{.Cluster}}</b> · this node <b>{{.Local}}</b> ·
-lead <b>{{if .Lead}}{{.Lead}}{{else}}none{{end}}</b> · term {{.Term}} ·
-{{if .Serving}}<span class="ok">serving</span>{{else}}<span class="bad">not serving: {{.Reason}}</span>{{end}}</p>
-{{range .Alerts}}<p class="bad">⚠ {{.}}</p>
-{{end}}<table>
-<tr><th>Host name</th><th>IP address</th><th>Node ID</th><th>Lead</th><th>Local</th><th>State</th><th>Version</th><th>Started</th><th>Last heartbeat</th><th>Clock skew</th></tr>
-{{range .Members}}<tr{{if .Local}} class="local"{{end}}>
-<td>{{.Host}}</td><td>{{.IP}}</td><td>{{.ID}}</td><td>{{if .Lead}}✔{{end}}</td><td>{{if .Local}}✔{{end}}</td>
-<td{{if ne .State "active"}} class="bad"{{end}}>{{.State}}</td><td>{{.Version}}</td>
-<td>{{.StartedAt.UTC.Format "2006-01-02 15:04:05"}}</td><td>{{$.Age .LastHeartbeat}} ago</td>
-<td{{if .ClockSkewed}} class="bad"{{end}}>{{.ClockSkew.Milliseconds}} ms{{if .ClockSkewed}} (skewed){{end}}</td></tr>
-{{end}}</table>
-<p><small>Refreshes every {{.Refresh}} s · {{.Now.UTC.Format "15:04:05"}} UTC</small></p>
-</body></html>
-`))
+// Alerts are the conditions an operator should look at that do not change
+// the node's state (see WithAlerts), as /api/cluster shows them.
+func (n *Node) Alerts() []string { return n.alerts() }

@@ -4,7 +4,8 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // metrics are the node's Prometheus collectors.
 type metrics struct {
-	members          prometheus.Gauge
+	members          *prometheus.GaugeVec
+	brokerConnected  prometheus.Gauge
 	isLead           prometheus.Gauge
 	serving          prometheus.Gauge
 	term             prometheus.Gauge
@@ -20,8 +21,11 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) *metrics {
 	const ns = "clusterbus"
 	m := &metrics{
-		members: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "members",
-			Help: "Live members of the cluster as this node sees them, itself included."}),
+		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "members",
+			Help: "Members of the cluster as this node sees them, itself included, by state (unreachable: failed, not yet forgotten)."},
+			[]string{"state"}),
+		brokerConnected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "broker_connected",
+			Help: "1 while this node's own heartbeats come back through the broker within the failure timeout."}),
 		isLead: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "is_lead",
 			Help: "1 while this node holds the lead."}),
 		serving: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "serving",
@@ -45,11 +49,25 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		subscriptionGaps: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "subscription_gaps_total",
 			Help: "Times the broker reported that the cluster topic may have missed messages."}),
 	}
+	// Every series exists from the start, at zero.
+	for _, st := range memberStates {
+		m.members.WithLabelValues(st)
+	}
+	for _, r := range []string{rejectMalformed, rejectForeign, rejectStale, rejectDeparted} {
+		m.rejected.WithLabelValues(r)
+	}
+	for _, k := range []string{"sent", "received", "gap"} {
+		m.invalidations.WithLabelValues(k)
+	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.members, m.isLead, m.serving, m.term, m.leadChanges, m.hbSent,
+		for _, c := range []prometheus.Collector{m.members, m.brokerConnected, m.isLead, m.serving, m.term, m.leadChanges, m.hbSent,
 			m.hbReceived, m.rejected, m.invalidations, m.publishErrors, m.subscriptionGaps} {
 			reg.MustRegister(c)
 		}
 	}
 	return m
 }
+
+// memberStates label clusterbus_members: the states a heartbeat carries and
+// "unreachable" for a member whose heartbeats stopped.
+var memberStates = []string{StateStarting, StateActive, StateDraining, StateFenced, StateDegraded, StatePanic, StateLeft, StateUnreachable}

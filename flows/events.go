@@ -2,6 +2,7 @@ package flows
 
 import (
 	"encoding/json"
+	"sort"
 	"sync"
 	"time"
 )
@@ -17,6 +18,8 @@ const (
 	EventCompleted    EventType = "completed"
 	EventFailed       EventType = "failed"
 	EventDeadLettered EventType = "dead_lettered"
+	// EventReplayed: a dead-lettered execution was put back on its queue.
+	EventReplayed EventType = "replayed"
 )
 
 // Execution states reported by Status.
@@ -44,7 +47,25 @@ type Event struct {
 	Time      time.Time      `json:"time"`
 	Error     string         `json:"error,omitempty"`
 	Output    map[string]any `json:"output,omitempty"`
+	// Duration is how long the step ran (step_done, retried, failed,
+	// dead_lettered).
+	Duration time.Duration `json:"duration,omitempty"`
 }
+
+// StepRecord is one attempt of one step, as its events tell.
+type StepRecord struct {
+	Step     string        `json:"step"`
+	Seq      int           `json:"seq"`
+	Attempt  int           `json:"attempt,omitempty"`
+	Node     string        `json:"node,omitempty"`
+	Outcome  EventType     `json:"outcome"` // step_done, retried, failed, dead_lettered
+	Duration time.Duration `json:"duration"`
+	Error    string        `json:"error,omitempty"`
+	Time     time.Time     `json:"time"`
+}
+
+// maxStepRecords bounds the step history kept per execution (the latest).
+const maxStepRecords = 64
 
 // Status is where an execution is, as far as this node has heard.
 type Status struct {
@@ -63,6 +84,9 @@ type Status struct {
 	// Completions counts completed events heard for this execution; more
 	// than one means a completion was repeated (see the package doc).
 	Completions int `json:"completions,omitempty"`
+	// Steps are the step attempts this node heard of, oldest first (the
+	// latest 64).
+	Steps []StepRecord `json:"steps,omitempty"`
 
 	completionIDs map[string]bool
 	// recordedBelow: every sequence number below it has had its
@@ -113,6 +137,17 @@ func (x *index) apply(e Event) {
 		s.completionIDs[e.ID] = true
 		s.Completions++
 	}
+	switch e.Type {
+	case EventStepDone, EventRetried, EventFailed, EventDeadLettered:
+		if e.Step != "" {
+			s.addStep(e)
+		}
+	case EventReplayed:
+		if s.State == StateDeadLettered {
+			s.State, s.Error, s.Updated, s.Node = StateRunning, "", e.Time, e.Node
+		}
+		return
+	}
 	if (e.Type == EventStepDone || e.Type == EventCompleted) && e.Seq+1 > s.recordedBelow {
 		s.recordedBelow = e.Seq + 1
 	}
@@ -139,6 +174,60 @@ func (x *index) apply(e Event) {
 	case EventDeadLettered:
 		s.State = StateDeadLettered
 	}
+}
+
+// addStep records a step attempt once (an event is applied once per ID by
+// the caller's dedupe of its own echo; a repeat here is harmless).
+func (s *Status) addStep(e Event) {
+	for _, r := range s.Steps {
+		if r.Seq == e.Seq && r.Attempt == e.Attempt && r.Node == e.Node && r.Outcome == e.Type && r.Time.Equal(e.Time) {
+			return
+		}
+	}
+	s.Steps = append(s.Steps, StepRecord{Step: e.Step, Seq: e.Seq, Attempt: e.Attempt, Node: e.Node, Outcome: e.Type,
+		Duration: e.Duration, Error: e.Error, Time: e.Time})
+	if len(s.Steps) > maxStepRecords {
+		s.Steps = append([]StepRecord(nil), s.Steps[len(s.Steps)-maxStepRecords:]...)
+	}
+}
+
+// running counts the running executions by flow.
+func (x *index) running() map[string]int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := map[string]int{}
+	for _, s := range x.m {
+		if s.State == StateRunning {
+			out[s.Flow]++
+		}
+	}
+	return out
+}
+
+// list returns up to limit executions in state (any if ""), most recently
+// updated first, without their outputs and steps.
+func (x *index) list(state string, limit int) []Status {
+	x.mu.Lock()
+	var out []Status
+	for _, s := range x.m {
+		if state != "" && s.State != state {
+			continue
+		}
+		c := *s
+		c.completionIDs, c.Output, c.Steps = nil, nil, nil
+		out = append(out, c)
+	}
+	x.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Updated.Equal(out[j].Updated) {
+			return out[i].Updated.After(out[j].Updated)
+		}
+		return out[i].Execution < out[j].Execution
+	})
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out
 }
 
 // addLocked adds a running execution, forgetting the oldest if full.
@@ -187,6 +276,7 @@ func (x *index) get(id string) (Status, bool) {
 	}
 	out := *s
 	out.completionIDs = nil
+	out.Steps = append([]StepRecord(nil), s.Steps...)
 	if s.Output != nil {
 		// Copy through JSON so callers cannot touch the index.
 		b, _ := json.Marshal(s.Output)

@@ -1,11 +1,17 @@
 package flows
 
 import (
+	"go.opentelemetry.io/otel/propagation"
+
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/clusterbus/clusterbus/adapters/traced"
 	"io"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/clusterbus/clusterbus/adapters"
 )
@@ -29,7 +35,29 @@ type SubmitResponse struct {
 //	POST /api/flows        {"flow": "name", "input": {...}, "id": "optional"} -> 202 {"id": ...}
 //	GET  /api/flows        the registered flows
 //	GET  /api/flows/{id}   the execution's Status, or 404
+//	GET  /api/executions?state=S&limit=N   executions this node knows, newest first
+//	POST /api/executions/{id}/replay       put a dead-lettered execution back -> {"replayed": n}
 func (e *Engine) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /api/executions", func(w http.ResponseWriter, r *http.Request) {
+		limit, err := strconv.Atoi(cmp.Or(r.URL.Query().Get("limit"), "100"))
+		if err != nil || limit < 1 || limit > 10000 {
+			writeError(w, adapters.Errorf(adapters.ErrInvalidArgument, "flows: list", "limit %q: want 1..10000", r.URL.Query().Get("limit")))
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"executions": nonNil(e.List(r.URL.Query().Get("state"), limit))})
+	})
+	mux.HandleFunc("POST /api/executions/{id}/replay", func(w http.ResponseWriter, r *http.Request) {
+		n, err := e.Replay(r.Context(), r.PathValue("id"), ReplayOptions{Wait: 500 * time.Millisecond})
+		if err != nil && n == 0 {
+			writeError(w, err)
+			return
+		}
+		resp := map[string]any{"replayed": n}
+		if err != nil {
+			resp["error"] = err.Error()
+		}
+		writeJSON(w, http.StatusOK, resp)
+	})
 	mux.HandleFunc("POST /api/flows", e.serveSubmit)
 	mux.HandleFunc("GET /api/flows", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"flows": e.Flows()})
@@ -75,7 +103,9 @@ func (e *Engine) serveSubmit(w http.ResponseWriter, r *http.Request) {
 	if req.Version != 0 {
 		opts = append(opts, WithVersion(req.Version))
 	}
-	id, err := e.Submit(r.Context(), req.Flow, input, opts...)
+	// A caller's traceparent makes the execution part of its trace.
+	ctx := traced.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	id, err := e.Submit(ctx, req.Flow, input, opts...)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -131,4 +161,11 @@ func writeError(w http.ResponseWriter, err error) {
 		code = http.StatusServiceUnavailable
 	}
 	writeJSON(w, code, map[string]string{"error": fmt.Sprint(err)})
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
 }

@@ -1,8 +1,8 @@
 // Package leasing keeps the lease on one queue delivery while a handler works
 // on it, and stops the work when the lease cannot be kept.
 //
-// Hold starts a background loop that calls Delivery.Extend well inside the
-// lease (every Config.RenewEvery, a third of the lease by default) and
+// Hold arms a timer (no goroutine per held item) that calls
+// Delivery.Extend well inside the lease (every Config.RenewEvery, a third of the lease by default) and
 // returns a context for the work. The context is cancelled, with a cause
 // matching ErrLost (and adapters.ErrLeaseLost), when a renewal is refused,
 // or when renewals keep failing until Config.Margin before the deadline. The
@@ -23,8 +23,8 @@
 //     deadline this process knows of. That deadline is computed
 //     conservatively: a renewal started at time t counts as lasting until
 //     t + lease, although the broker starts its own count later.
-//   - Release stops the renewal loop and waits for it, so no Extend call
-//     races with the Ack, Nack or DeadLetter that follows.
+//   - Release stops the renewal timer and waits for a renewal in progress,
+//     so no Extend call races with the Ack, Nack or DeadLetter that follows.
 //
 // # Not guaranteed
 //

@@ -94,16 +94,27 @@ type Options struct {
 }
 
 // Lease is a held delivery. Its methods are safe for concurrent use.
+//
+// Renewals are driven by one timer per lease (clock.AfterFunc), not by a
+// goroutine per lease: between renewals a held item costs a timer.
 type Lease struct {
 	d      adapters.Delivery
 	cfg    Config
 	opts   Options
+	ctx    context.Context // the work context
 	cancel context.CancelCauseFunc
 
-	stop     chan struct{}
-	done     chan struct{}
+	stop     chan struct{} // closed by Release; cancels a running Extend
 	lost     chan struct{}
 	stopOnce sync.Once
+
+	// run is held while a renewal step runs and by Release, so no step
+	// runs after Release returns.
+	run      sync.Mutex
+	released bool
+	timer    clockwork.Timer
+	retryAt  time.Time // set after a failed renewal
+	lastErr  error
 
 	mu       sync.Mutex
 	deadline time.Time
@@ -124,11 +135,13 @@ func Hold(parent context.Context, d adapters.Delivery, cfg Config, opts Options)
 	}
 	ctx, cancel := context.WithCancelCause(parent)
 	l := &Lease{
-		d: d, cfg: cfg, opts: opts, cancel: cancel,
-		stop: make(chan struct{}), done: make(chan struct{}), lost: make(chan struct{}),
+		d: d, cfg: cfg, opts: opts, ctx: ctx, cancel: cancel,
+		stop: make(chan struct{}), lost: make(chan struct{}),
 		deadline: d.LeaseDeadline(),
 	}
-	go l.loop(ctx)
+	l.run.Lock()
+	l.schedule()
+	l.run.Unlock()
 	return ctx, l
 }
 
@@ -173,11 +186,17 @@ func (l *Lease) Err() error {
 	return l.err
 }
 
-// Release stops renewing, waits for the renewal loop to end and cancels
-// the work context. It does not settle the delivery. It is idempotent.
+// Release stops renewing, waits for a renewal in progress to end and
+// cancels the work context. It does not settle the delivery. It is
+// idempotent.
 func (l *Lease) Release() {
 	l.stopOnce.Do(func() { close(l.stop) })
-	<-l.done
+	l.run.Lock()
+	l.released = true
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	l.run.Unlock()
 	l.cancel(errReleased)
 }
 
@@ -198,97 +217,94 @@ func (l *Lease) lose(cause error) {
 	}
 }
 
-func (l *Lease) loop(ctx context.Context) {
-	defer close(l.done)
+// times returns the cutoff (deadline - Margin) and when the next renewal is
+// due: once the time left is down to Length - RenewEvery (every RenewEvery
+// for a fresh lease, at once for an item that waited in a prefetch buffer),
+// or at the retry time after a failed renewal.
+func (l *Lease) times() (deadline, cutoff, next time.Time) {
+	l.mu.Lock()
+	deadline = l.deadline
+	l.mu.Unlock()
+	cutoff = deadline.Add(-l.cfg.Margin)
+	next = deadline.Add(l.cfg.RenewEvery - l.cfg.Length)
+	if !l.retryAt.IsZero() {
+		next = l.retryAt
+	}
+	return deadline, cutoff, next
+}
+
+// schedule arms the timer for the next renewal or the cutoff, whichever
+// comes first. l.run must be held.
+func (l *Lease) schedule() {
+	_, cutoff, next := l.times()
+	wake := next
+	if cutoff.Before(wake) {
+		wake = cutoff
+	}
+	l.timer = l.opts.Clock.AfterFunc(l.opts.Clock.Until(wake), l.step)
+}
+
+// step runs when the timer fires: it gives the lease up at the cutoff,
+// renews it when due, and arms the timer again.
+func (l *Lease) step() {
+	l.run.Lock()
+	defer l.run.Unlock()
+	if l.released || l.ctx.Err() != nil {
+		return
+	}
 	clock := l.opts.Clock
-	var retryAt time.Time // set after a failed renewal
-	var lastErr error
-	for {
-		l.mu.Lock()
-		deadline := l.deadline
-		l.mu.Unlock()
-		cutoff := deadline.Add(-l.cfg.Margin)
-		// Renew once the time left is down to Length - RenewEvery: every
-		// RenewEvery for a fresh lease, at once for an item that waited in
-		// a prefetch buffer.
-		next := deadline.Add(l.cfg.RenewEvery - l.cfg.Length)
-		if !retryAt.IsZero() {
-			next = retryAt
+	deadline, cutoff, next := l.times()
+	now := clock.Now()
+	if !now.Before(cutoff) {
+		cause := fmt.Errorf("%w: deadline %s reached without a renewal", ErrLost, deadline.Format(time.RFC3339Nano))
+		if l.lastErr != nil {
+			cause = fmt.Errorf("%w: deadline reached; last renewal failed: %v", ErrLost, l.lastErr)
 		}
-		wake := next
-		if cutoff.Before(wake) {
-			wake = cutoff
-		}
-		if d := clock.Until(wake); d > 0 {
-			t := clock.NewTimer(d)
-			select {
-			case <-l.stop:
-				t.Stop()
-				return
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.Chan():
-			}
-		} else {
-			select {
-			case <-l.stop:
-				return
-			case <-ctx.Done():
-				return
-			default:
-			}
-		}
-		now := clock.Now()
-		if !now.Before(cutoff) {
-			cause := fmt.Errorf("%w: deadline %s reached without a renewal", ErrLost, deadline.Format(time.RFC3339Nano))
-			if lastErr != nil {
-				cause = fmt.Errorf("%w: deadline reached; last renewal failed: %v", ErrLost, lastErr)
-			}
-			l.lose(cause)
-			return
-		}
-		if now.Before(next) {
-			continue
-		}
-		// Renew, bounded by the cutoff so that a hung call cannot outlive it.
-		// (A real-time timeout: a fake clock's timer would count as one more
-		// waiter in tests.)
-		ectx, ecancel := context.WithTimeout(ctx, clock.Until(cutoff))
-		go func() {
-			select {
-			case <-l.stop:
-				ecancel()
-			case <-ectx.Done():
-			}
-		}()
-		err := l.d.Extend(ectx, l.cfg.Length)
-		ecancel()
+		l.lose(cause)
+		return
+	}
+	if now.Before(next) {
+		l.schedule()
+		return
+	}
+	// Renew, bounded by the cutoff so that a hung call cannot outlive it,
+	// and cut short by Release. (A real-time timeout: a fake clock's timer
+	// would count as one more waiter in tests.)
+	ectx, ecancel := context.WithTimeout(l.ctx, clock.Until(cutoff))
+	go func() {
 		select {
 		case <-l.stop:
-			return
-		default:
+			ecancel()
+		case <-ectx.Done():
 		}
-		switch {
-		case err == nil:
-			l.mu.Lock()
-			l.deadline = now.Add(l.cfg.Length)
-			l.epoch++
-			l.mu.Unlock()
-			lastErr, retryAt = nil, time.Time{}
-			if l.opts.OnRenew != nil {
-				l.opts.OnRenew()
-			}
-		case errors.Is(err, adapters.ErrLeaseLost) || errors.Is(err, adapters.ErrClosed):
-			l.lose(fmt.Errorf("%w: renewal refused: %v", ErrLost, err))
-			return
-		case ctx.Err() != nil:
-			return
-		default:
-			// Transient: try again soon, while the cutoff allows.
-			lastErr = err
-			l.opts.Logger.Debug("leasing: renewal failed; retrying", "queue", l.d.Queue(), "id", l.d.Message().ID, "err", err)
-			retryAt = clock.Now().Add(l.cfg.RenewEvery / 4)
-		}
+	}()
+	err := l.d.Extend(ectx, l.cfg.Length)
+	ecancel()
+	select {
+	case <-l.stop:
+		return
+	default:
 	}
+	switch {
+	case err == nil:
+		l.mu.Lock()
+		l.deadline = now.Add(l.cfg.Length)
+		l.epoch++
+		l.mu.Unlock()
+		l.lastErr, l.retryAt = nil, time.Time{}
+		if l.opts.OnRenew != nil {
+			l.opts.OnRenew()
+		}
+	case errors.Is(err, adapters.ErrLeaseLost) || errors.Is(err, adapters.ErrClosed):
+		l.lose(fmt.Errorf("%w: renewal refused: %v", ErrLost, err))
+		return
+	case l.ctx.Err() != nil:
+		return
+	default:
+		// Transient: try again soon, while the cutoff allows.
+		l.lastErr = err
+		l.opts.Logger.Debug("leasing: renewal failed; retrying", "queue", l.d.Queue(), "id", l.d.Message().ID, "err", err)
+		l.retryAt = clock.Now().Add(l.cfg.RenewEvery / 4)
+	}
+	l.schedule()
 }

@@ -370,7 +370,11 @@ func (w *Worker) settle(d adapters.Delivery, job *Job, lease *leasing.Lease, her
 		}
 		if err = d.Nack(sctx, delay); err == nil {
 			m.retried.Inc()
-			log().Info("workqueue: retrying", "delay", delay, "err", herr)
+			lvl := slog.LevelInfo
+			if asked {
+				lvl = slog.LevelDebug // the handler chose the delay (a wait, a RetryAfter): not a failure
+			}
+			log().Log(context.Background(), lvl, "workqueue: retrying", "delay", delay, "err", herr)
 		}
 	}
 	if err != nil {

@@ -19,6 +19,8 @@ func (s *suite) queueCases() []testCase {
 		{"NackDelayReturnsNoEarlier", s.testNackDelay},
 		{"NackZeroReturnsPromptly", s.testNackZero},
 		{"AckedItemNeverReturns", s.testAckedNeverReturns},
+		{"AckedBeforeCloseStaysAcked", s.testAckedBeforeClose},
+		{"EnqueueBatchStoresEveryItem", s.testEnqueueBatch},
 		{"ConcurrentConsumersAckEachItemOnce", s.testConcurrentConsumers},
 		{"HeadersAndBinaryBodyRoundTrip", s.testQueueRoundTrip},
 		{"DuplicateIDsDropped", s.testDedupe},
@@ -230,6 +232,70 @@ func (s *suite) testAckedNeverReturns(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// Items acked just before Broker.Close stay acked: an Ack that returned nil
+// may have been sent without waiting for the broker, but Close returns only
+// once such acks reached it (see adapters.Delivery.Ack), so a new client
+// receives none of them, checked across one and a half leases.
+func (s *suite) testAckedBeforeClose(t *testing.T) {
+	const n = 20
+	b1 := s.open(t)
+	q := s.declare(t, b1, adapters.QueueConfig{})
+	for i := range n {
+		s.enqueue(t, b1, q.Name, adapters.Message{ID: fmt.Sprintf("acked-%02d", i)})
+	}
+	c1 := s.consume(t, b1, q.Name, adapters.ConsumeOptions{Prefetch: n})
+	for i := range n {
+		s.ack(t, s.receive(t, c1, fmt.Sprintf("item %d of %d", i+1, n)))
+	}
+	if err := b1.Close(); err != nil {
+		t.Fatalf("Close right after the acks: %v", err)
+	}
+	c2 := s.consume(t, s.open(t), q.Name, adapters.ConsumeOptions{})
+	s.expectNone(t, c2, q.Lease+q.Lease/2, "a new client after the acks and Close")
+}
+
+// adapters.EnqueueBatch (the broker's BatchEnqueuer, or Enqueue per item)
+// stores every item of a batch with its message intact; a batch with one
+// message over the size limit fails with ErrTooLarge and stores nothing.
+func (s *suite) testEnqueueBatch(t *testing.T) {
+	const n = 50
+	b := s.open(t)
+	q := s.declare(t, b, adapters.QueueConfig{})
+	if s.caps.MaxMessageSize > 0 {
+		bad := []adapters.Message{{ID: "ok", Body: []byte("x")},
+			{ID: "too-large", Body: make([]byte, s.caps.MaxMessageSize+1)}}
+		if err := adapters.EnqueueBatch(s.ctx(t), b, q.Name, bad); !errors.Is(err, adapters.ErrTooLarge) {
+			t.Fatalf("EnqueueBatch with a message over the limit: %v, want ErrTooLarge", err)
+		}
+	}
+	want := richMessage()
+	ms := make([]adapters.Message, n)
+	for i := range ms {
+		ms[i] = want
+		ms[i].ID = fmt.Sprintf("batch-%02d", i)
+	}
+	if err := adapters.EnqueueBatch(s.ctx(t), b, q.Name, ms); err != nil {
+		t.Fatalf("EnqueueBatch of %d: %v", n, err)
+	}
+	c := s.consume(t, b, q.Name, adapters.ConsumeOptions{})
+	seen := map[string]bool{}
+	for range n {
+		d := s.receive(t, c, fmt.Sprintf("%d of %d batch items", len(seen)+1, n))
+		got := d.Message()
+		if seen[got.ID] {
+			t.Errorf("item %q delivered twice", got.ID)
+		}
+		seen[got.ID] = true
+		w := want
+		w.ID = got.ID
+		if diff := diffMessage(got, w); diff != "" || got.ID == "ok" {
+			t.Errorf("item %q: %s (the batch that failed must store nothing)", got.ID, diff)
+		}
+		s.ack(t, d)
+	}
+	s.expectNone(t, c, s.lease/2, "after the batch")
 }
 
 // Eight consumers, each on its own client, share 1,000 items: every item is

@@ -78,6 +78,7 @@ func Run(t *testing.T, h Harness) {
 		{"DeadLetter", s.deadLetterCases()},
 		{"Limits", s.limitCases()},
 		{"Errors", s.errorCases()},
+		{"Stats", s.statsCases()},
 	}
 	t.Run("Contract", func(t *testing.T) {
 		for _, g := range groups {

@@ -21,7 +21,7 @@ func ExampleParseURL() {
 	fmt.Println(err)
 	// Output:
 	// [k1:9092 k2:9092] 12 30s 1s
-	// kafka: parse URL: invalid argument: unknown parameter "partition"; accepted: partitions=N, replication=N|-1, session_timeout=DURATION, heartbeat_interval=DURATION, prefix=NAME, client_id=NAME
+	// kafka: parse URL: invalid argument: unknown parameter "partition"; accepted: partitions=N, replication=N|-1, session_timeout=DURATION, heartbeat_interval=DURATION, prefix=NAME, client_id=NAME, tls=true, ca=FILE, cert=FILE, key=FILE, sasl=plain|scram-sha-256|scram-sha-512
 }
 
 // A worker on a leased queue. The adapter is linked in by importing the

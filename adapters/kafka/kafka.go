@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,9 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol/metadata"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/clusterbus/clusterbus/adapters"
 )
@@ -56,6 +60,13 @@ type Config struct {
 	Prefix string
 	// ClientID is sent to Kafka to identify this client in its logs.
 	ClientID string
+	// TLS, if set, connects over TLS with these files (the zero value:
+	// system roots, no client certificate).
+	TLS *adapters.TLSFiles
+	// SASL is the SASL mechanism: "" (none), "plain", "scram-sha-256" or
+	// "scram-sha-512", with User and Password.
+	SASL           string
+	User, Password string
 	// Logger receives the adapter's log lines; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -73,7 +84,7 @@ func DefaultConfig() Config {
 }
 
 // acceptedParams lists the URL query parameters, for error messages.
-const acceptedParams = "partitions=N, replication=N|-1, session_timeout=DURATION, heartbeat_interval=DURATION, prefix=NAME, client_id=NAME"
+const acceptedParams = "partitions=N, replication=N|-1, session_timeout=DURATION, heartbeat_interval=DURATION, prefix=NAME, client_id=NAME, tls=true, ca=FILE, cert=FILE, key=FILE, sasl=plain|scram-sha-256|scram-sha-512"
 
 var prefixRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
@@ -92,8 +103,14 @@ func ParseURL(raw string) (Config, error) {
 	}
 	rest, rawQuery, _ := strings.Cut(rest, "?")
 	host, path, _ := strings.Cut(rest, "/")
-	if strings.Contains(host, "@") {
-		return cfg, adapters.Errorf(adapters.ErrInvalidArgument, op, "user info in %q: SASL is not supported by this adapter", adapters.Redact(raw))
+	if at := strings.LastIndex(host, "@"); at >= 0 {
+		ui, err := url.Parse("kafka://" + host[:at+1] + "h")
+		if err != nil || ui.User == nil {
+			return cfg, adapters.Errorf(adapters.ErrInvalidArgument, op, "user info in %q: want user:password@ (percent-encoded)", adapters.Redact(raw))
+		}
+		cfg.User = ui.User.Username()
+		cfg.Password, _ = ui.User.Password()
+		host = host[at+1:]
 	}
 	if path != "" {
 		return cfg, adapters.Errorf(adapters.ErrInvalidArgument, op, "path %q: want none (kafka://host:9092[,host2:9092]?%s)", "/"+path, acceptedParams)
@@ -149,6 +166,28 @@ func ParseURL(raw string) (Config, error) {
 				return cfg, bad("1-64 letters, digits, '.', '_' or '-'")
 			}
 			cfg.Prefix = v
+		case "tls":
+			on, err := strconv.ParseBool(v)
+			if err != nil {
+				return cfg, bad("true or false")
+			}
+			if on && cfg.TLS == nil {
+				cfg.TLS = &adapters.TLSFiles{}
+			}
+		case "ca", "cert", "key":
+			if cfg.TLS == nil {
+				cfg.TLS = &adapters.TLSFiles{}
+			}
+			switch key {
+			case "ca":
+				cfg.TLS.CA = v
+			case "cert":
+				cfg.TLS.Cert = v
+			case "key":
+				cfg.TLS.Key = v
+			}
+		case "sasl":
+			cfg.SASL = strings.ToLower(v)
 		case "client_id":
 			if v == "" || strings.ContainsAny(v, "\r\n\x00") {
 				return cfg, bad("a non-empty name")
@@ -179,7 +218,44 @@ func (cfg Config) Validate() error {
 	case !prefixRE.MatchString(cfg.Prefix):
 		return adapters.Errorf(adapters.ErrInvalidArgument, op, "Prefix %q: want 1-64 letters, digits, '.', '_' or '-'", cfg.Prefix)
 	}
+	if _, err := cfg.saslMechanism(); err != nil {
+		return err
+	}
+	if cfg.TLS != nil {
+		if _, err := cfg.TLS.Config(op); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// saslMechanism builds the SASL mechanism of cfg (nil for none).
+func (cfg Config) saslMechanism() (sasl.Mechanism, error) {
+	const op = "kafka: config"
+	if cfg.SASL == "" {
+		if cfg.User != "" || cfg.Password != "" {
+			return nil, adapters.Errorf(adapters.ErrInvalidArgument, op, "a user and password need a SASL mechanism: add sasl=plain, scram-sha-256 or scram-sha-512")
+		}
+		return nil, nil
+	}
+	if cfg.User == "" {
+		return nil, adapters.Errorf(adapters.ErrInvalidArgument, op, "sasl=%s without a user: want kafka://user:password@host:9092?sasl=%s", cfg.SASL, cfg.SASL)
+	}
+	switch cfg.SASL {
+	case "plain":
+		return plain.Mechanism{Username: cfg.User, Password: cfg.Password}, nil
+	case "scram-sha-256", "scram-sha-512":
+		alg := scram.SHA256
+		if cfg.SASL == "scram-sha-512" {
+			alg = scram.SHA512
+		}
+		m, err := scram.Mechanism(alg, cfg.User, cfg.Password)
+		if err != nil {
+			return nil, adapters.Errorf(adapters.ErrInvalidArgument, op, "sasl=%s: %v", cfg.SASL, err)
+		}
+		return m, nil
+	}
+	return nil, adapters.Errorf(adapters.ErrInvalidArgument, op, "sasl=%q: want plain, scram-sha-256 or scram-sha-512", cfg.SASL)
 }
 
 // Broker is a connection to a Kafka cluster. It implements adapters.Broker.
@@ -213,12 +289,24 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		log = slog.Default()
 	}
 	log = log.With("adapter", "kafka")
-	dialer := &kafkago.Dialer{Timeout: 10 * time.Second, DualStack: true, ClientID: cfg.ClientID}
+	mech, err := cfg.saslMechanism()
+	if err != nil {
+		return nil, err
+	}
+	var tlsCfg *tls.Config
+	if cfg.TLS != nil {
+		if tlsCfg, err = cfg.TLS.Config("kafka: open"); err != nil {
+			return nil, err
+		}
+	}
+	dialer := &kafkago.Dialer{Timeout: 10 * time.Second, DualStack: true, ClientID: cfg.ClientID, TLS: tlsCfg, SASLMechanism: mech}
 	transport := &kafkago.Transport{
 		DialTimeout: 10 * time.Second,
 		IdleTimeout: time.Minute,
 		MetadataTTL: 5 * time.Second,
 		ClientID:    cfg.ClientID,
+		TLS:         tlsCfg,
+		SASL:        mech,
 	}
 	b := &Broker{
 		cfg:       cfg,

@@ -87,6 +87,7 @@ func NewServer(opts ...Option) *Server {
 			Dedupe:         adapters.Native,
 			Ordering:       adapters.Native,
 			Restart:        adapters.Native,
+			QueueStats:     adapters.Emulated, // no oldest-item age
 			MaxMessageSize: DefaultMaxMessageSize,
 			MaxHeaders:     DefaultMaxHeaders,
 			MinLease:       DefaultMinLease,

@@ -36,7 +36,9 @@
 // "always", as natsserver.Config.Sync does). Publishes go through nats.go's
 // asynchronous publisher, so concurrent Enqueue calls share the connection
 // without waiting for each other (at most 4096 unacknowledged per
-// connection; beyond that a call waits for room). It retries "no responders"
+// connection; beyond that a call waits for room). EnqueueBatch
+// (adapters.BatchEnqueuer) sends all its messages that way and then waits
+// for all their acknowledgements. Enqueue retries "no responders"
 // for about five seconds while JetStream comes back after a restart.
 //
 // Leases: AckWait of the queue's consumer is QueueConfig.Lease; the server

@@ -33,6 +33,15 @@ const (
 // acknowledged the message (stored it). With Dedupe the message ID is sent
 // as Nats-Msg-Id and a duplicate within the window is dropped by the server.
 func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) error {
+	return b.EnqueueBatch(ctx, queue, []adapters.Message{m})
+}
+
+var _ adapters.BatchEnqueuer = (*Broker)(nil)
+
+// EnqueueBatch implements adapters.BatchEnqueuer: it sends every message
+// through the asynchronous publisher, then waits for all their
+// acknowledgements.
+func (b *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.Message) error {
 	op := "enqueue " + queue
 	if err := b.checkQueue(ctx, op); err != nil {
 		return err
@@ -40,41 +49,57 @@ func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) 
 	if err := adapters.ValidateName("queue", queue); err != nil {
 		return err
 	}
-	if err := adapters.ValidateMessage("nats: "+op, m, b.caps); err != nil {
-		return err
+	for _, m := range ms {
+		if err := adapters.ValidateMessage("nats: "+op, m, b.caps); err != nil {
+			return err
+		}
 	}
 	qi, err := b.info(ctx, op, queue)
 	if err != nil {
 		return err
 	}
-	if m.ID == "" {
-		m.ID = nuid.Next()
+	futures := make([]jetstream.PubAckFuture, 0, len(ms))
+	var first error
+	for _, m := range ms {
+		if m.ID == "" {
+			m.ID = nuid.Next()
+		}
+		msg := encode(b.queueSubject(queue), m)
+		if qi.dedupe {
+			msg.Header[jetstream.MsgIDHeader] = []string{m.ID}
+		}
+		paf, err := b.publishAsync(ctx, msg, b.queueStream(queue))
+		if err != nil {
+			first = err
+			break
+		}
+		futures = append(futures, paf)
 	}
-	msg := encode(b.queueSubject(queue), m)
-	if qi.dedupe {
-		msg.Header[jetstream.MsgIDHeader] = []string{m.ID}
+	for i, paf := range futures {
+		ack, err := awaitAck(ctx, paf)
+		if err == nil && ack.Duplicate {
+			b.log.Debug("nats: duplicate dropped", "queue", queue, "id", ms[i].ID)
+		}
+		if err != nil && first == nil {
+			first = err
+		}
 	}
-	ack, err := b.publish(ctx, msg, b.queueStream(queue))
-	if err != nil {
-		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+	if first != nil {
+		if errors.Is(first, jetstream.ErrNoStreamResponse) || errors.Is(first, nats.ErrNoResponders) {
 			// Either the queue was deleted or JetStream is not ready.
 			b.forget(queue)
 			if _, serr := b.js.Stream(ctx, b.queueStream(queue)); errors.Is(serr, jetstream.ErrStreamNotFound) {
 				return errf(adapters.ErrNotFound, op, "queue %q does not exist", queue)
 			}
 		}
-		return b.mapCtxErr(ctx, op, err)
-	}
-	if ack.Duplicate {
-		b.log.Debug("nats: duplicate dropped", "queue", queue, "id", m.ID)
+		return b.mapCtxErr(ctx, op, first)
 	}
 	return nil
 }
 
-// publish sends msg to stream asynchronously and waits for its
-// acknowledgement or for ctx. If ctx ends first the message may still be
-// stored.
-func (b *Broker) publish(ctx context.Context, msg *nats.Msg, stream string) (*jetstream.PubAck, error) {
+// publishAsync sends msg to stream through the asynchronous publisher,
+// waiting for room in the window at most until ctx ends.
+func (b *Broker) publishAsync(ctx context.Context, msg *nats.Msg, stream string) (jetstream.PubAckFuture, error) {
 	stall := publishAckTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		stall = max(min(stall, time.Until(dl)), time.Millisecond)
@@ -84,12 +109,15 @@ func (b *Broker) publish(ctx context.Context, msg *nats.Msg, stream string) (*je
 		jetstream.WithRetryAttempts(publishRetries),
 		jetstream.WithRetryWait(publishRetryWait),
 		jetstream.WithStallWait(stall))
-	if err != nil {
-		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, err
+	if err != nil && errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() != nil {
+		return nil, ctx.Err()
 	}
+	return paf, err
+}
+
+// awaitAck waits for the acknowledgement of one asynchronous publish or for
+// ctx. If ctx ends first the message may still be stored.
+func awaitAck(ctx context.Context, paf jetstream.PubAckFuture) (*jetstream.PubAck, error) {
 	select {
 	case ack := <-paf.Ok():
 		return ack, nil

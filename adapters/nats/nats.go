@@ -45,14 +45,20 @@ const (
 	MaxLease = 24 * time.Hour
 )
 
+// TLSScheme is nats.go's scheme for a NATS server that must be reached over
+// TLS: tls://host:4222 is nats://host:4222 with TLS required.
+const TLSScheme = "tls"
+
 func init() {
-	adapters.Register(Scheme, func(ctx context.Context, u *url.URL) (adapters.Broker, error) {
+	open := func(ctx context.Context, u *url.URL) (adapters.Broker, error) {
 		opts, err := ParseURL(u)
 		if err != nil {
 			return nil, err
 		}
 		return Open(ctx, opts)
-	})
+	}
+	adapters.Register(Scheme, open)
+	adapters.Register(TLSScheme, open)
 }
 
 // Options configure a connection. Only Servers is required.
@@ -73,25 +79,31 @@ type Options struct {
 	Name string
 	// ConnectTimeout bounds the first connection. Zero means 5 seconds.
 	ConnectTimeout time.Duration
+	// TLS, if set, requires TLS with these files (tls:// URLs set it).
+	TLS *adapters.TLSFiles
 	// Logger receives connection events. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
 // urlParams are the query parameters ParseURL accepts.
-var urlParams = []string{"prefix", "replicas", "name", "connect_timeout"}
+var urlParams = []string{"prefix", "replicas", "name", "connect_timeout", "ca", "cert", "key"}
 
 var prefixRE = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
 
 // ParseURL turns a nats:// URL into Options:
 //
 //	nats://[user:password@]host:port[,host2:port2…][?prefix=P&replicas=N&name=S&connect_timeout=D]
+//	tls://[user:password@]host:port[,…][?ca=CA.pem&cert=CERT.pem&key=KEY.pem&…]
 //
+// tls:// requires TLS; ca (a PEM file of the CAs that sign the server's
+// certificate; default the system roots), cert and key (a client
+// certificate) configure it, and on a nats:// URL they require TLS too.
 // Unknown query parameters are an error that names the accepted ones.
 func ParseURL(u *url.URL) (Options, error) {
 	const op = "nats: parse URL"
 	var opts Options
-	if !strings.EqualFold(u.Scheme, Scheme) {
-		return opts, adapters.Errorf(adapters.ErrInvalidArgument, op, "scheme %q: want %q", u.Scheme, Scheme)
+	if !strings.EqualFold(u.Scheme, Scheme) && !strings.EqualFold(u.Scheme, TLSScheme) {
+		return opts, adapters.Errorf(adapters.ErrInvalidArgument, op, "scheme %q: want %q or %q", u.Scheme, Scheme, TLSScheme)
 	}
 	if u.Host == "" {
 		return opts, adapters.Errorf(adapters.ErrInvalidArgument, op, "%q has no host; want nats://host:port[,host2:port2]", adapters.Redact(u.String()))
@@ -123,6 +135,12 @@ func ParseURL(u *url.URL) (Options, error) {
 	}
 	opts.Prefix = q.Get("prefix")
 	opts.Name = q.Get("name")
+	if f := (adapters.TLSFiles{CA: q.Get("ca"), Cert: q.Get("cert"), Key: q.Get("key")}); f.Any() || strings.EqualFold(u.Scheme, TLSScheme) {
+		if _, err := f.Config(op); err != nil {
+			return opts, err
+		}
+		opts.TLS = &f
+	}
 	if s := q.Get("replicas"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > 5 {
@@ -230,6 +248,13 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 	if opts.User != "" || opts.Password != "" {
 		nopts = append(nopts, nats.UserInfo(opts.User, opts.Password))
 	}
+	if opts.TLS != nil {
+		tc, err := opts.TLS.Config("nats: open")
+		if err != nil {
+			return nil, err
+		}
+		nopts = append(nopts, nats.Secure(tc))
+	}
 	type result struct {
 		nc  *nats.Conn
 		err error
@@ -287,6 +312,7 @@ func capabilities(maxPayload int) adapters.Capabilities {
 		Dedupe:         adapters.Native,
 		Ordering:       adapters.Emulated, // one item in flight per Ordered queue; see doc.go
 		Restart:        adapters.Native,
+		QueueStats:     adapters.Native,
 		MaxMessageSize: max(maxPayload-reservedBytes, 1024),
 		MaxHeaders:     MaxHeaders,
 		MinLease:       MinLease,

@@ -51,6 +51,7 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 	}
 	b.acquireMover(c.source) // moves the items nacked with a delay back
 	b.wg.Add(1)
+	b.consumers.Add(1)
 	go c.run(ch, closes, dch)
 	return c, nil
 }
@@ -98,6 +99,12 @@ func (c *consumer) setup(ctx context.Context) (*amqp.Channel, chan *amqp.Error, 
 func (c *consumer) run(ch *amqp.Channel, closes chan *amqp.Error, dch <-chan amqp.Delivery) {
 	defer c.b.wg.Done()
 	defer close(c.exited)
+	consuming := true
+	defer func() {
+		if consuming {
+			c.b.consumers.Done()
+		}
+	}()
 	for {
 	consume:
 		for {
@@ -108,10 +115,14 @@ func (c *consumer) run(ch *amqp.Channel, closes chan *amqp.Error, dch <-chan amq
 				}
 				c.handle(ch, d)
 			case <-c.done:
+				syncAcks(ch, c.prefetch)
 				ch.Close() // the broker requeues what the channel held
 				c.loseAll()
 				return
 			case <-c.b.done:
+				syncAcks(ch, c.prefetch)
+				consuming = false
+				c.b.consumers.Done() // Broker.Close may close the connection now
 				c.loseAll()
 				return
 			}
@@ -163,6 +174,24 @@ func (c *consumer) run(ch *amqp.Channel, closes chan *amqp.Error, dch <-chan amq
 		}
 		cancel()
 		c.b.log.Info("rabbitmq: consumer resumed", "queue", c.source)
+	}
+}
+
+// syncAcks makes one synchronous round trip on ch (basic.qos with the
+// consumer's prefetch, which the broker answers after the methods sent
+// before it), so the acknowledgements sent on ch have reached the broker's
+// channel before it is closed:
+// RabbitMQ (seen on 3.10 with quorum queues) can requeue items acked just
+// before their channel closed. It waits at most two seconds.
+func syncAcks(ch *amqp.Channel, prefetch int) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = ch.Qos(prefetch, 0, false) // the same prefetch: nothing changes
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
 	}
 }
 

@@ -68,10 +68,16 @@ type Options struct {
 var (
 	sdkParams     = []string{"auth_mechanism", "cacertfile", "certfile", "channel_max", "connection_timeout", "heartbeat", "keyfile", "server_name_indication"}
 	adapterParams = []string{"consumer_timeout", "max_backoff"}
+	// tlsAliases are the names every clusterbus adapter takes for TLS
+	// files, mapped to amqp091-go's.
+	tlsAliases = map[string]string{"ca": "cacertfile", "cert": "certfile", "key": "keyfile"}
 )
 
 func acceptedParams() string {
 	all := append(append([]string{}, sdkParams...), adapterParams...)
+	for k := range tlsAliases {
+		all = append(all, k)
+	}
 	sort.Strings(all)
 	return strings.Join(all, ", ")
 }
@@ -87,6 +93,9 @@ type Broker struct {
 	caps     adapters.Capabilities
 	done     chan struct{}
 	wg       sync.WaitGroup
+	// consumers counts consumer loops; Close waits for them to confirm the
+	// acknowledgements they sent before it closes the connection.
+	consumers sync.WaitGroup
 
 	mu     sync.Mutex
 	closed bool
@@ -142,6 +151,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Broker, error) {
 		Dedupe:         adapters.Unsupported,
 		Ordering:       adapters.Unsupported,
 		Restart:        adapters.Emulated,
+		QueueStats:     adapters.Emulated, // ready and dead-lettered counts only
 		MaxMessageSize: MaxMessageSize,
 		MaxHeaders:     64,
 		MinLease:       MinLease,
@@ -173,6 +183,23 @@ func parseURL(rawURL string, opts *Options) (string, error) {
 		return "", adapters.Errorf(adapters.ErrInvalidArgument, op, "URL %q has no host: want amqp://user:pass@host:5672/vhost", adapters.Redact(rawURL))
 	}
 	q := u.Query()
+	for alias, name := range tlsAliases {
+		if v, ok := q[alias]; ok {
+			if _, dup := q[name]; dup {
+				return "", adapters.Errorf(adapters.ErrInvalidArgument, op, "URL parameters %s and %s: give one", alias, name)
+			}
+			q[name] = v
+			delete(q, alias)
+		}
+	}
+	if f := (adapters.TLSFiles{CA: q.Get("cacertfile"), Cert: q.Get("certfile"), Key: q.Get("keyfile")}); f.Any() {
+		if u.Scheme != "amqps" {
+			return "", adapters.Errorf(adapters.ErrInvalidArgument, op, "TLS files on an amqp:// URL: use amqps://")
+		}
+		if _, err := f.Config(op); err != nil {
+			return "", err
+		}
+	}
 	for k := range q {
 		if !contains(sdkParams, k) && !contains(adapterParams, k) {
 			return "", adapters.Errorf(adapters.ErrInvalidArgument, op, "unknown URL parameter %q; accepted: %s", k, acceptedParams())
@@ -384,6 +411,7 @@ func (b *Broker) Close() error {
 	b.conn = nil
 	b.pool = nil
 	b.mu.Unlock()
+	b.consumers.Wait()
 	var err error
 	if conn != nil {
 		err = conn.Close()

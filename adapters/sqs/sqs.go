@@ -235,6 +235,7 @@ func capabilities() adapters.Capabilities {
 		Dedupe:         adapters.Native,
 		Ordering:       adapters.Native,
 		Restart:        adapters.Native,
+		QueueStats:     adapters.Emulated, // approximate counts, no oldest age
 		MaxMessageSize: MaxMessageSize,
 		MaxHeaders:     MaxHeaders,
 		MinLease:       time.Second,

@@ -29,7 +29,11 @@ import (
 // CLUSTERBUS_NODE_ID or CLUSTERBUS_FLOWS_MAX_ATTEMPTS), then flags.
 type nodeConfig struct {
 	// Broker is the broker URL; empty runs the embedded NATS server.
-	Broker string `koanf:"broker"`
+	// BrokerFile holds it instead, and BrokerPasswordFile the password
+	// of its user info (secrets off argv; see trust.go).
+	Broker             string `koanf:"broker"`
+	BrokerFile         string `koanf:"broker-file"`
+	BrokerPasswordFile string `koanf:"broker-password-file"`
 	// HTTP is the listen address of the health, status and API server.
 	HTTP string `koanf:"http"`
 	// Cluster and NodeID: see bus.Config.
@@ -52,6 +56,8 @@ type nodeConfig struct {
 	ClockSkewThreshold time.Duration `koanf:"clock-skew-threshold"`
 	// SplitBrain: keep-majority, keep-oldest, off or static-quorum:N.
 	SplitBrain string `koanf:"split-brain"`
+	// OnBrokerLoss: fence (default) or degrade; see bus.BrokerLoss.
+	OnBrokerLoss string `koanf:"on-broker-loss"`
 	// ClusterKey is CLUSTERBUS_CLUSTER_KEY: keys, comma-separated, the
 	// first signs. ClusterKeyFile holds one key per line instead and is
 	// re-read on SIGHUP. See trust.go.
@@ -109,6 +115,7 @@ func defaultNodeConfig() nodeConfig {
 		FailureTimeout:     d.FailureTimeout,
 		ClockSkewThreshold: d.ClockSkewThreshold,
 		SplitBrain:         string(d.SplitBrain),
+		OnBrokerLoss:       string(bus.FenceOnBrokerLoss),
 		DrainTimeout:       30 * time.Second,
 		HTTPMaxBody:        1 << 20,
 		Flows:              flowsConfig{Concurrency: 4, Lease: 30 * time.Second, MaxAttempts: 5},
@@ -120,7 +127,9 @@ func defaultNodeConfig() nodeConfig {
 func addNodeFlags(fs *pflag.FlagSet) {
 	d := defaultNodeConfig()
 	fs.String("config", "", "YAML config file (env CLUSTERBUS_CONFIG)")
-	fs.String("broker", d.Broker, "broker URL such as nats://host:4222; empty runs the embedded NATS server")
+	fs.String("broker", d.Broker, "broker URL such as nats://host:4222; empty runs the embedded NATS server (a password here is visible in ps: use --broker-file or --broker-password-file)")
+	fs.String("broker-file", d.BrokerFile, "file holding the broker URL, secrets and all (instead of --broker)")
+	fs.String("broker-password-file", d.BrokerPasswordFile, "file holding the password of the broker URL's user")
 	fs.String("http", d.HTTP, "listen address for /ha/health, /api/cluster, /metrics and the status page")
 	fs.String("cluster", d.Cluster, "cluster name")
 	fs.String("node-id", d.NodeID, "node ID (default: the one kept in --data-dir, created on first start; else derived from the host name)")
@@ -134,6 +143,7 @@ func addNodeFlags(fs *pflag.FlagSet) {
 	fs.Duration("forget-after", d.ForgetAfter, "how long failed members count for split-brain (0: 20 x failure timeout)")
 	fs.Duration("clock-skew-threshold", d.ClockSkewThreshold, "flag members whose clock differs by more than this")
 	fs.String("split-brain", d.SplitBrain, "split-brain policy: keep-majority, keep-oldest, off or static-quorum:N")
+	fs.String("on-broker-loss", d.OnBrokerLoss, "while the broker is lost: fence (503, the default) or degrade (health 200 \"degraded\", caches bypassed, no lead, no work, submissions refused)")
 	fs.String("cluster-key", d.ClusterKey, "")
 	_ = fs.MarkDeprecated("cluster-key", "a key on the command line is visible to every user of the machine (ps); use env CLUSTERBUS_CLUSTER_KEY or --cluster-key-file")
 	fs.String("cluster-key-file", d.ClusterKeyFile, "file of cluster keys, one per line, the first signs, all verify; re-read on SIGHUP (or env CLUSTERBUS_CLUSTER_KEY, comma-separated)")
@@ -248,6 +258,9 @@ func loadNodeConfigSources(fs *pflag.FlagSet) (*nodeConfig, map[string]configSet
 	cfg := defaultNodeConfig()
 	if err := k.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{Tag: "koanf"}); err != nil {
 		return nil, nil, fmt.Errorf("config: %w", err)
+	}
+	if err := cfg.resolveBroker(); err != nil {
+		return nil, nil, err
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, nil, err
@@ -382,7 +395,7 @@ func keyToEnv(key string) string {
 var busFieldKeys = map[string]string{
 	"Cluster": "cluster", "NodeID": "node-id", "HeartbeatInterval": "heartbeat-interval",
 	"FailureTimeout": "failure-timeout", "ForgetAfter": "forget-after",
-	"ClockSkewThreshold": "clock-skew-threshold", "SplitBrain": "split-brain", "Quorum": "split-brain static-quorum:N",
+	"ClockSkewThreshold": "clock-skew-threshold", "SplitBrain": "split-brain", "OnBrokerLoss": "on-broker-loss", "Quorum": "split-brain static-quorum:N",
 }
 
 // validate checks the node's settings together; every problem names the
@@ -467,6 +480,7 @@ func (c *nodeConfig) busConfig() (bus.Config, error) {
 		return b, fmt.Errorf("split-brain %q: want keep-majority, keep-oldest, off or static-quorum:N", c.SplitBrain)
 	}
 	b.SplitBrain, b.Quorum = sb, q
+	b.OnBrokerLoss = bus.BrokerLoss(c.OnBrokerLoss)
 	return b, b.ValidateNamed(func(field string) string { return busFieldKeys[field] })
 }
 
@@ -481,7 +495,17 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	case "", "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
+		opts.ReplaceAttr = durationText
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("log-format %q: want text or json", format)
+}
+
+// durationText writes durations in JSON logs as text ("1.5s") rather than
+// nanoseconds, as the text format does.
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }

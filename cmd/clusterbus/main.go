@@ -17,6 +17,11 @@ var rootCmd = &cobra.Command{
 	Short:         "Cluster coordination for application servers over the broker you already run",
 	SilenceUsage:  true,
 	SilenceErrors: true,
+	Version:       version,
+}
+
+func init() {
+	rootCmd.SetVersionTemplate(versionLine())
 }
 
 func main() {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -17,7 +19,11 @@ import (
 
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
+	"github.com/clusterbus/clusterbus/adapters/traced"
 	"github.com/clusterbus/clusterbus/bus"
+	"github.com/clusterbus/clusterbus/console"
+	"github.com/clusterbus/clusterbus/flows"
+	"github.com/clusterbus/clusterbus/queuestats"
 )
 
 // nodeEnv is what a node service gets: the broker, the running node, the HTTP
@@ -33,6 +39,11 @@ type nodeEnv struct {
 	// BaseLogger is Logger without the node ID, for libraries that add it
 	// themselves (bus, flows).
 	BaseLogger *slog.Logger
+	// Queues watches queue counts for /metrics and the console: services
+	// Watch the queues they use.
+	Queues *queuestats.Watcher
+	// Flows is the flow engine, once its service started it (else nil).
+	Flows *flows.Engine
 
 	retry func(ctx context.Context, phase string, fn func(context.Context) error) error
 }
@@ -124,6 +135,18 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	// node's logger, so their lines follow --log-level and --log-format.
 	slog.SetDefault(log)
 
+	stopTracing, err := setupTracing(ctx, id, log)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(sctx); err != nil {
+			log.Warn("tracing: flushing spans at stop failed", "err", err)
+		}
+	}()
+
 	startCtx, cancelStart := ctx, context.CancelFunc(func() {})
 	if cfg.StartTimeout > 0 {
 		startCtx, cancelStart = context.WithTimeout(ctx, cfg.StartTimeout)
@@ -176,12 +199,17 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	log.Info("broker connected", "url", adapters.Redact(brokerURL), "capabilities", raw.Capabilities().String())
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
 	// Everything the node and its services send or receive goes through
 	// b: signed and verified when the cluster has a key.
 	b, err := tr.wrap(raw, bcfg.NodeID, reg)
 	if err != nil {
 		return err
+	}
+	// Outside the signing: the trace headers are signed with the rest.
+	b = traced.New(b, traced.Options{})
+	if addrs := hs.Addrs(); len(addrs) > 0 {
+		bcfg.HTTPAddr = advertiseHTTP(addrs[0], cfg.TLSCert != "")
 	}
 	node, err := bus.New(b, bcfg, bus.WithLogger(base), bus.WithRegisterer(reg), bus.WithAlerts(tr.alerts))
 	if err != nil {
@@ -189,11 +217,17 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	}
 	mux := http.NewServeMux()
 	node.Mount(mux)
+	queues := queuestats.New(b, reg, 0, log)
+	qctx, qstop := context.WithCancel(context.Background())
+	defer qstop()
+	go queues.Run(qctx)
+	cons := console.New(console.Config{Node: node, Queues: queues, Gatherer: reg, Broker: b.Capabilities().Name, Logger: log})
+	cons.Routes(mux)
 
 	if err := retryUntilReady(startCtx, log, gate, "joining the cluster", node.Start); err != nil {
 		return notReady(ctx, cfg, err)
 	}
-	env := &nodeEnv{Broker: b, Node: node, Mux: mux, Config: cfg, Logger: log, Registry: reg, BaseLogger: base,
+	env := &nodeEnv{Broker: b, Node: node, Mux: mux, Config: cfg, Logger: log, Registry: reg, BaseLogger: base, Queues: queues,
 		retry: func(ctx context.Context, phase string, fn func(context.Context) error) error {
 			return retryUntilReady(ctx, log, gate, phase, fn)
 		}}
@@ -209,6 +243,9 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 		if stop != nil {
 			stops = append(stops, stop)
 		}
+	}
+	if env.Flows != nil {
+		cons.SetFlows(env.Flows)
 	}
 	if startErr == nil {
 		cancelStart()
@@ -262,4 +299,39 @@ func notReady(ctx context.Context, cfg *nodeConfig, err error) error {
 		return fmt.Errorf("not ready within --start-timeout %s: %w", cfg.StartTimeout, err)
 	}
 	return err
+}
+
+// buildInfo is clusterbus_build_info{version,go_version} 1.
+func buildInfo() prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "clusterbus", Name: "build_info",
+		Help: "Always 1; its labels say which clusterbus and Go built this process."}, []string{"version", "go_version"})
+	g.WithLabelValues(version, runtime.Version()).Set(1)
+	return g
+}
+
+// advertiseHTTP is the HTTP address this node tells the other members: the
+// listen address, with a wildcard host replaced by this machine's first
+// non-loopback IP (the loopback address if it has none).
+func advertiseHTTP(addr string, tls bool) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || ip.IsUnspecified() {
+		ip = net.IPv4(127, 0, 0, 1)
+		if addrs, err := net.InterfaceAddrs(); err == nil {
+			for _, x := range addrs {
+				if n, ok := x.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+					ip = n.IP
+					break
+				}
+			}
+		}
+	}
+	scheme := "http://"
+	if tls {
+		scheme = "https://"
+	}
+	return scheme + net.JoinHostPort(ip.String(), port)
 }

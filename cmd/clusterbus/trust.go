@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"sort"
@@ -209,4 +210,43 @@ func startHTTP(cfg *nodeConfig, mux http.Handler, log *slog.Logger, tr *trust) (
 			MaxBody:                 cfg.HTTPMaxBody,
 		},
 	})
+}
+
+// resolveBroker reads --broker-file and --broker-password-file into
+// Broker, so that no secret needs to be on the command line.
+func (c *nodeConfig) resolveBroker() error {
+	if c.BrokerFile != "" {
+		if c.Broker != "" {
+			return fmt.Errorf("broker %q and broker-file %s are both set: use one", adapters.Redact(c.Broker), c.BrokerFile)
+		}
+		raw, err := os.ReadFile(c.BrokerFile)
+		if err != nil {
+			return fmt.Errorf("broker-file: %w", err)
+		}
+		c.Broker = strings.TrimSpace(string(raw))
+		if c.Broker == "" {
+			return fmt.Errorf("broker-file %s is empty; want a broker URL such as nats://host:4222", c.BrokerFile)
+		}
+	}
+	if c.BrokerPasswordFile == "" {
+		return nil
+	}
+	raw, err := os.ReadFile(c.BrokerPasswordFile)
+	if err != nil {
+		return fmt.Errorf("broker-password-file: %w", err)
+	}
+	pw := strings.TrimRight(string(raw), "\r\n")
+	u, err := url.Parse(c.Broker)
+	if err != nil || u.User == nil || u.User.Username() == "" {
+		return fmt.Errorf("broker-password-file: the broker URL %q names no user; want scheme://user@host with the password in the file", adapters.Redact(c.Broker))
+	}
+	if _, has := u.User.Password(); has {
+		return fmt.Errorf("broker-password-file: the broker URL %q has a password already: use one", adapters.Redact(c.Broker))
+	}
+	// Rebuild only the user info, so the rest of the URL (a Kafka host
+	// list, say) keeps its form.
+	scheme, rest, _ := strings.Cut(c.Broker, "://")
+	at := strings.Index(rest, "@")
+	c.Broker = scheme + "://" + url.UserPassword(u.User.Username(), pw).String() + rest[at:]
+	return nil
 }

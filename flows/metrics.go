@@ -1,0 +1,84 @@
+package flows
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Execution outcomes, the outcome label of clusterbus_flow_executions_total.
+const (
+	OutcomeCompleted    = StateCompleted
+	OutcomeFailed       = StateFailed
+	OutcomeDeadLettered = StateDeadLettered
+)
+
+// metrics are the engine's Prometheus collectors. Every series of a
+// registered flow exists from its registration, at zero.
+type metrics struct {
+	executions   *prometheus.CounterVec   // flow, outcome: counted by the node that ended it
+	stepDuration *prometheus.HistogramVec // flow, step: on the node that ran it
+}
+
+func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
+	m := &metrics{
+		executions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "clusterbus", Subsystem: "flow", Name: "executions_total",
+			Help: "Executions that ended on this node, by flow and outcome (completed, failed, dead_lettered)."}, []string{"flow", "outcome"}),
+		stepDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "clusterbus", Subsystem: "flow", Name: "step_duration_seconds",
+			Help:    "Time a step took on this node, by flow and step, failed attempts included.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}, []string{"flow", "step"}),
+	}
+	m.executions = register(reg, m.executions).(*prometheus.CounterVec)
+	m.stepDuration = register(reg, m.stepDuration).(*prometheus.HistogramVec)
+	register(reg, &runningCollector{e: e})
+	return m
+}
+
+// initFlow creates the series of f at zero.
+func (m *metrics) initFlow(f *Flow) {
+	for _, o := range []string{OutcomeCompleted, OutcomeFailed, OutcomeDeadLettered} {
+		m.executions.WithLabelValues(f.Name, o)
+	}
+	for _, s := range f.Steps {
+		m.stepDuration.WithLabelValues(f.Name, s.Name)
+	}
+}
+
+var runningDesc = prometheus.NewDesc("clusterbus_flow_executions_running",
+	"Executions running as this node's index of execution events says, by flow (the same on every node once events have propagated).",
+	[]string{"flow"}, nil)
+
+// runningCollector counts running executions in the index at scrape time.
+type runningCollector struct{ e *Engine }
+
+func (c *runningCollector) Describe(ch chan<- *prometheus.Desc) { ch <- runningDesc }
+
+func (c *runningCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := c.e.idx.running()
+	c.e.mu.RLock()
+	for name := range c.e.flows {
+		if _, ok := counts[name]; !ok {
+			counts[name] = 0
+		}
+	}
+	c.e.mu.RUnlock()
+	for flow, n := range counts {
+		ch <- prometheus.MustNewConstMetric(runningDesc, prometheus.GaugeValue, float64(n), flow)
+	}
+}
+
+// register registers c with reg (if not nil); a second engine on the same
+// registry shares the first one's collectors.
+func register(reg prometheus.Registerer, c prometheus.Collector) prometheus.Collector {
+	if reg == nil {
+		return c
+	}
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			return are.ExistingCollector
+		}
+		panic(err)
+	}
+	return c
+}
