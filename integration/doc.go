@@ -26,6 +26,27 @@
 // parameter or the Service Bus connection string's endpoint); it skips on
 // Kafka, whose clients reconnect to the address the broker advertises.
 //
+// # Production topology (own brokers, not once per broker)
+//
+//   - TestNATSClusterServerLoss: chaos on a 3-server NATS cluster whose
+//     servers are processes of this test binary (so they can be killed with
+//     SIGKILL; see envNATSServer), R3 streams; the servers leading the flows
+//     stream and the JetStream meta group are killed during the run.
+//   - TestRabbitMQClusterNodeLoss: chaos on the 3-node RabbitMQ cluster of
+//     adapters/rabbitmq/rabbittest (.ci/rabbitmq-cluster.sh), the node
+//     leading the flows queue killed with SIGKILL.
+//   - TestRollingRestartBehindHAProxy: three nodes behind a real HAProxy,
+//     upgraded one at a time to another build under client traffic.
+//   - TestBrokerOutage: a 30 s outage of a single NATS server and of a
+//     3-server cluster under flow load.
+//   - TestComposeFileWorksAsWritten: docker-compose.yml, Dockerfile and
+//     deploy/haproxy.cfg checked (and docker-compose config run).
+//
+// A chaos run on a cluster also accepts a step repeated across a broker
+// server kill (an ack in flight to the dying server is lost, and the item
+// comes back after its lease), and counts a completion record delivered
+// again (attempt > 1) once.
+//
 // Knobs: CLUSTERBUS_CHAOS_EXECUTIONS (executions per chaos run, default
 // 1000 on every broker), CLUSTERBUS_CHAOS_LOG_LEVEL (the chaos nodes' log
 // level, default warn) and CLUSTERBUS_INTEGRATION_LOG_DIR (keep every
