@@ -30,6 +30,8 @@ nodeenv() {
     cat >"$d/rabbitmq.conf" <<CONF
 listeners.tcp.local = 127.0.0.1:$(port "$n")
 loopback_users = none
+# A loaded CI machine can miss net ticks; heal a partition by itself.
+cluster_partition_handling = autoheal
 CONF
     echo '[].' >"$d/enabled_plugins"
     : >"$d/rabbitmq-env.conf"
@@ -90,6 +92,16 @@ start() {
       ctl "$n" -q stop_app >/dev/null 2>&1
       ctl "$n" -q reset >/dev/null 2>&1
       ctl "$n" -q join_cluster "$(name 1)" >/dev/null 2>&1
+      ctl "$n" -q start_app >/dev/null 2>&1
+      ctl "$n" -q await_startup
+    fi
+  done
+  # A partition left by an earlier run (autoheal covers new ones): restart
+  # the application on the nodes that report one.
+  for n in 1 2 3; do
+    if ctl "$n" -q cluster_status --formatter json 2>/dev/null | grep -q '"partitions":{"'; then
+      log "$(name "$n") reports a network partition: restarting it"
+      ctl "$n" -q stop_app >/dev/null 2>&1 || true
       ctl "$n" -q start_app >/dev/null 2>&1
       ctl "$n" -q await_startup
     fi
