@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/clusterbus/clusterbus/adapters"
-	"github.com/clusterbus/clusterbus/adapters/signed"
 	"github.com/clusterbus/clusterbus/adapters/mem"
+	"github.com/clusterbus/clusterbus/adapters/signed"
 )
 
 // Benchmarks run in one process on the mem broker with the real clock

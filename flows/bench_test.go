@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/clusterbus/clusterbus/adapters"
-	"github.com/clusterbus/clusterbus/adapters/signed"
 	_ "github.com/clusterbus/clusterbus/adapters/nats"
 	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
+	"github.com/clusterbus/clusterbus/adapters/signed"
 	"github.com/clusterbus/clusterbus/flows"
 )
 
