@@ -331,6 +331,20 @@ func (n *Node) poke() {
 func (n *Node) tickLoop(t clockwork.Ticker) {
 	defer n.loopWG.Done()
 	defer t.Stop()
+	// expiry fires when the next member's failure timeout runs out, so a
+	// failure is decided at its deadline, not up to a heartbeat later.
+	expiry := n.clock.NewTimer(time.Hour)
+	defer expiry.Stop()
+	rearm := func() {
+		n.mu.Lock()
+		next := n.ms.nextExpiry(n.cfg.FailureTimeout, n.holdUntil)
+		n.mu.Unlock()
+		d := time.Hour
+		if !next.IsZero() {
+			d = max(next.Sub(n.clock.Now()), time.Millisecond)
+		}
+		expiry.Reset(d)
+	}
 	n.requestPublish()
 	for {
 		select {
@@ -344,7 +358,12 @@ func (n *Node) tickLoop(t clockwork.Ticker) {
 			if n.evaluate() {
 				n.requestPublish()
 			}
+		case <-expiry.Chan():
+			if n.evaluate() {
+				n.requestPublish()
+			}
 		}
+		rearm()
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"math"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -305,5 +307,49 @@ func TestDegradeOnBrokerLoss(t *testing.T) {
 	}
 	if err := a.Admit(); err != nil {
 		t.Fatalf("Admit after recovery: %v", err)
+	}
+}
+
+// TestHTTPDownEndpoint: POST /api/cluster/down answers 404 for an unknown
+// member, 409 for a live one, 204 for an unreachable one, which is then
+// gone from /api/cluster.
+func TestHTTPDownEndpoint(t *testing.T) {
+	c := newFakeCluster(t, testConfig("http-down"))
+	a := c.add("a")
+	c.step()
+	c.add("b")
+	c.until(testFT+3*testHB, "a and b agree on a", func() bool { return c.agreeOn("a") })
+	srv := httptest.NewServer(a.Handler())
+	defer srv.Close()
+	post := func(node string) int {
+		resp, err := http.Post(srv.URL+"/api/cluster/down", "application/json", strings.NewReader(`{"node":"`+node+`"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post("nobody"); code != http.StatusNotFound {
+		t.Fatalf("down of an unknown member: %d, want 404", code)
+	}
+	if code := post("b"); code != http.StatusConflict {
+		t.Fatalf("down of a live member: %d, want 409", code)
+	}
+	c.crash("b")
+	c.until(testFT+3*testHB, "b unreachable", func() bool {
+		for _, m := range a.Status().Members {
+			if m.ID == "b" {
+				return !m.Live
+			}
+		}
+		return false
+	})
+	if code := post("b"); code != http.StatusNoContent {
+		t.Fatalf("down of an unreachable member: %d, want 204", code)
+	}
+	for _, m := range a.Status().Members {
+		if m.ID == "b" {
+			t.Fatalf("b still listed after the down: %+v", m)
+		}
 	}
 }
