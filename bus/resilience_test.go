@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -352,4 +353,31 @@ func TestHTTPDownEndpoint(t *testing.T) {
 			t.Fatalf("b still listed after the down: %+v", m)
 		}
 	}
+}
+
+// TestProbeFailureIsNotConnected: a node whose probe (a queue round trip)
+// fails twice in a row counts itself not connected, though its heartbeats
+// still echo: it fences and drops the lead; a passing probe brings it
+// back.
+func TestProbeFailureIsNotConnected(t *testing.T) {
+	c := newFakeCluster(t, testConfig("probe"))
+	a := c.add("a")
+	var fail atomic.Bool
+	a.SetProbe(func(context.Context) error {
+		if fail.Load() {
+			return errors.New("queue unavailable")
+		}
+		return nil
+	})
+	c.until(testFT+3*testHB, "a leads", func() bool { l, _ := a.IsLead(); return l && a.Serving() })
+	fail.Store(true)
+	c.until(4*testFT, "a fences on failed probes", func() bool { return !a.Serving() })
+	if _, reason := a.Healthy(); !strings.Contains(reason, "cannot do what this node serves: queue unavailable") {
+		t.Fatalf("reason %q", reason)
+	}
+	if l, _ := a.IsLead(); l {
+		t.Fatal("a leads with a failing probe")
+	}
+	fail.Store(false)
+	c.until(4*testFT, "a serves again", func() bool { l, _ := a.IsLead(); return l && a.Serving() })
 }
