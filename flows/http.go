@@ -1,10 +1,13 @@
 package flows
 
 import (
+	"go.opentelemetry.io/otel/propagation"
+
 	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/clusterbus/clusterbus/adapters/traced"
 	"io"
 	"net/http"
 	"strconv"
@@ -100,7 +103,9 @@ func (e *Engine) serveSubmit(w http.ResponseWriter, r *http.Request) {
 	if req.Version != 0 {
 		opts = append(opts, WithVersion(req.Version))
 	}
-	id, err := e.Submit(r.Context(), req.Flow, input, opts...)
+	// A caller's traceparent makes the execution part of its trace.
+	ctx := traced.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	id, err := e.Submit(ctx, req.Flow, input, opts...)
 	if err != nil {
 		writeError(w, err)
 		return
