@@ -33,6 +33,11 @@ func (s *suite) testQueueStats(t *testing.T) {
 		if err := d.DeadLetter(s.ctx(t), "stats test"); err != nil {
 			t.Fatalf("DeadLetter: %v", err)
 		}
+		// A broker that pushes (RabbitMQ) hands the consumer the next
+		// item at once; closing it puts that back.
+		if err := c.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
 		s.waitStats(t, b, q.Name, 2, 0, 1)
 	}
 
@@ -49,7 +54,9 @@ func (s *suite) waitStats(t *testing.T, b adapters.Broker, queue string, depth, 
 	var err error
 	for time.Now().Before(deadline) {
 		st, err = adapters.Stats(s.ctx(t), b, queue)
-		if err == nil && match(st.Depth, depth) && match(st.InFlight, inFlight) && match(st.DeadLetters, dead) {
+		// A broker that cannot tell what is held may count it as waiting.
+		depthOK := match(st.Depth, depth) || (st.InFlight == adapters.Unknown && st.Depth == depth+inFlight)
+		if err == nil && depthOK && match(st.InFlight, inFlight) && match(st.DeadLetters, dead) {
 			if st.OldestAge != adapters.Unknown && st.Depth+max(st.InFlight, 0) > 0 && st.OldestAge <= 0 {
 				t.Errorf("OldestAge %s with items in the queue", st.OldestAge)
 			}
