@@ -34,8 +34,8 @@
 //   - The contract has no snooze: RetryAfter and drain hand-backs count as
 //     delivery attempts, like any nack.
 //   - Prefetch: Concurrency handler goroutines share one consumer opened
-//     with Prefetch = Concurrency, so the adapter may hold up to that many
-//     items ahead of free handlers; their leases run, unrenewed, until a
+//     with Config.Prefetch (default Concurrency), so the adapter may hold up
+//     to that many items ahead of free handlers; their leases run, unrenewed, until a
 //     handler takes them (leasing then renews at once if the item waited),
 //     and an adapter may give back items fetched ahead when no handler asked
 //     for half a lease (the NATS adapter does; the attempt then counts).

@@ -49,6 +49,11 @@ type Config struct {
 	Queue adapters.QueueConfig
 	// Concurrency is the number of handlers that run at once. Default 1.
 	Concurrency int
+	// Prefetch is how many items the consumer may fetch ahead of free
+	// handlers (adapters.ConsumeOptions.Prefetch). Default Concurrency.
+	// More saves broker round trips with short handlers; each item fetched
+	// ahead waits with its lease running (see the package doc).
+	Prefetch int
 	// Retry picks the delay after a failed attempt. Default DefaultBackoff().
 	Retry RetryPolicy
 	// Lease tunes renewal; Lease.Length is taken from Queue.Lease.
@@ -124,6 +129,12 @@ func New(b adapters.Broker, cfg Config, h Handler, opts Options) (*Worker, error
 	}
 	if cfg.Concurrency < 0 {
 		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "workqueue: config", "Concurrency %d: want >= 1", cfg.Concurrency)
+	}
+	if cfg.Prefetch == 0 {
+		cfg.Prefetch = cfg.Concurrency
+	}
+	if cfg.Prefetch < 0 {
+		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "workqueue: config", "Prefetch %d: want >= 1 (0 means Concurrency)", cfg.Prefetch)
 	}
 	if cfg.Retry == nil {
 		cfg.Retry = DefaultBackoff()
@@ -227,10 +238,10 @@ func (w *Worker) Stop(ctx context.Context) error {
 	return err
 }
 
-// consumeOptions asks the adapter to fetch ahead one item per handler, so a
-// handler that finishes finds the next item waiting.
+// consumeOptions asks the adapter to fetch ahead Prefetch items (by default
+// one per handler), so a handler that finishes finds the next item waiting.
 func (w *Worker) consumeOptions() adapters.ConsumeOptions {
-	return adapters.ConsumeOptions{Prefetch: w.cfg.Concurrency}
+	return adapters.ConsumeOptions{Prefetch: w.cfg.Prefetch}
 }
 
 func (w *Worker) consumer() adapters.Consumer {
