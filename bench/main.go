@@ -17,7 +17,8 @@
 // Systems: raw, watermill, adapter (Enqueue per item, Prefetch -prefetch),
 // adapter-batch (adapters.EnqueueBatch of -batch items), workqueue (one
 // Worker per consumer, Concurrency 8, Prefetch default = Concurrency),
-// workqueue-p64 (the same with Prefetch 64), rabbit-raw, rabbit-adapter.
+// workqueue-p64 (the same with Prefetch 64), rabbit-raw, rabbit-adapter,
+// rabbit-adapter-batch.
 //
 //	cd bench && go run . -runs 3
 //	cd bench && go run . -runs 3 -fsync default -systems rabbit-raw,rabbit-adapter
@@ -110,6 +111,9 @@ var allSystems = map[string]system{
 	// RabbitMQ (-rabbit); the fsync setting does not apply.
 	"rabbit-raw":     runRabbitRaw,
 	"rabbit-adapter": runRabbitAdapter,
+	"rabbit-adapter-batch": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+		return runRabbitAdapterWith(ctx, url, cfg, drain, cfg.batch)
+	},
 }
 
 // baseOf is the system each one's ratio is taken against.
