@@ -139,8 +139,13 @@ func (c *Cache[V]) drop(keys []string) {
 	}
 }
 
-// Get returns the cached value of key.
+// Get returns the cached value of key. While the node is degraded (it has
+// lost its broker, so invalidations cannot reach it) every read misses.
 func (c *Cache[V]) Get(key string) (V, bool) {
+	if c.node.Degraded() {
+		var zero V
+		return zero, false
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	v, ok := c.items[key]
@@ -155,8 +160,12 @@ func (c *Cache[V]) Len() int {
 }
 
 // Load returns the cached value of key or calls load and caches its result
-// unless an invalidation of the region arrived meanwhile.
+// unless an invalidation of the region arrived meanwhile. While the node is
+// degraded it always calls load and caches nothing.
 func (c *Cache[V]) Load(key string, load func() (V, error)) (V, error) {
+	if c.node.Degraded() {
+		return load()
+	}
 	c.mu.Lock()
 	if v, ok := c.items[key]; ok {
 		c.mu.Unlock()

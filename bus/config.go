@@ -32,6 +32,25 @@ const (
 	SplitBrainOff SplitBrain = "off"
 )
 
+// BrokerLoss names what a node does while it has lost its broker.
+type BrokerLoss string
+
+const (
+	// FenceOnBrokerLoss: the node stops serving (503 on health, no lead,
+	// no work) until its link is back. The default, and the right choice
+	// when a node's work needs the broker or the other nodes (it cannot
+	// run flows or lead duties without them anyway).
+	FenceOnBrokerLoss BrokerLoss = "fence"
+	// DegradeOnBrokerLoss: the node keeps answering 200 on health, with a
+	// "degraded" reason, so a load balancer keeps sending it the requests
+	// it can answer alone; meanwhile every Cache read misses (no
+	// invalidation can reach it), it holds no lead and takes no work, and
+	// flow submissions are refused (503). For applications whose requests
+	// mostly do not need the cluster, where a broker outage must not be a
+	// total outage.
+	DegradeOnBrokerLoss BrokerLoss = "degrade"
+)
+
 // Config is a node's settings. Start from DefaultConfig; Validate checks the
 // fields together.
 type Config struct {
@@ -68,6 +87,10 @@ type Config struct {
 	// StaticQuorum.
 	SplitBrain SplitBrain
 	Quorum     int
+
+	// OnBrokerLoss is what the node does while it has lost its broker:
+	// FenceOnBrokerLoss (the default, also for "") or DegradeOnBrokerLoss.
+	OnBrokerLoss BrokerLoss
 }
 
 // DefaultConfig returns the defaults: heartbeat 500ms, failure timeout
@@ -137,6 +160,11 @@ func (c Config) ValidateNamed(name func(field string) string) error {
 		}
 	default:
 		bad("%s %q: want one of %s, %s, %s, %s", f("SplitBrain"), c.SplitBrain, KeepMajority, KeepOldest, StaticQuorum, SplitBrainOff)
+	}
+	switch c.OnBrokerLoss {
+	case "", FenceOnBrokerLoss, DegradeOnBrokerLoss:
+	default:
+		bad("%s %q: want %s or %s", f("OnBrokerLoss"), c.OnBrokerLoss, FenceOnBrokerLoss, DegradeOnBrokerLoss)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return &adapters.Error{Code: adapters.ErrInvalidArgument, Op: "bus: config", Err: err}

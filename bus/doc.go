@@ -16,16 +16,37 @@
 // Every node publishes a heartbeat every HeartbeatInterval on the topic
 // "clusterbus-<cluster>": node ID, incarnation (random per process), host,
 // IP, start time, version, state, sequence number and send time. A member is
-// live while it was heard within FailureTimeout. Stop publishes a leave and
-// the others drop the node at once. A node is connected while it hears its
-// own heartbeat back within FailureTimeout and no publish has failed since;
-// there is no broker-specific ping.
+// live once heard twice (one message alone, a stray or a replay, makes no
+// member live) and while it was heard within FailureTimeout. Stop publishes
+// a leave and the others drop the node at once; its incarnation is
+// tombstoned, so a replay of its heartbeats does not bring it back. A node
+// restarted with the same ID (clusterbus node keeps it in its data dir)
+// replaces its previous incarnation at once. A node is connected while it
+// hears its own heartbeat back within FailureTimeout and no publish has
+// failed since; there is no broker-specific ping.
+//
+// Its own link is decided before anyone else's: a member is taken for
+// failed only if this node heard its own heartbeat at least half a
+// FailureTimeout after the member's last one (else the silence is this
+// node's), and a node whose link comes back after an outage of D gives
+// every member min(D, 10 × FailureTimeout) + FailureTimeout to be heard
+// again before deciding who is gone: clients reconnect on their own
+// backoff, about D after the broker returns. The cost: if the oldest died
+// during the outage, the next lead takes over that much later.
+//
+// The state is kept in two pure types that the loops call under the
+// node's lock: membership (apply a heartbeat, expire, forget, down) and
+// snapshot (the split-brain verdict and the lead over plain values);
+// both are table-tested without clocks or goroutines.
 //
 // # Lead
 //
 // The lead is the oldest live member (earliest start time as reported by
-// the member; node ID breaks ties) among those "active" or "starting"; if
-// that member is still starting, there is no lead until it is active. A node
+// the member; node ID breaks ties) among those "active", "starting" or
+// "fenced" for less than one FailureTimeout; if that member is not active,
+// there is no lead until it is (or, if fenced, until one FailureTimeout
+// has passed). So after a broker outage the younger nodes, back first,
+// wait for the oldest instead of leading for a moment and handing over. A node
 // is "starting" for one FailureTimeout after Start and cannot be the lead
 // meanwhile, so it hears the cluster before it claims anything. Every node computes the lead
 // from what it heard; views agree once heartbeats have propagated (about one
@@ -96,25 +117,48 @@
 // dead-lettered (queues) before the node sees it, so it can change neither
 // membership, terms nor health. Without a key the node trusts the broker's
 // own access control. Messages that do reach the node and are malformed or
-// name another cluster are dropped and counted
-// (clusterbus_heartbeats_rejected_total). A live heartbeat from another
-// process with this node's ID puts the node in cluster panic: it stays a
-// visible member in state "panic", answers 503, never leads and never
-// serves until it is restarted.
+// name another cluster, carry an unknown state, a zero sequence or a term
+// above 2^62 (so no message can wrap the fencing token) are dropped and
+// counted (clusterbus_heartbeats_rejected_total) and change nothing.
+//
+// Cluster panic: heartbeats from another incarnation of this node's ID,
+// heard for a whole FailureTimeout (a dead previous incarnation cannot keep
+// sending; one replayed message is not enough), are the evidence of a
+// second live node with this ID. The node then stays a visible member in
+// state "panic", answers 503, never leads and never serves. The panic
+// clears once that other incarnation has not been heard for 2 ×
+// FailureTimeout: both duplicates stay in panic while both run, and the
+// one left running resumes when the operator stops the other.
 //
 // # Split brain
 //
 // The known members are the live ones plus those that failed without a
-// leave in the last ForgetAfter (default 20 × FailureTimeout). keep-majority
-// serves while more than half of the known members are live here (exactly
-// half: the side holding the oldest known member); keep-oldest serves while
-// the oldest known member is live here; static-quorum serves while at least
-// Quorum members are live here; off never fences. Any node that is not
-// connected to the broker is fenced. A fenced node drops the lead, reports
-// Serving() false (ServingChanged wakes work consumers) and answers 503.
-// After ForgetAfter a cut-off minority forgets the others and serves again:
-// the policy bounds how long two sides can both serve, it does not prevent
-// it forever.
+// leave and have not been downed; a member that never became active (it
+// crashed while starting: a crash loop) counts only while it is live.
+// keep-majority serves while more than half of the known members are live
+// here (exactly half: the side holding the oldest known member), as XL
+// Release's keep-majority; keep-oldest serves while the oldest known member
+// is live here; static-quorum serves while at least Quorum members are live
+// here; off never fences. Any node that is not connected to the broker is
+// fenced. A fenced node drops the lead, reports Serving() false
+// (ServingChanged wakes work consumers) and answers 503.
+//
+// Downing, as in Akka: only a side in good standing removes ("downs")
+// members it has not heard for ForgetAfter (default 20 × FailureTimeout),
+// and it lists their incarnations in its heartbeats. A side that may not
+// serve never forgets anyone, so it stays fenced until it hears enough of
+// the cluster again; it never un-fences by a timeout alone. When a downed
+// node hears the serving side again it finds itself in that list and
+// rejoins as a new incarnation (a new start time: the youngest, so the lead
+// stays where it is). Node.Down (POST /api/cluster/down, clusterbus cluster
+// down NODE) downs an unreachable member by hand.
+//
+// The availability cost: if most of the cluster fails at once, the
+// survivors wait (503) for a restart or a manual down. Three of five
+// crashing leaves two nodes fenced until one of the three returns or an
+// operator downs two of them; choose keep-oldest (serve while the oldest
+// is reachable), static-quorum:N or off to trade that for the risk of two
+// sides serving.
 //
 // # Not guaranteed
 //

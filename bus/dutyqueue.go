@@ -1,6 +1,11 @@
 package bus
 
 import (
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -57,10 +62,17 @@ func (n *Node) declareDutyQueue(ctx context.Context) error {
 // for the status.
 func (n *Node) callDuty(ctx context.Context, d *duty, term uint64) (err error) {
 	began := n.clock.Now()
+	ctx, span := otel.Tracer("github.com/clusterbus/clusterbus/bus").Start(ctx, "duty "+d.name, trace.WithAttributes(
+		attribute.String("clusterbus.duty", d.name), attribute.Int64("clusterbus.term", int64(term)),
+		attribute.String("clusterbus.node", n.cfg.NodeID)))
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("bus: duty %q panicked: %v", d.name, r)
 		}
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
 		n.recordDutyRun(d.name, term, began, err, ctx.Err() != nil)
 	}()
 	return d.fn(ctx, term)

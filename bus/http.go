@@ -2,12 +2,15 @@ package bus
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/clusterbus/clusterbus/adapters"
 )
 
 // ClusterJSON is the body of GET /api/cluster.
@@ -64,6 +67,11 @@ func (s Status) JSON() ClusterJSON {
 	return out
 }
 
+// DownRequest is the body of POST /api/cluster/down.
+type DownRequest struct {
+	Node string `json:"node"`
+}
+
 // CacheClearRequest is the body of POST /api/cache/clear.
 type CacheClearRequest struct {
 	Region string   `json:"region"`
@@ -84,6 +92,7 @@ func (n *Node) Handler() http.Handler {
 //	GET      /readyz      same as /ha/health
 //	GET      /api/cluster the cluster view as JSON (ClusterJSON)
 //	POST     /api/cache/clear  {"region": R, "keys": [...]} broadcast
+//	POST     /api/cluster/down {"node": ID} down an unreachable member (Node.Down)
 //	GET      /metrics     Prometheus, if the registerer is a Gatherer
 //
 // The operator's console (package console) serves "/".
@@ -120,6 +129,22 @@ func (n *Node) Mount(mux *http.ServeMux) {
 		doc.Terms, doc.Duties = n.Terms(), n.Duties()
 		doc.Alerts = n.alerts()
 		_ = enc.Encode(doc)
+	})
+	mux.HandleFunc("POST /api/cluster/down", func(w http.ResponseWriter, r *http.Request) {
+		var req DownRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil || req.Node == "" {
+			http.Error(w, `bus: want {"node": "ID"}`, http.StatusBadRequest)
+			return
+		}
+		if err := n.Down(req.Node); err != nil {
+			code := http.StatusConflict
+			if errors.Is(err, adapters.ErrNotFound) {
+				code = http.StatusNotFound
+			}
+			http.Error(w, err.Error(), code)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("POST /api/cache/clear", func(w http.ResponseWriter, r *http.Request) {
 		var req CacheClearRequest

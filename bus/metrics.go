@@ -53,7 +53,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, st := range memberStates {
 		m.members.WithLabelValues(st)
 	}
-	for _, r := range []string{rejectMalformed, rejectForeign, rejectStale} {
+	for _, r := range []string{rejectMalformed, rejectForeign, rejectStale, rejectDeparted} {
 		m.rejected.WithLabelValues(r)
 	}
 	for _, k := range []string{"sent", "received", "gap"} {
@@ -70,4 +70,4 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 
 // memberStates label clusterbus_members: the states a heartbeat carries and
 // "unreachable" for a member whose heartbeats stopped.
-var memberStates = []string{StateStarting, StateActive, StateDraining, StateFenced, StatePanic, StateLeft, StateUnreachable}
+var memberStates = []string{StateStarting, StateActive, StateDraining, StateFenced, StateDegraded, StatePanic, StateLeft, StateUnreachable}

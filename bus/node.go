@@ -25,6 +25,7 @@ const (
 	StateActive   = "active"   // in good standing: serving, may hold the lead
 	StateDraining = "draining" // stopping: hands over the lead, takes no new work
 	StateFenced   = "fenced"   // on a losing side of a split, or lost the broker
+	StateDegraded = "degraded" // lost the broker under OnBrokerLoss "degrade": health 200, no lead, no work, caches bypassed
 	StatePanic    = "panic"    // cluster panic: refuses to serve until restarted
 	StateLeft     = "left"     // stopped gracefully
 	// StateUnreachable is shown for a member whose heartbeats stopped
@@ -82,26 +83,37 @@ type Node struct {
 	// can tell when the node has caught up.
 	ticks, handled atomic.Uint64
 
-	mu          sync.Mutex
-	started     bool
-	stopped     bool
-	stopCtx     context.Context
-	stopFn      context.CancelFunc
-	sub         adapters.Subscription
-	members     map[string]*member
-	senders     map[string]*sender // by incarnation
-	seq         uint64
-	cseq        uint64 // last invalidation seq assigned
-	cseqPub     uint64 // last invalidation seq published
-	maxTerm     uint64
-	term        uint64 // held while leading
-	leading     bool
-	leadCancel  context.CancelFunc
-	leadWG      sync.WaitGroup
-	lead        string
-	state       string
-	reason      string
-	selfHeard   time.Time
+	mu         sync.Mutex
+	started    bool
+	stopped    bool
+	stopCtx    context.Context
+	stopFn     context.CancelFunc
+	sub        adapters.Subscription
+	ms         *membership
+	senders    map[string]*sender // by incarnation
+	seq        uint64
+	cseq       uint64 // last invalidation seq assigned
+	cseqPub    uint64 // last invalidation seq published
+	maxTerm    uint64
+	term       uint64 // held while leading
+	leading    bool
+	leadCancel context.CancelFunc
+	leadWG     sync.WaitGroup
+	lead       string
+	state      string
+	reason     string
+	selfHeard  time.Time
+	// connected is the last verdict on this node's own link; lostAt is
+	// when it was last lost, and no member is taken for failed until one
+	// failure timeout after holdUntil (set when the link comes back).
+	connected bool
+	lostAt    time.Time
+	holdUntil time.Time
+	// dupes is the evidence of another live incarnation of this node's
+	// ID: when each was first and last heard. panicDup is set while that
+	// evidence keeps the node in panic.
+	dupes       map[string]*dupe
+	panicDup    bool
 	pubErrAt    time.Time
 	pubErr      error
 	panicReason string
@@ -117,13 +129,10 @@ type Node struct {
 	obs         observed // what the console shows beyond membership (observe.go)
 }
 
-type member struct {
-	hb         heartbeat
-	lastHeard  time.Time // local clock
-	firstHeard time.Time
-	skew       time.Duration // sender clock minus local clock at receipt
-	dead       bool
-	deadAt     time.Time
+// dupe is another incarnation of this node's ID, as heard.
+type dupe struct {
+	first, last time.Time
+	hb          heartbeat
 }
 
 type sender struct{ last uint64 }
@@ -165,7 +174,8 @@ func New(b adapters.Broker, cfg Config, opts ...Option) (*Node, error) {
 		kick:      make(chan struct{}, 1),
 		pubKick:   make(chan struct{}, 1),
 		pubDone:   make(chan struct{}, 1),
-		members:   map[string]*member{},
+		ms:        newMembership(),
+		dupes:     map[string]*dupe{},
 		senders:   map[string]*sender{},
 		state:     StateStarting,
 		reason:    "not started",
@@ -411,6 +421,7 @@ func (n *Node) selfHeartbeatLocked() heartbeat {
 			hb.Duties[k] = v
 		}
 	}
+	hb.Down = n.ms.downed()
 	return hb
 }
 
@@ -491,7 +502,9 @@ func (n *Node) reject(reason, node string, err error) {
 	n.log.Warn("dropped coordination message", "reason", reason, "from", node, "err", err)
 }
 
-// handle processes one message from the cluster topic.
+// handle processes one message from the cluster topic. A message that
+// does not decode or fails validateHeartbeat changes nothing: no member,
+// term or state.
 func (n *Node) handle(msg adapters.Message) {
 	kind, from, rej := checkHeaders(n.cfg.Cluster, msg)
 	if rej != "" {
@@ -501,7 +514,11 @@ func (n *Node) handle(msg adapters.Message) {
 	switch kind {
 	case kindHeartbeat, kindLeave:
 		var hb heartbeat
-		if err := json.Unmarshal(msg.Body, &hb); err != nil || hb.ID != from || hb.Inc == "" {
+		if err := json.Unmarshal(msg.Body, &hb); err != nil {
+			n.reject(rejectMalformed, from, err)
+			return
+		}
+		if err := validateHeartbeat(kind, from, hb); err != nil {
 			n.reject(rejectMalformed, from, err)
 			return
 		}
@@ -518,91 +535,135 @@ func (n *Node) handle(msg adapters.Message) {
 	}
 }
 
-// panicf puts the node in cluster panic for good.
-func (n *Node) panicf(format string, a ...any) {
+// maxTerm bounds the terms a heartbeat may carry: far beyond any real
+// term, far below where a uint64 wraps, so no message can wrap the
+// fencing token.
+const maxTermValue = uint64(1) << 62
+
+var knownStates = map[string]bool{StateStarting: true, StateActive: true, StateDraining: true,
+	StateFenced: true, StateDegraded: true, StatePanic: true, StateLeft: true}
+
+// validateHeartbeat checks a decoded heartbeat before it may touch the
+// membership.
+func validateHeartbeat(kind, from string, hb heartbeat) error {
+	switch {
+	case hb.ID != from:
+		return fmt.Errorf("body node %q, header node %q", hb.ID, from)
+	case !nodeIDRE.MatchString(hb.ID):
+		return fmt.Errorf("node ID %q", hb.ID)
+	case hb.Inc == "" || len(hb.Inc) > 64:
+		return errors.New("incarnation missing or too long")
+	case !knownStates[hb.State]:
+		return fmt.Errorf("state %q", hb.State)
+	case hb.Start <= 0:
+		return fmt.Errorf("start %d", hb.Start)
+	case kind == kindHeartbeat && hb.Seq == 0:
+		return errors.New("seq 0")
+	case hb.Term > maxTermValue || hb.LeadTerm > maxTermValue:
+		return fmt.Errorf("term %d / lead term %d beyond %d", hb.Term, hb.LeadTerm, maxTermValue)
+	case hb.LeadTerm > hb.Term:
+		return fmt.Errorf("lead term %d above term %d", hb.LeadTerm, hb.Term)
+	case len(hb.Duties) > 1024 || len(hb.Down) > maxGone:
+		return fmt.Errorf("%d duties, %d downed: too many", len(hb.Duties), len(hb.Down))
+	}
+	return nil
+}
+
+// panicf puts the node in cluster panic. A panic from the evidence of a
+// duplicate node ID (dup) clears once that evidence stops (see evaluate);
+// any other lasts until restart.
+func (n *Node) panicf(dup bool, format string, a ...any) {
 	reason := fmt.Sprintf(format, a...)
 	n.mu.Lock()
 	first := n.panicReason == ""
 	if first {
 		n.panicReason = reason
+		n.panicDup = dup
 	}
 	n.mu.Unlock()
 	if first {
-		n.log.Error("CLUSTER PANIC: refusing to serve until restarted", "reason", reason)
+		n.log.Error("CLUSTER PANIC: refusing to serve", "reason", reason)
 		n.poke()
+	}
+}
+
+// handleSelfID handles a heartbeat carrying this node's ID. Its own echo
+// proves the link. Another incarnation is evidence of a second live node
+// with this ID only once it has kept sending for a failure timeout: a
+// restarted node's previous incarnation is dead and cannot, and one stray
+// or replayed message is not enough.
+func (n *Node) handleSelfID(kind string, hb heartbeat, now time.Time) {
+	n.mu.Lock()
+	if hb.Inc == n.inc {
+		if hb.Seq > 0 {
+			n.selfHeard = now
+		}
+		n.mu.Unlock()
+		n.m.hbReceived.Inc()
+		return
+	}
+	if kind != kindHeartbeat || hb.Start < n.start.UnixNano()-int64(n.cfg.forgetAfter()) {
+		n.mu.Unlock()
+		return
+	}
+	d := n.dupes[hb.Inc]
+	if d == nil {
+		if len(n.dupes) >= 16 {
+			n.mu.Unlock()
+			return
+		}
+		d = &dupe{first: now}
+		n.dupes[hb.Inc] = d
+	}
+	if hb.Seq <= d.hb.Seq {
+		n.mu.Unlock()
+		return
+	}
+	d.last, d.hb = now, hb
+	evident := d.last.Sub(d.first) >= n.cfg.FailureTimeout
+	n.mu.Unlock()
+	if evident {
+		n.panicf(true, "another live node uses this node ID %q (host %s, ip %s, started %s)",
+			hb.ID, hb.Host, hb.IP, time.Unix(0, hb.Start).UTC().Format(time.RFC3339Nano))
 	}
 }
 
 func (n *Node) handleHeartbeat(kind string, hb heartbeat) {
 	now := n.clock.Now()
 	if hb.ID == n.cfg.NodeID {
-		if hb.Inc == n.inc {
-			n.mu.Lock()
-			if hb.Seq > 0 {
-				n.selfHeard = now
-			}
-			n.mu.Unlock()
-			n.m.hbReceived.Inc()
-			return
-		}
-		if kind == kindHeartbeat {
-			n.panicf("another live node uses this node ID %q (host %s, ip %s, started %s)",
-				hb.ID, hb.Host, hb.IP, time.Unix(0, hb.Start).UTC().Format(time.RFC3339Nano))
-		}
+		n.handleSelfID(kind, hb, now)
 		return
 	}
 	n.m.hbReceived.Inc()
-	var gap bool
 	n.mu.Lock()
-	m := n.members[hb.ID]
-	changed := false
-	if kind == kindLeave {
-		if m != nil && m.hb.Inc == hb.Inc {
-			delete(n.members, hb.ID)
-			delete(n.senders, hb.Inc)
-			changed = true
-			n.log.Info("member left", "member", hb.ID, "host", hb.Host)
-		}
+	res, prev, changed := n.ms.apply(kind, hb, now)
+	switch res {
+	case applyGone:
 		n.mu.Unlock()
-		if changed {
-			n.poke()
-		}
+		n.reject(rejectDeparted, hb.ID, nil)
 		return
-	}
-	switch {
-	case m == nil:
-		m = &member{firstHeard: now}
-		n.members[hb.ID] = m
-		changed = true
+	case applyStale:
+		n.mu.Unlock()
+		n.reject(rejectStale, hb.ID, fmt.Errorf("seq %d", hb.Seq))
+		return
+	case applyIgnored:
+		n.mu.Unlock()
+		return
+	case applyLeft:
+		delete(n.senders, prev)
+		n.mu.Unlock()
+		n.log.Info("member left", "member", hb.ID, "host", hb.Host)
+		n.poke()
+		return
+	case applyJoined:
 		n.log.Info("member joined", "member", hb.ID, "host", hb.Host, "ip", hb.IP, "state", hb.State)
-	case m.hb.Inc != hb.Inc:
-		if hb.Start < m.hb.Start {
-			// An older incarnation speaking after a newer one: stale.
-			n.mu.Unlock()
-			n.reject(rejectStale, hb.ID, nil)
-			return
-		}
-		delete(n.senders, m.hb.Inc)
-		*m = member{firstHeard: now}
-		changed = true
-		n.log.Info("member restarted", "member", hb.ID, "host", hb.Host)
-	case hb.Seq <= m.hb.Seq:
-		n.mu.Unlock()
-		n.reject(rejectStale, hb.ID, fmt.Errorf("seq %d after %d", hb.Seq, m.hb.Seq))
-		return
-	}
-	if m.dead {
-		m.dead = false
-		changed = true
+	case applyRestarted:
+		delete(n.senders, prev)
+		n.log.Info("member restarted: the new incarnation replaces the old", "member", hb.ID, "host", hb.Host)
+	case applyBack:
 		n.log.Info("member is back", "member", hb.ID, "host", hb.Host)
 	}
-	if m.hb.State != hb.State || m.hb.LeadTerm != hb.LeadTerm {
-		changed = true
-	}
-	m.hb = hb
 	n.observeHeartbeatLocked(hb, now)
-	m.lastHeard = now
-	m.skew = time.Unix(0, hb.Sent).Sub(now)
 	if hb.Term > n.maxTerm {
 		n.maxTerm = hb.Term
 	}
@@ -611,8 +672,28 @@ func (n *Node) handleHeartbeat(kind string, hb heartbeat) {
 			n.dutyDone[d] = slot
 		}
 	}
+	// Downs heard from a member in good standing: apply them; one of this
+	// node means the serving side removed it while it was cut off.
+	if hb.State == StateActive && len(hb.Down) > 0 {
+		for _, inc := range hb.Down {
+			if inc == n.inc {
+				n.rejoinLocked(now, hb.ID)
+				changed = true
+				continue
+			}
+			for id, m := range n.ms.members {
+				if m.hb.Inc == inc {
+					n.ms.down(id, now)
+					delete(n.senders, inc)
+					changed = true
+					n.log.Warn("member downed by another member", "member", id, "by", hb.ID)
+				}
+			}
+		}
+	}
 	// Cache sequence: a sender ahead of what we applied means we missed
 	// an invalidation.
+	var gap bool
 	s := n.senders[hb.Inc]
 	if s == nil {
 		n.senders[hb.Inc] = &sender{last: hb.CSeq}
@@ -630,6 +711,54 @@ func (n *Node) handleHeartbeat(kind string, hb heartbeat) {
 	}
 }
 
+// rejoinLocked: the serving side downed this node while it was cut off
+// (it heard its own incarnation among the downed). The node rejoins as a
+// new incarnation: a new start time (so it is the youngest, and takes no
+// lead back), a warm-up, its heartbeats accepted again.
+func (n *Node) rejoinLocked(now time.Time, by string) {
+	old := n.inc
+	n.inc = randomID(8)
+	n.start = now
+	n.selfHeard = time.Time{}
+	n.connected, n.lostAt = false, time.Time{}
+	n.log.Warn("this node was downed by the serving side while it was cut off; rejoining as a new incarnation",
+		"by", by, "old_incarnation", old, "incarnation", n.inc)
+}
+
+// Down removes member id from the cluster at once, as the serving side
+// does by itself after ForgetAfter ("downing"): it stops counting toward
+// any quorum, and if it comes back it must rejoin as a new incarnation.
+// For an operator whose cluster waits for members that will not return
+// (keep-majority with most members gone). Only a member that is not live
+// can be downed, and only by a node that is not in panic.
+func (n *Node) Down(id string) error {
+	now := n.clock.Now()
+	n.mu.Lock()
+	m := n.ms.members[id]
+	switch {
+	case id == n.cfg.NodeID:
+		n.mu.Unlock()
+		return adapters.Errorf(adapters.ErrInvalidArgument, "bus: down", "%q is this node: stop it instead", id)
+	case m == nil:
+		n.mu.Unlock()
+		return adapters.Errorf(adapters.ErrNotFound, "bus: down", "no member %q known to this node", id)
+	case !m.dead:
+		n.mu.Unlock()
+		return adapters.Errorf(adapters.ErrInvalidArgument, "bus: down", "member %q is live (heard %s ago): only an unreachable member can be downed",
+			id, now.Sub(m.lastHeard).Round(time.Millisecond))
+	case n.panicReason != "":
+		n.mu.Unlock()
+		return adapters.Errorf(adapters.ErrInvalidArgument, "bus: down", "this node is in cluster panic")
+	}
+	n.ms.down(id, now)
+	delete(n.senders, m.hb.Inc)
+	n.mu.Unlock()
+	n.log.Warn("member downed by hand", "member", id, "host", m.hb.Host)
+	n.poke()
+	n.requestPublish()
+	return nil
+}
+
 // evaluate expires members, recomputes state, standing and lead, and runs
 // lead transitions. It reports whether this node's own state or lead view
 // changed (worth a heartbeat now).
@@ -641,29 +770,66 @@ func (n *Node) evaluate() bool {
 		return false
 	}
 	ft := n.cfg.FailureTimeout
-	forget := n.cfg.forgetAfter()
-	for id, m := range n.members {
-		age := now.Sub(m.lastHeard)
-		if !m.dead && age > ft {
-			m.dead, m.deadAt = true, now
-			n.log.Warn("member failed: no heartbeat within the failure timeout", "member", id,
-				"host", m.hb.Host, "last_heartbeat_ago", age.Round(time.Millisecond))
+	// Own link first: a node that has lost the broker decides that about
+	// itself, not that everyone else failed.
+	conn, _ := n.connectedLocked(now)
+	switch {
+	case conn && !n.connected:
+		// Back after an outage: the others reconnect on their own
+		// backoff, about as long after the broker returns as the outage
+		// lasted; they get that long (at most 10 failure timeouts) on top
+		// of the failure timeout before any is taken for failed, so the
+		// oldest leads again instead of a younger node for a moment.
+		n.holdUntil = now
+		if !n.lostAt.IsZero() {
+			n.holdUntil = now.Add(min(now.Sub(n.lostAt), 10*ft))
 		}
-		if m.dead && age > forget {
-			delete(n.members, id)
-			delete(n.senders, m.hb.Inc)
-			n.log.Info("forgot failed member", "member", id)
+	case !conn && n.connected:
+		n.lostAt = n.selfHeard
+	}
+	n.connected = conn
+	if conn {
+		for _, id := range n.ms.expire(now, ft, n.selfHeard, n.holdUntil) {
+			m := n.ms.members[id]
+			n.log.Warn("member failed: no heartbeat within the failure timeout", "member", id,
+				"host", m.hb.Host, "last_heartbeat_ago", now.Sub(m.lastHeard).Round(time.Millisecond))
+		}
+	}
+	n.ms.prune(now)
+	if n.panicDup {
+		quiet := true
+		for inc, d := range n.dupes {
+			if now.Sub(d.last) <= 2*ft {
+				quiet = false
+			} else {
+				delete(n.dupes, inc)
+			}
+		}
+		if quiet {
+			n.log.Warn("cluster panic cleared: the other node with this ID has not been heard for 2 failure timeouts", "reason", n.panicReason)
+			n.panicReason, n.panicDup = "", false
 		}
 	}
 
 	prevState, prevLead := n.state, n.lead
 	n.state, n.reason = n.standingLocked(now)
-	n.lead = n.computeLeadLocked()
+	if n.state == StateActive {
+		// Downing: only a side in good standing forgets the members it
+		// cannot reach, so a fenced side never forgets its way back to a
+		// majority.
+		for _, m := range n.ms.forget(now, n.cfg.forgetAfter()) {
+			delete(n.senders, m.hb.Inc)
+			n.log.Warn("member downed: unreachable for forget-after", "member", m.hb.ID, "host", m.hb.Host,
+				"forget_after", n.cfg.forgetAfter())
+		}
+	}
+	n.lead = n.snapshotLocked(now).lead()
 
 	n.updateMembersMetricLocked(now)
 	if n.lead != prevLead {
 		n.m.leadChanges.Inc()
 	}
+	clearCaches := prevState == StateDegraded && n.state != StateDegraded
 	if n.state != prevState {
 		lvl := slog.LevelInfo
 		if n.state != StateActive && n.state != StateLeft && n.state != StateDraining {
@@ -676,6 +842,10 @@ func (n *Node) evaluate() bool {
 	shouldLead := n.lead == n.cfg.NodeID && n.state == StateActive
 	var run func()
 	switch {
+	case shouldLead && !n.leading && n.maxTerm >= maxTermValue:
+		// Unreachable in practice (terms start at 0 and heartbeats above
+		// maxTermValue are dropped); never wrap the fencing token.
+		n.log.Error("lead not taken: the term is exhausted", "term", n.maxTerm)
 	case shouldLead && !n.leading:
 		n.maxTerm++
 		n.term = n.maxTerm
@@ -724,6 +894,9 @@ func (n *Node) evaluate() bool {
 	}
 	changed := n.state != prevState || n.lead != prevLead || run != nil
 	n.mu.Unlock()
+	if clearCaches {
+		n.clearAll("leaving degraded mode: invalidations may have been missed")
+	}
 	if run != nil {
 		run()
 	}
@@ -762,50 +935,26 @@ func (n *Node) standingLocked(now time.Time) (string, string) {
 		return StateStarting, fmt.Sprintf("starting: up %s of the %s warm-up", up.Round(time.Millisecond), n.cfg.FailureTimeout)
 	}
 	if !ok {
+		if n.cfg.OnBrokerLoss == DegradeOnBrokerLoss {
+			return StateDegraded, "degraded: " + why
+		}
 		return StateFenced, why
 	}
-	if ok, why := n.splitBrainLocked(); !ok {
+	if ok, why := n.snapshotLocked(now).standing(); !ok {
 		return StateFenced, why
 	}
 	return StateActive, "ok"
 }
 
-// splitBrainLocked applies the policy to the members this node can see.
-func (n *Node) splitBrainLocked() (bool, string) {
-	live, known := 1, 1
-	oldestKnown, oldestLive := n.selfKey(), true
-	for id, m := range n.members {
-		if m.hb.State == StatePanic {
-			continue
-		}
-		known++
-		k := memberKey{m.hb.Start, id}
-		isLive := !m.dead
-		if isLive {
-			live++
-		}
-		if k.less(oldestKnown) {
-			oldestKnown, oldestLive = k, isLive
-		}
+// snapshotLocked is the election's input: this node (in its current
+// state) and the members it knows.
+func (n *Node) snapshotLocked(now time.Time) snapshot {
+	return snapshot{
+		Self:    candidate{ID: n.cfg.NodeID, Start: n.start.UnixNano(), State: n.state, Live: true, Counted: true},
+		Members: n.ms.candidates(now, n.cfg.FailureTimeout),
+		Policy:  n.cfg.SplitBrain,
+		Quorum:  n.cfg.Quorum,
 	}
-	switch n.cfg.SplitBrain {
-	case KeepMajority:
-		if 2*live > known || (2*live == known && oldestLive) {
-			return true, ""
-		}
-		return false, fmt.Sprintf("split-brain: sees %d of %d known members, not a majority (keep-majority)", live, known)
-	case KeepOldest:
-		if oldestLive {
-			return true, ""
-		}
-		return false, fmt.Sprintf("split-brain: the oldest known member %s is not reachable (keep-oldest)", oldestKnown.id)
-	case StaticQuorum:
-		if live >= n.cfg.Quorum {
-			return true, ""
-		}
-		return false, fmt.Sprintf("split-brain: sees %d live members, quorum is %d (static-quorum)", live, n.cfg.Quorum)
-	}
-	return true, ""
 }
 
 type memberKey struct {
@@ -818,35 +967,6 @@ func (a memberKey) less(b memberKey) bool {
 		return a.start < b.start
 	}
 	return a.id < b.id
-}
-
-func (n *Node) selfKey() memberKey { return memberKey{n.start.UnixNano(), n.cfg.NodeID} }
-
-// computeLeadLocked: the oldest live member that is active or still
-// starting, this node included; if that member is still starting there is
-// no lead until it is active (so nodes that finish their warm-up at the same
-// moment do not all claim the lead, and a younger node does not lead for a
-// moment only to hand over).
-func (n *Node) computeLeadLocked() string {
-	var best memberKey
-	var bestState string
-	found := false
-	if n.state == StateActive || n.state == StateStarting {
-		best, bestState, found = n.selfKey(), n.state, true
-	}
-	for id, m := range n.members {
-		if m.dead || (m.hb.State != StateActive && m.hb.State != StateStarting) {
-			continue
-		}
-		k := memberKey{m.hb.Start, id}
-		if !found || k.less(best) {
-			best, bestState, found = k, m.hb.State, true
-		}
-	}
-	if !found || bestState != StateActive {
-		return ""
-	}
-	return best.id
 }
 
 func (n *Node) setServingLocked(s bool) {
@@ -963,7 +1083,7 @@ func (n *Node) Status() Status {
 	}
 	if n.leading {
 		st.Term = n.term
-	} else if m := n.members[n.lead]; m != nil && m.hb.LeadTerm > 0 {
+	} else if m := n.ms.members[n.lead]; m != nil && m.hb.LeadTerm > 0 {
 		st.Term = m.hb.LeadTerm
 	}
 	self := MemberStatus{
@@ -972,7 +1092,7 @@ func (n *Node) Status() Status {
 		HTTPAddr: n.cfg.HTTPAddr, Reason: n.reason,
 	}
 	st.Members = append(st.Members, self)
-	for id, m := range n.members {
+	for id, m := range n.ms.members {
 		st.Members = append(st.Members, MemberStatus{
 			ID: id, Host: m.hb.Host, IP: m.hb.IP, StartedAt: time.Unix(0, m.hb.Start), LastHeartbeat: m.lastHeard,
 			Lead: id == n.lead, State: m.hb.State, Version: m.hb.Version, ClockSkew: m.skew, Live: !m.dead,
@@ -1013,5 +1133,23 @@ func (n *Node) Healthy() (bool, string) {
 	if !n.started {
 		return false, "not started"
 	}
-	return n.serving, n.reason
+	return n.serving || n.state == StateDegraded, n.reason
+}
+
+// Degraded reports whether the node has lost its broker and runs degraded
+// (Config.OnBrokerLoss "degrade"): health 200, no lead, no work, every
+// Cache read a miss.
+func (n *Node) Degraded() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.state == StateDegraded
+}
+
+// Admit says whether the node accepts new work for the cluster (a flow
+// submission): an error matching adapters.ErrUnavailable while degraded.
+func (n *Node) Admit() error {
+	if n.Degraded() {
+		return adapters.Errorf(adapters.ErrUnavailable, "bus: admit", "degraded: the broker is not reachable, so work cannot be recorded durably; retry on another node")
+	}
+	return nil
 }

@@ -321,7 +321,8 @@ func TestDuplicateNodeIDPanics(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(a2.halt)
-	c.run(2 * testHB)
+	// The evidence is two incarnations both heard for a failure timeout.
+	c.run(testFT + 2*testHB)
 	for _, n := range []*Node{a.Node, a2} {
 		st := n.Status()
 		if st.State != StatePanic || n.Serving() {
@@ -335,6 +336,13 @@ func TestDuplicateNodeIDPanics(t *testing.T) {
 		}
 	}
 	c.until(3*testHB, "x takes the lead", func() bool { l, _ := c.nodes["x"].IsLead(); return l })
+
+	// The duplicate stops: once it has not been heard for 2 failure
+	// timeouts the panic clears (documented), and a serves again.
+	a2.halt()
+	c.until(3*testFT+3*testHB, "a leaves panic once the duplicate is silent", func() bool {
+		return a.Status().State != StatePanic
+	})
 }
 
 func TestCacheInvalidateReachesEveryNode(t *testing.T) {

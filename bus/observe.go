@@ -120,7 +120,7 @@ func (n *Node) recordDutyRun(name string, term uint64, began time.Time, err erro
 // clusterbus_broker_connected.
 func (n *Node) updateMembersMetricLocked(now time.Time) {
 	count := map[string]int{n.state: 1}
-	for _, m := range n.members {
+	for _, m := range n.ms.members {
 		if m.dead {
 			count[StateUnreachable]++
 		} else {
@@ -143,7 +143,7 @@ func (n *Node) logLeadChangeLocked(prev string) {
 	case prev == n.cfg.NodeID:
 		attrs = append(attrs, "term_lost", n.term, "local", "lost", "state", n.state)
 	default:
-		if m := n.members[n.lead]; m != nil && m.hb.LeadTerm > 0 {
+		if m := n.ms.members[n.lead]; m != nil && m.hb.LeadTerm > 0 {
 			attrs = append(attrs, "term", m.hb.LeadTerm)
 		}
 	}

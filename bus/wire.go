@@ -45,6 +45,9 @@ type heartbeat struct {
 	CSeq uint64 `json:"cseq"`
 	// Duties maps scheduled duties to the last slot known done.
 	Duties map[string]int64 `json:"duties,omitempty"`
+	// Down lists the incarnations the sender has downed (removed while
+	// unreachable); a node that finds its own here rejoins as a new one.
+	Down []string `json:"down,omitempty"`
 	// HTTP is the sender's HTTP address (Config.HTTPAddr); Reason says
 	// why it is in State; Runs are the last runs of the duties it ran as
 	// the lead. For the status page only: nothing decides on them.
@@ -78,6 +81,7 @@ const (
 	rejectMalformed = "malformed"
 	rejectForeign   = "foreign-cluster"
 	rejectStale     = "stale"
+	rejectDeparted  = "departed" // from an incarnation that left or was downed
 )
 
 // checkHeaders checks the headers. It returns the kind and node, or a

@@ -15,7 +15,13 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/traced"
 	"github.com/clusterbus/clusterbus/workqueue"
 	"github.com/google/uuid"
 	"github.com/jonboulle/clockwork"
@@ -75,6 +81,10 @@ type Options struct {
 	NodeID string
 	// Gate, if set, must answer true for the node to take work (bus.Node.Serving).
 	Gate func() bool
+	// Admit, if set, is asked before each Submit; an error refuses the
+	// submission (bus.Node.Admit refuses while the node is degraded; an
+	// error matching adapters.ErrUnavailable answers 503 over HTTP).
+	Admit func() error
 	// Clock defaults to the real clock.
 	Clock clockwork.Clock
 	// Logger defaults to slog.Default(). The engine adds the node ID to
@@ -84,6 +94,10 @@ type Options struct {
 	Registry prometheus.Registerer
 	// HTTPClient is used by http steps; default http.DefaultClient.
 	HTTPClient *http.Client
+	// TracerProvider makes the submit and step spans; default
+	// otel.GetTracerProvider(). Trace context crosses nodes in the queue
+	// items' headers when the broker is wrapped with adapters/traced.
+	TracerProvider trace.TracerProvider
 }
 
 // item is a queue item: one step of one execution, with its recorded state.
@@ -124,6 +138,7 @@ type Engine struct {
 	log  *slog.Logger
 	idx  *index
 	m    *metrics
+	tr   trace.Tracer
 
 	mu      sync.RWMutex
 	flows   map[string]map[int]*Flow
@@ -133,7 +148,12 @@ type Engine struct {
 	subStop context.CancelFunc
 	subDone chan struct{}
 	started bool
-	answers sync.WaitGroup // catch-up replies being sent
+	answers sync.WaitGroup // catch-up replies being sent, catch-ups scheduled
+	// A catch-up after a gap in the events: when the last was asked, and
+	// whether one is scheduled.
+	gapMu      sync.Mutex
+	gapLast    time.Time
+	gapPending bool
 }
 
 // New returns an engine; register flows, then Start it.
@@ -167,6 +187,10 @@ func New(b adapters.Broker, cfg Config, opts Options) (*Engine, error) {
 	e := &Engine{b: b, cfg: cfg, opts: opts, log: opts.Logger.With("component", "flows"),
 		idx: newIndex(cfg.IndexSize), flows: map[string]map[int]*Flow{}, rules: map[string]*Rule{}}
 	e.m = newMetrics(opts.Registry, e)
+	if opts.TracerProvider == nil {
+		opts.TracerProvider = otel.GetTracerProvider()
+	}
+	e.tr = opts.TracerProvider.Tracer("github.com/clusterbus/clusterbus/flows")
 	w, err := workqueue.New(b, workqueue.Config{
 		Queue: adapters.QueueConfig{Name: cfg.Queue, Lease: cfg.Lease, MaxAttempts: cfg.MaxAttempts,
 			Dedupe: b.Capabilities().Dedupe.Available()},
@@ -309,6 +333,11 @@ func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, 
 	for _, fn := range opts {
 		fn(&o)
 	}
+	if e.opts.Admit != nil {
+		if err := e.opts.Admit(); err != nil {
+			return "", fmt.Errorf("flows: submit: %w", err)
+		}
+	}
 	f, ok := e.lookup(flow, o.version)
 	if !ok {
 		return "", adapters.Errorf(adapters.ErrNotFound, "flows: submit", "no flow %q (version %d); registered: %s",
@@ -326,11 +355,16 @@ func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, 
 	now := e.opts.Clock.Now()
 	it := &item{V: 1, Exec: o.id, Flow: f.Name, Version: f.Version, Step: f.Start, Seq: 0, Input: input,
 		Vars: map[string]any{}, Started: now}
+	ctx, span := e.tr.Start(ctx, "flow submit "+f.Name, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("clusterbus.flow", f.Name), attribute.Int("clusterbus.flow.version", f.Version),
+			attribute.String("clusterbus.execution", o.id), attribute.String("clusterbus.node", e.opts.NodeID)))
+	defer span.End()
 	if err := e.enqueue(ctx, it); err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		return "", err
 	}
 	e.publish(ctx, Event{Type: EventStarted, Execution: it.Exec, Flow: it.Flow, Version: it.Version, Step: it.Step, Node: e.opts.NodeID, Time: now})
-	e.log.Info("flows: execution started", "flow", it.Flow, "version", it.Version, "execution", it.Exec)
+	e.log.Info("flows: execution started", "flow", it.Flow, "version", it.Version, "execution", it.Exec, "trace_id", traceID(ctx))
 	return o.id, nil
 }
 
@@ -416,10 +450,14 @@ func (e *Engine) eventLoop(ctx context.Context, sub adapters.Subscription) {
 				return
 			}
 			if errors.Is(err, adapters.ErrGap) {
-				e.log.Info("flows: events may have been missed; statuses may lag until the next event", "err", err)
+				// Statuses here may be stale (an execution "running" that
+				// ended meanwhile): ask the others again, as at start.
+				e.log.Info("flows: events may have been missed; catching up from the other nodes", "err", err)
+				e.catchUpAfterGap(ctx)
 				continue
 			}
 			e.log.Warn("flows: events subscription", "err", err)
+			e.catchUpAfterGap(ctx)
 			t := e.opts.Clock.NewTimer(time.Second)
 			select {
 			case <-ctx.Done():
@@ -495,6 +533,14 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 	if wait := it.NotBefore.Sub(now); wait > 0 {
 		return workqueue.RetryAfter(wait, errNotDue)
 	}
+	// The step continues the trace of whoever enqueued it: the submission
+	// or the step before, on whichever node.
+	ctx, span := e.tr.Start(traced.Context(ctx, job.Message), "flow step "+it.Flow+"/"+it.Step,
+		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+			attribute.String("clusterbus.flow", it.Flow), attribute.String("clusterbus.step", it.Step),
+			attribute.String("clusterbus.execution", it.Exec), attribute.Int("clusterbus.seq", it.Seq),
+			attribute.Int("clusterbus.attempt", job.Attempt), attribute.String("clusterbus.node", e.opts.NodeID)))
+	defer span.End()
 	ev := Event{Execution: it.Exec, Flow: it.Flow, Version: it.Version, Step: it.Step, Seq: it.Seq,
 		Attempt: job.Attempt, Node: e.opts.NodeID}
 	f, ok := e.lookup(it.Flow, it.Version)
@@ -519,6 +565,7 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 	ev.Duration = e.opts.Clock.Since(began)
 	e.m.stepDuration.WithLabelValues(it.Flow, it.Step).Observe(ev.Duration.Seconds())
 	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		e.failed(ctx, ev, job, err)
 		return err
 	}
@@ -561,7 +608,7 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 			Step: it.Step, Seq: it.Seq, Attempt: job.Attempt, Node: e.opts.NodeID, Time: e.opts.Clock.Now(), Output: next.Vars})
 		e.m.executions.WithLabelValues(it.Flow, OutcomeCompleted).Inc()
 		e.log.Info("flows: execution completed", "flow", it.Flow, "version", it.Version, "execution", it.Exec,
-			"steps", it.Seq+1, "took", e.opts.Clock.Since(it.Started))
+			"steps", it.Seq+1, "took", e.opts.Clock.Since(it.Started), "trace_id", traceID(ctx))
 		return nil
 	}
 	if err := e.enqueue(ctx, next); err != nil {
@@ -616,8 +663,16 @@ func (e *Engine) failed(ctx context.Context, ev Event, job *workqueue.Job, err e
 		}
 		e.m.executions.WithLabelValues(flow, string(ev.Type)).Inc()
 		e.log.Info("flows: execution failed", "flow", ev.Flow, "version", ev.Version, "execution", ev.Execution,
-			"outcome", ev.Type, "step", ev.Step, "attempt", ev.Attempt, "err", err)
+			"outcome", ev.Type, "step", ev.Step, "attempt", ev.Attempt, "err", err, "trace_id", traceID(ctx))
 	}
+}
+
+// traceID is the trace of ctx, "" if none.
+func traceID(ctx context.Context) string {
+	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
+		return sc.TraceID().String()
+	}
+	return ""
 }
 
 func decodeItem(b []byte, it *item) error {

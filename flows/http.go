@@ -1,11 +1,15 @@
 package flows
 
 import (
+	"go.opentelemetry.io/otel/propagation"
+
 	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/clusterbus/clusterbus/adapters/traced"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -100,7 +104,9 @@ func (e *Engine) serveSubmit(w http.ResponseWriter, r *http.Request) {
 	if req.Version != 0 {
 		opts = append(opts, WithVersion(req.Version))
 	}
-	id, err := e.Submit(r.Context(), req.Flow, input, opts...)
+	// A caller's traceparent makes the execution part of its trace.
+	ctx := traced.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	id, err := e.Submit(ctx, req.Flow, input, opts...)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -111,6 +117,7 @@ func (e *Engine) serveSubmit(w http.ResponseWriter, r *http.Request) {
 // normalize turns json.Number into int64 or float64 so that CEL sees ints
 // as ints.
 func normalize(m map[string]any) (map[string]any, error) {
+	var bad error
 	var fix func(v any) any
 	fix = func(v any) any {
 		switch x := v.(type) {
@@ -118,7 +125,12 @@ func normalize(m map[string]any) (map[string]any, error) {
 			if i, err := x.Int64(); err == nil {
 				return i
 			}
-			f, _ := x.Float64()
+			f, err := x.Float64()
+			if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+				// Found by FuzzSubmitBody: 1e999 became +Inf, which
+				// the item cannot record (a 500 on submit).
+				bad = adapters.Errorf(adapters.ErrInvalidArgument, "flows: input", "number %s is out of range", x)
+			}
 			return f
 		case map[string]any:
 			for k, e := range x {
@@ -136,7 +148,8 @@ func normalize(m map[string]any) (map[string]any, error) {
 	if m == nil {
 		return map[string]any{}, nil
 	}
-	return fix(m).(map[string]any), nil
+	out := fix(m).(map[string]any)
+	return out, bad
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -1,10 +1,13 @@
 package flows
 
 import (
+	"go.opentelemetry.io/otel/propagation"
+
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/clusterbus/clusterbus/adapters/traced"
 	"io"
 	"net/http"
 	"strconv"
@@ -129,6 +132,9 @@ func (h *httpStep) do(ctx context.Context, client *http.Client, sc *StepContext,
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	// The step's trace context (W3C traceparent), so the service's spans
+	// join the execution's trace.
+	traced.Propagator.Inject(ctx, propagation.HeaderCarrier(req.Header))
 	req.Header.Set(HeaderIdempotencyKey, sc.IdempotencyKey)
 	req.Header.Set(HeaderExecution, sc.Execution)
 	req.Header.Set(HeaderStep, sc.Step)

@@ -49,6 +49,44 @@ func (e *Engine) requestCatchUp(ctx context.Context) {
 	}
 }
 
+// catchUpGap is the least time between two catch-ups after gaps: a
+// flapping link asks once per period, not once per gap.
+const catchUpGap = 2 * time.Second
+
+// catchUpAfterGap asks the other nodes for their recent executions again
+// after the events subscription may have missed some (a gap, a
+// reconnect), at most once per catchUpGap; a gap inside the period is
+// covered by a request at its end.
+func (e *Engine) catchUpAfterGap(ctx context.Context) {
+	e.gapMu.Lock()
+	defer e.gapMu.Unlock()
+	if e.gapPending {
+		return
+	}
+	wait := catchUpGap - e.opts.Clock.Since(e.gapLast)
+	if wait <= 0 {
+		e.gapLast = e.opts.Clock.Now()
+		e.requestCatchUp(ctx)
+		return
+	}
+	e.gapPending = true
+	e.answers.Add(1)
+	go func() {
+		defer e.answers.Done()
+		t := e.opts.Clock.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.Chan():
+			e.gapMu.Lock()
+			e.gapPending = false
+			e.gapLast = e.opts.Clock.Now()
+			e.gapMu.Unlock()
+			e.requestCatchUp(ctx)
+		}
+	}()
+}
+
 // answerCatchUp sends this node's recent executions to node to, in as many
 // messages as the broker's size limit needs.
 func (e *Engine) answerCatchUp(ctx context.Context, to string) {

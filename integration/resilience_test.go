@@ -261,3 +261,178 @@ func TestConfigTyposRejected(t *testing.T) {
 		}
 	})
 }
+
+// servesAsLead reports whether n answers health 200 and names itself the
+// lead.
+func (n *node) servesAsLead() bool {
+	c, err := n.cluster()
+	if err != nil || c.Lead == "" || c.Lead != c.Local {
+		return false
+	}
+	return n.health() == http.StatusOK
+}
+
+// watch polls check every 50ms in the background until the returned stop
+// is called; stop returns the first violation check reported, if any.
+func watch(check func() string) (stop func() string) {
+	done := make(chan struct{})
+	var first string
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if v := check(); v != "" && first == "" {
+				first = time.Now().Format("15:04:05.000") + ": " + v
+			}
+		}
+	}()
+	return func() string {
+		close(done)
+		<-finished
+		return first
+	}
+}
+
+// TestCrashLoopDoesNotFence: a healthy two-node cluster keeps serving
+// (health 200 at every poll, lead unchanged) while a third node crash-loops:
+// first three starts with new IDs each killed while starting (they never
+// become active, so they count toward no quorum), then a node without
+// --node-id that keeps its ID in its data dir, killed and restarted
+// several times: each restart replaces its previous incarnation at once.
+func TestCrashLoopDoesNotFence(t *testing.T) {
+	needBinary(t)
+	brokerURL := startNATSBroker(t)
+	cluster := fmt.Sprintf("it-crashloop-%d", time.Now().UnixNano()%1e6)
+	n1 := startNode(t, brokerURL, cluster, "n1")
+	n2 := startNode(t, brokerURL, cluster, "n2")
+	waitUntil(t, 30*time.Second, "n1 and n2 agree on n1", func() bool {
+		return n1.sees("n1", "n1", "n2") && n2.sees("n1", "n1", "n2")
+	})
+	stop := watch(func() string {
+		for _, n := range []*node{n1, n2} {
+			if code := n.health(); code != http.StatusOK {
+				_, body := n.get("/ha/health")
+				return fmt.Sprintf("%s health %d: %s", n.id, code, strings.TrimSpace(body))
+			}
+		}
+		if c, err := n1.cluster(); err != nil || c.Lead != "n1" {
+			return fmt.Sprintf("n1 sees lead %q (%v)", c.Lead, err)
+		}
+		return ""
+	})
+	listed := func(id string) bool {
+		c, err := n1.cluster()
+		if err != nil {
+			return false
+		}
+		for _, m := range c.Nodes {
+			if m.ID == id && m.State != "unreachable" {
+				return true
+			}
+		}
+		return false
+	}
+	// Crash loop with a new ID per start, each killed while starting.
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprintf("loop%d", i)
+		p := startNodeProc(t, brokerURL, cluster, id)
+		waitUntil(t, 30*time.Second, "n1 hears "+id, func() bool { return listed(id) })
+		p.kill()
+		t.Logf("%s killed while starting", id)
+	}
+	// A node with its ID in its data dir: it becomes active, then is
+	// killed and restarted, three times.
+	dataDir := filepath.Join(t.TempDir(), "crasher")
+	var id string
+	for i := 1; i <= 3; i++ {
+		p := startNodeProc(t, brokerURL, cluster, "", "--data-dir", dataDir)
+		waitUntil(t, 30*time.Second, "the data-dir node serves", func() bool {
+			c, err := p.cluster()
+			if err != nil || p.health() != http.StatusOK {
+				return false
+			}
+			if id != "" && c.Local != id {
+				t.Fatalf("restart %d took node ID %q, was %q: the ID in the data dir was not kept", i, c.Local, id)
+			}
+			id = c.Local
+			return true
+		})
+		p.kill()
+		t.Logf("data-dir node %s killed after it served (start %d)", id, i)
+	}
+	p := startNodeProc(t, brokerURL, cluster, "", "--data-dir", dataDir)
+	waitUntil(t, 30*time.Second, "all three agree on n1", func() bool {
+		return n1.sees("n1", "n1", "n2", id) && n2.sees("n1", "n1", "n2", id) && p.sees("n1", "n1", "n2", id)
+	})
+	if v := stop(); v != "" {
+		t.Fatalf("the healthy cluster stopped serving during the crash loop: %s", v)
+	}
+	if !strings.Contains(n1.log(), "member restarted") {
+		t.Errorf("n1's log has no \"member restarted\": restarts did not replace the previous incarnation")
+	}
+}
+
+// TestOutageLeadStaysOldest restarts the broker under three nodes: no node
+// serves as lead during the outage, no younger node leads at any poll
+// while the nodes reconnect (in whatever order), and the oldest leads
+// again after it.
+func TestOutageLeadStaysOldest(t *testing.T) {
+	needBinary(t)
+	port := freePort(t)
+	dataDir := filepath.Join(t.TempDir(), "broker")
+	startBroker := func() *proc {
+		p := startProc(t, "broker", "broker", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--data-dir", dataDir, "--sync=false")
+		waitUntil(t, 30*time.Second, "the broker listens", func() bool {
+			if !p.running() {
+				t.Fatalf("broker exited: %v\n%s", p.err, p.log())
+			}
+			return strings.Contains(p.log(), "listening on")
+		})
+		return p
+	}
+	b := startBroker()
+	brokerURL := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	cluster := fmt.Sprintf("it-outage-%d", time.Now().UnixNano()%1e6)
+	n1 := startNode(t, brokerURL, cluster, "n1")
+	n2 := startNode(t, brokerURL, cluster, "n2")
+	n3 := startNode(t, brokerURL, cluster, "n3")
+	all := []*node{n1, n2, n3}
+	waitUntil(t, 30*time.Second, "3 nodes agree on n1", func() bool {
+		return n1.sees("n1", "n1", "n2", "n3") && n2.sees("n1", "n1", "n2", "n3") && n3.sees("n1", "n1", "n2", "n3")
+	})
+	stop := watch(func() string {
+		var leads []string
+		for _, n := range all {
+			if n.servesAsLead() {
+				leads = append(leads, n.id)
+			}
+		}
+		if len(leads) > 1 || (len(leads) == 1 && leads[0] != "n1") {
+			return fmt.Sprintf("serving as lead: %v", leads)
+		}
+		return ""
+	})
+	b.kill()
+	outage := time.Now()
+	waitUntil(t, failureTimeout+margin, "every node 503 without its broker", func() bool {
+		return n1.health() == http.StatusServiceUnavailable && n2.health() == http.StatusServiceUnavailable &&
+			n3.health() == http.StatusServiceUnavailable
+	})
+	// Long enough that the clients' reconnect backoff has grown to seconds:
+	// they come back spread out, the oldest possibly last.
+	time.Sleep(4 * time.Second)
+	restarted := time.Now()
+	startBroker()
+	took := waitUntil(t, 90*time.Second, "all agree on n1 after the broker restart", func() bool {
+		return n1.sees("n1", "n1", "n2", "n3") && n2.sees("n1", "n1", "n2", "n3") && n3.sees("n1", "n1", "n2", "n3")
+	})
+	t.Logf("all agree on n1 %s after the broker restarted (outage %s)", took.Round(time.Millisecond), restarted.Sub(outage).Round(time.Millisecond))
+	if v := stop(); v != "" {
+		t.Fatalf("a younger node served as lead around the outage: %s", v)
+	}
+}

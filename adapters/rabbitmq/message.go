@@ -22,10 +22,20 @@ const (
 // attempt that was dead-lettered.
 const HeaderDeadLetterAttempts = "cb-dead-letter-attempts"
 
+// headerUserX prefixes an application header that starts with "x-" (a
+// fuzz test found such headers dropped on receipt: fromDelivery skips x-
+// headers, which RabbitMQ sets itself).
+const headerUserX = "cb-user-"
+
 // toPublishing encodes m. Queue items are persistent.
 func toPublishing(m adapters.Message, persistent bool) amqp.Publishing {
 	h := amqp.Table{}
 	for k, v := range m.Headers {
+		if strings.HasPrefix(k, "x-") {
+			// RabbitMQ owns x- headers (x-death, x-delivery-count...):
+			// carry the application's under a name of the adapter's.
+			k = headerUserX + k
+		}
 		h[k] = v
 	}
 	if m.Key != "" {
@@ -55,6 +65,11 @@ func fromDelivery(d *amqp.Delivery) adapters.Message {
 		switch {
 		case k == headerKey:
 			m.Key = s
+		case ok && strings.HasPrefix(k, headerUserX+"x-"):
+			if m.Headers == nil {
+				m.Headers = map[string]string{}
+			}
+			m.Headers[k[len(headerUserX):]] = s
 		case !ok, strings.HasPrefix(k, "x-"), k == headerAttempts:
 		default:
 			if m.Headers == nil {

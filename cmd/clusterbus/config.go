@@ -56,6 +56,8 @@ type nodeConfig struct {
 	ClockSkewThreshold time.Duration `koanf:"clock-skew-threshold"`
 	// SplitBrain: keep-majority, keep-oldest, off or static-quorum:N.
 	SplitBrain string `koanf:"split-brain"`
+	// OnBrokerLoss: fence (default) or degrade; see bus.BrokerLoss.
+	OnBrokerLoss string `koanf:"on-broker-loss"`
 	// ClusterKey is CLUSTERBUS_CLUSTER_KEY: keys, comma-separated, the
 	// first signs. ClusterKeyFile holds one key per line instead and is
 	// re-read on SIGHUP. See trust.go.
@@ -113,6 +115,7 @@ func defaultNodeConfig() nodeConfig {
 		FailureTimeout:     d.FailureTimeout,
 		ClockSkewThreshold: d.ClockSkewThreshold,
 		SplitBrain:         string(d.SplitBrain),
+		OnBrokerLoss:       string(bus.FenceOnBrokerLoss),
 		DrainTimeout:       30 * time.Second,
 		HTTPMaxBody:        1 << 20,
 		Flows:              flowsConfig{Concurrency: 4, Lease: 30 * time.Second, MaxAttempts: 5},
@@ -140,6 +143,7 @@ func addNodeFlags(fs *pflag.FlagSet) {
 	fs.Duration("forget-after", d.ForgetAfter, "how long failed members count for split-brain (0: 20 x failure timeout)")
 	fs.Duration("clock-skew-threshold", d.ClockSkewThreshold, "flag members whose clock differs by more than this")
 	fs.String("split-brain", d.SplitBrain, "split-brain policy: keep-majority, keep-oldest, off or static-quorum:N")
+	fs.String("on-broker-loss", d.OnBrokerLoss, "while the broker is lost: fence (503, the default) or degrade (health 200 \"degraded\", caches bypassed, no lead, no work, submissions refused)")
 	fs.String("cluster-key", d.ClusterKey, "")
 	_ = fs.MarkDeprecated("cluster-key", "a key on the command line is visible to every user of the machine (ps); use env CLUSTERBUS_CLUSTER_KEY or --cluster-key-file")
 	fs.String("cluster-key-file", d.ClusterKeyFile, "file of cluster keys, one per line, the first signs, all verify; re-read on SIGHUP (or env CLUSTERBUS_CLUSTER_KEY, comma-separated)")
@@ -391,7 +395,7 @@ func keyToEnv(key string) string {
 var busFieldKeys = map[string]string{
 	"Cluster": "cluster", "NodeID": "node-id", "HeartbeatInterval": "heartbeat-interval",
 	"FailureTimeout": "failure-timeout", "ForgetAfter": "forget-after",
-	"ClockSkewThreshold": "clock-skew-threshold", "SplitBrain": "split-brain", "Quorum": "split-brain static-quorum:N",
+	"ClockSkewThreshold": "clock-skew-threshold", "SplitBrain": "split-brain", "OnBrokerLoss": "on-broker-loss", "Quorum": "split-brain static-quorum:N",
 }
 
 // validate checks the node's settings together; every problem names the
@@ -476,6 +480,7 @@ func (c *nodeConfig) busConfig() (bus.Config, error) {
 		return b, fmt.Errorf("split-brain %q: want keep-majority, keep-oldest, off or static-quorum:N", c.SplitBrain)
 	}
 	b.SplitBrain, b.Quorum = sb, q
+	b.OnBrokerLoss = bus.BrokerLoss(c.OnBrokerLoss)
 	return b, b.ValidateNamed(func(field string) string { return busFieldKeys[field] })
 }
 

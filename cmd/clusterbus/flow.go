@@ -147,7 +147,7 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 		MaxAttempts:  fc.MaxAttempts,
 		ResultsQueue: fc.ResultsQueue,
 		DrainGrace:   min(env.Config.DrainTimeout/2, 5*time.Second),
-	}, flows.Options{NodeID: env.Node.ID(), Gate: env.Node.Serving, Logger: env.BaseLogger, Registry: env.Registry})
+	}, flows.Options{NodeID: env.Node.ID(), Gate: env.Node.Serving, Admit: env.Node.Admit, Logger: env.BaseLogger, Registry: env.Registry})
 	if err != nil {
 		return nil, err
 	}

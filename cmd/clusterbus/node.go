@@ -19,6 +19,7 @@ import (
 
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
+	"github.com/clusterbus/clusterbus/adapters/traced"
 	"github.com/clusterbus/clusterbus/bus"
 	"github.com/clusterbus/clusterbus/console"
 	"github.com/clusterbus/clusterbus/flows"
@@ -134,6 +135,18 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	// node's logger, so their lines follow --log-level and --log-format.
 	slog.SetDefault(log)
 
+	stopTracing, err := setupTracing(ctx, id, log)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(sctx); err != nil {
+			log.Warn("tracing: flushing spans at stop failed", "err", err)
+		}
+	}()
+
 	startCtx, cancelStart := ctx, context.CancelFunc(func() {})
 	if cfg.StartTimeout > 0 {
 		startCtx, cancelStart = context.WithTimeout(ctx, cfg.StartTimeout)
@@ -193,6 +206,8 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	if err != nil {
 		return err
 	}
+	// Outside the signing: the trace headers are signed with the rest.
+	b = traced.New(b, traced.Options{})
 	if addrs := hs.Addrs(); len(addrs) > 0 {
 		bcfg.HTTPAddr = advertiseHTTP(addrs[0], cfg.TLSCert != "")
 	}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs each fuzz target for a short fixed time after the tests (issue 10).
+# The targets' seed corpora (testdata/fuzz) already run as plain tests in
+# `go test ./...`; this step searches for new inputs. A crash fails CI and
+# leaves the input in the package's testdata/fuzz for `go test` to replay.
+# The step stops starting targets once FUZZ_BUDGET seconds (compilation
+# included) are spent, and says which it skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+per="${FUZZ_TIME:-8s}"
+budget="${FUZZ_BUDGET:-170}"
+targets=(
+  "./adapters/signed FuzzEnvelope"
+  "./bus FuzzHandle"
+  "./flows FuzzDecodeItem"
+  "./flows FuzzEvents"
+  "./flows FuzzParseYAML"
+  "./flows FuzzSubmitBody"
+  "./adapters/nats FuzzCodec"
+  "./adapters/kafka FuzzCodec"
+  "./adapters/rabbitmq FuzzCodec"
+)
+start=$SECONDS
+for t in "${targets[@]}"; do
+  read -r pkg name <<<"$t"
+  left=$((budget - (SECONDS - start)))
+  if [ "$left" -le 15 ]; then
+    echo "fuzz: budget of ${budget}s spent; not fuzzed: $pkg $name"
+    continue
+  fi
+  out=$(mktemp)
+  rc=0
+  timeout "$left" go test -run '^$' -fuzz "^${name}\$" -fuzztime "$per" "$pkg" >"$out" 2>&1 || rc=$?
+  execs=$(grep -o 'execs: [0-9]*' "$out" | tail -1 | cut -d' ' -f2)
+  case $rc in
+    0) echo "fuzz: $pkg $name: ${execs:-0} execs in $per, no failure" ;;
+    124) echo "fuzz: budget of ${budget}s spent while building or running $pkg $name (${execs:-0} execs)" ;;
+    *) cat "$out"; echo "fuzz: $pkg $name FAILED"; exit 1 ;;
+  esac
+  rm -f "$out"
+done
+echo "fuzz: done in $((SECONDS - start))s"
