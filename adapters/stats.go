@@ -13,6 +13,8 @@ const Unknown = -1
 type QueueStats struct {
 	Queue string `json:"queue"`
 	// Depth is the items waiting for a consumer, delayed ones included.
+	// Where InFlight is Unknown, Depth may include the items held (Note
+	// says so).
 	Depth int64 `json:"depth"`
 	// InFlight is the items held under a lease now.
 	InFlight int64 `json:"in_flight"`

@@ -51,11 +51,13 @@ type Console struct {
 
 	flows atomic.Pointer[flows.Engine]
 
-	mu      sync.Mutex
-	subs    map[chan []byte]struct{}
-	last    []byte
-	stop    context.CancelFunc
-	counter counterCache
+	mu       sync.Mutex
+	subs     map[chan []byte]struct{}
+	last     []byte
+	stop     context.CancelFunc
+	lastSig  []byte
+	lastPush time.Time
+	counter  counterCache
 }
 
 // New returns a console for cfg.
@@ -284,6 +286,25 @@ func (c *Console) counters(now time.Time) Counters {
 	return out
 }
 
+// signature is the snapshot without what changes on every heartbeat (the
+// members' last heartbeat, the clock).
+func signature(s Snapshot) []byte {
+	s.Now = time.Time{}
+	s.Cluster.Now = time.Time{}
+	s.Cluster.Nodes = append([]bus.NodeJSON(nil), s.Cluster.Nodes...)
+	for i := range s.Cluster.Nodes {
+		s.Cluster.Nodes[i].LastHeartbeat = time.Time{}
+		s.Cluster.Nodes[i].ClockSkewMS = 0
+	}
+	s.Queues = append([]queuestats.Stat(nil), s.Queues...)
+	for i := range s.Queues {
+		s.Queues[i].At = time.Time{}
+		s.Queues[i].OldestAge = 0
+	}
+	b, _ := json.Marshal(s)
+	return b
+}
+
 func (c *Console) build() []byte {
 	b, err := json.Marshal(c.snapshot())
 	if err != nil {
@@ -357,7 +378,7 @@ func (c *Console) unsubscribe(ch chan []byte) {
 	delete(c.subs, ch)
 	if len(c.subs) == 0 && c.stop != nil {
 		c.stop()
-		c.stop, c.last = nil, nil
+		c.stop, c.last, c.lastSig = nil, nil, nil
 	}
 }
 
@@ -373,13 +394,20 @@ func (c *Console) produce(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		b := c.build()
+		snap := c.snapshot()
+		sig := signature(snap)
+		b, err := json.Marshal(snap)
+		if err != nil {
+			continue
+		}
 		c.mu.Lock()
-		if ctx.Err() != nil || bytes.Equal(b, c.last) {
+		// A change that matters goes out at once; the heartbeat ages
+		// and the clock alone refresh the page once a second.
+		if ctx.Err() != nil || (bytes.Equal(sig, c.lastSig) && time.Since(c.lastPush) < time.Second) || bytes.Equal(b, c.last) {
 			c.mu.Unlock()
 			continue
 		}
-		c.last = b
+		c.last, c.lastSig, c.lastPush = b, sig, time.Now()
 		for ch := range c.subs {
 			select {
 			case <-ch:

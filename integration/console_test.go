@@ -194,6 +194,7 @@ func TestConsoleInChromium(t *testing.T) {
 			t.Errorf("n2's HTTP address on the page: %q, want %q (%v)", addr, n2.addr, err)
 		}
 		p.waitFor(5*time.Second, "no alerts", `document.querySelector("#alerts li.ok")`)
+		p.waitFor(5*time.Second, "no sideways scrolling at 1280x800", `document.documentElement.scrollWidth <= window.innerWidth + 1`)
 		p.shot("1-three-nodes")
 	})
 

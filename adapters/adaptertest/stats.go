@@ -33,6 +33,11 @@ func (s *suite) testQueueStats(t *testing.T) {
 		if err := d.DeadLetter(s.ctx(t), "stats test"); err != nil {
 			t.Fatalf("DeadLetter: %v", err)
 		}
+		// A broker that pushes (RabbitMQ) hands the consumer the next
+		// item at once; closing it puts that back.
+		if err := c.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
 		s.waitStats(t, b, q.Name, 2, 0, 1)
 	}
 
@@ -44,19 +49,14 @@ func (s *suite) testQueueStats(t *testing.T) {
 func (s *suite) waitStats(t *testing.T, b adapters.Broker, queue string, depth, inFlight, dead int64) {
 	t.Helper()
 	match := func(got, want int64) bool { return got == adapters.Unknown || got == want }
-	// A broker that cannot count in-flight items (InFlight Unknown) counts
-	// the item its consumer (Prefetch 1) was sent ahead of Receive as not
-	// waiting either: RabbitMQ pushes the next item as soon as the held one
-	// is settled.
-	depthOK := func(st adapters.QueueStats) bool {
-		return match(st.Depth, depth) || (st.InFlight == adapters.Unknown && st.Depth == depth-1)
-	}
 	deadline := time.Now().Add(s.wait)
 	var st adapters.QueueStats
 	var err error
 	for time.Now().Before(deadline) {
 		st, err = adapters.Stats(s.ctx(t), b, queue)
-		if err == nil && depthOK(st) && match(st.InFlight, inFlight) && match(st.DeadLetters, dead) {
+		// A broker that cannot tell what is held may count it as waiting.
+		depthOK := match(st.Depth, depth) || (st.InFlight == adapters.Unknown && st.Depth == depth+inFlight)
+		if err == nil && depthOK && match(st.InFlight, inFlight) && match(st.DeadLetters, dead) {
 			if st.OldestAge != adapters.Unknown && st.Depth+max(st.InFlight, 0) > 0 && st.OldestAge <= 0 {
 				t.Errorf("OldestAge %s with items in the queue", st.OldestAge)
 			}

@@ -362,6 +362,7 @@ var capabilities = adapters.Capabilities{
 	Dedupe:         adapters.Unsupported,
 	Ordering:       adapters.Emulated,
 	Restart:        adapters.Native,
+	QueueStats:     adapters.Emulated, // consumer-group lag; see stats.go
 	// Room under maxBatchBytes for the adapter's own headers and record
 	// framing.
 	MaxMessageSize: 1_000_000,

@@ -2,15 +2,15 @@
 // that talks to them.
 //
 //	clusterbus node     join a cluster (embedded NATS when --broker is empty); serves
-//	                    /ha/health, /api/cluster, /api/flows, /metrics and a status page
+//	                    /ha/health, /api/cluster, /api/flows, /metrics and the console (/)
 //	clusterbus broker   run the embedded NATS server (JetStream) for several nodes
 //	clusterbus check    round-trip a topic message and a queue item on a broker URL
 //	clusterbus bench    measure queue throughput and latency, and topic latency, on a broker URL
-//	clusterbus status   print the cluster as a node sees it
+//	clusterbus status   print the cluster as a node sees it (-o json|yaml, --watch)
 //	clusterbus cache    broadcast cache-clear events
-//	clusterbus flow     submit flow executions and ask where they are
+//	clusterbus flow     submit flow executions, ask where they are, list them (flow list)
 //	clusterbus queue    replay a queue's dead letters onto it
-//	clusterbus version
+//	clusterbus version  (also clusterbus --version)
 //
 // Every subcommand lives in its own file and adds itself to rootCmd from an
 // init function. The binary links every adapter (adapters.go), so --broker

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -32,7 +34,7 @@ func init() {
 	nodeServices = append(nodeServices, nodeService{Name: "the flow engine", Check: checkFlows, Start: startFlows})
 
 	flowCmd := &cobra.Command{Use: "flow", Short: "Submit flow executions and ask where they are"}
-	var addr, input, id string
+	var addr, input, id, output string
 	var wait time.Duration
 	submit := &cobra.Command{
 		Use:   "submit FILE|NAME",
@@ -59,7 +61,11 @@ file is submitted as is. Prints the execution ID.`,
 				}
 			}
 			if input != "" {
-				if err := json.Unmarshal([]byte(input), &req.Input); err != nil {
+				b, err := readInput(input, cmd.InOrStdin())
+				if err != nil {
+					return &exitError{code: 2, err: err}
+				}
+				if err := json.Unmarshal(b, &req.Input); err != nil {
 					return &exitError{code: 2, err: fmt.Errorf("--input: want a JSON object: %w", err)}
 				}
 			}
@@ -74,7 +80,7 @@ file is submitted as is. Prints the execution ID.`,
 			return nil
 		},
 	}
-	submit.Flags().StringVar(&input, "input", "", "the execution's input, a JSON object")
+	submit.Flags().StringVar(&input, "input", "", "the execution's input, a JSON object; @FILE reads it from FILE, - from standard input")
 	submit.Flags().StringVar(&id, "id", "", "execution ID (default random; resubmitting an ID within the broker's dedupe window starts nothing new)")
 	submit.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the execution to end, then print its status")
 	status := &cobra.Command{
@@ -85,14 +91,56 @@ file is submitted as is. Prints the execution ID.`,
 			if wait > 0 {
 				return waitFlow(cmd, addr, args[0], wait)
 			}
+			if err := checkOutput(output); err != nil {
+				return err
+			}
 			var st json.RawMessage
 			if err := flowAPI(cmd.Context(), http.MethodGet, normalizeAddr(addr)+"/api/flows/"+args[0], nil, &st); err != nil {
 				return err
 			}
-			return printJSON(cmd.OutOrStdout(), st)
+			return writeOutput(cmd.OutOrStdout(), output, st)
 		},
 	}
 	status.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the execution to end")
+	addOutputFlag(status, &output)
+	var state string
+	var limit int
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the executions a node knows of, newest first (--state to filter)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			u := fmt.Sprintf("%s/api/executions?limit=%d&state=%s", normalizeAddr(addr), limit, url.QueryEscape(state))
+			var raw json.RawMessage
+			if err := flowAPI(cmd.Context(), http.MethodGet, u, nil, &raw); err != nil {
+				return err
+			}
+			if output != "" {
+				return writeOutput(cmd.OutOrStdout(), output, raw)
+			}
+			var doc struct{ Executions []flows.Status }
+			if err := json.Unmarshal(raw, &doc); err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "EXECUTION\tFLOW\tSTATE\tSTEP\tNODE\tATTEMPT\tUPDATED\tERROR")
+			for _, x := range doc.Executions {
+				errText := x.Error
+				if len(errText) > 60 {
+					errText = errText[:60] + "…"
+				}
+				fmt.Fprintf(tw, "%s\t%s@%d\t%s\t%s\t%s\t%d\t%s\t%s\n", x.Execution, x.Flow, x.Version, x.State, x.Step, x.Node,
+					x.Attempt, x.Updated.UTC().Format(time.RFC3339), errText)
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().StringVar(&state, "state", "", "only executions in this state: running, completed, failed or dead_lettered")
+	list.Flags().IntVar(&limit, "limit", 100, "at most this many")
+	addOutputFlag(list, &output)
 	lint := &cobra.Command{
 		Use:   "lint DIR",
 		Short: "Check the flow and rule definitions in DIR as a node would load them; exit 2 naming each problem with its file and line",
@@ -107,7 +155,7 @@ file is submitted as is. Prints the execution ID.`,
 		},
 	}
 	flowCmd.AddCommand(lint)
-	for _, c := range []*cobra.Command{submit, status} {
+	for _, c := range []*cobra.Command{submit, status, list} {
 		c.Flags().StringVar(&addr, "addr", defaultAddr(), "a node's HTTP address (env CLUSTERBUS_ADDR)")
 		addAdminTokenFlag(c)
 		flowCmd.AddCommand(c)

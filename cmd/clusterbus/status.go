@@ -33,26 +33,58 @@ func normalizeAddr(a string) string {
 }
 
 func init() {
-	var addr string
-	var asJSON bool
+	var addr, output string
+	var asJSON, watch bool
+	var every time.Duration
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Print the cluster as a node sees it",
+		Short: "Print the cluster as a node sees it (--watch: again every --interval until interrupted)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, raw, err := fetchCluster(cmd.Context(), addr)
-			if err != nil {
+			if asJSON && output == "" {
+				output = "json"
+			}
+			if err := checkOutput(output); err != nil {
 				return err
 			}
-			if asJSON {
-				_, err := cmd.OutOrStdout().Write(raw)
-				return err
+			if every <= 0 {
+				return &exitError{code: 2, err: fmt.Errorf("--interval %s: want more than 0", every)}
 			}
-			return printCluster(cmd.OutOrStdout(), cl, time.Now())
+			for {
+				cl, raw, err := fetchCluster(cmd.Context(), addr)
+				switch {
+				case err != nil && !watch:
+					return err
+				case err != nil:
+					fmt.Fprintf(cmd.OutOrStdout(), "%s  %v\n", time.Now().UTC().Format(time.TimeOnly), err)
+				case output != "":
+					if err := writeOutput(cmd.OutOrStdout(), output, raw); err != nil {
+						return err
+					}
+				default:
+					if watch {
+						fmt.Fprintf(cmd.OutOrStdout(), "\n%s\n", time.Now().UTC().Format(time.TimeOnly+" UTC"))
+					}
+					if err := printCluster(cmd.OutOrStdout(), cl, time.Now()); err != nil {
+						return err
+					}
+				}
+				if !watch {
+					return nil
+				}
+				select {
+				case <-cmd.Context().Done():
+					return nil
+				case <-time.After(every):
+				}
+			}
 		},
 	}
 	cmd.Flags().StringVar(&addr, "addr", defaultAddr(), "a node's HTTP address (env CLUSTERBUS_ADDR)")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the /api/cluster JSON")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the /api/cluster JSON (same as -o json)")
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "print again every --interval until interrupted")
+	cmd.Flags().DurationVar(&every, "interval", time.Second, "how often --watch prints")
+	addOutputFlag(cmd, &output)
 	addAdminTokenFlag(cmd)
 	rootCmd.AddCommand(cmd)
 }
