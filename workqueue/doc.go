@@ -33,7 +33,8 @@
 //     lost lease. Use the fencing token (Job.Token) and idempotency keys.
 //   - The contract has no snooze: RetryAfter and drain hand-backs count as
 //     delivery attempts, like any nack.
-//   - Prefetch: Concurrency handler goroutines share one consumer opened
+//   - Prefetch: one receiving goroutine feeds Concurrency handler goroutines
+//     (a fixed pool, no goroutine per item) from one consumer opened
 //     with Config.Prefetch (default Concurrency), so the adapter may hold up
 //     to that many items ahead of free handlers; their leases run, unrenewed, until a
 //     handler takes them (leasing then renews at once if the item waited),

@@ -91,6 +91,7 @@ type Worker struct {
 	handlers sync.WaitGroup // the worker goroutines
 	consMu   sync.Mutex
 	cons     adapters.Consumer
+	free     chan struct{} // handler slots; receive takes one per item
 	draining atomic.Bool
 	inFlight atomic.Int64
 	m        queueMetrics
@@ -192,10 +193,14 @@ func (w *Worker) Start(ctx context.Context) error {
 	rctx, rcancel := context.WithCancel(context.Background())
 	w.recvStop = rcancel
 	w.hctx, w.hcancel = context.WithCancelCause(context.Background())
+	jobs := make(chan adapters.Delivery)
+	w.free = make(chan struct{}, w.cfg.Concurrency)
 	for range w.cfg.Concurrency {
 		w.handlers.Add(1)
-		go w.work(rctx)
+		go w.work(jobs)
 	}
+	w.handlers.Add(1)
+	go w.receive(rctx, jobs)
 	return nil
 }
 
@@ -265,11 +270,15 @@ func (w *Worker) reopen(ctx context.Context, old adapters.Consumer) {
 	}
 }
 
-// work is one of Concurrency handler goroutines: it receives an item from
-// the consumer (which fetches ahead for all of them), runs the handler and
-// settles the item, until ctx ends.
-func (w *Worker) work(ctx context.Context) {
+// receive is the one goroutine that receives: it takes a free handler slot,
+// asks the gate, receives one item and hands it to a handler goroutine. So,
+// as with one receive at a time, at most one item is received after the gate
+// closes (the one whose Receive was already waiting), however many handlers
+// run. It closes jobs when ctx ends.
+func (w *Worker) receive(ctx context.Context, jobs chan<- adapters.Delivery) {
 	defer w.handlers.Done()
+	defer close(jobs)
+	slots := w.free
 	clock := w.opts.Clock
 	pause := func(d time.Duration) bool {
 		t := clock.NewTimer(d)
@@ -281,7 +290,12 @@ func (w *Worker) work(ctx context.Context) {
 			return true
 		}
 	}
-	for ctx.Err() == nil {
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		for w.cfg.Gate != nil && !w.cfg.Gate() {
 			if !pause(w.cfg.GatePoll) {
 				return
@@ -290,6 +304,7 @@ func (w *Worker) work(ctx context.Context) {
 		cons := w.consumer()
 		d, err := cons.Receive(ctx)
 		if err != nil {
+			<-slots
 			if ctx.Err() != nil {
 				return
 			}
@@ -307,7 +322,17 @@ func (w *Worker) work(ctx context.Context) {
 			}
 			continue
 		}
+		jobs <- d // a handler is free: this goroutine holds its slot
+	}
+}
+
+// work is one of Concurrency handler goroutines: it runs the handler on
+// each item receive hands it and settles the item, until jobs is closed.
+func (w *Worker) work(jobs <-chan adapters.Delivery) {
+	defer w.handlers.Done()
+	for d := range jobs {
 		w.handle(d)
+		<-w.free
 	}
 }
 
