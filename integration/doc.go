@@ -31,6 +31,18 @@
 // level, default warn) and CLUSTERBUS_INTEGRATION_LOG_DIR (keep every
 // process's log there instead of in a temporary directory).
 //
+// Node resilience (resilience_test.go, partition_test.go; NATS only):
+// TestStartBeforeBroker (a node started before its broker waits with 503
+// and serves once it is up), TestCrashLoopDoesNotFence (a crash-looping
+// third node never fences a healthy pair; a node keeps its ID in its data
+// dir), TestOutageLeadStaysOldest (a broker restart under three nodes: no
+// younger node leads at any 50 ms poll), TestConfigTyposRejected (every
+// config mistake exits 2 before connecting, naming the key) and
+// TestBrokerPartitionOneLeadServes (a 3-server NATS cluster, R3, one
+// server's routes cut for 90 s through proxies: never two leads after the
+// detection window, the minority 503 throughout, one lead after the heal;
+// it logs the timeline).
+//
 // # What is checked
 //
 // Timing is the defaults: heartbeat 500ms, failure timeout 1.5s. The
