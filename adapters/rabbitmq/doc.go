@@ -57,7 +57,10 @@
 // its RabbitMQ queue. Publish waits for the publisher confirm.
 //
 // Enqueue returns after the publisher confirm: the quorum queue has the item
-// on a majority of its replicas. A publish cut off by a lost connection is
+// on a majority of its replicas. Concurrent Enqueue calls each use their own
+// confirm channel from a pool (up to 256 idle channels kept).
+// EnqueueBatch (adapters.BatchEnqueuer) publishes its messages on one
+// channel without waiting in between, then waits for every confirm. A publish cut off by a lost connection is
 // sent again on the next one, so an item may be enqueued twice. There is no
 // deduplication (Capabilities.Dedupe is Unsupported: RabbitMQ has none
 // built in) and no ordering by key (Ordering Unsupported: a quorum queue is

@@ -262,6 +262,39 @@ func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) 
 	return mapErr(op, err)
 }
 
+var _ adapters.BatchEnqueuer = (*Broker)(nil)
+
+// EnqueueBatch implements adapters.BatchEnqueuer: the messages are published
+// on one confirm channel one after the other without waiting, then every
+// confirm is awaited.
+func (b *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.Message) error {
+	op := "rabbitmq: enqueue " + queue
+	if b.isClosed() {
+		return adapters.Errorf(adapters.ErrClosed, op, "broker closed")
+	}
+	if err := adapters.ValidateName("queue", queue); err != nil {
+		return adapters.Wrap(adapters.ErrInvalidArgument, op, err)
+	}
+	ps := make([]amqp.Publishing, 0, len(ms))
+	for _, m := range ms {
+		if err := adapters.ValidateMessage(op, m, b.caps); err != nil {
+			return err
+		}
+		if m.ID == "" {
+			m.ID = newID()
+		}
+		ps = append(ps, toPublishing(m, true))
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	err := b.publishBatch(ctx, "", queueName(queue), true, ps)
+	if errors.Is(err, errNoRoute) {
+		return adapters.Errorf(adapters.ErrNotFound, op, "queue %q was never declared", queue)
+	}
+	return mapErr(op, err)
+}
+
 // ensureDelayQueue declares the delay queue name unless this connection
 // declared it already (or force).
 func (b *Broker) ensureDelayQueue(ctx context.Context, name string, force bool) error {

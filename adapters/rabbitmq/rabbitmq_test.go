@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -309,4 +310,25 @@ func TestClosedBrokerReturnsItemAtOnce(t *testing.T) {
 	}
 	t.Logf("returned %s after Close, attempt %d", time.Since(start), d2.Attempt())
 	d2.Ack(testCtx(t))
+}
+
+// A batch to a queue that was never declared comes back as returns (one per
+// message) and fails with ErrNotFound, without blocking the client on the
+// returns; the channel stays usable for the next batch.
+func TestEnqueueBatchUndeclaredIsNotFound(t *testing.T) {
+	requireBroker(t)
+	b := openTest(t, testURL())
+	ms := make([]adapters.Message, 20)
+	for i := range ms {
+		ms[i] = adapters.Message{ID: fmt.Sprint(i), Body: []byte("x")}
+	}
+	for range 2 {
+		if err := b.EnqueueBatch(testCtx(t), uniqueName("never"), ms); !errors.Is(err, adapters.ErrNotFound) {
+			t.Fatalf("EnqueueBatch to an undeclared queue: %v, want ErrNotFound", err)
+		}
+	}
+	q := declareTest(t, b, adapters.QueueConfig{})
+	if err := b.EnqueueBatch(testCtx(t), q.Name, ms); err != nil {
+		t.Fatalf("EnqueueBatch after the returns: %v", err)
+	}
 }
