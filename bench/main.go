@@ -14,6 +14,12 @@
 // to the last ack). Each system runs -runs times per mode, interleaved; the
 // table shows medians in items/s and each system's ratio to raw nats.go.
 //
+// Systems: raw, watermill, adapter (Enqueue per item, Prefetch -prefetch),
+// adapter-batch (adapters.EnqueueBatch of -batch items), workqueue (one
+// Worker per consumer, Concurrency 8, Prefetch default = Concurrency),
+// workqueue-p64 (the same with Prefetch 64), rabbit-raw, rabbit-adapter,
+// rabbit-adapter-batch.
+//
 //	cd bench && go run . -runs 3
 //	cd bench && go run . -runs 3 -fsync default -systems rabbit-raw,rabbit-adapter
 package main
@@ -47,7 +53,7 @@ import (
 
 type config struct {
 	items, size, consumers, producers, runs int
-	prefetch, rawBatch, window              int
+	prefetch, rawBatch, window, batch       int
 	systems, modes, fsyncs                  []string
 }
 
@@ -62,7 +68,8 @@ func main() {
 	flag.IntVar(&cfg.prefetch, "prefetch", 64, "ConsumeOptions.Prefetch of the clusterbus adapter consumers")
 	flag.IntVar(&cfg.rawBatch, "raw-batch", 500, "pull batch (PullMaxMessages) of raw nats.go and Watermill")
 	flag.IntVar(&cfg.window, "window", 4000, "PublishAsync window of raw nats.go")
-	flag.StringVar(&systems, "systems", "raw,watermill,adapter,workqueue", "systems to run")
+	flag.IntVar(&cfg.batch, "batch", 100, "items per adapters.EnqueueBatch call of adapter-batch")
+	flag.StringVar(&systems, "systems", "raw,watermill,adapter,adapter-batch,workqueue,workqueue-p64", "systems to run")
 	flag.StringVar(&modes, "modes", "concurrent,drain", "modes to run")
 	flag.StringVar(&fsyncs, "fsync", "default,always", "server fsync settings to run")
 	flag.StringVar(&rabbitURL, "rabbit", rabbitURL, "RabbitMQ URL of the rabbit-* systems")
@@ -95,9 +102,18 @@ var allSystems = map[string]system{
 	"watermill": runWatermill,
 	"adapter":   runAdapter,
 	"workqueue": runWorkqueue,
+	// The workqueue with Config.Prefetch 64 (default: Concurrency, 8).
+	"workqueue-p64": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+		return runWorkqueueWith(ctx, url, cfg, drain, 64)
+	},
+	// The adapter with producers enqueueing -batch items per call.
+	"adapter-batch": runAdapterBatch,
 	// RabbitMQ (-rabbit); the fsync setting does not apply.
 	"rabbit-raw":     runRabbitRaw,
 	"rabbit-adapter": runRabbitAdapter,
+	"rabbit-adapter-batch": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+		return runRabbitAdapterWith(ctx, url, cfg, drain, cfg.batch)
+	},
 }
 
 // baseOf is the system each one's ratio is taken against.
@@ -159,7 +175,7 @@ func run(cfg config) error {
 				if raw := results[baseOf(s)][mode]; len(raw) > 0 {
 					cell += fmt.Sprintf(" %.2fx %s", m/median(raw), baseOf(s))
 				}
-				if s == "adapter" || s == "workqueue" {
+				if strings.HasPrefix(s, "adapter") || strings.HasPrefix(s, "workqueue") {
 					if wm := results["watermill"][mode]; len(wm) > 0 {
 						cell += fmt.Sprintf(" %.2fx watermill", m/median(wm))
 					}
@@ -437,6 +453,16 @@ func openAdapter(ctx context.Context, url string) (*cbnats.Broker, error) {
 // one Broker, one Broker per consumer with Prefetch -prefetch and one
 // Receive/Ack loop.
 func runAdapter(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+	return runAdapterWith(ctx, url, cfg, drain, 1)
+}
+
+// runAdapterBatch is runAdapter with the producers enqueueing -batch items
+// per adapters.EnqueueBatch call (each call waits until all are stored).
+func runAdapterBatch(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+	return runAdapterWith(ctx, url, cfg, drain, cfg.batch)
+}
+
+func runAdapterWith(ctx context.Context, url string, cfg config, drain bool, batch int) (time.Duration, error) {
 	pb, err := openAdapter(ctx, url)
 	if err != nil {
 		return 0, err
@@ -488,7 +514,17 @@ func runAdapter(ctx context.Context, url string, cfg config, drain bool) (time.D
 		return nil
 	}
 	enqueue := func(i int) error {
-		return pb.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint(i), Body: body})
+		if batch <= 1 {
+			return pb.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint(i), Body: body})
+		}
+		if i%batch != 0 {
+			return nil // enqueued by the call for the first index of its batch
+		}
+		ms := make([]adapters.Message, 0, batch)
+		for j := i; j < min(i+batch, cfg.items); j++ {
+			ms = append(ms, adapters.Message{ID: fmt.Sprint(j), Body: body})
+		}
+		return adapters.EnqueueBatch(ctx, pb, q, ms)
 	}
 	t0, err := measure(ctx, cfg, drain, start, enqueue, c)
 	return time.Since(t0), err
@@ -499,6 +535,10 @@ func runAdapter(ctx context.Context, url string, cfg config, drain bool) (time.D
 // nothing; the time ends when every worker has stopped, i.e. when every
 // item is settled.
 func runWorkqueue(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+	return runWorkqueueWith(ctx, url, cfg, drain, 0)
+}
+
+func runWorkqueueWith(ctx context.Context, url string, cfg config, drain bool, prefetch int) (time.Duration, error) {
 	pb, err := openAdapter(ctx, url)
 	if err != nil {
 		return 0, err
@@ -526,7 +566,7 @@ func runWorkqueue(ctx context.Context, url string, cfg config, drain bool) (time
 				return err
 			}
 			brokers = append(brokers, b)
-			w, err := workqueue.New(b, workqueue.Config{Queue: qc, Concurrency: 8},
+			w, err := workqueue.New(b, workqueue.Config{Queue: qc, Concurrency: 8, Prefetch: prefetch},
 				func(context.Context, *workqueue.Job) error { c.add(); return nil }, workqueue.Options{Logger: log})
 			if err != nil {
 				return err

@@ -148,7 +148,11 @@ func runRabbitRaw(ctx context.Context, _ string, cfg config, drain bool) (time.D
 // runRabbitAdapter is the clusterbus RabbitMQ adapter: Enqueue from the
 // producers on one Broker, one Broker per consumer with Prefetch -prefetch
 // and one Receive/Ack loop.
-func runRabbitAdapter(ctx context.Context, _ string, cfg config, drain bool) (time.Duration, error) {
+func runRabbitAdapter(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+	return runRabbitAdapterWith(ctx, url, cfg, drain, 1)
+}
+
+func runRabbitAdapterWith(ctx context.Context, _ string, cfg config, drain bool, batch int) (time.Duration, error) {
 	open := func() (*rabbitmq.Broker, error) {
 		return rabbitmq.Open(ctx, rabbitURL, rabbitmq.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	}
@@ -203,7 +207,17 @@ func runRabbitAdapter(ctx context.Context, _ string, cfg config, drain bool) (ti
 		return nil
 	}
 	enqueue := func(i int) error {
-		return pb.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint(i), Body: body})
+		if batch <= 1 {
+			return pb.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint(i), Body: body})
+		}
+		if i%batch != 0 {
+			return nil // enqueued by the call for the first index of its batch
+		}
+		ms := make([]adapters.Message, 0, batch)
+		for j := i; j < min(i+batch, cfg.items); j++ {
+			ms = append(ms, adapters.Message{ID: fmt.Sprint(j), Body: body})
+		}
+		return adapters.EnqueueBatch(ctx, pb, q, ms)
 	}
 	t0, err := measure(ctx, cfg, drain, start, enqueue, c)
 	return time.Since(t0), err

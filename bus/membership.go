@@ -148,6 +148,25 @@ func (ms *membership) expire(now time.Time, ft time.Duration, selfHeard, holdUnt
 	return failed
 }
 
+// nextExpiry is the earliest time a live member's failure timeout runs
+// out (zero if none): when expire should next be asked.
+func (ms *membership) nextExpiry(ft time.Duration, holdUntil time.Time) time.Time {
+	var next time.Time
+	for _, m := range ms.members {
+		if m.dead {
+			continue
+		}
+		from := m.lastHeard
+		if holdUntil.After(from) {
+			from = holdUntil
+		}
+		if d := from.Add(ft + time.Millisecond); next.IsZero() || d.Before(next) {
+			next = d
+		}
+	}
+	return next
+}
+
 // forget downs the members failed for longer than after: they leave the
 // membership (and every quorum) and their incarnations are tombstoned.
 // Only a node in good standing calls it, so a fenced side never forgets

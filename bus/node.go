@@ -109,6 +109,12 @@ type Node struct {
 	connected bool
 	lostAt    time.Time
 	holdUntil time.Time
+	// probe is the queue round trip that is part of "connected" (probe.go).
+	probe      func(context.Context) error
+	probeKick  chan struct{}
+	probeOK    bool
+	probeErr   error
+	probeFails int
 	// dupes is the evidence of another live incarnation of this node's
 	// ID: when each was first and last heard. panicDup is set while that
 	// evidence keeps the node in panic.
@@ -173,6 +179,7 @@ func New(b adapters.Broker, cfg Config, opts ...Option) (*Node, error) {
 		inc:       randomID(8),
 		kick:      make(chan struct{}, 1),
 		pubKick:   make(chan struct{}, 1),
+		probeKick: make(chan struct{}, 1),
 		pubDone:   make(chan struct{}, 1),
 		ms:        newMembership(),
 		dupes:     map[string]*dupe{},
@@ -237,10 +244,11 @@ func (n *Node) Start(ctx context.Context) error {
 		"heartbeat", n.cfg.HeartbeatInterval, "failure_timeout", n.cfg.FailureTimeout,
 		"split_brain", n.cfg.SplitBrain, "broker", n.b.Capabilities().Name)
 	t := n.clock.NewTicker(n.cfg.HeartbeatInterval)
-	n.loopWG.Add(3)
+	n.loopWG.Add(4)
 	go n.receiveLoop(sub)
 	go n.publishLoop()
 	go n.tickLoop(t)
+	go n.probeLoop()
 	return nil
 }
 
@@ -331,6 +339,20 @@ func (n *Node) poke() {
 func (n *Node) tickLoop(t clockwork.Ticker) {
 	defer n.loopWG.Done()
 	defer t.Stop()
+	// expiry fires when the next member's failure timeout runs out, so a
+	// failure is decided at its deadline, not up to a heartbeat later.
+	expiry := n.clock.NewTimer(time.Hour)
+	defer expiry.Stop()
+	rearm := func() {
+		n.mu.Lock()
+		next := n.ms.nextExpiry(n.cfg.FailureTimeout, n.holdUntil)
+		n.mu.Unlock()
+		d := time.Hour
+		if !next.IsZero() {
+			d = max(next.Sub(n.clock.Now()), time.Millisecond)
+		}
+		expiry.Reset(d)
+	}
 	n.requestPublish()
 	for {
 		select {
@@ -344,7 +366,12 @@ func (n *Node) tickLoop(t clockwork.Ticker) {
 			if n.evaluate() {
 				n.requestPublish()
 			}
+		case <-expiry.Chan():
+			if n.evaluate() {
+				n.requestPublish()
+			}
 		}
+		rearm()
 	}
 }
 
@@ -914,7 +941,7 @@ func (n *Node) connectedLocked(now time.Time) (bool, string) {
 	case now.Sub(n.selfHeard) > n.cfg.FailureTimeout:
 		return false, fmt.Sprintf("not connected to the broker: own heartbeat not heard back for %s", now.Sub(n.selfHeard).Round(time.Millisecond))
 	}
-	return true, ""
+	return n.probeVerdictLocked()
 }
 
 // standingLocked computes this node's state and the reason behind it.

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"math"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -306,4 +309,75 @@ func TestDegradeOnBrokerLoss(t *testing.T) {
 	if err := a.Admit(); err != nil {
 		t.Fatalf("Admit after recovery: %v", err)
 	}
+}
+
+// TestHTTPDownEndpoint: POST /api/cluster/down answers 404 for an unknown
+// member, 409 for a live one, 204 for an unreachable one, which is then
+// gone from /api/cluster.
+func TestHTTPDownEndpoint(t *testing.T) {
+	c := newFakeCluster(t, testConfig("http-down"))
+	a := c.add("a")
+	c.step()
+	c.add("b")
+	c.until(testFT+3*testHB, "a and b agree on a", func() bool { return c.agreeOn("a") })
+	srv := httptest.NewServer(a.Handler())
+	defer srv.Close()
+	post := func(node string) int {
+		resp, err := http.Post(srv.URL+"/api/cluster/down", "application/json", strings.NewReader(`{"node":"`+node+`"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post("nobody"); code != http.StatusNotFound {
+		t.Fatalf("down of an unknown member: %d, want 404", code)
+	}
+	if code := post("b"); code != http.StatusConflict {
+		t.Fatalf("down of a live member: %d, want 409", code)
+	}
+	c.crash("b")
+	c.until(testFT+3*testHB, "b unreachable", func() bool {
+		for _, m := range a.Status().Members {
+			if m.ID == "b" {
+				return !m.Live
+			}
+		}
+		return false
+	})
+	if code := post("b"); code != http.StatusNoContent {
+		t.Fatalf("down of an unreachable member: %d, want 204", code)
+	}
+	for _, m := range a.Status().Members {
+		if m.ID == "b" {
+			t.Fatalf("b still listed after the down: %+v", m)
+		}
+	}
+}
+
+// TestProbeFailureIsNotConnected: a node whose probe (a queue round trip)
+// fails twice in a row counts itself not connected, though its heartbeats
+// still echo: it fences and drops the lead; a passing probe brings it
+// back.
+func TestProbeFailureIsNotConnected(t *testing.T) {
+	c := newFakeCluster(t, testConfig("probe"))
+	a := c.add("a")
+	var fail atomic.Bool
+	a.SetProbe(func(context.Context) error {
+		if fail.Load() {
+			return errors.New("queue unavailable")
+		}
+		return nil
+	})
+	c.until(testFT+3*testHB, "a leads", func() bool { l, _ := a.IsLead(); return l && a.Serving() })
+	fail.Store(true)
+	c.until(4*testFT, "a fences on failed probes", func() bool { return !a.Serving() })
+	if _, reason := a.Healthy(); !strings.Contains(reason, "cannot do what this node serves: queue unavailable") {
+		t.Fatalf("reason %q", reason)
+	}
+	if l, _ := a.IsLead(); l {
+		t.Fatal("a leads with a failing probe")
+	}
+	fail.Store(false)
+	c.until(4*testFT, "a serves again", func() bool { l, _ := a.IsLead(); return l && a.Serving() })
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/clusterbus/clusterbus/adapters"
 	_ "github.com/clusterbus/clusterbus/adapters/nats"
 	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
+	"github.com/clusterbus/clusterbus/adapters/signed"
 	"github.com/clusterbus/clusterbus/flows"
 )
 
@@ -25,12 +26,23 @@ import (
 func BenchmarkFlowStepsEmbeddedNATS(b *testing.B) {
 	for _, sync := range []bool{false, true} {
 		for _, mode := range []string{"10-steps", "1-step-10-checkpoints"} {
-			b.Run(fmt.Sprintf("sync=%v/%s", sync, mode), func(b *testing.B) { benchFlowSteps(b, sync, mode) })
+			b.Run(fmt.Sprintf("sync=%v/%s", sync, mode), func(b *testing.B) { benchFlowSteps(b, sync, mode, false) })
 		}
 	}
 }
 
-func benchFlowSteps(b *testing.B, sync bool, mode string) {
+// BenchmarkFlowStepsSigning is the cost of a cluster key: the same 10-step
+// executions on embedded NATS (fsync off), without a key and with every
+// item and event signed and verified by adapters/signed, in one run.
+//
+//	go test -run '^$' -bench FlowStepsSigning -benchtime 5000x ./flows/
+func BenchmarkFlowStepsSigning(b *testing.B) {
+	for _, key := range []bool{false, true} {
+		b.Run(fmt.Sprintf("key=%v", key), func(b *testing.B) { benchFlowSteps(b, false, "10-steps", key) })
+	}
+}
+
+func benchFlowSteps(b *testing.B, sync bool, mode string, key bool) {
 	srv, err := natsserver.Start(natsserver.Config{Listen: "127.0.0.1:0", DataDir: b.TempDir(), Sync: sync})
 	if err != nil {
 		b.Fatal(err)
@@ -42,6 +54,14 @@ func benchFlowSteps(b *testing.B, sync bool, mode string) {
 		b.Fatal(err)
 	}
 	defer br.Close()
+	if key {
+		ring, _ := signed.NewKeyRing([]byte("bench-cluster-key-0123456789"))
+		sb, err := signed.Wrap(br, signed.Config{Cluster: "bench", Sender: "n1", Keys: ring})
+		if err != nil {
+			b.Fatal(err)
+		}
+		br = sb
+	}
 	const perExec = 10
 	var steps, done atomic.Int64
 	noop := func(ctx context.Context, sc *flows.StepContext) (flows.Outcome, error) {

@@ -26,10 +26,43 @@
 // parameter or the Service Bus connection string's endpoint); it skips on
 // Kafka, whose clients reconnect to the address the broker advertises.
 //
+// # Production topology (own brokers, not once per broker)
+//
+//   - TestNATSClusterServerLoss: chaos on a 3-server NATS cluster whose
+//     servers are processes of this test binary (so they can be killed with
+//     SIGKILL; see envNATSServer), R3 streams; the servers leading the flows
+//     stream and the JetStream meta group are killed during the run.
+//   - TestRabbitMQClusterNodeLoss: chaos on the 3-node RabbitMQ cluster of
+//     adapters/rabbitmq/rabbittest (.ci/rabbitmq-cluster.sh), the node
+//     leading the flows queue killed with SIGKILL.
+//   - TestRollingRestartBehindHAProxy: three nodes behind a real HAProxy,
+//     upgraded one at a time to another build under client traffic.
+//   - TestBrokerOutage: a 30 s outage of a single NATS server and of a
+//     3-server cluster under flow load.
+//   - TestComposeFileWorksAsWritten: docker-compose.yml, Dockerfile and
+//     deploy/haproxy.cfg checked (and docker-compose config run).
+//
+// A chaos run on a cluster also accepts a step repeated across a broker
+// server kill (an ack in flight to the dying server is lost, and the item
+// comes back after its lease), and counts a completion record delivered
+// again (attempt > 1) once.
+//
 // Knobs: CLUSTERBUS_CHAOS_EXECUTIONS (executions per chaos run, default
 // 1000 on every broker), CLUSTERBUS_CHAOS_LOG_LEVEL (the chaos nodes' log
 // level, default warn) and CLUSTERBUS_INTEGRATION_LOG_DIR (keep every
 // process's log there instead of in a temporary directory).
+//
+// Node resilience (resilience_test.go, partition_test.go; NATS only):
+// TestStartBeforeBroker (a node started before its broker waits with 503
+// and serves once it is up), TestCrashLoopDoesNotFence (a crash-looping
+// third node never fences a healthy pair; a node keeps its ID in its data
+// dir), TestOutageLeadStaysOldest (a broker restart under three nodes: no
+// younger node leads at any 50 ms poll), TestConfigTyposRejected (every
+// config mistake exits 2 before connecting, naming the key) and
+// TestBrokerPartitionOneLeadServes (a 3-server NATS cluster, R3, one
+// server's routes cut for 90 s through proxies: never two leads after the
+// detection window, the minority 503 throughout, one lead after the heal;
+// it logs the timeline).
 //
 // # What is checked
 //

@@ -43,6 +43,13 @@ type proc struct {
 // if the test fails. The process is killed at cleanup.
 func startProc(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startProcOf(t, binPath, name, args...)
+}
+
+// startProcOf is startProc for another program (another clusterbus build,
+// haproxy).
+func startProcOf(t *testing.T, bin, name string, args ...string) *proc {
+	t.Helper()
 	dir := t.TempDir()
 	if d := os.Getenv("CLUSTERBUS_INTEGRATION_LOG_DIR"); d != "" {
 		// Kept after the test: one file per process start.
@@ -56,7 +63,7 @@ func startProc(t *testing.T, name string, args ...string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(binPath, args...)
+	cmd := exec.Command(bin, args...)
 	cmd.Env = nodeEnv()
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
@@ -69,7 +76,7 @@ func startProc(t *testing.T, name string, args ...string) *proc {
 		f.Close()
 		close(p.done)
 	}()
-	t.Logf("started %s (pid %d): clusterbus %s", name, cmd.Process.Pid, strings.Join(args, " "))
+	t.Logf("started %s (pid %d): %s %s", name, cmd.Process.Pid, filepath.Base(bin), strings.Join(args, " "))
 	t.Cleanup(func() {
 		p.kill()
 		if t.Failed() {
@@ -172,10 +179,15 @@ type node struct {
 // its HTTP server answers.
 func startNode(t *testing.T, brokerURL, cluster, id string, extra ...string) *node {
 	t.Helper()
-	port := freePort(t)
+	return startNodeOf(t, binPath, freePort(t), brokerURL, cluster, id, extra...)
+}
+
+// startNodeOf is startNode with a given binary and HTTP port.
+func startNodeOf(t *testing.T, bin string, port int, brokerURL, cluster, id string, extra ...string) *node {
+	t.Helper()
 	args := append([]string{"node", "--broker", brokerURL, "--http", fmt.Sprintf("127.0.0.1:%d", port),
 		"--cluster", cluster, "--node-id", id, "--drain-timeout", "10s"}, extra...)
-	n := &node{proc: startProc(t, id, args...), id: id, addr: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	n := &node{proc: startProcOf(t, bin, id, args...), id: id, addr: fmt.Sprintf("http://127.0.0.1:%d", port)}
 	waitUntil(t, 30*time.Second, id+" answers HTTP", func() bool {
 		if !n.running() {
 			t.Fatalf("%s exited: %v\n%s", id, n.err, n.log())

@@ -33,9 +33,10 @@
 //     lost lease. Use the fencing token (Job.Token) and idempotency keys.
 //   - The contract has no snooze: RetryAfter and drain hand-backs count as
 //     delivery attempts, like any nack.
-//   - Prefetch: Concurrency handler goroutines share one consumer opened
-//     with Prefetch = Concurrency, so the adapter may hold up to that many
-//     items ahead of free handlers; their leases run, unrenewed, until a
+//   - Prefetch: one receiving goroutine feeds Concurrency handler goroutines
+//     (a fixed pool, no goroutine per item) from one consumer opened
+//     with Config.Prefetch (default Concurrency), so the adapter may hold up
+//     to that many items ahead of free handlers; their leases run, unrenewed, until a
 //     handler takes them (leasing then renews at once if the item waited),
 //     and an adapter may give back items fetched ahead when no handler asked
 //     for half a lease (the NATS adapter does; the attempt then counts).

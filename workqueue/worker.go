@@ -49,6 +49,11 @@ type Config struct {
 	Queue adapters.QueueConfig
 	// Concurrency is the number of handlers that run at once. Default 1.
 	Concurrency int
+	// Prefetch is how many items the consumer may fetch ahead of free
+	// handlers (adapters.ConsumeOptions.Prefetch). Default Concurrency.
+	// More saves broker round trips with short handlers; each item fetched
+	// ahead waits with its lease running (see the package doc).
+	Prefetch int
 	// Retry picks the delay after a failed attempt. Default DefaultBackoff().
 	Retry RetryPolicy
 	// Lease tunes renewal; Lease.Length is taken from Queue.Lease.
@@ -86,6 +91,7 @@ type Worker struct {
 	handlers sync.WaitGroup // the worker goroutines
 	consMu   sync.Mutex
 	cons     adapters.Consumer
+	free     chan struct{} // handler slots; receive takes one per item
 	draining atomic.Bool
 	inFlight atomic.Int64
 	m        queueMetrics
@@ -124,6 +130,12 @@ func New(b adapters.Broker, cfg Config, h Handler, opts Options) (*Worker, error
 	}
 	if cfg.Concurrency < 0 {
 		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "workqueue: config", "Concurrency %d: want >= 1", cfg.Concurrency)
+	}
+	if cfg.Prefetch == 0 {
+		cfg.Prefetch = cfg.Concurrency
+	}
+	if cfg.Prefetch < 0 {
+		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "workqueue: config", "Prefetch %d: want >= 1 (0 means Concurrency)", cfg.Prefetch)
 	}
 	if cfg.Retry == nil {
 		cfg.Retry = DefaultBackoff()
@@ -181,10 +193,14 @@ func (w *Worker) Start(ctx context.Context) error {
 	rctx, rcancel := context.WithCancel(context.Background())
 	w.recvStop = rcancel
 	w.hctx, w.hcancel = context.WithCancelCause(context.Background())
+	jobs := make(chan adapters.Delivery)
+	w.free = make(chan struct{}, w.cfg.Concurrency)
 	for range w.cfg.Concurrency {
 		w.handlers.Add(1)
-		go w.work(rctx)
+		go w.work(jobs)
 	}
+	w.handlers.Add(1)
+	go w.receive(rctx, jobs)
 	return nil
 }
 
@@ -227,10 +243,10 @@ func (w *Worker) Stop(ctx context.Context) error {
 	return err
 }
 
-// consumeOptions asks the adapter to fetch ahead one item per handler, so a
-// handler that finishes finds the next item waiting.
+// consumeOptions asks the adapter to fetch ahead Prefetch items (by default
+// one per handler), so a handler that finishes finds the next item waiting.
 func (w *Worker) consumeOptions() adapters.ConsumeOptions {
-	return adapters.ConsumeOptions{Prefetch: w.cfg.Concurrency}
+	return adapters.ConsumeOptions{Prefetch: w.cfg.Prefetch}
 }
 
 func (w *Worker) consumer() adapters.Consumer {
@@ -254,11 +270,15 @@ func (w *Worker) reopen(ctx context.Context, old adapters.Consumer) {
 	}
 }
 
-// work is one of Concurrency handler goroutines: it receives an item from
-// the consumer (which fetches ahead for all of them), runs the handler and
-// settles the item, until ctx ends.
-func (w *Worker) work(ctx context.Context) {
+// receive is the one goroutine that receives: it takes a free handler slot,
+// asks the gate, receives one item and hands it to a handler goroutine. So,
+// as with one receive at a time, at most one item is received after the gate
+// closes (the one whose Receive was already waiting), however many handlers
+// run. It closes jobs when ctx ends.
+func (w *Worker) receive(ctx context.Context, jobs chan<- adapters.Delivery) {
 	defer w.handlers.Done()
+	defer close(jobs)
+	slots := w.free
 	clock := w.opts.Clock
 	pause := func(d time.Duration) bool {
 		t := clock.NewTimer(d)
@@ -270,7 +290,12 @@ func (w *Worker) work(ctx context.Context) {
 			return true
 		}
 	}
-	for ctx.Err() == nil {
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		for w.cfg.Gate != nil && !w.cfg.Gate() {
 			if !pause(w.cfg.GatePoll) {
 				return
@@ -279,6 +304,7 @@ func (w *Worker) work(ctx context.Context) {
 		cons := w.consumer()
 		d, err := cons.Receive(ctx)
 		if err != nil {
+			<-slots
 			if ctx.Err() != nil {
 				return
 			}
@@ -296,7 +322,17 @@ func (w *Worker) work(ctx context.Context) {
 			}
 			continue
 		}
+		jobs <- d // a handler is free: this goroutine holds its slot
+	}
+}
+
+// work is one of Concurrency handler goroutines: it runs the handler on
+// each item receive hands it and settles the item, until jobs is closed.
+func (w *Worker) work(jobs <-chan adapters.Delivery) {
+	defer w.handlers.Done()
+	for d := range jobs {
 		w.handle(d)
+		<-w.free
 	}
 }
 

@@ -447,3 +447,42 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// consumeRecorder records the options the worker consumes with.
+type consumeRecorder struct {
+	adapters.Broker
+	mu   sync.Mutex
+	opts []adapters.ConsumeOptions
+}
+
+func (c *consumeRecorder) Consume(ctx context.Context, queue string, opts adapters.ConsumeOptions) (adapters.Consumer, error) {
+	c.mu.Lock()
+	c.opts = append(c.opts, opts)
+	c.mu.Unlock()
+	return c.Broker.Consume(ctx, queue, opts)
+}
+
+// The worker opens one consumer that fetches ahead one item per handler by
+// default, Config.Prefetch when set; a negative Prefetch is refused.
+func TestPrefetchFollowsConcurrency(t *testing.T) {
+	r := newRig(t)
+	for _, c := range []struct{ concurrency, prefetch, want int }{{4, 0, 4}, {4, 32, 32}} {
+		rec := &consumeRecorder{Broker: r.srv.Client()}
+		cfg := r.config(3)
+		cfg.Concurrency, cfg.Prefetch = c.concurrency, c.prefetch
+		w := r.start(rec, cfg, func(context.Context, *workqueue.Job) error { return nil })
+		if err := w.Stop(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		rec.mu.Lock()
+		if len(rec.opts) != 1 || rec.opts[0].Prefetch != c.want {
+			t.Errorf("Concurrency %d, Prefetch %d: consumed with %+v, want one consumer with Prefetch %d", c.concurrency, c.prefetch, rec.opts, c.want)
+		}
+		rec.mu.Unlock()
+	}
+	cfg := r.config(3)
+	cfg.Prefetch = -1
+	if _, err := workqueue.New(r.srv.Client(), cfg, func(context.Context, *workqueue.Job) error { return nil }, workqueue.Options{}); !errors.Is(err, adapters.ErrInvalidArgument) {
+		t.Errorf("Prefetch -1: %v, want ErrInvalidArgument", err)
+	}
+}

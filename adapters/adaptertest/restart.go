@@ -13,6 +13,7 @@ import (
 func (s *suite) restartCases() []testCase {
 	return []testCase{
 		{"SubscriptionsAndConsumersResume", s.testRestart},
+		{"DelayedItemsComeBackAfterRestart", s.testDelayedRestart},
 	}
 }
 
@@ -147,5 +148,71 @@ publish:
 	}
 	if err := retry(ctx, t, "Ack after restart", d.Ack); err != nil {
 		t.Fatalf("Ack after restart: %v", err)
+	}
+}
+
+// Items nacked with a delay just before the broker restarts come back,
+// within 4 × s.wait of the restart: none is lost or stuck in the delay
+// path (issue 12: a RabbitMQ delay queue kept one for 12 minutes). One
+// back before its delay is logged as a finding: brokers need not keep a
+// delay's timer across a restart.
+func (s *suite) testDelayedRestart(t *testing.T) {
+	if s.h.Restart == nil {
+		t.Skip("Harness.Restart is nil: the harness cannot restart this broker")
+	}
+	s.skipUnless(t, "Restart", s.caps.Restart)
+	s.skipUnless(t, "DelayedNack", s.caps.DelayedNack)
+	b := s.open(t)
+	q := s.declare(t, b, adapters.QueueConfig{Lease: time.Minute})
+	c := s.consume(t, b, q.Name, adapters.ConsumeOptions{Prefetch: 2})
+	delays := map[string]time.Duration{"short": 100 * time.Millisecond, "long": 3 * time.Second}
+	if m := s.caps.MaxDelay; m > 0 && m < delays["long"] {
+		delays["long"] = m
+	}
+	for id := range delays {
+		s.enqueue(t, b, q.Name, adapters.Message{ID: id})
+	}
+	nacked := map[string]time.Time{}
+	for range delays {
+		d := s.receive(t, c, "an item to nack with a delay")
+		id := d.Message().ID
+		nacked[id] = time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), s.wait)
+		err := d.Nack(ctx, delays[id])
+		cancel()
+		if err != nil {
+			t.Fatalf("Nack(%s) of %s: %v", delays[id], id, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*s.wait)
+	defer cancel()
+	if err := s.h.Restart(ctx); err != nil {
+		t.Fatalf("Harness.Restart: %v", err)
+	}
+	up := time.Now()
+	back := map[string]bool{}
+	for len(back) < len(delays) {
+		var d adapters.Delivery
+		err := retry(ctx, t, "Receive after restart", func(cctx context.Context) (err error) {
+			d, err = c.Receive(cctx)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("delayed items not back %s after the restart (back: %v): %v", time.Since(up), back, err)
+		}
+		id := d.Message().ID
+		since := time.Since(nacked[id])
+		t.Logf("%s (Nack %s) back %s after the nack, %s after the broker was up, attempt %d",
+			id, delays[id], since.Round(time.Millisecond), time.Since(up).Round(time.Millisecond), d.Attempt())
+		if since < delays[id] {
+			// Not a loss; a broker may not keep a delay's timer across a
+			// restart (nats-server redelivers on recovery). Said, not failed.
+			t.Logf("FINDING: %s back %s after Nack(%s): early, the broker did not keep the delay across its restart", id, since, delays[id])
+		}
+		if _, ok := delays[id]; !ok {
+			t.Errorf("unexpected item %q", id)
+		}
+		back[id] = true
+		_ = retry(ctx, t, "Ack", d.Ack)
 	}
 }

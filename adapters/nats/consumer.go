@@ -386,36 +386,34 @@ func (c *consumer) receiveOne(ctx context.Context) (adapters.Delivery, error) {
 // fetchOne sends one pull request for one item, open for a quarter of the
 // lease (at most pullExpiryMax), and stamps the item with the time the
 // request was sent: the server starts the item's AckWait only after it got
-// the request.
+// the request. nats.go listens a second past the request's expiry, so an
+// item the server sends just before it expires is not lost in flight on a
+// loaded machine. ctx, Close and a reconnect (the server forgets pull
+// requests when it restarts) end the wait early.
 func (c *consumer) fetchOne(ctx context.Context) (fetched, bool, error) {
-	fctx, cancel := context.WithTimeout(ctx, max(min(pullExpiryMax, c.lease/4), 50*time.Millisecond))
-	defer cancel()
-	// A reconnect or Close ends the pull at once: the server forgets pull
-	// requests when it restarts.
+	window := max(min(pullExpiryMax, c.lease/4), 50*time.Millisecond)
 	rc := c.b.reconnected()
-	go func() {
-		select {
-		case <-rc:
-			cancel()
-		case <-c.closed:
-			cancel()
-		case <-fctx.Done():
-		}
-	}()
 	reqAt := time.Now()
-	batch, err := c.cons.Fetch(1, jetstream.FetchContext(fctx))
+	batch, err := c.cons.Fetch(1, jetstream.FetchMaxWait(window))
 	if err != nil {
 		return fetched{}, false, err
 	}
-	var f fetched
-	ok := false
-	for msg := range batch.Messages() {
-		f, ok = fetched{msg: msg, at: reqAt}, true
+	select {
+	case msg, ok := <-batch.Messages():
+		if ok {
+			return fetched{msg: msg, at: reqAt}, true, nil
+		}
+	case <-ctx.Done():
+		return fetched{}, false, nil
+	case <-c.closed:
+		return fetched{}, false, nil
+	case <-rc:
+		return fetched{}, false, nil
 	}
-	if err := batch.Error(); err != nil && !ok && fctx.Err() == nil && !errors.Is(err, nats.ErrTimeout) {
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 		return fetched{}, false, err
 	}
-	return f, ok, nil
+	return fetched{}, false, nil
 }
 
 // accept turns a fetched message into a delivery, or handles it and returns

@@ -176,11 +176,11 @@ func benchRaw(b *testing.B, n int) float64 {
 	return float64(n) / elapsed.Seconds()
 }
 
-// BenchmarkDelayedNackRoundTrip measures the path at-least-once
-// dead-lettering changed: one consumer (prefetch benchPrefetch) nacks each
-// 256-byte item with a 1ms delay (copy published to the quorum delay queue,
-// confirmed, then the original acked), RabbitMQ dead-letters it back
-// at-least-once, and the consumer acks the second attempt. It reports round
+// BenchmarkDelayedNackRoundTrip measures the delay path: one consumer
+// (prefetch benchPrefetch) nacks each 256-byte item with a 1ms delay (copy
+// published to the quorum delay queue, confirmed, then the original acked),
+// the consumer's mover publishes it back when due (confirmed, then acked),
+// and the consumer acks the second attempt. It reports round
 // trips per second and the mean latency of the Nack call.
 //
 //	go test -run '^$' -bench DelayedNackRoundTrip -benchtime 1000x ./adapters/rabbitmq

@@ -49,6 +49,7 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
+	b.acquireMover(c.source) // moves the items nacked with a delay back
 	b.wg.Add(1)
 	b.consumers.Add(1)
 	go c.run(ch, closes, dch)
@@ -314,7 +315,10 @@ func (c *consumer) closed() bool {
 // Close closes the consumer's channel: RabbitMQ requeues its unsettled
 // deliveries at once (each counts as a delivery attempt).
 func (c *consumer) Close() error {
-	c.once.Do(func() { close(c.done) })
+	c.once.Do(func() {
+		close(c.done)
+		c.b.releaseMover(c.source)
+	})
 	<-c.exited
 	return nil
 }
@@ -457,17 +461,17 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 		d.finish(true)
 		return nil
 	}
-	ms := retryDelay(delay)
-	name := retryName(d.c.source, ms)
+	name := delayedName(d.c.source)
 	p := toPublishing(d.msg, true)
 	p.Headers[headerAttempts] = int64(d.attempt)
+	p.Headers[headerDue] = time.Now().Add(delay).UnixMilli()
 	var err error
 	for try := 0; try < 2; try++ {
-		if err = d.c.b.ensureRetryQueue(ctx, name, d.c.source, ms, try > 0); err != nil {
+		if err = d.c.b.ensureDelayQueue(ctx, name, try > 0); err != nil {
 			break
 		}
 		if err = d.c.b.publish(ctx, "", name, true, p); !errors.Is(err, errNoRoute) {
-			break // sent, or failed for good; errNoRoute: the delay queue expired
+			break // sent, or failed for good; errNoRoute: the delay queue was deleted
 		}
 	}
 	if err != nil {

@@ -80,7 +80,6 @@ func TestQueueAndDelayQueueDeadLetterAtLeastOnce(t *testing.T) {
 	cfg := q.WithDefaults()
 	for name, args := range map[string]amqp.Table{
 		queueName(q.Name): queueArgs(cfg),
-		retryName(queueName(q.Name), retryDelay(300*time.Millisecond)): retryArgs(queueName(q.Name), retryDelay(300*time.Millisecond)),
 	} {
 		ch, err := conn.Channel()
 		if err != nil {

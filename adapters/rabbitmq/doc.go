@@ -27,8 +27,8 @@
 // set, so nothing is rejected); a small classic queue "cb.q.Q.cfg" holds
 // the QueueConfig fields RabbitMQ cannot store (the lease), so that a
 // client that did not declare the queue consumes it with the right lease.
-// Delayed nacks go through quorum queues "cb.q.Q.delay.<ms>ms" (message TTL
-// <ms>, at-least-once dead-lettering back into "cb.q.Q"). Queue arguments
+// Delayed nacks wait in the quorum queue "cb.q.Q.delayed" (no TTL, no
+// dead-lettering) until a client moves them back (see below). Queue arguments
 // are derived from QueueConfig alone, so every client declares the same
 // ones; redeclaring with another MaxAttempts (RabbitMQ answers 406
 // PRECONDITION_FAILED) or another Lease fails with adapters.ErrInvalidArgument
@@ -57,7 +57,10 @@
 // its RabbitMQ queue. Publish waits for the publisher confirm.
 //
 // Enqueue returns after the publisher confirm: the quorum queue has the item
-// on a majority of its replicas. A publish cut off by a lost connection is
+// on a majority of its replicas. Concurrent Enqueue calls each use their own
+// confirm channel from a pool (up to 256 idle channels kept).
+// EnqueueBatch (adapters.BatchEnqueuer) publishes its messages on one
+// channel without waiting in between, then waits for every confirm. A publish cut off by a lost connection is
 // sent again on the next one, so an item may be enqueued twice. There is no
 // deduplication (Capabilities.Dedupe is Unsupported: RabbitMQ has none
 // built in) and no ordering by key (Ordering Unsupported: a quorum queue is
@@ -96,24 +99,36 @@
 // deliveries before any delayed nacks (carried in the cb-attempts header).
 //
 // Nack(0) requeues at once, inside the quorum queue. Nack(d) publishes a
-// copy (with the attempt count) to a delay queue whose x-message-ttl is d
-// rounded up to whole milliseconds and, above 100ms, to two significant
-// digits (at most 10% late, never early), waits for the publisher confirm
-// (the copy is on a majority of the delay queue's replicas), and only then
-// acks the original. When the copy expires, RabbitMQ dead-letters it back
-// into the queue at-least-once: it stays in the delay queue until the queue
-// has confirmed it, across broker restarts (tested: a restart during the
-// delay, including a delay that ends while the node is down, returns every
-// item with its attempt count). A failure between the confirm and the ack
-// (connection lost, process or broker crash) leaves both the original
-// (redelivered) and the delayed copy: a duplicate, never a loss; Nack then
-// returns adapters.ErrLeaseLost although the copy is scheduled.
-// Capabilities.DelayedNack is Emulated. Delay queues expire ten minutes
-// after their last use (a delayed Nack redeclares the queue at most once a
-// minute). Items still in a delay queue when their queue is deleted wait
-// there (RabbitMQ retries the route) until it expires, and reappear if a
-// queue of that name is declared again meanwhile; DeleteQueue deletes the
-// delay queues its own Broker declared.
+// copy (with the attempt count and its due time, now + d, in the x-cb-due
+// header) to the delay queue "cb.q.Q.delayed", waits for the publisher
+// confirm (the copy is on a majority of its replicas), and only then acks
+// the original. Every Consumer of Q runs, once per Broker, a mover over
+// that delay queue: it takes up to 256 items at a time, holds each until
+// it is due (at most 30 s, after which an item not yet due goes back to
+// the tail), publishes it back into "cb.q.Q" (confirmed) and then acks it.
+// The client does the timing, so an item is never early and, once its
+// queue has a consumer, back within about a reconnect (max_backoff) of the
+// later of its due time and the broker being reachable: a mover that dies
+// or loses its connection leaves its items to RabbitMQ, which gives them
+// to another mover. Tested by killing (SIGKILL) and by stop_app of the
+// cluster node that leads the queues, with items due before, during and
+// after the outage. A failure between a confirm and its ack leaves a
+// duplicate, never a loss; Nack then returns adapters.ErrLeaseLost although
+// the copy is scheduled. Capabilities.DelayedNack is Emulated. Items
+// delayed while no consumer of Q runs anywhere wait until one starts; more
+// than 256 items held not yet due by every mover delay the ones behind
+// them by up to 30 s per round.
+//
+// Why not RabbitMQ's own timers: earlier versions used a quorum queue per
+// delay ("cb.q.Q.delay.<ms>ms") with a message TTL that dead-lettered back
+// at-least-once. RabbitMQ 3.10 does not always resume that dead-lettering
+// after the delay queue's leader dies: an item whose TTL ended as its
+// leader was killed stayed counted in the delay queue, neither ready nor
+// dead-lettered, for as long as anyone waited (12 minutes in production,
+// more than 3 minutes here after a kill -9 of one node of three). Such
+// queues left by earlier versions still dead-letter by themselves and
+// expire ten minutes after their last use; DeleteQueue deletes the delay
+// queues, old and new, that it knows of.
 //
 // Dead letters: DeadLetter(reason) publishes the item with
 // adapters.HeaderDeadLetterReason (and HeaderDeadLetterAttempts) to
@@ -126,7 +141,7 @@
 // queue is read. Items waiting to be dead-lettered still count in
 // "cb.q.Q"'s message count but are never delivered from it; RabbitMQ moves
 // them 32 at a time by default (dead_letter_worker_consumer_prefetch).
-// Because a retry through a delay queue restarts RabbitMQ's delivery
+// Because a retry through the delay queue restarts RabbitMQ's delivery
 // count, the adapter also dead-letters any item that arrives with Attempt
 // above MaxAttempts, and Nack of the last attempt dead-letters instead of
 // requeueing.

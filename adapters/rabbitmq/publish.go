@@ -127,3 +127,109 @@ func isChannelFault(code int) bool {
 	}
 	return false
 }
+
+// publishBatch sends every publishing of ps on one confirm channel without
+// waiting in between, then waits for all their confirms. Every publishing
+// goes to the same exchange and key, so with mandatory either all are
+// routed or a return fails the batch with errNoRoute. A batch cut off by a
+// lost connection is sent again whole on the next one (so items may arrive
+// twice).
+func (b *Broker) publishBatch(ctx context.Context, exchange, key string, mandatory bool, ps []amqp.Publishing) error {
+	for attempt := 0; ; attempt++ {
+		if attempt == 5 {
+			return fmt.Errorf("publish: connection lost %d times in a row", attempt)
+		}
+		pc, err := b.getPub(ctx)
+		if err != nil {
+			return err
+		}
+		// Returns come before the confirms of their publishings; take them
+		// off the channel's one-slot buffer while waiting so the client's
+		// reader never blocks on it.
+		var returned []amqp.Return
+		stop, drained := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(drained)
+			for {
+				select {
+				case r := <-pc.returns:
+					returned = append(returned, r)
+				case <-stop:
+					return
+				}
+			}
+		}()
+		ok, retry, err := waitBatch(ctx, pc, exchange, key, mandatory, ps)
+		close(stop)
+		<-drained
+	drain:
+		for {
+			select {
+			case r := <-pc.returns:
+				returned = append(returned, r)
+			default:
+				break drain
+			}
+		}
+		if retry {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if pc.ch.IsClosed() {
+				if b.isClosed() {
+					return adapters.ErrClosed
+				}
+				select {
+				case e := <-pc.closes:
+					if e != nil && isChannelFault(e.Code) {
+						return e
+					}
+				default:
+				}
+				continue // lost with the connection: publish again
+			}
+			b.putPub(pc)
+			return fmt.Errorf("broker refused a message of the batch (basic.nack)")
+		}
+		b.putPub(pc)
+		if len(returned) > 0 {
+			r := returned[0]
+			return fmt.Errorf("%w: %d %s", errNoRoute, r.ReplyCode, r.ReplyText)
+		}
+		return nil
+	}
+}
+
+// waitBatch publishes ps on pc and waits for every confirm. ok is false if
+// one was nacked or lost with the channel; retry is true if a publish
+// failed because the channel or connection went away (pc is closed then).
+func waitBatch(ctx context.Context, pc *pubChan, exchange, key string, mandatory bool, ps []amqp.Publishing) (ok, retry bool, err error) {
+	confs := make([]*amqp.DeferredConfirmation, 0, len(ps))
+	for _, p := range ps {
+		conf, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, mandatory, false, p)
+		if err != nil {
+			pc.ch.Close()
+			if ctx.Err() != nil {
+				return false, false, ctx.Err()
+			}
+			if isCode(err, amqp.ChannelError) || errors.Is(err, amqp.ErrClosed) {
+				return false, true, nil
+			}
+			return false, false, err
+		}
+		confs = append(confs, conf)
+	}
+	ok = true
+	for _, conf := range confs {
+		acked, err := conf.WaitContext(ctx)
+		if err != nil {
+			pc.ch.Close() // confirms are outstanding; don't reuse
+			return false, false, err
+		}
+		ok = ok && acked
+	}
+	return ok, false, nil
+}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -18,12 +17,6 @@ import (
 func queueName(q string) string  { return "cb.q." + q }
 func dlqName(q string) string    { return "cb.q." + q + ".dlq" }
 func configName(q string) string { return "cb.q." + q + ".cfg" }
-
-// retryName is the delay queue for items nacked with a delay of ms
-// milliseconds, dead-lettering back into target. (Earlier versions of the
-// adapter used classic queues named target.retry.<ms>ms; the new name keeps
-// the two kinds apart, so that neither fails to declare over the other.)
-func retryName(target string, ms int64) string { return fmt.Sprintf("%s.delay.%dms", target, ms) }
 
 // atLeastOnceDLX are the arguments that make a quorum queue dead-letter
 // at-least-once (RabbitMQ 3.10+): the dead-lettered item stays in the
@@ -55,35 +48,6 @@ func dlqArgs() amqp.Table { return amqp.Table{"x-queue-type": "quorum"} }
 // configArgs: the config queue keeps only the latest config message.
 func configArgs() amqp.Table {
 	return amqp.Table{"x-queue-type": "classic", "x-max-length": int64(1)}
-}
-
-// retryDelay rounds a delay up to whole milliseconds and, above 100ms, to
-// two significant digits, so that few delay queues exist and an item never
-// comes back early. The result is within 10% (above 100ms) of the request.
-func retryDelay(d time.Duration) int64 {
-	ms := int64(math.Ceil(float64(d) / float64(time.Millisecond)))
-	if ms < 1 {
-		ms = 1
-	}
-	if ms < 100 {
-		return ms
-	}
-	scale := int64(math.Pow10(int(math.Floor(math.Log10(float64(ms)))) - 1))
-	return (ms + scale - 1) / scale * scale
-}
-
-// retryArgs: a quorum queue (message TTL on quorum queues needs RabbitMQ
-// 3.10+) where items wait ms, then dead-letter back into target
-// at-least-once. The queue expires when unused for ten minutes after its
-// items would have left.
-func retryArgs(target string, ms int64) amqp.Table {
-	return atLeastOnceDLX(amqp.Table{
-		"x-queue-type":              "quorum",
-		"x-message-ttl":             ms,
-		"x-dead-letter-exchange":    "",
-		"x-dead-letter-routing-key": target,
-		"x-expires":                 ms + int64(10*time.Minute/time.Millisecond),
-	})
 }
 
 // storedConfig is what the config queue holds: the fields of QueueConfig
@@ -239,7 +203,8 @@ func (b *Broker) DeleteQueue(ctx context.Context, queue string) error {
 	}
 	b.mu.Lock()
 	delete(b.queues, queue)
-	names := []string{queueName(queue), dlqName(queue), configName(queue)}
+	names := []string{queueName(queue), dlqName(queue), configName(queue),
+		delayedName(queueName(queue)), delayedName(dlqName(queue))}
 	for n := range b.declared {
 		if isRetryOf(n, queue) {
 			names = append(names, n)
@@ -263,6 +228,7 @@ func (b *Broker) DeleteQueue(ctx context.Context, queue string) error {
 }
 
 func isRetryOf(name, queue string) bool {
+	// Delay queues of earlier versions: cb.q.Q.delay.<ms>ms.
 	for _, t := range []string{queueName(queue), dlqName(queue)} {
 		p := t + ".delay."
 		if len(name) > len(p) && name[:len(p)] == p {
@@ -296,15 +262,47 @@ func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) 
 	return mapErr(op, err)
 }
 
-// ensureRetryQueue declares a delay queue unless this connection declared
-// it within the last minute (a declare restarts its x-expires clock).
-func (b *Broker) ensureRetryQueue(ctx context.Context, name, target string, ms int64, force bool) error {
+var _ adapters.BatchEnqueuer = (*Broker)(nil)
+
+// EnqueueBatch implements adapters.BatchEnqueuer: the messages are published
+// on one confirm channel one after the other without waiting, then every
+// confirm is awaited.
+func (b *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.Message) error {
+	op := "rabbitmq: enqueue " + queue
+	if b.isClosed() {
+		return adapters.Errorf(adapters.ErrClosed, op, "broker closed")
+	}
+	if err := adapters.ValidateName("queue", queue); err != nil {
+		return adapters.Wrap(adapters.ErrInvalidArgument, op, err)
+	}
+	ps := make([]amqp.Publishing, 0, len(ms))
+	for _, m := range ms {
+		if err := adapters.ValidateMessage(op, m, b.caps); err != nil {
+			return err
+		}
+		if m.ID == "" {
+			m.ID = newID()
+		}
+		ps = append(ps, toPublishing(m, true))
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	err := b.publishBatch(ctx, "", queueName(queue), true, ps)
+	if errors.Is(err, errNoRoute) {
+		return adapters.Errorf(adapters.ErrNotFound, op, "queue %q was never declared", queue)
+	}
+	return mapErr(op, err)
+}
+
+// ensureDelayQueue declares the delay queue name unless this connection
+// declared it already (or force).
+func (b *Broker) ensureDelayQueue(ctx context.Context, name string, force bool) error {
 	b.mu.Lock()
 	gen, ok := b.declared[name]
-	at := b.declaredAt[name]
 	cur := b.gen
 	b.mu.Unlock()
-	if !force && ok && gen == cur && time.Since(at) < time.Minute {
+	if !force && ok && gen == cur {
 		return nil
 	}
 	ch, gen, err := b.channel(ctx)
@@ -312,12 +310,11 @@ func (b *Broker) ensureRetryQueue(ctx context.Context, name, target string, ms i
 		return err
 	}
 	defer ch.Close()
-	if _, err := ch.QueueDeclare(name, true, false, false, false, retryArgs(target, ms)); err != nil {
+	if _, err := ch.QueueDeclare(name, true, false, false, false, delayedArgs()); err != nil {
 		return redeclareErr("rabbitmq: declare delay queue", name, err)
 	}
 	b.mu.Lock()
 	b.declared[name] = gen
-	b.declaredAt[name] = time.Now()
 	b.mu.Unlock()
 	return nil
 }

@@ -106,8 +106,9 @@ type Broker struct {
 	queues map[string]adapters.QueueConfig
 	// declared remembers exchanges and delay queues declared on a
 	// connection generation.
-	declared   map[string]uint64
-	declaredAt map[string]time.Time
+	declared map[string]uint64
+
+	movers movers // one per source queue with a consumer: delayed items back when due
 }
 
 var _ adapters.Broker = (*Broker)(nil)
@@ -132,15 +133,14 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Broker, error) {
 		opts.MaxBackoff = DefaultMaxBackoff
 	}
 	b := &Broker{
-		dialURL:    dialURL,
-		redacted:   adapters.Redact(rawURL),
-		opts:       opts,
-		log:        opts.Logger.With("adapter", "rabbitmq", "url", adapters.Redact(rawURL)),
-		done:       make(chan struct{}),
-		ready:      make(chan struct{}),
-		queues:     map[string]adapters.QueueConfig{},
-		declared:   map[string]uint64{},
-		declaredAt: map[string]time.Time{},
+		dialURL:  dialURL,
+		redacted: adapters.Redact(rawURL),
+		opts:     opts,
+		log:      opts.Logger.With("adapter", "rabbitmq", "url", adapters.Redact(rawURL)),
+		done:     make(chan struct{}),
+		ready:    make(chan struct{}),
+		queues:   map[string]adapters.QueueConfig{},
+		declared: map[string]uint64{},
 	}
 	b.amqpCfg = amqp.Config{TLSClientConfig: opts.TLS, Properties: amqp.Table{"connection_name": "clusterbus"}}
 	b.caps = adapters.Capabilities{

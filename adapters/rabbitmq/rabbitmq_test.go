@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -123,23 +124,6 @@ func TestOpenUnreachableIsUnavailable(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "secret") {
 		t.Errorf("error leaks the password: %v", err)
-	}
-}
-
-func TestRetryDelayRoundsUpWithinTenPercent(t *testing.T) {
-	for _, d := range []time.Duration{0, time.Microsecond, 7 * time.Millisecond, 99 * time.Millisecond,
-		100 * time.Millisecond, 1234 * time.Millisecond, 9999 * time.Millisecond, time.Hour + time.Millisecond} {
-		ms := retryDelay(d)
-		got := time.Duration(ms) * time.Millisecond
-		if got < d {
-			t.Errorf("retryDelay(%s) = %s: earlier than asked", d, got)
-		}
-		if d >= 100*time.Millisecond && float64(got) > 1.1*float64(d) {
-			t.Errorf("retryDelay(%s) = %s: more than 10%% late", d, got)
-		}
-	}
-	if retryDelay(1234*time.Millisecond) != 1300 || retryDelay(1201*time.Millisecond) != 1300 {
-		t.Errorf("retryDelay: want two significant digits, got %d", retryDelay(1234*time.Millisecond))
 	}
 }
 
@@ -326,4 +310,25 @@ func TestClosedBrokerReturnsItemAtOnce(t *testing.T) {
 	}
 	t.Logf("returned %s after Close, attempt %d", time.Since(start), d2.Attempt())
 	d2.Ack(testCtx(t))
+}
+
+// A batch to a queue that was never declared comes back as returns (one per
+// message) and fails with ErrNotFound, without blocking the client on the
+// returns; the channel stays usable for the next batch.
+func TestEnqueueBatchUndeclaredIsNotFound(t *testing.T) {
+	requireBroker(t)
+	b := openTest(t, testURL())
+	ms := make([]adapters.Message, 20)
+	for i := range ms {
+		ms[i] = adapters.Message{ID: fmt.Sprint(i), Body: []byte("x")}
+	}
+	for range 2 {
+		if err := b.EnqueueBatch(testCtx(t), uniqueName("never"), ms); !errors.Is(err, adapters.ErrNotFound) {
+			t.Fatalf("EnqueueBatch to an undeclared queue: %v, want ErrNotFound", err)
+		}
+	}
+	q := declareTest(t, b, adapters.QueueConfig{})
+	if err := b.EnqueueBatch(testCtx(t), q.Name, ms); err != nil {
+		t.Fatalf("EnqueueBatch after the returns: %v", err)
+	}
 }

@@ -8,7 +8,11 @@
 //	clusterbus bench    measure queue throughput and latency, and topic latency, on a broker URL
 //	clusterbus status   print the cluster as a node sees it (-o json|yaml, --watch)
 //	clusterbus cache    broadcast cache-clear events
-//	clusterbus flow     submit flow executions, ask where they are, list them (flow list)
+//	clusterbus flow     submit flow executions, ask where they are, list them (flow list),
+//	                    check definitions without a node (flow lint DIR)
+//	clusterbus config   print the merged node configuration with each value's source
+//	                    (config print), or validate it (config check); exit 2 on errors
+//	clusterbus cluster  down an unreachable member by hand (cluster down NODE)
 //	clusterbus queue    replay a queue's dead letters onto it
 //	clusterbus version  (also clusterbus --version)
 //

@@ -202,15 +202,33 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 	if err := e.LoadDir(fc.Dir); err != nil {
 		return nil, fmt.Errorf("flows.dir %s: %w", fc.Dir, err)
 	}
-	if err := env.Retry(ctx, "declaring queues", e.Start); err != nil {
+	var probe *queueProbe
+	err = env.Retry(ctx, "declaring queues", func(ctx context.Context) error {
+		if probe == nil {
+			p, err := newQueueProbe(ctx, env.Broker, env.Config.Cluster, env.Node.ID())
+			if err != nil {
+				return err
+			}
+			probe = p
+		}
+		return e.Start(ctx)
+	})
+	if err != nil {
 		return nil, err
 	}
+	// This node serves queues: "connected" includes a queue round trip.
+	env.Node.SetProbe(probe.Probe)
 	e.Routes(env.Mux)
 	env.Flows = e
 	env.Queues.Watch(e.Config().Queue, e.Config().ResultsQueue)
 	log.Info("flows: engine running", "dir", fc.Dir, "flows", e.Flows(), "queue", e.Config().Queue,
 		"concurrency", e.Config().Concurrency, "lease", e.Config().Lease)
-	return e.Stop, nil
+	return func(ctx context.Context) error {
+		err := e.Stop(ctx)
+		env.Node.SetProbe(nil)
+		probe.Close()
+		return err
+	}, nil
 }
 
 func flowAPI(ctx context.Context, method, url string, in, out any) error {

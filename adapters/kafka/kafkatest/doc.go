@@ -1,5 +1,6 @@
 // Package kafkatest starts an in-process Kafka for tests: a kfake cluster
-// (github.com/twmb/franz-go/pkg/kfake) with one broker on a loopback port.
+// (github.com/twmb/franz-go/pkg/kfake) with one broker (or several) on
+// loopback ports.
 // The kafka adapter's tests and the multi-process integration tests share
 // it; the adapter itself never imports it.
 //
@@ -18,6 +19,23 @@
 // closes the cluster (every connection drops) and starts it again on the
 // same port from the same directory: topics, records and committed offsets
 // survive.
+//
+// # Several brokers
+//
+// Options.Brokers starts that many kfake brokers in the process, each on a
+// loopback port; URL lists them all. RemoveBroker closes one broker's
+// listener and connections and moves the leadership of its partitions to
+// the others; ShuffleLeaders runs a leader election over every partition.
+// That exercises what a client sees of a broker loss: connections cut,
+// NOT_LEADER errors, metadata refreshes, bootstrap through another host.
+//
+// What it cannot model: the brokers share one in-memory store, so there is
+// no replication, no in-sync replica set, no acks=all wait, no unclean
+// leader election and no data loss when a broker goes; a broker cannot be
+// killed with SIGKILL apart from the others (one process); the controller
+// and the group coordinator do not fail over as in Kafka (the coordinator
+// is whichever broker the client asks). Broker-loss durability has to be
+// tested on real Kafka (CLUSTERBUS_TEST_KAFKA_BROKERS).
 //
 // # What it is not
 //

@@ -27,12 +27,17 @@ type Options struct {
 	// DataDir, if set, persists the cluster so that Restart keeps topics,
 	// records and committed offsets.
 	DataDir string
+	// Brokers is the number of brokers (node IDs 0…Brokers-1); zero means
+	// one. Port is broker 0's; the others get free ports. See the package
+	// doc for what several kfake brokers model and what they do not.
+	Brokers int
 }
 
 // Server is a running kfake cluster.
 type Server struct {
-	port int
-	dir  string
+	port  int
+	dir   string
+	ports []int // every broker's, ports[0] == port
 
 	mu      sync.Mutex
 	cluster *kfake.Cluster
@@ -49,7 +54,15 @@ func Start(opts Options) (*Server, error) {
 		port = l.Addr().(*net.TCPAddr).Port
 		l.Close()
 	}
-	s := &Server{port: port, dir: opts.DataDir}
+	s := &Server{port: port, dir: opts.DataDir, ports: []int{port}}
+	for len(s.ports) < max(opts.Brokers, 1) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("kafkatest: pick a port: %w", err)
+		}
+		s.ports = append(s.ports, l.Addr().(*net.TCPAddr).Port)
+		l.Close()
+	}
 	if err := s.start(); err != nil {
 		return nil, err
 	}
@@ -58,8 +71,8 @@ func Start(opts Options) (*Server, error) {
 
 func (s *Server) start() error {
 	o := []kfake.Opt{
-		kfake.NumBrokers(1),
-		kfake.Ports(s.port),
+		kfake.NumBrokers(len(s.ports)),
+		kfake.Ports(s.ports...),
 		kfake.GroupMinSessionTimeout(time.Second),
 	}
 	if s.dir != "" {
@@ -81,8 +94,39 @@ func (s *Server) Addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
 // Port is the broker's port.
 func (s *Server) Port() int { return s.port }
 
-// URL is the kafka:// URL of the broker with TestQuery.
-func (s *Server) URL() string { return "kafka://" + s.Addr() + "?" + TestQuery }
+// URL is the kafka:// URL of the brokers with TestQuery.
+func (s *Server) URL() string {
+	hosts := make([]string, len(s.ports))
+	for i, p := range s.ports {
+		hosts[i] = fmt.Sprintf("127.0.0.1:%d", p)
+	}
+	return "kafka://" + strings.Join(hosts, ",") + "?" + TestQuery
+}
+
+// RemoveBroker takes broker i (its node ID) out of the cluster: its
+// listener closes, its connections end, and the partitions it led get new
+// leaders among the others. Nothing stored is lost: kfake keeps one copy
+// of everything for all brokers (see the package doc).
+func (s *Server) RemoveBroker(i int) error {
+	s.mu.Lock()
+	c := s.cluster
+	s.mu.Unlock()
+	if c == nil {
+		return fmt.Errorf("kafkatest: remove broker %d: the server is stopped", i)
+	}
+	return c.RemoveNode(int32(i))
+}
+
+// ShuffleLeaders gives every partition a new leader, as a leader election
+// after a broker failure would (epochs bumped, clients must refresh).
+func (s *Server) ShuffleLeaders() {
+	s.mu.Lock()
+	c := s.cluster
+	s.mu.Unlock()
+	if c != nil {
+		c.ShufflePartitionLeaders()
+	}
+}
 
 // CanRestart reports whether Restart keeps data (Options.DataDir was set).
 func (s *Server) CanRestart() bool { return s.dir != "" }

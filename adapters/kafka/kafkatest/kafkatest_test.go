@@ -1,6 +1,7 @@
 package kafkatest_test
 
 import (
+	"context"
 	"testing"
 
 	"github.com/clusterbus/clusterbus/adapters/adaptertest"
@@ -18,4 +19,22 @@ func TestStartServesKafkaAndRestartKeepsItems(t *testing.T) {
 	}
 	t.Cleanup(s.Stop)
 	adaptertest.RoundTrip(t, s.URL(), s.Restart)
+}
+
+// With three brokers, an item enqueued before broker 0 (the first
+// bootstrap host) is removed and the partition leaders move is received
+// through a client opened after it.
+func TestThreeBrokersSurviveLosingOne(t *testing.T) {
+	s, err := kafkatest.Start(kafkatest.Options{Brokers: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	adaptertest.RoundTrip(t, s.URL(), func(context.Context) error {
+		if err := s.RemoveBroker(0); err != nil {
+			return err
+		}
+		s.ShuffleLeaders()
+		return nil
+	})
 }

@@ -30,7 +30,9 @@ type ClusterConfig struct {
 	// reach server to, whose route listener is on addr. A test returns the
 	// address of a proxy it can cut to partition the two; implicit
 	// (gossiped) routes are then disabled so that nothing goes around it.
-	// Nil dials addr directly.
+	// Nil dials addr directly. It is called once per pair, from one
+	// goroutine, before any server starts; a restarted server dials the
+	// same addresses again.
 	RouteVia func(from, to int, addr string) string
 	// ReadyTimeout bounds the wait for each server and for a JetStream
 	// meta leader; zero means 30 seconds.
@@ -48,6 +50,7 @@ type Cluster struct {
 	servers    []*Server // nil while stopped
 	clientAddr []string
 	routeAddr  []string
+	routes     [][]string // what server i dials, fixed at StartCluster
 }
 
 // StartCluster starts cfg.Size servers with routes between every pair and
@@ -69,7 +72,8 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 		cfg.ReadyTimeout = 30 * time.Second
 	}
 	c := &Cluster{cfg: cfg, servers: make([]*Server, cfg.Size),
-		clientAddr: make([]string, cfg.Size), routeAddr: make([]string, cfg.Size)}
+		clientAddr: make([]string, cfg.Size), routeAddr: make([]string, cfg.Size),
+		routes: make([][]string, cfg.Size)}
 	// Every server's routes name every other server, so the ports are
 	// chosen before any starts.
 	for i := range cfg.Size {
@@ -79,6 +83,18 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 		}
 		if c.routeAddr[i], err = freeAddr(); err != nil {
 			return nil, err
+		}
+	}
+	for i := range cfg.Size {
+		for j := range cfg.Size {
+			if j == i {
+				continue
+			}
+			addr := c.routeAddr[j]
+			if cfg.RouteVia != nil {
+				addr = cfg.RouteVia(i, j, addr)
+			}
+			c.routes[i] = append(c.routes[i], addr)
 		}
 	}
 	errs := make([]error, cfg.Size)
@@ -124,16 +140,7 @@ func (c *Cluster) start(i int) error {
 	if c.cfg.RouteVia != nil {
 		cfg.ClusterAdvertise = "127.0.0.1:1" // nobody listens: no implicit routes
 	}
-	for j := range c.cfg.Size {
-		if j == i {
-			continue
-		}
-		addr := c.routeAddr[j]
-		if c.cfg.RouteVia != nil {
-			addr = c.cfg.RouteVia(i, j, addr)
-		}
-		cfg.Routes = append(cfg.Routes, addr)
-	}
+	cfg.Routes = c.routes[i]
 	var s *Server
 	var err error
 	// A port freed a moment ago may be taken by another process on a busy
@@ -227,16 +234,27 @@ func (c *Cluster) MetaLeader() int {
 	return -1
 }
 
-// WaitMetaLeader waits until a running server leads the meta group.
+// WaitMetaLeader waits until a running server leads the meta group and
+// every running server is current with it (a server that just restarted
+// has caught up), so that JetStream API calls are answered.
 func (c *Cluster) WaitMetaLeader(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	for c.MetaLeader() < 0 {
+	for c.MetaLeader() < 0 || !c.allCurrent() {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("natsserver: no JetStream meta leader in cluster %s within %s", c.cfg.Name, timeout)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	return nil
+}
+
+func (c *Cluster) allCurrent() bool {
+	for i := range c.cfg.Size {
+		if s := c.Server(i); s != nil && !s.srv.JetStreamIsCurrent() {
+			return false
+		}
+	}
+	return true
 }
 
 // StreamLeader returns the index of the server that leads stream (in the

@@ -178,6 +178,18 @@ func (s *Server) Addr() string {
 	return s.cfg.Listen
 }
 
+// IsMetaLeader reports whether the server leads the JetStream meta group.
+func (s *Server) IsMetaLeader() bool { return s.srv.JetStreamIsLeader() }
+
+// IsStreamLeader reports whether the server leads stream (in the default
+// account when account is empty).
+func (s *Server) IsStreamLeader(account, stream string) bool {
+	if account == "" {
+		account = "$G"
+	}
+	return s.srv.JetStreamIsStreamLeader(account, stream)
+}
+
 // NumRoutes is the number of route connections to other cluster servers.
 func (s *Server) NumRoutes() int { return s.srv.NumRoutes() }
 
