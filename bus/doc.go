@@ -75,13 +75,20 @@
 //   - Brokers that drop duplicate IDs (Capabilities.Dedupe available: NATS
 //     JetStream, mem, SQS FIFO, Service Bus): the lead enqueues each slot as
 //     the item "duty:NAME:SLOT" on the queue "clusterbus-<cluster>-duties"
-//     (declared Dedupe) and consumes that queue while it leads, running each
-//     item under its lease (extended while the duty runs) and acking it when
-//     the duty returns nil. A new lead enqueues the current slot again and
-//     the broker drops the repeat; two leads on both sides of a partition
-//     produce one item, which one of them runs. If the lead dies or loses
-//     the lead mid-run, the item comes back when its lease expires (about
-//     ten failure timeouts) and the next lead runs the slot again.
+//     (declared Dedupe) and consumes that queue while it leads with a
+//     workqueue.Worker (one handler): each item runs under its lease, which
+//     leasing renews while the duty runs, and is acked when the duty returns
+//     nil; a failed run is retried with backoff (from HeartbeatInterval,
+//     capped at 30s), an item for a duty not registered on this node is
+//     returned to the queue, and an item that fails the header checks or
+//     does not decode is dead-lettered with the reason. Attempts are capped
+//     at five, then the item is dead-lettered. A new lead enqueues the
+//     current slot again and the broker drops the repeat; two leads on both
+//     sides of a partition produce one item, which one of them runs. If the
+//     node loses the lead mid-run, the duty's context is cancelled and the
+//     item handed back at once; if the node dies, the item comes back when
+//     its lease expires (about ten failure timeouts). Either way the next
+//     lead runs the slot again.
 //   - Other brokers: the lead runs each slot itself, and when a run
 //     succeeds records the slot as done and tells the cluster at once in a
 //     heartbeat; a new lead skips slots it heard were done. Two leads (a

@@ -8,18 +8,19 @@ import (
 
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/workqueue"
 )
 
 // Scheduled duties on a broker that drops duplicate message IDs run through
 // a leased queue: the lead enqueues each slot as the item "duty:NAME:SLOT"
 // on the queue "clusterbus-<cluster>-duties" (declared Dedupe), and the lead
-// alone consumes that queue, running each item under its lease. A second
+// alone consumes that queue with a workqueue.Worker, running each item under
+// its lease (kept by leasing while the duty runs). A second
 // enqueue of the same slot (by a new lead, or by two leads on both sides of
 // a partition) is dropped by the broker within its dedupe window, and an
 // item whose lead died mid-run comes back when its lease expires and runs on
@@ -39,7 +40,7 @@ func (n *Node) dutyQueueName() string { return "clusterbus-" + n.cfg.Cluster + "
 func (n *Node) dutyQueueMode() bool { return n.b.Capabilities().Dedupe.Available() }
 
 // dutyLease is the duty queue's lease: ten failure timeouts, within the
-// broker's bounds. Runs longer than that are extended while they last.
+// broker's bounds. The worker renews it while a run lasts.
 func (n *Node) dutyLease() time.Duration {
 	caps := n.b.Capabilities()
 	l := 10 * n.cfg.FailureTimeout
@@ -52,10 +53,8 @@ func (n *Node) dutyLease() time.Duration {
 	return l
 }
 
-func (n *Node) declareDutyQueue(ctx context.Context) error {
-	return n.b.DeclareQueue(ctx, adapters.QueueConfig{
-		Name: n.dutyQueueName(), Lease: n.dutyLease(), MaxAttempts: 5, Dedupe: true,
-	})
+func (n *Node) dutyQueueConfig() adapters.QueueConfig {
+	return adapters.QueueConfig{Name: n.dutyQueueName(), Lease: n.dutyLease(), MaxAttempts: 5, Dedupe: true}
 }
 
 // callDuty runs d once, turning a panic into an error, and notes the run
@@ -125,49 +124,56 @@ func (n *Node) scheduleDuty(ctx context.Context, d *duty, log *slog.Logger) {
 	}
 }
 
-// consumeDuties runs the duty queue's items while ctx (the lead term) lasts.
+// consumeDuties runs the duty queue's items while ctx (the lead term) lasts,
+// through a workqueue.Worker (one handler, lease kept by leasing while the
+// duty runs, retries and dead-letters by workqueue). The worker is made per
+// term and stopped when the term ends, which hands an interrupted item back
+// to the queue for the next lead.
 func (n *Node) consumeDuties(ctx context.Context, term uint64) {
-	log := n.log.With("term", term, "queue", n.dutyQueueName())
-	var con adapters.Consumer
-	for con == nil {
-		err := n.declareDutyQueue(ctx)
+	wlog := n.log.With("term", term) // the worker adds the queue
+	log := wlog.With("queue", n.dutyQueueName())
+	w, err := workqueue.New(n.b, workqueue.Config{
+		Queue:       n.dutyQueueConfig(),
+		Concurrency: 1,
+		Retry:       workqueue.Backoff{Initial: n.cfg.HeartbeatInterval, Max: 30 * time.Second, Multiplier: 2},
+	}, func(hctx context.Context, job *workqueue.Job) error {
+		return n.runDutyItem(ctx, hctx, job, term, log)
+	}, workqueue.Options{Clock: n.clock, Logger: wlog, Metrics: n.wqm})
+	if err != nil {
+		log.Error("duty queue worker not created; scheduled duties do not run this term", "err", err)
+		return
+	}
+	for {
+		err := w.Start(ctx)
 		if err == nil {
-			con, err = n.b.Consume(ctx, n.dutyQueueName(), adapters.ConsumeOptions{Prefetch: 1})
+			break
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			log.Warn("duty queue unavailable; retrying", "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-n.clock.After(n.cfg.HeartbeatInterval):
-			}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("duty queue unavailable; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.clock.After(n.cfg.HeartbeatInterval):
 		}
 	}
-	defer con.Close()
-	for {
-		dl, err := con.Receive(ctx)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, adapters.ErrClosed) {
-				return
-			}
-			log.Warn("duty queue receive failed", "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-n.clock.After(n.cfg.HeartbeatInterval):
-			}
-			continue
-		}
-		n.runDutyItem(ctx, dl, term, log)
+	<-ctx.Done()
+	// Lead lost: cancel a running duty at once and hand its item back.
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.Stop(sctx); err != nil {
+		log.Warn("duty queue worker did not stop cleanly", "err", err)
 	}
 }
 
-func (n *Node) runDutyItem(ctx context.Context, dl adapters.Delivery, term uint64, log *slog.Logger) {
-	bg := context.WithoutCancel(ctx)
-	msg := dl.Message()
+// runDutyItem is the duty queue's handler. lead is the lead term's context,
+// ctx the item's (cancelled when the lease is lost or the worker stops).
+// Its error is workqueue's outcome: Permanent for a rejected item
+// (dead-lettered with the reason), RetryAfter for a duty not registered
+// here, a plain error for a failed run (retried with backoff).
+func (n *Node) runDutyItem(lead, ctx context.Context, job *workqueue.Job, term uint64, log *slog.Logger) error {
+	msg := job.Message
 	_, _, rej := checkHeaders(n.cfg.Cluster, msg)
 	var it dutyItem
 	if rej == "" {
@@ -177,9 +183,7 @@ func (n *Node) runDutyItem(ctx context.Context, dl adapters.Delivery, term uint6
 	}
 	if rej != "" {
 		n.m.rejected.WithLabelValues(rej).Inc()
-		log.Warn("duty item rejected", "reason", rej, "id", msg.ID)
-		_ = dl.DeadLetter(bg, "bus: duty item rejected: "+rej)
-		return
+		return workqueue.Permanent(fmt.Errorf("bus: duty item rejected: %s", rej))
 	}
 	n.mu.Lock()
 	d := n.duties[it.Name]
@@ -188,57 +192,29 @@ func (n *Node) runDutyItem(ctx context.Context, dl adapters.Delivery, term uint6
 	switch {
 	case d == nil:
 		// Registered on another version of the application, perhaps.
-		log.Warn("duty item for a duty not registered here; returned to the queue", "duty", it.Name)
-		_ = dl.Nack(bg, 0)
-		return
+		return workqueue.RetryAfter(n.cfg.HeartbeatInterval, fmt.Errorf("bus: duty %q is not registered on this node", it.Name))
 	case done:
 		log.Debug("duty slot already done", "duty", it.Name, "slot", it.Slot)
-		_ = dl.Ack(bg)
-		return
+		return nil
 	case it.Slot < DutySlot(n.clock.Now(), d.every)-1:
 		log.Info("duty slot is stale; skipped", "duty", it.Name, "slot", it.Slot)
-		_ = dl.Ack(bg)
-		return
+		return nil
 	}
-	// Keep the lease while the duty runs.
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	if n.b.Capabilities().LeaseExtension.Available() {
-		lease := n.dutyLease()
-		go func() {
-			for {
-				select {
-				case <-runCtx.Done():
-					return
-				case <-n.clock.After(lease / 3):
-				}
-				if err := dl.Extend(runCtx, lease); err != nil && runCtx.Err() == nil {
-					log.Warn("duty lease extension failed", "duty", it.Name, "err", err)
-				}
-			}
-		}()
-	}
-	err := n.callDuty(runCtx, d, term)
-	stop()
-	if ctx.Err() != nil {
-		// Lead lost mid-run: the item goes back to the queue (consumer
-		// closed) and the next lead runs the slot again.
+	err := n.callDuty(ctx, d, term)
+	if lead.Err() != nil {
+		// Lead lost mid-run: wait for the worker's stop (consumeDuties
+		// calls it when lead ends) so the item is handed back, not acked
+		// or retried; the next lead runs the slot again.
 		log.Info("duty interrupted by the loss of the lead", "duty", it.Name, "slot", it.Slot)
-		return
+		<-ctx.Done()
+		return fmt.Errorf("bus: lead lost while duty %q ran: %w", it.Name, context.Cause(ctx))
 	}
 	if err != nil {
-		delay := min(n.cfg.HeartbeatInterval<<min(dl.Attempt(), 6), 30*time.Second)
-		log.Warn("duty failed; retrying", "duty", it.Name, "slot", it.Slot, "attempt", dl.Attempt(), "err", err)
-		if caps := n.b.Capabilities(); !caps.DelayedNack.Available() {
-			delay = 0
-		}
-		_ = dl.Nack(bg, delay)
-		return
-	}
-	if err := dl.Ack(bg); err != nil {
-		log.Warn("duty ack failed; the slot may run again", "duty", it.Name, "slot", it.Slot, "err", err)
+		log.Warn("duty failed; retrying", "duty", it.Name, "slot", it.Slot, "attempt", job.Attempt, "err", err)
+		return err
 	}
 	n.markDutyDone(it.Name, it.Slot)
 	log.Debug("duty slot done", "duty", it.Name, "slot", it.Slot)
 	n.publishHeartbeat()
+	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/workqueue"
 )
 
 // Node states as carried in heartbeats and shown in the status.
@@ -68,6 +69,7 @@ type Node struct {
 	reg   prometheus.Registerer
 	opts  options
 	m     *metrics
+	wqm   *workqueue.Metrics // the duty queue worker's, shared by its terms
 	topic string
 	inc   string
 	start time.Time
@@ -173,6 +175,7 @@ func New(b adapters.Broker, cfg Config, opts ...Option) (*Node, error) {
 		log:       o.log.With("node", cfg.NodeID),
 		clock:     o.clock,
 		reg:       o.reg,
+		wqm:       workqueue.NewMetrics(o.reg),
 		opts:      o,
 		m:         newMetrics(o.reg),
 		topic:     "clusterbus-" + cfg.Cluster,

@@ -85,7 +85,7 @@ func TestSignedClusterIgnoresForgedMessages(t *testing.T) {
 		}
 	}
 	_ = capSub.Close()
-	if err := a.declareDutyQueue(ctx); err != nil {
+	if err := a.b.DeclareQueue(ctx, a.dutyQueueConfig()); err != nil {
 		t.Fatal(err)
 	}
 
@@ -307,7 +307,7 @@ func TestNATSSignedClusterIgnoresForgedMessages(t *testing.T) {
 		}
 	}
 	_ = capSub.Close()
-	if err := a.declareDutyQueue(ctx); err != nil {
+	if err := a.b.DeclareQueue(ctx, a.dutyQueueConfig()); err != nil {
 		t.Fatal(err)
 	}
 	hb := func(id string, term uint64) adapters.Message {
