@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,7 +28,8 @@ const partitionCut = 90 * time.Second
 // all five agree on it once the downed minority has rejoined.
 func TestBrokerPartitionOneLeadServes(t *testing.T) {
 	needBinary(t)
-	var proxies []*proxy // those on server 1's routes, both ways
+	var proxies []*proxy     // those on server 1's routes, both ways
+	var proxiesMu sync.Mutex // StartCluster starts the servers concurrently
 	cl, err := natsserver.StartCluster(natsserver.ClusterConfig{
 		Size: 3, Dir: t.TempDir(), Name: "partition",
 		RouteVia: func(from, to int, addr string) string {
@@ -35,7 +37,9 @@ func TestBrokerPartitionOneLeadServes(t *testing.T) {
 				return addr
 			}
 			p := newProxy(t, addr)
+			proxiesMu.Lock()
 			proxies = append(proxies, p)
+			proxiesMu.Unlock()
 			return p.Addr()
 		},
 	})
