@@ -29,6 +29,9 @@
 // message reaches the server. A disconnect, a reconnect or a full
 // subscription buffer (4096 messages) is reported once by Receive as
 // adapters.ErrGap.
+// On a NATS cluster a new subscription reaches the other servers through
+// their routes asynchronously: a message published through another server
+// in the first milliseconds after Subscribe returns may not reach it.
 //
 // Enqueue is a JetStream publish that waits for the stream's
 // acknowledgement of that message: when it returns nil the item is stored in

@@ -499,10 +499,15 @@ func (b *Broker) mapErr(op string, err error) error {
 	}
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
-		switch apiErr.Code {
-		case 400:
+		switch {
+		case apiErr.ErrorCode == jsErrCodeNoSuitablePeers:
+			// A replica's server is offline or not caught up (a
+			// restart in a JetStream cluster): declaring again later
+			// works, so this is not the caller's mistake.
+			return adapters.Wrap(adapters.ErrUnavailable, op, err)
+		case apiErr.Code == 400:
 			return adapters.Wrap(adapters.ErrInvalidArgument, op, err)
-		case 404:
+		case apiErr.Code == 404:
 			return adapters.Wrap(adapters.ErrNotFound, op, err)
 		}
 	}
@@ -525,6 +530,10 @@ func (b *Broker) queueSubject(q string) string     { return b.opts.Prefix + ".qu
 func (b *Broker) dlqSubject(q string) string       { return b.opts.Prefix + ".dlq." + q }
 func (b *Broker) queueStream(q string) string      { return b.streamBase + "_Q_" + q }
 func (b *Broker) dlqStream(q string) string        { return b.streamBase + "_DLQ_" + q }
+
+// jsErrCodeNoSuitablePeers is nats-server's JSClusterNoPeersErrF ("no
+// suitable peers for placement"), which nats.go does not name.
+const jsErrCodeNoSuitablePeers jetstream.ErrorCode = 10005
 
 func errf(code error, op, format string, args ...any) error {
 	return adapters.Errorf(code, "nats: "+op, format, args...)

@@ -239,13 +239,35 @@ func (c *Cluster) MetaLeader() int {
 // has caught up), so that JetStream API calls are answered.
 func (c *Cluster) WaitMetaLeader(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	for c.MetaLeader() < 0 || !c.allCurrent() {
+	for c.MetaLeader() < 0 || !c.allCurrent() || !c.allPeersOnline() {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("natsserver: no JetStream meta leader in cluster %s within %s", c.cfg.Name, timeout)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	return nil
+}
+
+// allPeersOnline: the meta leader counts every running server as an
+// online peer with current stats. Until then it refuses to place a
+// replicated stream on a server that just restarted ("no suitable peers
+// for placement, peer offline").
+func (c *Cluster) allPeersOnline() bool {
+	l := c.MetaLeader()
+	if l < 0 {
+		return false
+	}
+	leader := c.Server(l)
+	if leader == nil {
+		return false
+	}
+	running := 0
+	for i := range c.cfg.Size {
+		if c.Server(i) != nil {
+			running++
+		}
+	}
+	return len(leader.srv.JetStreamClusterPeers()) >= running
 }
 
 func (c *Cluster) allCurrent() bool {
