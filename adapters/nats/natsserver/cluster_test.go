@@ -143,8 +143,13 @@ func TestClusterRoutesThroughProxies(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if c.Server(1).NumRoutes() == 0 {
-		t.Fatal("servers 2 and 3 lost their route")
+	// Servers 2 and 3 stay routed to each other (their route may be
+	// re-established for a moment while server 1's routes go away).
+	for c.Server(1).NumRoutes() == 0 || c.Server(2).NumRoutes() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("servers 2 and 3 lost their route")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
