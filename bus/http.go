@@ -164,10 +164,14 @@ func (n *Node) Mount(mux *http.ServeMux) {
 }
 
 func (n *Node) alerts() []string {
-	if n.opts.alerts == nil {
-		return nil
+	var out []string
+	if a := n.probeAlert(); a != "" {
+		out = append(out, a)
 	}
-	return n.opts.alerts()
+	if n.opts.alerts != nil {
+		out = append(out, n.opts.alerts()...)
+	}
+	return out
 }
 
 // Alerts are the conditions an operator should look at that do not change

@@ -444,6 +444,7 @@ func (n *Node) selfHeartbeatLocked() heartbeat {
 	if n.leading {
 		hb.LeadTerm = n.term
 	}
+	hb.Probe = n.probeReportLocked()
 	n.observeSelfLocked(&hb)
 	if len(n.dutyDone) > 0 {
 		hb.Duties = make(map[string]int64, len(n.dutyDone))
@@ -944,7 +945,7 @@ func (n *Node) connectedLocked(now time.Time) (bool, string) {
 	case now.Sub(n.selfHeard) > n.cfg.FailureTimeout:
 		return false, fmt.Sprintf("not connected to the broker: own heartbeat not heard back for %s", now.Sub(n.selfHeard).Round(time.Millisecond))
 	}
-	return n.probeVerdictLocked()
+	return n.probeVerdictLocked(now)
 }
 
 // standingLocked computes this node's state and the reason behind it.

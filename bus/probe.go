@@ -76,15 +76,77 @@ func (n *Node) probeLoop() {
 	}
 }
 
+// What a node reports of its probe in its heartbeats (heartbeat.Probe).
+const (
+	probeReportOK      = "ok"
+	probeReportFailing = "failing"
+)
+
+func (n *Node) probeReportLocked() string {
+	switch {
+	case n.probe == nil:
+		return ""
+	case n.probeFails > 0:
+		return probeReportFailing
+	case n.probeOK:
+		return probeReportOK
+	}
+	return ""
+}
+
 // probeVerdictLocked is the probe's part of connectedLocked.
-func (n *Node) probeVerdictLocked() (bool, string) {
+//
+// A failing probe says this node's side of the broker cannot store work.
+// It fences the node only if it is not the whole cluster's problem: while
+// at least one other live member probes too and none of them reports its
+// probe passing, the broker's queues are out for everyone this node can
+// hear (a JetStream re-election after a partition heals, a broker-wide
+// outage), and fencing every node would only take the whole cluster out of
+// the load balancer and leave it without a lead, with nowhere better for
+// the work to go. The node then stays in service and says why in its
+// alerts. A node that hears one member whose probe passes while its own
+// fails is on the wrong side and fences; a node alone cannot tell, and
+// fences.
+func (n *Node) probeVerdictLocked(now time.Time) (bool, string) {
 	switch {
 	case n.probe == nil:
 		return true, ""
 	case n.probeFails >= probeFailures:
+		if n.probeOutageEverywhereLocked(now) {
+			return true, ""
+		}
 		return false, "the broker cannot do what this node serves: " + n.probeErr.Error()
 	case !n.probeOK:
 		return false, "the broker has not yet answered this node's queue probe"
 	}
 	return true, ""
+}
+
+// probeOutageEverywhereLocked: some other live member reports its probe,
+// and every one that does reports it failing.
+func (n *Node) probeOutageEverywhereLocked(now time.Time) bool {
+	failing := 0
+	for _, m := range n.ms.members {
+		if m.dead || m.heard < 2 || now.Sub(m.lastHeard) > n.cfg.FailureTimeout {
+			continue
+		}
+		switch m.hb.Probe {
+		case probeReportOK:
+			return false
+		case probeReportFailing:
+			failing++
+		}
+	}
+	return failing > 0
+}
+
+// probeAlert is the alert a node shows while it stays in service with
+// its probe failing because every member's fails.
+func (n *Node) probeAlert() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.probe == nil || n.probeFails < probeFailures || !n.probeOutageEverywhereLocked(n.clock.Now()) {
+		return ""
+	}
+	return "the broker cannot store work for any member (queue probe failing on every live member that probes); nodes stay in service until it recovers: " + n.probeErr.Error()
 }

@@ -381,3 +381,46 @@ func TestProbeFailureIsNotConnected(t *testing.T) {
 	fail.Store(false)
 	c.until(4*testFT, "a serves again", func() bool { l, _ := a.IsLead(); return l && a.Serving() })
 }
+
+// TestProbeFailingEverywhereKeepsServing: when the probe fails on every
+// member (the broker's queues are out for the whole cluster, as during a
+// JetStream re-election after a partition heals), the nodes stay in
+// service with an alert instead of all fencing; once one member's probe
+// passes again, a member whose probe still fails fences.
+func TestProbeFailingEverywhereKeepsServing(t *testing.T) {
+	c := newFakeCluster(t, testConfig("probe-all"))
+	var failA, failB atomic.Bool
+	probe := func(fail *atomic.Bool) func(context.Context) error {
+		return func(context.Context) error {
+			if fail.Load() {
+				return errors.New("queue unavailable")
+			}
+			return nil
+		}
+	}
+	a := c.add("a")
+	a.SetProbe(probe(&failA))
+	b := c.add("b")
+	b.SetProbe(probe(&failB))
+	c.until(testFT+3*testHB, "a leads, b serves", func() bool { l, _ := a.IsLead(); return l && a.Serving() && b.Serving() })
+	failA.Store(true)
+	failB.Store(true)
+	c.until(4*testFT, "both see the outage", func() bool { return len(a.Alerts()) > 0 && len(b.Alerts()) > 0 })
+	deadline := time.Now().Add(2 * testFT)
+	for time.Now().Before(deadline) {
+		if l, _ := a.IsLead(); !l || !a.Serving() || !b.Serving() {
+			t.Fatalf("a cluster-wide probe failure took a node out: a lead=%v serving=%v, b serving=%v (%s)", l, a.Serving(), b.Serving(), a.Status().Reason)
+		}
+		time.Sleep(testHB / 4)
+	}
+	if !strings.Contains(strings.Join(a.Alerts(), "\n"), "queue unavailable") {
+		t.Fatalf("alerts %q do not name the probe error", a.Alerts())
+	}
+	failB.Store(false)
+	c.until(4*testFT, "a fences once b's probe passes", func() bool { return !a.Serving() && b.Serving() })
+	if _, reason := a.Healthy(); !strings.Contains(reason, "cannot do what this node serves") {
+		t.Fatalf("reason %q", reason)
+	}
+	failA.Store(false)
+	c.until(4*testFT, "a serves and leads again", func() bool { l, _ := a.IsLead(); return l && a.Serving() })
+}

@@ -54,6 +54,11 @@ type heartbeat struct {
 	HTTP   string             `json:"http,omitempty"`
 	Reason string             `json:"rsn,omitempty"`
 	Runs   map[string]DutyRun `json:"runs,omitempty"`
+	// Probe is the sender's last queue probe: probeReportOK,
+	// probeReportFailing, or empty while it has no probe or no answer yet.
+	// A node whose own probe fails fences only if some member's passes
+	// (probe.go).
+	Probe string `json:"probe,omitempty"`
 }
 
 // invalidation is the body of a cache-clear message.
