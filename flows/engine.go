@@ -233,6 +233,7 @@ func (e *Engine) Register(f *Flow) error {
 	if err := f.Validate(); err != nil {
 		return err
 	}
+	f = f.prepared()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.flows[f.Name] == nil {
