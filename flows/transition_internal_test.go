@@ -21,7 +21,7 @@ func transitionFlow(t *testing.T) *Flow {
 	if err := f.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	return f
+	return f.prepared()
 }
 
 func TestTransition(t *testing.T) {
