@@ -1,9 +1,12 @@
 package flows
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/clusterbus/clusterbus/adapters"
@@ -23,8 +26,15 @@ type Flow struct {
 	Steps []Step
 	// Source names where the flow was defined (a file), for messages.
 	Source string
+	// Line is the line of the flow in Source, if any.
+	Line int
+	// YAML is the source of the flow's YAML document (nil for flows built
+	// in Go): what Engine.Deploy stores as the definition.
+	YAML []byte
 
-	byName map[string]*Step
+	versioned bool // the YAML named a version
+	startLine int  // the line of "start:", if any
+	byName    map[string]*Step
 }
 
 // Step is one named step of a Flow.
@@ -42,6 +52,8 @@ type Step struct {
 	Run func(ctx context.Context, sc *StepContext) (Outcome, error)
 	// Line is the line of the step in its source file, if any.
 	Line int
+
+	refLines map[string]int // the line naming each of Next and Targets, if from a file
 }
 
 // Outcome is what a step asks for next.
@@ -55,6 +67,25 @@ type Outcome struct {
 	// step runs again (as a new sequence number) and reads it back with
 	// StepContext.Resume. Next and Wait are ignored.
 	Checkpoint any
+	// Await, if set, parks the execution until Engine.Signal names it
+	// (then Next, or Step.Next, follows) or its timeout passes (then
+	// Await.OnTimeout follows). No lease is held while it waits.
+	Await *Await
+}
+
+// Await parks an execution at a step until a signal or a timeout (the await
+// step kind; see the package doc).
+type Await struct {
+	// Signal is the name Engine.Signal must give.
+	Signal string
+	// Timeout, if positive, resumes the execution at OnTimeout after it.
+	Timeout time.Duration
+	// OnTimeout is the step after a timeout; default End. Name it in
+	// Step.Targets.
+	OnTimeout string
+	// SaveAs is the var that receives the signal's data; default the
+	// step's name.
+	SaveAs string
 }
 
 // StepContext is what a step sees.
@@ -102,69 +133,88 @@ func (sc *StepContext) Resume(v any) (bool, error) {
 // LeaseValid reports whether the step still holds its lease.
 func (sc *StepContext) LeaseValid() bool { return sc.lease == nil || sc.lease.Valid() }
 
-// Validate checks names and references and prepares the flow for running.
-// Errors name the step and, for flows from files, the line.
+// Validate checks the flow's names and references: the only validator of
+// a flow's structure, whether it was built in Go or compiled from YAML. It
+// changes nothing (Register runs it and then prepares a copy of the flow).
+// Every problem found is returned, joined, each a *LoadError naming the
+// file and line for flows from files.
 func (f *Flow) Validate() error {
-	where := func(s *Step) string {
-		if f.Source != "" && s != nil && s.Line > 0 {
-			return fmt.Sprintf("%s:%d: ", f.Source, s.Line)
-		}
-		if f.Source != "" {
-			return f.Source + ": "
-		}
-		return ""
-	}
-	bad := func(s *Step, format string, args ...any) error {
-		return fmt.Errorf("flows: %sflow %q: %s: %w", where(s), f.Name, fmt.Sprintf(format, args...), adapters.ErrInvalidArgument)
+	var errs []error
+	bad := func(line int, format string, args ...any) {
+		errs = append(errs, &LoadError{File: f.Source, Line: line,
+			Reason: fmt.Sprintf("flow %q: ", f.Name) + fmt.Sprintf(format, args...)})
 	}
 	if err := adapters.ValidateName("flow", f.Name); err != nil {
-		return bad(nil, "bad name: %v", err)
+		bad(f.Line, "bad name: %v", err)
 	}
 	if f.Version < 1 {
-		return bad(nil, "version %d: want >= 1", f.Version)
+		bad(f.Line, "version %d: want >= 1", f.Version)
 	}
 	if len(f.Steps) == 0 {
-		return bad(nil, "no steps")
+		bad(f.Line, "no steps")
+		return errors.Join(errs...)
 	}
-	f.byName = make(map[string]*Step, len(f.Steps))
+	names := make(map[string]bool, len(f.Steps))
 	for i := range f.Steps {
 		s := &f.Steps[i]
-		if s.Name == "" || s.Name == End {
-			return bad(s, "step %d: name %q: want a non-empty name other than %q", i+1, s.Name, End)
-		}
-		if _, dup := f.byName[s.Name]; dup {
-			return bad(s, "step %q defined twice", s.Name)
+		switch {
+		case s.Name == "" || s.Name == End:
+			bad(s.Line, "step %d: name %q: want a non-empty name other than %q", i+1, s.Name, End)
+		case names[s.Name]:
+			bad(s.Line, "step %q defined twice", s.Name)
 		}
 		if s.Run == nil {
-			return bad(s, "step %q has no Run", s.Name)
+			bad(s.Line, "step %q has no Run", s.Name)
 		}
+		names[s.Name] = true
+	}
+	for i := range f.Steps {
+		s := &f.Steps[i]
+		for _, t := range append([]string{f.next(i)}, s.Targets...) {
+			if !names[t] && t != End {
+				line := s.Line
+				if l, ok := s.refLines[t]; ok {
+					line = l
+				}
+				bad(line, "step %q refers to missing step %q", s.Name, t)
+			}
+		}
+	}
+	if f.Start != "" && !names[f.Start] {
+		bad(cmp.Or(f.startLine, f.Line), "start refers to missing step %q", f.Start)
+	}
+	return errors.Join(errs...)
+}
+
+// next is the step after step i: its Next, else the one after it, else End.
+func (f *Flow) next(i int) string {
+	switch {
+	case f.Steps[i].Next != "":
+		return f.Steps[i].Next
+	case i+1 < len(f.Steps):
+		return f.Steps[i+1].Name
+	}
+	return End
+}
+
+// prepared returns a copy of f ready to run: defaults filled in (Kind "go",
+// Next, Start) and the steps indexed. f must be valid.
+func (f *Flow) prepared() *Flow {
+	c := *f
+	c.Steps = slices.Clone(f.Steps)
+	c.byName = make(map[string]*Step, len(c.Steps))
+	for i := range c.Steps {
+		s := &c.Steps[i]
+		s.Next = f.next(i)
 		if s.Kind == "" {
 			s.Kind = "go"
 		}
-		f.byName[s.Name] = s
+		c.byName[s.Name] = s
 	}
-	for i := range f.Steps {
-		s := &f.Steps[i]
-		if s.Next == "" {
-			if i+1 < len(f.Steps) {
-				s.Next = f.Steps[i+1].Name
-			} else {
-				s.Next = End
-			}
-		}
-		for _, t := range append([]string{s.Next}, s.Targets...) {
-			if _, ok := f.byName[t]; !ok && t != End {
-				return bad(s, "step %q refers to missing step %q", s.Name, t)
-			}
-		}
+	if c.Start == "" {
+		c.Start = c.Steps[0].Name
 	}
-	if f.Start == "" {
-		f.Start = f.Steps[0].Name
-	}
-	if _, ok := f.byName[f.Start]; !ok {
-		return bad(nil, "start refers to missing step %q", f.Start)
-	}
-	return nil
+	return &c
 }
 
 func (f *Flow) step(name string) (*Step, bool) {

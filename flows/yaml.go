@@ -16,7 +16,8 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// LoadError is a definition rejected at load: the file, the line and why.
+// LoadError is a definition rejected at load (or by Flow.Validate): the
+// file, the line and why. File and Line are empty for flows built in Go.
 // It matches adapters.ErrInvalidArgument.
 type LoadError struct {
 	File   string
@@ -25,14 +26,17 @@ type LoadError struct {
 }
 
 func (e *LoadError) Error() string {
+	switch {
+	case e.File == "" && e.Line == 0:
+		return "flows: " + e.Reason
+	case e.Line == 0:
+		return fmt.Sprintf("flows: %s: %s", e.File, e.Reason)
+	}
 	return fmt.Sprintf("flows: %s:%d: %s", e.File, e.Line, e.Reason)
 }
 
 // Unwrap makes errors.Is(err, adapters.ErrInvalidArgument) hold.
 func (e *LoadError) Unwrap() error { return adapters.ErrInvalidArgument }
-
-// StepKinds lists the step kinds YAML flows may use.
-var StepKinds = []string{"rule", "branch", "set", "http", "wait"}
 
 // Definitions are what a YAML file defines.
 type Definitions struct {
@@ -77,18 +81,14 @@ func ParseDir(dir string) (*Definitions, error) {
 // CheckDir parses dir as ParseDir does and checks every definition as
 // registering it would (steps, references, CEL expressions), without an
 // engine or a broker: what `clusterbus flow lint` and a starting node run.
-// It returns every problem found, joined.
+// It returns every problem found, joined. Parse already ran Flow.Validate
+// on every flow; CheckDir adds the standalone rules' checks.
 func CheckDir(dir string) (*Definitions, error) {
 	defs, err := ParseDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	var errs []error
-	for _, f := range defs.Flows {
-		if err := f.Validate(); err != nil {
-			errs = append(errs, err)
-		}
-	}
 	for _, r := range defs.Rules {
 		if err := r.Compile(); err != nil {
 			errs = append(errs, fmt.Errorf("flows: %w", err))
@@ -127,9 +127,19 @@ var yamlLineRE = regexp.MustCompile(`line (\d+)`)
 //	    wait: 10s
 //
 // A rule document has "rule: name", "version", "conditions" and "default".
+//
+// Parsing has two stages. Decoding turns each document into typed structs
+// (flowDoc, stepDoc, ruleDoc and each step kind's own spec) and reports
+// what is malformed: wrong types, unknown fields, unknown step kinds.
+// Compiling turns them into a Flow through the one registry of step kinds
+// (stepKinds), where each kind compiles its spec (CEL expressions,
+// durations, URLs), and then Flow.Validate, the only validator of a flow's
+// structure (names, references, start), checks the result. Each flow keeps
+// its document's source (Flow.YAML), which is what Engine.Deploy stores.
 func Parse(file string, data []byte) (*Definitions, error) {
 	p := &parser{file: file}
 	out := &Definitions{}
+	docs := splitDocuments(data)
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
 		var doc yaml.Node
@@ -154,13 +164,20 @@ func Parse(file string, data []byte) (*Definitions, error) {
 			continue
 		}
 		switch {
-		case p.has(root, "flow"):
-			if f := p.flow(root); f != nil {
+		case has(root, "flow"):
+			fd := p.decodeFlow(root)
+			if fd == nil {
+				continue
+			}
+			if f := p.compileFlow(fd); f != nil {
+				f.YAML = docs.of(root.Line)
 				out.Flows = append(out.Flows, f)
 			}
-		case p.has(root, "rule"):
-			if r := p.rule(root, true, ""); r != nil {
-				out.Rules = append(out.Rules, r)
+		case has(root, "rule"):
+			if rd := p.decodeRule(root, true); rd != nil {
+				if r := p.compileRule(rd, ""); r != nil {
+					out.Rules = append(out.Rules, r)
+				}
 			}
 		default:
 			p.errf(root.Line, "want \"flow:\" or \"rule:\" at the top")
@@ -170,6 +187,40 @@ func Parse(file string, data []byte) (*Definitions, error) {
 		return nil, errors.Join(p.errs...)
 	}
 	return out, nil
+}
+
+// documents splits a YAML stream at its document markers, so that each
+// flow keeps the source of its own document.
+type documents struct {
+	lines   [][]byte
+	markers []int // 1-based line numbers of "---" and "..." lines
+}
+
+var docMarkerRE = regexp.MustCompile(`^(---|\.\.\.)(\s|$)`)
+
+func splitDocuments(data []byte) documents {
+	d := documents{lines: bytes.SplitAfter(data, []byte("\n"))}
+	for i, l := range d.lines {
+		if docMarkerRE.Match(l) {
+			d.markers = append(d.markers, i+1)
+		}
+	}
+	return d
+}
+
+// of returns the lines of the document whose content starts at line: from
+// after the marker before it to before the marker after it.
+func (d documents) of(line int) []byte {
+	from, to := 1, len(d.lines)
+	for _, m := range d.markers {
+		if m < line {
+			from = m + 1
+		} else if m > line {
+			to = m - 1
+			break
+		}
+	}
+	return bytes.Join(d.lines[from-1:to], nil)
 }
 
 type parser struct {
@@ -191,7 +242,7 @@ func pairs(n *yaml.Node) []kv {
 	return out
 }
 
-func (p *parser) has(n *yaml.Node, key string) bool {
+func has(n *yaml.Node, key string) bool {
 	for _, e := range pairs(n) {
 		if e.k.Value == key {
 			return true
@@ -226,41 +277,60 @@ func (p *parser) duration(n *yaml.Node, what string) (time.Duration, bool) {
 	return d, true
 }
 
-func (p *parser) expr(n *yaml.Node, what string) *Expr {
-	src, ok := p.str(n, what)
-	if !ok {
-		return nil
-	}
-	x, err := CompileExpr(src)
+// sourced is a string from the YAML and the line it is on.
+type sourced struct {
+	Value string
+	Line  int
+}
+
+func (p *parser) sourced(n *yaml.Node, what string) sourced {
+	v, _ := p.str(n, what)
+	return sourced{Value: v, Line: n.Line}
+}
+
+// expr compiles a CEL expression; a failure is reported at its line.
+func (p *parser) expr(s sourced, what string) *Expr {
+	x, err := CompileExpr(s.Value)
 	if err != nil {
-		p.errf(n.Line, "%s: %v", what, err)
+		p.errf(s.Line, "%s: %v", what, err)
 		return nil
 	}
 	return x
 }
 
-type reference struct {
-	from, to string
-	line     int
+// flowDoc is a decoded flow document.
+type flowDoc struct {
+	Name      string
+	Version   int // 0: not given
+	Start     sourced
+	Steps     []stepDoc
+	Line      int
+	StepsLine int
 }
 
-func (p *parser) flow(root *yaml.Node) *Flow {
-	f := &Flow{Source: p.file, Version: 1}
-	var refs []reference
+// stepDoc is a decoded step: the fields every step has, its kind and what
+// is under the kind's key, which the kind decodes into its own spec.
+type stepDoc struct {
+	Name   string
+	Next   sourced
+	SaveAs string
+	Kind   *stepKind
+	Spec   *yaml.Node
+	Line   int
+}
+
+func (p *parser) decodeFlow(root *yaml.Node) *flowDoc {
+	fd := &flowDoc{Line: root.Line}
+	before := len(p.errs)
 	var stepsNode *yaml.Node
-	startLine := root.Line
 	for _, e := range pairs(root) {
 		switch e.k.Value {
 		case "flow", "name":
-			f.Name, _ = p.str(e.v, "flow")
-			if err := adapters.ValidateName("flow", f.Name); err != nil && f.Name != "" {
-				p.errf(e.v.Line, "flow name %q: letters, digits, '-' or '_', at most 64", f.Name)
-			}
+			fd.Name, _ = p.str(e.v, "flow")
 		case "version":
-			f.Version, _ = p.integer(e.v, "version")
+			fd.Version, _ = p.integer(e.v, "version")
 		case "start":
-			f.Start, _ = p.str(e.v, "start")
-			startLine = e.v.Line
+			fd.Start = p.sourced(e.v, "start")
 		case "description":
 		case "steps":
 			stepsNode = e.v
@@ -268,72 +338,50 @@ func (p *parser) flow(root *yaml.Node) *Flow {
 			p.errf(e.k.Line, "unknown field %q (want flow, version, start, description, steps)", e.k.Value)
 		}
 	}
-	if f.Name == "" {
-		p.errf(root.Line, "flow has no name")
-	}
 	if stepsNode == nil || stepsNode.Kind != yaml.SequenceNode || len(stepsNode.Content) == 0 {
-		p.errf(root.Line, "flow %q: want a non-empty list under \"steps\"", f.Name)
+		p.errf(root.Line, "flow %q: want a non-empty list under \"steps\"", fd.Name)
 		return nil
 	}
-	names := map[string]bool{}
+	fd.StepsLine = stepsNode.Line
 	for _, sn := range stepsNode.Content {
-		s, srefs := p.step(sn)
-		if s == nil {
-			continue
-		}
-		if names[s.Name] {
-			p.errf(sn.Line, "step %q defined twice", s.Name)
-		}
-		names[s.Name] = true
-		f.Steps = append(f.Steps, *s)
-		refs = append(refs, srefs...)
-	}
-	if f.Start != "" {
-		refs = append(refs, reference{from: "start", to: f.Start, line: startLine})
-	}
-	for _, r := range refs {
-		if r.to != End && !names[r.to] {
-			p.errf(r.line, "step %q refers to missing step %q", r.from, r.to)
+		if sd := p.decodeStep(sn); sd != nil {
+			fd.Steps = append(fd.Steps, *sd)
 		}
 	}
-	if len(p.errs) > 0 {
+	if len(p.errs) > before {
 		return nil
 	}
-	if err := f.Validate(); err != nil {
-		p.errf(root.Line, "%v", err)
-		return nil
-	}
-	return f
+	return fd
 }
 
-func (p *parser) step(n *yaml.Node) (*Step, []reference) {
+func (p *parser) decodeStep(n *yaml.Node) *stepDoc {
 	if n.Kind != yaml.MappingNode {
 		p.errf(n.Line, "step: want a mapping with name and one of %s", strings.Join(StepKinds, ", "))
-		return nil, nil
+		return nil
 	}
-	s := &Step{Line: n.Line}
-	var refs []reference
-	var kindKey, kindVal *yaml.Node
-	var saveAs string
+	sd := &stepDoc{Line: n.Line}
+	var kindKey *yaml.Node
 	var unknown []*yaml.Node
 	for _, e := range pairs(n) {
 		switch e.k.Value {
 		case "name":
-			s.Name, _ = p.str(e.v, "name")
+			sd.Name, _ = p.str(e.v, "name")
 		case "next":
-			s.Next, _ = p.str(e.v, "next")
-			refs = append(refs, reference{to: s.Next, line: e.v.Line})
+			sd.Next = p.sourced(e.v, "next")
 		case "description":
 		case "save_as":
-			saveAs, _ = p.str(e.v, "save_as")
-		case "rule", "branch", "set", "http", "wait":
+			sd.SaveAs, _ = p.str(e.v, "save_as")
+		default:
+			k := stepKindNamed(e.k.Value)
+			if k == nil {
+				unknown = append(unknown, e.k)
+				continue
+			}
 			if kindKey != nil {
 				p.errf(e.k.Line, "step has two kinds, %q and %q; want one", kindKey.Value, e.k.Value)
 				continue
 			}
-			kindKey, kindVal = e.k, e.v
-		default:
-			unknown = append(unknown, e.k)
+			kindKey, sd.Kind, sd.Spec = e.k, k, e.v
 		}
 	}
 	for _, u := range unknown {
@@ -343,37 +391,111 @@ func (p *parser) step(n *yaml.Node) (*Step, []reference) {
 			p.errf(u.Line, "unknown field %q in %s step (want name, next, description, save_as)", u.Value, kindKey.Value)
 		}
 	}
-	if s.Name == "" {
+	if sd.Name == "" {
 		p.errf(n.Line, "step has no name")
-		return nil, nil
-	}
-	if s.Name == End {
-		p.errf(n.Line, "step name %q is reserved", End)
-		return nil, nil
+		return nil
 	}
 	if kindKey == nil {
 		if len(unknown) == 0 {
-			p.errf(n.Line, "step %q has no kind; want one of %s", s.Name, strings.Join(StepKinds, ", "))
+			p.errf(n.Line, "step %q has no kind; want one of %s", sd.Name, strings.Join(StepKinds, ", "))
 		}
-		return nil, nil
+		return nil
 	}
-	for i := range refs {
-		refs[i].from = s.Name
+	if sd.SaveAs == "" {
+		sd.SaveAs = sd.Name
 	}
-	if saveAs == "" {
-		saveAs = s.Name
+	return sd
+}
+
+// compileFlow builds the Flow of a decoded document, each step through its
+// kind, and validates it (Flow.Validate).
+func (p *parser) compileFlow(fd *flowDoc) *Flow {
+	f := &Flow{Name: fd.Name, Version: fd.Version, Start: fd.Start.Value, Source: p.file, Line: fd.Line,
+		versioned: fd.Version != 0, startLine: fd.Start.Line}
+	if f.Version == 0 {
+		f.Version = 1
 	}
-	s.Kind = kindKey.Value
-	switch kindKey.Value {
-	case "rule", "branch":
-		r := p.rule(kindVal, false, fmt.Sprintf("step %q: ", s.Name))
-		if r == nil {
-			return nil, refs
+	before := len(p.errs)
+	for i := range fd.Steps {
+		sd := &fd.Steps[i]
+		s := Step{Name: sd.Name, Next: sd.Next.Value, Kind: sd.Kind.name, Line: sd.Line}
+		if sd.Next.Value != "" {
+			s.refLines = map[string]int{sd.Next.Value: sd.Next.Line}
 		}
-		r.Name = s.Name
-		branches := map[string]string{}
-		for _, e := range pairs(kindVal) {
-			if e.k.Value != "branches" {
+		run, targets := sd.Kind.compile(p, sd)
+		if run == nil {
+			continue
+		}
+		s.Run = run
+		for _, t := range targets {
+			s.Targets = append(s.Targets, t.Value)
+			if s.refLines == nil {
+				s.refLines = map[string]int{}
+			}
+			if _, ok := s.refLines[t.Value]; !ok {
+				s.refLines[t.Value] = t.Line
+			}
+		}
+		f.Steps = append(f.Steps, s)
+	}
+	if len(p.errs) > before {
+		return nil
+	}
+	if err := f.Validate(); err != nil {
+		p.errs = append(p.errs, err)
+		return nil
+	}
+	return f
+}
+
+// ruleDoc is a decoded rule: a top-level rule document, or what is under a
+// rule (or branch) step's key.
+type ruleDoc struct {
+	Name       string
+	Version    int
+	Default    string
+	Conditions []conditionDoc
+	// Branches map outcomes to steps (rule steps only), in file order.
+	Branches []branchDoc
+	Line     int
+}
+
+type conditionDoc struct {
+	When    []sourced
+	Outcome string
+	Line    int
+}
+
+type branchDoc struct {
+	Outcome string
+	Step    sourced
+}
+
+func (p *parser) decodeRule(n *yaml.Node, top bool) *ruleDoc {
+	if n.Kind != yaml.MappingNode {
+		p.errf(n.Line, "rule: want a mapping with conditions and default")
+		return nil
+	}
+	rd := &ruleDoc{Version: 1, Line: n.Line}
+	before := len(p.errs)
+	for _, e := range pairs(n) {
+		switch e.k.Value {
+		case "rule", "name":
+			if top {
+				rd.Name, _ = p.str(e.v, "rule")
+			} else {
+				p.errf(e.k.Line, "unknown field %q in rule (want conditions, default, branches)", e.k.Value)
+			}
+		case "version":
+			if top {
+				rd.Version, _ = p.integer(e.v, "version")
+			}
+		case "description":
+		case "default":
+			rd.Default, _ = p.str(e.v, "default")
+		case "branches":
+			if top {
+				p.errf(e.k.Line, "branches belong to rule steps, not standalone rules")
 				continue
 			}
 			if e.v.Kind != yaml.MappingNode {
@@ -381,71 +503,7 @@ func (p *parser) step(n *yaml.Node) (*Step, []reference) {
 				continue
 			}
 			for _, b := range pairs(e.v) {
-				branches[b.k.Value] = b.v.Value
-				refs = append(refs, reference{from: s.Name, to: b.v.Value, line: b.v.Line})
-				s.Targets = append(s.Targets, b.v.Value)
-			}
-		}
-		s.Run = ruleStep(r, branches, saveAs)
-	case "set":
-		if kindVal.Kind != yaml.MappingNode || len(kindVal.Content) == 0 {
-			p.errf(kindVal.Line, "set: want a mapping name: CEL expression")
-			return nil, refs
-		}
-		var keys []string
-		exprs := map[string]*Expr{}
-		for _, e := range pairs(kindVal) {
-			x := p.expr(e.v, fmt.Sprintf("step %q: set %q", s.Name, e.k.Value))
-			if x != nil {
-				keys = append(keys, e.k.Value)
-				exprs[e.k.Value] = x
-			}
-		}
-		s.Run = setStep(keys, exprs)
-	case "http":
-		h := p.httpSpec(s.Name, kindVal)
-		if h == nil {
-			return nil, refs
-		}
-		h.saveAs = saveAs
-		s.Run = h.run
-	case "wait":
-		d, ok := p.duration(kindVal, fmt.Sprintf("step %q: wait", s.Name))
-		if !ok {
-			return nil, refs
-		}
-		s.Run = waitStep(d)
-	}
-	return s, refs
-}
-
-// rule parses conditions and default from n (a top-level rule document if
-// top, else the mapping under a rule step).
-func (p *parser) rule(n *yaml.Node, top bool, prefix string) *Rule {
-	if n.Kind != yaml.MappingNode {
-		p.errf(n.Line, "rule: want a mapping with conditions and default")
-		return nil
-	}
-	r := &Rule{Version: 1}
-	before := len(p.errs)
-	for _, e := range pairs(n) {
-		switch e.k.Value {
-		case "rule", "name":
-			if top {
-				r.Name, _ = p.str(e.v, "rule")
-			} else {
-				p.errf(e.k.Line, "unknown field %q in rule (want conditions, default, branches)", e.k.Value)
-			}
-		case "version":
-			if top {
-				r.Version, _ = p.integer(e.v, "version")
-			}
-		case "description":
-		case "default":
-			r.Default, _ = p.str(e.v, "default")
-		case "branches":
-			if top {
-				p.errf(e.k.Line, "branches belong to rule steps, not standalone rules")
+				rd.Branches = append(rd.Branches, branchDoc{Outcome: b.k.Value, Step: sourced{Value: b.v.Value, Line: b.v.Line}})
 			}
 		case "conditions":
 			if e.v.Kind != yaml.SequenceNode {
@@ -453,27 +511,26 @@ func (p *parser) rule(n *yaml.Node, top bool, prefix string) *Rule {
 				continue
 			}
 			for i, cn := range e.v.Content {
-				r.Conditions = append(r.Conditions, p.condition(prefix, i+1, cn))
+				rd.Conditions = append(rd.Conditions, p.decodeCondition(i+1, cn))
 			}
 		default:
 			p.errf(e.k.Line, "unknown field %q in rule (want conditions, default%s)", e.k.Value, map[bool]string{true: ", rule, version", false: ", branches"}[top])
 		}
 	}
-	if top && r.Name == "" {
+	if top && rd.Name == "" {
 		p.errf(n.Line, "rule has no name")
 	}
-	if len(r.Conditions) == 0 && r.Default == "" {
+	if len(rd.Conditions) == 0 && rd.Default == "" {
 		p.errf(n.Line, "rule has no conditions and no default")
 	}
 	if len(p.errs) > before {
 		return nil
 	}
-	r.compiled = true // every expression was compiled above
-	return r
+	return rd
 }
 
-func (p *parser) condition(prefix string, i int, n *yaml.Node) Condition {
-	var c Condition
+func (p *parser) decodeCondition(i int, n *yaml.Node) conditionDoc {
+	c := conditionDoc{Line: n.Line}
 	if n.Kind != yaml.MappingNode {
 		p.errf(n.Line, "condition %d: want a mapping with when and outcome", i)
 		return c
@@ -486,10 +543,7 @@ func (p *parser) condition(prefix string, i int, n *yaml.Node) Condition {
 				items = e.v.Content
 			}
 			for _, it := range items {
-				if x := p.expr(it, fmt.Sprintf("%scondition %d", prefix, i)); x != nil {
-					c.When = append(c.When, x.Source)
-					c.whens = append(c.whens, x)
-				}
+				c.When = append(c.When, p.sourced(it, fmt.Sprintf("condition %d", i)))
 			}
 		case "outcome":
 			c.Outcome, _ = p.str(e.v, "outcome")
@@ -503,52 +557,24 @@ func (p *parser) condition(prefix string, i int, n *yaml.Node) Condition {
 	return c
 }
 
-func (p *parser) httpSpec(step string, n *yaml.Node) *httpStep {
-	if n.Kind != yaml.MappingNode {
-		p.errf(n.Line, "step %q: http: want a mapping with url", step)
-		return nil
-	}
-	h := &httpStep{timeout: 10 * time.Second, retries: 2, headers: map[string]string{}}
+// compileRule compiles a decoded rule's expressions; prefix names the step
+// in messages.
+func (p *parser) compileRule(rd *ruleDoc, prefix string) *Rule {
+	r := &Rule{Name: rd.Name, Version: rd.Version, Default: rd.Default}
 	before := len(p.errs)
-	for _, e := range pairs(n) {
-		what := fmt.Sprintf("step %q: http %s", step, e.k.Value)
-		switch e.k.Value {
-		case "url":
-			h.url, _ = p.str(e.v, what)
-		case "method":
-			h.method, _ = p.str(e.v, what)
-			h.method = strings.ToUpper(h.method)
-		case "body":
-			h.body = p.expr(e.v, what)
-		case "timeout":
-			h.timeout, _ = p.duration(e.v, what)
-		case "retries":
-			h.retries, _ = p.integer(e.v, what)
-		case "headers":
-			if e.v.Kind != yaml.MappingNode {
-				p.errf(e.v.Line, "%s: want a mapping", what)
-				continue
+	for i, cd := range rd.Conditions {
+		c := Condition{Outcome: cd.Outcome}
+		for _, w := range cd.When {
+			if x := p.expr(w, fmt.Sprintf("%scondition %d", prefix, i+1)); x != nil {
+				c.When = append(c.When, x.Source)
+				c.whens = append(c.whens, x)
 			}
-			for _, hv := range pairs(e.v) {
-				h.headers[hv.k.Value] = hv.v.Value
-			}
-		default:
-			p.errf(e.k.Line, "unknown field %q in http step (want url, method, headers, body, timeout, retries)", e.k.Value)
 		}
-	}
-	if h.url == "" {
-		p.errf(n.Line, "step %q: http has no url", step)
-	} else if !strings.HasPrefix(h.url, "http://") && !strings.HasPrefix(h.url, "https://") {
-		p.errf(n.Line, "step %q: http url %q: want http:// or https://", step, h.url)
-	}
-	if h.method == "" {
-		h.method = "GET"
-		if h.body != nil {
-			h.method = "POST"
-		}
+		r.Conditions = append(r.Conditions, c)
 	}
 	if len(p.errs) > before {
 		return nil
 	}
-	return h
+	r.compiled = true // every expression was compiled above
+	return r
 }
