@@ -299,7 +299,7 @@ func (e *Engine) Versions(name string) (FlowVersions, error) {
 	}
 	stored := e.storedVersions(name)
 	if len(stored) == 0 {
-		return FlowVersions{}, adapters.Errorf(adapters.ErrNotFound, "flows: versions", "flow %q was never deployed", name)
+		return FlowVersions{}, errorf(ErrFlowNotFound, "flows: versions", "flow %q was never deployed", name)
 	}
 	fv := FlowVersions{Flow: name, Head: e.head(name)}
 	e.mu.RLock()
@@ -349,7 +349,7 @@ func (e *Engine) Source(name string, version int) ([]byte, error) {
 	}
 	ent, ok := e.defs.Get(defKey(name, version))
 	if !ok {
-		return nil, adapters.Errorf(adapters.ErrNotFound, "flows: source", "flow %q has no version %d", name, version)
+		return nil, errorf(ErrFlowNotFound, "flows: source", "flow %q has no version %d", name, version)
 	}
 	return ent.Value, nil
 }
@@ -361,7 +361,7 @@ func (e *Engine) Rollback(ctx context.Context, name string, version int) error {
 		return adapters.Errorf(adapters.ErrUnavailable, "flows: rollback", "this engine has no definitions catalog")
 	}
 	if _, ok := e.defs.Get(defKey(name, version)); !ok {
-		return adapters.Errorf(adapters.ErrNotFound, "flows: rollback", "flow %q has no version %d", name, version)
+		return errorf(ErrFlowNotFound, "flows: rollback", "flow %q has no version %d", name, version)
 	}
 	e.applyDefinition(defKey(name, version))
 	e.mu.RLock()
@@ -388,7 +388,7 @@ func (e *Engine) Undeploy(ctx context.Context, name string) error {
 		return adapters.Errorf(adapters.ErrUnavailable, "flows: undeploy", "this engine has no definitions catalog")
 	}
 	if len(e.storedVersions(name)) == 0 {
-		return adapters.Errorf(adapters.ErrNotFound, "flows: undeploy", "flow %q was never deployed", name)
+		return errorf(ErrFlowNotFound, "flows: undeploy", "flow %q was never deployed", name)
 	}
 	if _, err := e.defs.Delete(ctx, headKey(name)); err != nil {
 		return fmt.Errorf("flows: undeploy %q: %w", name, err)

@@ -156,7 +156,7 @@ func TestDeployVersionRules(t *testing.T) {
 	if err := e.Rollback(ctx, "greet", 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Rollback(ctx, "greet", 4); !errors.Is(err, adapters.ErrNotFound) {
+	if err := e.Rollback(ctx, "greet", 4); !errors.Is(err, flows.ErrFlowNotFound) {
 		t.Fatalf("rollback to a missing version: %v", err)
 	}
 	id, err := e.Submit(ctx, "greet", nil)
@@ -180,7 +180,7 @@ func TestDeployVersionRules(t *testing.T) {
 	if err := e.Undeploy(ctx, "greet"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.Submit(ctx, "greet", nil); !errors.Is(err, adapters.ErrNotFound) {
+	if _, err := e.Submit(ctx, "greet", nil); !errors.Is(err, flows.ErrFlowNotFound) {
 		t.Fatalf("submit after undeploy: %v, want ErrNotFound", err)
 	}
 	if fv, _ := e.Versions("greet"); fv.Head != 0 || len(fv.Versions) != 3 {
@@ -189,7 +189,7 @@ func TestDeployVersionRules(t *testing.T) {
 	if d := deploy(t, e, greetV2); d.Version != 2 || d.Created || !d.Head {
 		t.Fatalf("redeploy after undeploy: %+v, want version 2 back as head", d)
 	}
-	if err := e.Undeploy(ctx, "nope"); !errors.Is(err, adapters.ErrNotFound) {
+	if err := e.Undeploy(ctx, "nope"); !errors.Is(err, flows.ErrFlowNotFound) {
 		t.Fatalf("undeploy of an unknown flow: %v", err)
 	}
 }

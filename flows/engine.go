@@ -120,9 +120,27 @@ type item struct {
 	Checkpoint json.RawMessage `json:"checkpoint,omitempty"`
 	NotBefore  time.Time       `json:"not_before,omitzero"`
 	Started    time.Time       `json:"started"`
+	// Gen is the retry generation: Engine.Retry resumes a failed execution
+	// with Gen + 1, and items of an older generation are dropped.
+	Gen int `json:"gen,omitempty"`
+	// Await marks the continuation of an await step: "signal" (released by
+	// Engine.Signal) or "timeout" (the delayed timeout item).
+	Await string `json:"await,omitempty"`
 }
 
-func (it *item) id() string { return it.Exec + ":" + strconv.Itoa(it.Seq) }
+// id is the item's message ID: "execution:seq", with the retry generation
+// ("execution:seq:rN") and an await's path ("execution:seq:timeout") when
+// set, so that each is deduplicated apart from the others.
+func (it *item) id() string {
+	id := it.Exec + ":" + strconv.Itoa(it.Seq)
+	if it.Gen > 0 {
+		id += ":r" + strconv.Itoa(it.Gen)
+	}
+	if it.Await == awaitTimeout {
+		id += ":timeout"
+	}
+	return id
+}
 
 // Result is the completion record enqueued on Config.ResultsQueue.
 type Result struct {
@@ -272,7 +290,7 @@ func (e *Engine) Evaluate(ctx context.Context, rule string, input map[string]any
 	r, ok := e.rules[rule]
 	e.mu.RUnlock()
 	if !ok {
-		return "", adapters.Errorf(adapters.ErrNotFound, "flows: evaluate", "no rule %q", rule)
+		return "", errorf(ErrRuleNotFound, "flows: evaluate", "no rule %q", rule)
 	}
 	return r.Evaluate(ctx, input, nil)
 }
@@ -373,7 +391,7 @@ func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, 
 		f, ok = e.fetchFlow(ctx, flow, o.version) // deployed elsewhere a moment ago?
 	}
 	if !ok {
-		return "", adapters.Errorf(adapters.ErrNotFound, "flows: submit", "no flow %q (version %d); registered: %s",
+		return "", errorf(ErrFlowNotFound, "flows: submit", "no flow %q (version %d); registered: %s",
 			flow, o.version, strings.Join(e.Flows(), ", "))
 	}
 	if o.id == "" {
@@ -546,7 +564,9 @@ func (e *Engine) publish(ctx context.Context, ev Event) {
 	}
 }
 
-// handle runs one step: the workqueue handler.
+// handle runs one step: the workqueue handler. What to do is decided by
+// admit (before the step) and transition (after it); handle gathers their
+// inputs and carries their decisions out.
 func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 	var it item
 	if err := decodeItem(job.Message.Body, &it); err != nil || it.V != 1 || it.Exec == "" {
@@ -556,18 +576,20 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 		e.log.Warn("flows: dead-lettering an item that does not decode", "id", job.Message.ID, "err", err)
 		return workqueue.Permanent(fmt.Errorf("flows: item %q does not decode: %w", job.Message.ID, err))
 	}
-	if e.idx.recorded(it.Exec, it.Seq) {
-		// A repeat: the step at this sequence already recorded its
-		// continuation (or the completion) and said so on the events
-		// topic, but its item was not acknowledged (a crash in between),
-		// or it is a copy from a fork. Running it again would fork the
-		// execution on a broker without dedupe; drop it.
-		e.log.Info("flows: dropping a repeated item whose step was already recorded", "item", it.id(), "attempt", job.Attempt)
-		return nil
-	}
 	now := e.opts.Clock.Now()
-	if wait := it.NotBefore.Sub(now); wait > 0 {
-		return workqueue.RetryAfter(wait, errNotDue)
+	switch a := admit(&it, e.boundary(&it), now); a.Verdict {
+	case admitDrop:
+		// A repeat: the step at this sequence already recorded its
+		// continuation (or the completion), but its item was not
+		// acknowledged (a crash in between), or it is a copy from a fork,
+		// or the losing path of an await. Running it again would fork the
+		// execution on a broker without dedupe; drop it.
+		e.log.Info("flows: dropping an item", "item", it.id(), "attempt", job.Attempt, "why", a.Why)
+		return nil
+	case admitDefer:
+		return workqueue.RetryAfter(a.Delay, errNotDue)
+	case admitCancel:
+		return e.settle(ctx, &it, job, nil, nil, decision{Kind: decCancel, State: StateCancelled}, stepTimes{})
 	}
 	// The step continues the trace of whoever enqueued it: the submission
 	// or the step before, on whichever node.
@@ -577,8 +599,6 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 			attribute.String("clusterbus.execution", it.Exec), attribute.Int("clusterbus.seq", it.Seq),
 			attribute.Int("clusterbus.attempt", job.Attempt), attribute.String("clusterbus.node", e.opts.NodeID)))
 	defer span.End()
-	ev := Event{Execution: it.Exec, Flow: it.Flow, Version: it.Version, Step: it.Step, Seq: it.Seq,
-		Attempt: job.Attempt, Node: e.opts.NodeID}
 	f, ok := e.lookup(it.Flow, it.Version)
 	if !ok && e.defs != nil {
 		// A version deployed a moment ago, or while this node was away:
@@ -592,9 +612,9 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 		s, ok = f.step(it.Step)
 	}
 	if !ok {
-		err := fmt.Errorf("flows: %s: flow %q version %d step %q is not registered on node %s", it.id(), it.Flow, it.Version, it.Step, e.opts.NodeID)
-		e.failed(ctx, ev, job, err)
-		return err
+		err := errorf(ErrFlowNotFound, "flows: "+it.id(), "flow %q version %d step %q is not registered on node %s", it.Flow, it.Version, it.Step, e.opts.NodeID)
+		d := failure(err, stepResult{Attempt: job.Attempt, MaxAttempts: job.MaxAttempts, Draining: e.draining(ctx)})
+		return e.settle(ctx, &it, job, f, s, d, stepTimes{Start: now, End: now})
 	}
 	if it.Vars == nil {
 		it.Vars = map[string]any{}
@@ -603,62 +623,70 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 		Attempt: job.Attempt, IdempotencyKey: it.Exec + ":" + it.Step + ":" + strconv.Itoa(it.Seq),
 		Node: e.opts.NodeID, Input: it.Input, Vars: maps.Clone(it.Vars), Token: job.Token(),
 		LeaseDeadline: job.Lease.Deadline(), checkpoint: it.Checkpoint, lease: job.Lease, engine: e}
-	began := e.opts.Clock.Now()
+	times := stepTimes{Start: e.opts.Clock.Now()}
 	out, err := s.Run(ctx, sc)
-	ev.Duration = e.opts.Clock.Since(began)
-	e.m.stepDuration.WithLabelValues(it.Flow, it.Step).Observe(ev.Duration.Seconds())
+	times.End = e.opts.Clock.Now()
+	e.m.stepDuration.WithLabelValues(it.Flow, it.Step).Observe(times.End.Sub(times.Start).Seconds())
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
-		e.failed(ctx, ev, job, err)
-		return err
 	}
-	if !job.Lease.Valid() {
-		return fmt.Errorf("flows: %s: lease lost before the step could be recorded: %w", it.id(), adapters.ErrLeaseLost)
-	}
-	next := &item{V: 1, Exec: it.Exec, Flow: it.Flow, Version: it.Version, Seq: it.Seq + 1, Input: it.Input,
-		Vars: sc.Vars, Started: it.Started}
-	switch {
-	case out.Checkpoint != nil:
-		cp, err := json.Marshal(out.Checkpoint)
-		if err != nil {
-			err = workqueue.Permanent(fmt.Errorf("flows: %s: encode checkpoint: %w", it.id(), err))
-			e.failed(ctx, ev, job, err)
+	run := it
+	run.Vars = sc.Vars
+	d := transition(&run, f, s, stepResult{Out: out, Err: err, Attempt: job.Attempt, MaxAttempts: job.MaxAttempts,
+		LeaseLost: !job.Lease.Valid(), Draining: e.draining(ctx), Now: e.opts.Clock.Now()})
+	return e.settle(ctx, &it, job, f, s, d, times)
+}
+
+// stepTimes are when a step's run began and ended.
+type stepTimes struct{ Start, End time.Time }
+
+func (e *Engine) draining(ctx context.Context) bool {
+	return errors.Is(context.Cause(ctx), workqueue.ErrDraining)
+}
+
+// settle carries out decision d for item it, whose step ran as times say,
+// and returns what the handler returns to the queue.
+func (e *Engine) settle(ctx context.Context, it *item, job *workqueue.Job, f *Flow, s *Step, d decision, times stepTimes) error {
+	ev := Event{Execution: it.Exec, Flow: it.Flow, Version: it.Version, Step: it.Step, Seq: it.Seq,
+		Attempt: job.Attempt, Node: e.opts.NodeID, Duration: times.End.Sub(times.Start)}
+	switch d.Kind {
+	case decAbandon:
+		return d.Err
+	case decRetry, decFail, decDeadLetter:
+		e.failed(ctx, ev, job, d)
+		return d.Err
+	case decCancel, decPark:
+		// Recorded in the executions catalog (see control.go).
+		return nil
+	case decComplete:
+		if err := e.complete(ctx, it, d.Next, job); err != nil {
 			return err
 		}
-		next.Step, next.Checkpoint = it.Step, cp
-	case out.Next != "":
-		next.Step = out.Next
-	default:
-		next.Step = s.Next
-	}
-	if next.Step != End {
-		if _, ok := f.step(next.Step); !ok {
-			err := workqueue.Permanent(fmt.Errorf("flows: %s: step %q chose missing step %q", it.id(), it.Step, next.Step))
-			e.failed(ctx, ev, job, err)
-			return err
-		}
-	}
-	if out.Wait > 0 && out.Checkpoint == nil {
-		next.NotBefore = e.opts.Clock.Now().Add(out.Wait)
-	}
-	ev.Type, ev.Next, ev.Time = EventStepDone, next.Step, e.opts.Clock.Now()
-	if next.Step == End {
-		if err := e.complete(ctx, &it, next, job); err != nil {
-			return err
-		}
+		ev.Type, ev.Next, ev.Time = EventStepDone, End, e.opts.Clock.Now()
 		e.publish(ctx, ev)
 		e.publish(ctx, Event{Type: EventCompleted, Execution: it.Exec, Flow: it.Flow, Version: it.Version,
-			Step: it.Step, Seq: it.Seq, Attempt: job.Attempt, Node: e.opts.NodeID, Time: e.opts.Clock.Now(), Output: next.Vars})
+			Step: it.Step, Seq: it.Seq, Attempt: job.Attempt, Node: e.opts.NodeID, Time: e.opts.Clock.Now(), Output: d.Next.Vars})
 		e.m.executions.WithLabelValues(it.Flow, OutcomeCompleted).Inc()
 		e.log.Info("flows: execution completed", "flow", it.Flow, "version", it.Version, "execution", it.Exec,
 			"steps", it.Seq+1, "took", e.opts.Clock.Since(it.Started), "trace_id", traceID(ctx))
 		return nil
 	}
-	if err := e.enqueue(ctx, next); err != nil {
+	// decContinue
+	if err := e.enqueue(ctx, d.Next); err != nil {
 		return err
 	}
+	ev.Type, ev.Next, ev.Time = EventStepDone, d.Next.Step, e.opts.Clock.Now()
 	e.publish(ctx, ev)
 	return nil
+}
+
+// boundary gathers what this node knows of it's execution for admit.
+func (e *Engine) boundary(it *item) boundary {
+	var b boundary
+	if e.idx.recorded(it.Exec, it.Seq) {
+		b.Known, b.RecordedSeq = true, it.Seq+1
+	}
+	return b
 }
 
 var errNotDue = errors.New("flows: waiting")
@@ -684,16 +712,13 @@ func (e *Engine) complete(ctx context.Context, it, next *item, job *workqueue.Jo
 	return nil
 }
 
-// failed publishes the event that matches what the workqueue will do with err.
-func (e *Engine) failed(ctx context.Context, ev Event, job *workqueue.Job, err error) {
-	if job.Lease.Err() != nil || errors.Is(context.Cause(ctx), workqueue.ErrDraining) {
-		return
-	}
-	ev.Error, ev.Time = err.Error(), e.opts.Clock.Now()
-	switch {
-	case workqueue.IsPermanent(err):
+// failed publishes the event that matches what the workqueue will do with d.Err.
+func (e *Engine) failed(ctx context.Context, ev Event, job *workqueue.Job, d decision) {
+	ev.Error, ev.Time = d.Err.Error(), e.opts.Clock.Now()
+	switch d.Kind {
+	case decFail:
 		ev.Type = EventFailed
-	case job.Attempt >= job.MaxAttempts:
+	case decDeadLetter:
 		ev.Type = EventDeadLettered
 	default:
 		ev.Type = EventRetried
@@ -706,7 +731,7 @@ func (e *Engine) failed(ctx context.Context, ev Event, job *workqueue.Job, err e
 		}
 		e.m.executions.WithLabelValues(flow, string(ev.Type)).Inc()
 		e.log.Info("flows: execution failed", "flow", ev.Flow, "version", ev.Version, "execution", ev.Execution,
-			"outcome", ev.Type, "step", ev.Step, "attempt", ev.Attempt, "err", err, "trace_id", traceID(ctx))
+			"outcome", ev.Type, "step", ev.Step, "attempt", ev.Attempt, "err", d.Err, "trace_id", traceID(ctx))
 	}
 }
 

@@ -28,6 +28,9 @@ const (
 	StateCompleted    = "completed"
 	StateFailed       = "failed"
 	StateDeadLettered = "dead_lettered"
+	StateCancelled    = "cancelled"
+	// StateAwaiting: parked at an await step until a signal or its timeout.
+	StateAwaiting = "awaiting"
 )
 
 // Event is one execution event.

@@ -67,6 +67,25 @@ type Outcome struct {
 	// step runs again (as a new sequence number) and reads it back with
 	// StepContext.Resume. Next and Wait are ignored.
 	Checkpoint any
+	// Await, if set, parks the execution until Engine.Signal names it
+	// (then Next, or Step.Next, follows) or its timeout passes (then
+	// Await.OnTimeout follows). No lease is held while it waits.
+	Await *Await
+}
+
+// Await parks an execution at a step until a signal or a timeout (the await
+// step kind; see the package doc).
+type Await struct {
+	// Signal is the name Engine.Signal must give.
+	Signal string
+	// Timeout, if positive, resumes the execution at OnTimeout after it.
+	Timeout time.Duration
+	// OnTimeout is the step after a timeout; default End. Name it in
+	// Step.Targets.
+	OnTimeout string
+	// SaveAs is the var that receives the signal's data; default the
+	// step's name.
+	SaveAs string
 }
 
 // StepContext is what a step sees.

@@ -167,8 +167,11 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 func writeError(w http.ResponseWriter, err error) {
 	code := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, adapters.ErrNotFound):
+	case errors.Is(err, ErrFlowNotFound), errors.Is(err, ErrRuleNotFound), errors.Is(err, ErrExecutionNotFound),
+		errors.Is(err, adapters.ErrNotFound):
 		code = http.StatusNotFound
+	case errors.Is(err, ErrNotCancellable), errors.Is(err, ErrNotRetryable), errors.Is(err, ErrNotAwaiting):
+		code = http.StatusConflict
 	case errors.Is(err, adapters.ErrInvalidArgument):
 		code = http.StatusBadRequest
 	case errors.Is(err, adapters.ErrUnavailable):
