@@ -387,3 +387,117 @@ func TestRetryResumesADeadLetteredExecutionAtItsFailedStep(t *testing.T) {
 		})
 	}
 }
+
+// TestHistoryAfterEveryEngineRestarted: on embedded NATS, two engines run
+// an execution to completion and cancel another; both stop; two fresh
+// engines (other node IDs, same broker) answer Status with the whole
+// history and List with both. Where the broker retains the catalog the
+// fresh engines have no data dir; elsewhere they reuse the old ones.
+func TestHistoryAfterEveryEngineRestarted(t *testing.T) {
+	srv, err := natsserver.Start(natsserver.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("embedded NATS: %v", err)
+	}
+	t.Cleanup(srv.Shutdown)
+	client := func() adapters.Broker {
+		b, err := adapters.Open(context.Background(), srv.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return b
+	}
+	_, retains := client().(adapters.Retainer)
+	dirs := []string{"", ""}
+	if !retains {
+		dirs = []string{t.TempDir(), t.TempDir()}
+	}
+	t.Logf("broker retains the catalog: %v", retains)
+	flow := func() *flows.Flow {
+		return &flows.Flow{Name: "three", Version: 1, Steps: []flows.Step{
+			{Name: "one", Run: func(ctx context.Context, sc *flows.StepContext) (flows.Outcome, error) { return flows.Outcome{}, nil }},
+			{Name: "two", Run: func(ctx context.Context, sc *flows.StepContext) (flows.Outcome, error) {
+				if sc.Input["block"] == true {
+					<-ctx.Done()
+					return flows.Outcome{}, ctx.Err()
+				}
+				return flows.Outcome{}, nil
+			}},
+			{Name: "three", Run: func(ctx context.Context, sc *flows.StepContext) (flows.Outcome, error) {
+				sc.Vars["done"] = true
+				return flows.Outcome{}, nil
+			}},
+		}}
+	}
+	reg := func(e *flows.Engine) {
+		if err := e.Register(flow()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := testConfig(t)
+	cfg.Lease = 30 * time.Second
+	start := func(node string, dir string) *flows.Engine {
+		c := cfg
+		c.DataDir = dir
+		e, err := flows.New(client(), c, flows.Options{NodeID: node, Logger: logger(t).With("node", node)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg(e)
+		if err := e.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	stop := func(es ...*flows.Engine) {
+		for _, e := range es {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := e.Stop(ctx); err != nil {
+				t.Errorf("stop: %v", err)
+			}
+			cancel()
+		}
+	}
+	a, b := start("a1", dirs[0]), start("b1", dirs[1])
+	done, err := a.Submit(context.Background(), "three", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stuck, err := b.Submit(context.Background(), "three", map[string]any{"block": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := waitState(t, b, done, flows.StateCompleted)
+	waitStep(t, a, stuck, "two")
+	if _, err := a.Cancel(context.Background(), stuck, "restart test"); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, b, stuck, flows.StateCancelled)
+	waitState(t, a, done, flows.StateCompleted)
+	stop(a, b)
+
+	a2, b2 := start("a2", dirs[0]), start("b2", dirs[1])
+	t.Cleanup(func() { stop(a2, b2) })
+	for _, e := range []*flows.Engine{a2, b2} {
+		st := waitState(t, e, done, flows.StateCompleted)
+		if len(st.Steps) != 3 || st.Output["done"] != true || fmt.Sprint(st.Steps) != fmt.Sprint(before.Steps) {
+			t.Errorf("history after the restart: %+v\nbefore: %+v", st, before)
+		}
+		for _, s := range st.Steps {
+			if (s.Node != "a1" && s.Node != "b1") || s.Started.IsZero() || s.Ended.Before(s.Started) || s.Outcome != flows.StepDone || s.Attempt != 1 {
+				t.Errorf("step record %+v", s)
+			}
+		}
+		sc := waitState(t, e, stuck, flows.StateCancelled)
+		if sc.Reason != "restart test" {
+			t.Errorf("cancelled execution after the restart: %+v", sc)
+		}
+		l := e.List(flows.ListOptions{Flow: "three", Since: time.Now().Add(-time.Minute)})
+		if len(l) != 2 {
+			t.Errorf("list after the restart: %+v", l)
+		}
+		if l := e.List(flows.ListOptions{State: flows.StateCancelled}); len(l) != 1 || l[0].Execution != stuck {
+			t.Errorf("list --status cancelled: %+v", l)
+		}
+	}
+}
