@@ -121,6 +121,12 @@ type Options struct {
 	// engine starts and stops it). Default one the engine opens on the
 	// broker from Config.Cluster, DataDir, Retention and MaxRecords.
 	Executions *catalog.Catalog
+	// Definitions, if set, is the cluster's catalog of deployed flow
+	// definitions (named DefinitionsCatalog, opened with FirstWriteWins
+	// ImmutableDefinition, started and stopped by the caller): the engine
+	// compiles every version it holds or delivers, and Deploy, Rollback
+	// and Undeploy write it. See the package doc.
+	Definitions *catalog.Catalog
 }
 
 // item is a queue item: one step of one execution, with its recorded state.
@@ -182,14 +188,24 @@ type Engine struct {
 	cat  *catalog.Catalog // the executions catalog
 	rec  *recorder
 
-	mu      sync.RWMutex
-	flows   map[string]map[int]*Flow
-	rules   map[string]*Rule
-	worker  *workqueue.Worker
-	started bool
-	stop    context.CancelFunc // the recorder's
-	done    chan struct{}      // closed when the recorder has flushed
-	unwatch func()
+	mu    sync.RWMutex
+	flows map[string]map[int]*Flow
+	rules map[string]*Rule
+	// Deployed definitions (see deploy.go): the catalog, its watch, what
+	// this node knows of each deployed flow, and the sync in progress.
+	defs     *catalog.Catalog
+	defStop  func()
+	deployed map[string]*deployedFlow
+	syncMu   sync.Mutex
+	syncCh   chan struct{}
+	answers  sync.WaitGroup // definition syncs in progress
+	worker   *workqueue.Worker
+	started  bool
+	// catStarted: the executions catalog, its watch and the recorder run.
+	catStarted bool
+	stop       context.CancelFunc // the recorder's
+	done       chan struct{}      // closed when the recorder has flushed
+	unwatch    func()
 
 	// runMu guards running: the cancel functions of the steps running on
 	// this node, by execution.
@@ -229,7 +245,8 @@ func New(b adapters.Broker, cfg Config, opts Options) (*Engine, error) {
 		cfg.Cluster = cfg.Cluster[:64-len(catalogSuffix)-9] + "-" + hex.EncodeToString(sum[:4])
 	}
 	e := &Engine{b: b, cfg: cfg, opts: opts, log: opts.Logger.With("component", "flows"),
-		flows: map[string]map[int]*Flow{}, rules: map[string]*Rule{}, running: map[string]map[*int]context.CancelCauseFunc{}}
+		flows: map[string]map[int]*Flow{}, rules: map[string]*Rule{}, running: map[string]map[*int]context.CancelCauseFunc{},
+		defs: opts.Definitions, deployed: map[string]*deployedFlow{}}
 	e.cat = opts.Executions
 	if e.cat == nil {
 		cat, err := catalog.Open(b, catalog.Config{Cluster: cfg.Cluster, NodeID: opts.NodeID, Name: "executions",
@@ -258,6 +275,9 @@ func New(b adapters.Broker, cfg Config, opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("flows: %w", err)
 	}
 	e.worker = w
+	if e.defs != nil {
+		e.watchDefinitions()
+	}
 	return e, nil
 }
 
@@ -352,6 +372,9 @@ func (e *Engine) Flows() []string {
 func (e *Engine) lookup(name string, version int) (*Flow, bool) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
+	if f, ok, deployed := e.lookupDeployedLocked(name, version); deployed {
+		return f, ok // the head, unless a version is named; none once undeployed
+	}
 	vs := e.flows[name]
 	if version > 0 {
 		f, ok := vs[version]
@@ -394,7 +417,18 @@ func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, 
 			return "", fmt.Errorf("flows: submit: %w", err)
 		}
 	}
+	if e.defs != nil {
+		e.mu.RLock()
+		started := e.started
+		e.mu.RUnlock()
+		if !started {
+			return "", adapters.Errorf(adapters.ErrUnavailable, "flows: submit", "the flow engine on node %s is not running yet", e.opts.NodeID)
+		}
+	}
 	f, ok := e.lookup(flow, o.version)
+	if !ok {
+		f, ok = e.fetchFlow(ctx, flow, o.version) // deployed elsewhere a moment ago?
+	}
 	if !ok {
 		return "", errorf(ErrFlowNotFound, "flows: submit", "no flow %q (version %d); registered: %s",
 			flow, o.version, strings.Join(e.Flows(), ", "))
@@ -473,21 +507,22 @@ func (e *Engine) Start(ctx context.Context) error {
 			return fmt.Errorf("flows: declare results queue: %w", err)
 		}
 	}
-	if err := e.cat.Start(ctx); err != nil {
-		return fmt.Errorf("flows: executions catalog: %w", err)
+	if !e.catStarted {
+		// Started once, and kept running if the worker does not start, so
+		// that a caller that retries Start finds it running.
+		if err := e.cat.Start(ctx); err != nil {
+			return fmt.Errorf("flows: executions catalog: %w", err)
+		}
+		e.catStarted = true
+		e.unwatch = e.cat.Watch(e.watched)
+		rctx, stop := context.WithCancel(context.Background())
+		e.stop, e.done = stop, make(chan struct{})
+		go func() {
+			defer close(e.done)
+			e.rec.run(rctx)
+		}()
 	}
-	e.unwatch = e.cat.Watch(e.watched)
-	rctx, stop := context.WithCancel(context.Background())
-	e.stop, e.done = stop, make(chan struct{})
-	go func() {
-		defer close(e.done)
-		e.rec.run(rctx)
-	}()
 	if err := e.worker.Start(ctx); err != nil {
-		e.unwatch()
-		stop()
-		<-e.done
-		_ = e.cat.Stop(context.WithoutCancel(ctx))
 		return fmt.Errorf("flows: %w", err)
 	}
 	e.started = true
@@ -509,14 +544,21 @@ func (e *Engine) flowsLocked() []string {
 // Stop drains the worker (see workqueue.Worker.Stop), writes the execution
 // records still queued and stops the executions catalog.
 func (e *Engine) Stop(ctx context.Context) error {
-	e.mu.Lock()
-	if !e.started {
-		e.mu.Unlock()
-		return nil
+	if e.defStop != nil {
+		e.defStop()
 	}
-	e.started = false
+	e.mu.Lock()
+	started, catStarted := e.started, e.catStarted
+	e.started, e.catStarted = false, false
 	e.mu.Unlock()
-	err := e.worker.Stop(ctx)
+	var err error
+	if started {
+		err = e.worker.Stop(ctx)
+	}
+	e.answers.Wait()
+	if !catStarted {
+		return err
+	}
 	e.stop()
 	<-e.done
 	e.unwatch()
@@ -638,6 +680,13 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 			attribute.Int("clusterbus.attempt", job.Attempt), attribute.String("clusterbus.node", e.opts.NodeID)))
 	defer span.End()
 	f, ok := e.lookup(it.Flow, it.Version)
+	if !ok && e.defs != nil {
+		// A version deployed a moment ago, or while this node was away:
+		// fetch it, else try again later (never dead-letter for that).
+		if f, ok = e.fetchFlow(ctx, it.Flow, it.Version); !ok {
+			return e.definitionMissing(ctx, job, &it)
+		}
+	}
 	var s *Step
 	if ok {
 		s, ok = f.step(it.Step)

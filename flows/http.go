@@ -46,7 +46,13 @@ type SubmitResponse struct {
 //
 // Errors: 404 (ErrExecutionNotFound, ErrFlowNotFound), 409
 // (ErrNotCancellable, ErrNotRetryable, ErrNotAwaiting), 400 (bad input).
+//
+// With a definitions catalog, the deployed definitions' routes under
+// /api/flow-definitions too (see deploy_http.go).
 func (e *Engine) Routes(mux *http.ServeMux) {
+	if e.defs != nil {
+		e.definitionRoutes(mux)
+	}
 	mux.HandleFunc("GET /api/executions", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		limit, err := strconv.Atoi(cmp.Or(q.Get("limit"), "100"))
