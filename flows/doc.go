@@ -2,7 +2,7 @@
 // broker, so that an execution survives the death of the node running it.
 //
 // A Flow is a named, versioned set of steps, written in Go (Flow, Step) or
-// in YAML (Parse, ParseDir, Engine.LoadDir) with the built-in step kinds
+// in YAML (Parse, ParseDir, Engine.LoadDir, Engine.Deploy) with the built-in step kinds
 // rule/branch, set, http and wait; CEL expressions (github.com/google/cel-go)
 // see input, vars and exec. A Rule is an ordered list of CEL conditions
 // giving an outcome; it is a branching step inside a flow, or standalone
@@ -10,6 +10,55 @@
 //
 // An Engine runs on every node, over one leased queue (package workqueue).
 // Submit enqueues step 0 of an execution; any node takes it.
+//
+// # Deployed definitions
+//
+// With Options.Definitions (a catalog, package catalog, named
+// DefinitionsCatalog) flows are deployed to the cluster instead of loaded
+// on each node. A version is the YAML source of one flow document, stored
+// under the immutable key "def/NAME/VERSION" (Deploy): the document's
+// "version:" if it has one, else one more than the highest deployed; the
+// head "head/NAME" (a small JSON value, last write wins) is the version new
+// submissions use: a Deploy that creates a higher version moves it,
+// Rollback moves it to any stored version, Undeploy writes a tombstone
+// over it (submissions are refused; stored versions stay; a Deploy or a
+// Rollback brings the flow back). Every node compiles each version as its
+// catalog holds or delivers it (Watch), without a restart; an item carries
+// its flow's name and version, so an execution runs to its end on the
+// version it started with, whatever the head does meanwhile. Submit uses
+// the head unless WithVersion names one. A directory of files seeds the
+// catalog (Seed): each flow whose exact content is not deployed yet
+// becomes a version; content that is deployed already changes nothing, so
+// N nodes seeding the same directory create one version, and a rollback or
+// an undeploy survives their restarts.
+//
+// Conflicting concurrent deploys: two nodes that write the same version
+// key with different content at once both succeed locally; when their
+// catalogs exchange the writes, the lowest Rev (Lamport clock, then node
+// ID) wins on every node (catalog.Config.FirstWriteWins), so every node
+// ends up compiling the same content. Deploy syncs with the other nodes for
+// up to a second after writing and returns an error matching
+// catalog.ErrConflict if its write lost; a loser that does not see it within
+// that second reports success for content the cluster then replaces (its
+// Versions call shows the winner). Concurrent head writes: the highest Rev
+// wins (the later write, as far as the clocks tell). Where the definitions
+// survive a restart of the whole cluster depends on the catalog: retained
+// in the broker where the broker can (NATS JetStream), else only in each
+// node's data dir (and exchanged between nodes on join).
+//
+// A node that takes an item of a version it does not have (deployed a
+// moment ago, or while it was away) asks the other nodes for the catalog's
+// entries (Sync, up to two seconds) and looks again. If the version is
+// still missing, or does not compile on this node (a step kind its build
+// does not know), the item goes back on the queue with a delay (1s,
+// doubling, at most 30s; another node may take it) and is never
+// dead-lettered for that reason alone: when its attempts run out, the node
+// puts a fresh copy back on the queue (a new message ID "...~await-MS",
+// fresh attempts, due after the delay) and acknowledges the old one. Such
+// an item thus waits for as long as its version stays missing, with a
+// retried event and a warning on each round; on a broker without dedupe a
+// crash between that enqueue and the ack leaves two copies, as for any
+// step (see below).
 //
 // # Recorded state
 //

@@ -22,6 +22,7 @@ import (
 
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/traced"
+	"github.com/clusterbus/clusterbus/catalog"
 	"github.com/clusterbus/clusterbus/workqueue"
 	"github.com/google/uuid"
 	"github.com/jonboulle/clockwork"
@@ -98,6 +99,12 @@ type Options struct {
 	// otel.GetTracerProvider(). Trace context crosses nodes in the queue
 	// items' headers when the broker is wrapped with adapters/traced.
 	TracerProvider trace.TracerProvider
+	// Definitions, if set, is the cluster's catalog of deployed flow
+	// definitions (named DefinitionsCatalog, opened with FirstWriteWins
+	// ImmutableDefinition, started and stopped by the caller): the engine
+	// compiles every version it holds or delivers, and Deploy, Rollback
+	// and Undeploy write it. See the package doc.
+	Definitions *catalog.Catalog
 }
 
 // item is a queue item: one step of one execution, with its recorded state.
@@ -158,15 +165,22 @@ type Engine struct {
 	m    *metrics
 	tr   trace.Tracer
 
-	mu      sync.RWMutex
-	flows   map[string]map[int]*Flow
-	rules   map[string]*Rule
-	worker  *workqueue.Worker
-	sub     adapters.Subscription
-	subStop context.CancelFunc
-	subDone chan struct{}
-	started bool
-	answers sync.WaitGroup // catch-up replies being sent, catch-ups scheduled
+	mu    sync.RWMutex
+	flows map[string]map[int]*Flow
+	rules map[string]*Rule
+	// Deployed definitions (see deploy.go): the catalog, its watch, what
+	// this node knows of each deployed flow, and the sync in progress.
+	defs     *catalog.Catalog
+	defStop  func()
+	deployed map[string]*deployedFlow
+	syncMu   sync.Mutex
+	syncCh   chan struct{}
+	worker   *workqueue.Worker
+	sub      adapters.Subscription
+	subStop  context.CancelFunc
+	subDone  chan struct{}
+	started  bool
+	answers  sync.WaitGroup // catch-up replies being sent, catch-ups scheduled
 	// A catch-up after a gap in the events: when the last was asked, and
 	// whether one is scheduled.
 	gapMu      sync.Mutex
@@ -203,7 +217,8 @@ func New(b adapters.Broker, cfg Config, opts Options) (*Engine, error) {
 	}
 	opts.Logger = opts.Logger.With("node", opts.NodeID) // the engine's and its worker's lines
 	e := &Engine{b: b, cfg: cfg, opts: opts, log: opts.Logger.With("component", "flows"),
-		idx: newIndex(cfg.IndexSize), flows: map[string]map[int]*Flow{}, rules: map[string]*Rule{}}
+		idx: newIndex(cfg.IndexSize), flows: map[string]map[int]*Flow{}, rules: map[string]*Rule{},
+		defs: opts.Definitions, deployed: map[string]*deployedFlow{}}
 	e.m = newMetrics(opts.Registry, e)
 	if opts.TracerProvider == nil {
 		opts.TracerProvider = otel.GetTracerProvider()
@@ -221,6 +236,9 @@ func New(b adapters.Broker, cfg Config, opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("flows: %w", err)
 	}
 	e.worker = w
+	if e.defs != nil {
+		e.watchDefinitions()
+	}
 	return e, nil
 }
 
@@ -315,6 +333,9 @@ func (e *Engine) Flows() []string {
 func (e *Engine) lookup(name string, version int) (*Flow, bool) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
+	if f, ok, deployed := e.lookupDeployedLocked(name, version); deployed {
+		return f, ok // the head, unless a version is named; none once undeployed
+	}
 	vs := e.flows[name]
 	if version > 0 {
 		f, ok := vs[version]
@@ -357,7 +378,18 @@ func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, 
 			return "", fmt.Errorf("flows: submit: %w", err)
 		}
 	}
+	if e.defs != nil {
+		e.mu.RLock()
+		started := e.started
+		e.mu.RUnlock()
+		if !started {
+			return "", adapters.Errorf(adapters.ErrUnavailable, "flows: submit", "the flow engine on node %s is not running yet", e.opts.NodeID)
+		}
+	}
 	f, ok := e.lookup(flow, o.version)
+	if !ok {
+		f, ok = e.fetchFlow(ctx, flow, o.version) // deployed elsewhere a moment ago?
+	}
 	if !ok {
 		return "", errorf(ErrFlowNotFound, "flows: submit", "no flow %q (version %d); registered: %s",
 			flow, o.version, strings.Join(e.Flows(), ", "))
@@ -445,6 +477,9 @@ func (e *Engine) flowsLocked() []string {
 // Stop drains the worker (see workqueue.Worker.Stop) and ends the events
 // subscription.
 func (e *Engine) Stop(ctx context.Context) error {
+	if e.defStop != nil {
+		e.defStop()
+	}
 	e.mu.Lock()
 	if !e.started {
 		e.mu.Unlock()
@@ -565,6 +600,13 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 			attribute.Int("clusterbus.attempt", job.Attempt), attribute.String("clusterbus.node", e.opts.NodeID)))
 	defer span.End()
 	f, ok := e.lookup(it.Flow, it.Version)
+	if !ok && e.defs != nil {
+		// A version deployed a moment ago, or while this node was away:
+		// fetch it, else try again later (never dead-letter for that).
+		if f, ok = e.fetchFlow(ctx, it.Flow, it.Version); !ok {
+			return e.definitionMissing(ctx, job, &it)
+		}
+	}
 	var s *Step
 	if ok {
 		s, ok = f.step(it.Step)

@@ -38,7 +38,13 @@ type SubmitResponse struct {
 //	GET  /api/flows/{id}   the execution's Status, or 404
 //	GET  /api/executions?state=S&limit=N   executions this node knows, newest first
 //	POST /api/executions/{id}/replay       put a dead-lettered execution back -> {"replayed": n}
+//
+// and, with a definitions catalog, the deployed definitions' routes under
+// /api/flow-definitions (see deploy_http.go).
 func (e *Engine) Routes(mux *http.ServeMux) {
+	if e.defs != nil {
+		e.definitionRoutes(mux)
+	}
 	mux.HandleFunc("GET /api/executions", func(w http.ResponseWriter, r *http.Request) {
 		limit, err := strconv.Atoi(cmp.Or(r.URL.Query().Get("limit"), "100"))
 		if err != nil || limit < 1 || limit > 10000 {

@@ -84,9 +84,26 @@ type nodeConfig struct {
 
 	// Flows configures the flow executor (cmd/clusterbus/flow.go).
 	Flows flowsConfig `koanf:"flows"`
+
+	// dataDirHeld: the node keeps its ID in DataDir (and holds its lock),
+	// so the directory is this node's alone.
+	dataDirHeld bool
+}
+
+// ownDataDir is DataDir if it is this node's own: it keeps the node's ID
+// there, or it is not the default (given on purpose); else "" (nodes
+// started with --node-id and the default directory may share it).
+func (c *nodeConfig) ownDataDir() string {
+	if c.dataDirHeld || (c.DataDir != "" && c.DataDir != defaultNodeConfig().DataDir) {
+		return c.DataDir
+	}
+	return ""
 }
 
 type flowsConfig struct {
+	// Enabled runs the flow engine (default true): it runs the deployed
+	// flows' steps whether or not Dir is set.
+	Enabled     bool          `koanf:"enabled"`
 	Dir         string        `koanf:"dir"`
 	Queue       string        `koanf:"queue"`
 	Concurrency int           `koanf:"concurrency"`
@@ -118,7 +135,7 @@ func defaultNodeConfig() nodeConfig {
 		OnBrokerLoss:       string(bus.FenceOnBrokerLoss),
 		DrainTimeout:       30 * time.Second,
 		HTTPMaxBody:        1 << 20,
-		Flows:              flowsConfig{Concurrency: 4, Lease: 30 * time.Second, MaxAttempts: 5},
+		Flows:              flowsConfig{Enabled: true, Concurrency: 4, Lease: 30 * time.Second, MaxAttempts: 5},
 	}
 }
 

@@ -16,13 +16,15 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/clusterbus/clusterbus/catalog"
 	"github.com/clusterbus/clusterbus/flows"
 )
 
 // addFlowsFlags declares the flows.* settings of `clusterbus node`.
 func addFlowsFlags(fs *pflag.FlagSet) {
 	d := defaultNodeConfig().Flows
-	fs.String("flows.dir", d.Dir, "directory of flow and rule YAML files to load (empty: the flow engine does not run)")
+	fs.Bool("flows.enabled", d.Enabled, "run the flow engine: it runs the steps of the flows deployed to the cluster (`clusterbus flow deploy`) and of flows.dir")
+	fs.String("flows.dir", d.Dir, "directory of flow and rule YAML files: each flow whose exact content is not deployed yet is deployed at start (a seed); rules are loaded on this node")
 	fs.String("flows.queue", d.Queue, "queue that carries flow steps (empty: CLUSTER-flows)")
 	fs.Int("flows.concurrency", d.Concurrency, "flow steps this node runs at once")
 	fs.Duration("flows.lease", d.Lease, "lease of a flow step; renewed every third of it while the step runs")
@@ -155,6 +157,7 @@ file is submitted as is. Prints the execution ID.`,
 		},
 	}
 	flowCmd.AddCommand(lint)
+	flowCmd.AddCommand(deployCommands()...)
 	for _, c := range []*cobra.Command{submit, status, list} {
 		c.Flags().StringVar(&addr, "addr", defaultAddr(), "a node's HTTP address (env CLUSTERBUS_ADDR)")
 		addAdminTokenFlag(c)
@@ -176,17 +179,37 @@ func checkFlows(cfg *nodeConfig) error {
 	return nil
 }
 
-// startFlows is the node service that runs the flow engine. Declaring its
-// queues and subscribing retry until the broker lets them through.
+// startFlows is the node service that runs the flow engine, unless
+// flows.enabled is false. It opens the cluster's catalog of flow
+// definitions (persisted in the node's own data dir, if it has one), seeds
+// it from flows.dir, and starts the engine: at once if flows.dir is set or
+// the catalog holds a definition, else as soon as one is deployed, so a
+// node of a cluster that runs no flows declares no flow queue and runs no
+// queue probe. Loading the catalog, seeding, declaring the queues and
+// subscribing retry until the broker lets them through.
 func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error, error) {
 	fc := env.Config.Flows
 	log := env.Logger.With("component", "flows")
-	if fc.Dir == "" {
-		log.Info("flows: no flows.dir configured; the flow engine does not run on this node")
+	if !fc.Enabled {
+		log.Info("flows: flows.enabled is false; the flow engine does not run on this node")
 		return nil, nil
 	}
 	if fc.Queue == "" {
 		fc.Queue = env.Config.Cluster + "-flows"
+	}
+	cat, err := catalog.Open(env.Broker, catalog.Config{Cluster: env.Config.Cluster, NodeID: env.Node.ID(),
+		Name: flows.DefinitionsCatalog, Dir: env.Config.ownDataDir(), FirstWriteWins: flows.ImmutableDefinition,
+		Registerer: env.Registry, Logger: env.BaseLogger.With("node", env.Node.ID())})
+	if err != nil {
+		return nil, err
+	}
+	if err := env.Retry(ctx, "loading flow definitions", cat.Start); err != nil {
+		return nil, err
+	}
+	stopCat := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = cat.Stop(sctx)
 	}
 	e, err := flows.New(env.Broker, flows.Config{
 		Queue:        fc.Queue,
@@ -195,15 +218,33 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 		MaxAttempts:  fc.MaxAttempts,
 		ResultsQueue: fc.ResultsQueue,
 		DrainGrace:   min(env.Config.DrainTimeout/2, 5*time.Second),
-	}, flows.Options{NodeID: env.Node.ID(), Gate: env.Node.Serving, Admit: env.Node.Admit, Logger: env.BaseLogger, Registry: env.Registry})
+	}, flows.Options{NodeID: env.Node.ID(), Gate: env.Node.Serving, Admit: env.Node.Admit, Logger: env.BaseLogger,
+		Registry: env.Registry, Definitions: cat})
 	if err != nil {
+		stopCat()
 		return nil, err
 	}
-	if err := e.LoadDir(fc.Dir); err != nil {
-		return nil, fmt.Errorf("flows.dir %s: %w", fc.Dir, err)
+	if fc.Dir != "" {
+		err := env.Retry(ctx, "seeding flow definitions from flows.dir", func(ctx context.Context) error {
+			ds, err := e.Seed(ctx, fc.Dir)
+			for _, d := range ds {
+				log.Info("flows: seeded", "flow", d.Flow, "version", d.Version, "created", d.Created, "head", d.Head)
+			}
+			if errors.Is(err, catalog.ErrConflict) {
+				// The cluster's version wins; this node's file is stale.
+				log.Error("flows: a flows.dir file conflicts with the deployed definition, which stays", "dir", fc.Dir, "err", err)
+				return nil
+			}
+			return err
+		})
+		if err != nil {
+			_ = e.Stop(context.Background())
+			stopCat()
+			return nil, fmt.Errorf("flows.dir %s: %w", fc.Dir, err)
+		}
 	}
 	var probe *queueProbe
-	err = env.Retry(ctx, "declaring queues", func(ctx context.Context) error {
+	start := func(ctx context.Context) error {
 		if probe == nil {
 			p, err := newQueueProbe(ctx, env.Broker, env.Config.Cluster, env.Node.ID())
 			if err != nil {
@@ -212,21 +253,63 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 			probe = p
 		}
 		return e.Start(ctx)
-	})
-	if err != nil {
-		return nil, err
 	}
-	// This node serves queues: "connected" includes a queue round trip.
-	env.Node.SetProbe(probe.Probe)
+	running := func() {
+		// This node serves queues: "connected" includes a queue round trip.
+		env.Node.SetProbe(probe.Probe)
+		env.Queues.Watch(e.Config().Queue, e.Config().ResultsQueue)
+		log.Info("flows: engine running", "dir", fc.Dir, "flows", e.Flows(), "queue", e.Config().Queue,
+			"concurrency", e.Config().Concurrency, "lease", e.Config().Lease)
+	}
+	lazyStop, lazyDone := context.CancelFunc(func() {}), make(chan struct{})
+	started := false
+	if fc.Dir != "" || len(e.Flows()) > 0 {
+		if err := env.Retry(ctx, "declaring queues", start); err != nil {
+			_ = e.Stop(context.Background())
+			stopCat()
+			return nil, err
+		}
+		running()
+		started = true
+		close(lazyDone)
+	} else {
+		log.Info("flows: no flow deployed yet; the engine starts when one is")
+		var lctx context.Context
+		lctx, lazyStop = context.WithCancel(context.Background())
+		go func() {
+			defer close(lazyDone)
+			t := time.NewTicker(250 * time.Millisecond)
+			defer t.Stop()
+			for len(e.Flows()) == 0 {
+				select {
+				case <-lctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+			if err := retryUntilReady(lctx, log, newStartGate(), "starting the flow engine", start); err != nil {
+				if lctx.Err() == nil {
+					log.Error("flows: the flow engine did not start", "err", err)
+				}
+				return
+			}
+			running()
+			started = true
+		}()
+	}
 	e.Routes(env.Mux)
 	env.Flows = e
-	env.Queues.Watch(e.Config().Queue, e.Config().ResultsQueue)
-	log.Info("flows: engine running", "dir", fc.Dir, "flows", e.Flows(), "queue", e.Config().Queue,
-		"concurrency", e.Config().Concurrency, "lease", e.Config().Lease)
 	return func(ctx context.Context) error {
+		lazyStop()
+		<-lazyDone
 		err := e.Stop(ctx)
-		env.Node.SetProbe(nil)
-		probe.Close()
+		if started {
+			env.Node.SetProbe(nil)
+		}
+		if probe != nil {
+			probe.Close()
+		}
+		stopCat()
 		return err
 	}, nil
 }
@@ -260,7 +343,7 @@ func flowAPI(ctx context.Context, method, url string, in, out any) error {
 		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
 			return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, e.Error)
 		}
-		return fmt.Errorf("%s %s: %s (is flows.dir set on that node?)", method, url, resp.Status)
+		return fmt.Errorf("%s %s: %s (is the flow engine enabled on that node?)", method, url, resp.Status)
 	}
 	return json.Unmarshal(raw, out)
 }

@@ -29,6 +29,7 @@ func resolveNodeID(cfg *nodeConfig, log *slog.Logger) (string, func(), error) {
 	}
 	id, release, err := persistedNodeID(cfg.DataDir)
 	if err == nil {
+		cfg.dataDirHeld = true
 		return id, release, nil
 	}
 	if errors.Is(err, errDataDirInUse) {
