@@ -162,8 +162,8 @@ func (c *Console) snapshot() Snapshot {
 		s.Queues = c.cfg.Queues.Snapshot()
 	}
 	if e := c.flows.Load(); e != nil {
-		recent := e.List("", 100)
-		fv := &FlowsView{Registered: e.Flows(), Recent: nonNil(recent), DeadLettered: nonNil(e.List(flows.StateDeadLettered, 50)),
+		recent := e.List(flows.ListOptions{Limit: 100})
+		fv := &FlowsView{Registered: e.Flows(), Recent: nonNil(recent), DeadLettered: nonNil(e.List(flows.ListOptions{State: flows.StateDeadLettered, Limit: 50})),
 			Counts: map[string]int{}}
 		for _, x := range recent {
 			fv.Counts[x.State]++

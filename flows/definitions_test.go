@@ -74,6 +74,7 @@ func TestEveryStepKindCompiles(t *testing.T) {
 		"set":    "set: {x: '1'}",
 		"http":   "http: {url: 'http://127.0.0.1:1/'}",
 		"wait":   "wait: 1ms",
+		"await":  "await: {signal: approved, timeout: 1h, on-timeout: end}",
 	}
 	if len(flows.StepKinds) != len(specs) {
 		t.Fatalf("StepKinds %v: the test covers %d kinds", flows.StepKinds, len(specs))

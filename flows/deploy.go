@@ -613,8 +613,17 @@ func (e *Engine) definitionMissing(ctx context.Context, job *workqueue.Job, it *
 	e.mu.RUnlock()
 	err := fmt.Errorf("flows: %s: flow %q version %d %s on node %s (after a sync with the other nodes); trying again in %s",
 		it.id(), it.Flow, it.Version, why, e.opts.NodeID, delay)
-	e.publish(context.WithoutCancel(ctx), Event{Type: EventRetried, Execution: it.Exec, Flow: it.Flow, Version: it.Version,
-		Step: it.Step, Seq: it.Seq, Attempt: job.Attempt, Node: e.opts.NodeID, Time: e.opts.Clock.Now(), Error: err.Error()})
+	now := e.opts.Clock.Now()
+	e.rec.update(it.Exec, func(r *record) {
+		if r.Flow == "" {
+			r.Flow, r.Version, r.Started = it.Flow, it.Version, it.Started
+		}
+		r.Steps = unionSteps(r.Steps, []StepRecord{{Step: it.Step, Seq: it.Seq, Attempt: job.Attempt, Node: e.opts.NodeID,
+			Outcome: StepRetried, Started: now, Ended: now, Error: err.Error()}})
+		if !ended(r.State) && r.Retries == it.Gen {
+			r.Error = err.Error()
+		}
+	})
 	if job.Attempt < job.MaxAttempts {
 		e.log.Warn("flows: an item's flow version is missing here; trying again later", "item", it.id(), "flow", it.Flow,
 			"version", it.Version, "attempt", job.Attempt, "delay", delay, "why", why)

@@ -3,7 +3,7 @@
 //
 // A Flow is a named, versioned set of steps, written in Go (Flow, Step) or
 // in YAML (Parse, ParseDir, Engine.LoadDir, Engine.Deploy) with the built-in step kinds
-// rule/branch, set, http and wait; CEL expressions (github.com/google/cel-go)
+// rule/branch, set, http, wait and await; CEL expressions (github.com/google/cel-go)
 // see input, vars and exec. A Rule is an ordered list of CEL conditions
 // giving an outcome; it is a branching step inside a flow, or standalone
 // (Engine.RegisterRule, Engine.Evaluate, or submitted like a flow).
@@ -98,33 +98,77 @@
 //     execution from that step on, and can record completion twice. Readers
 //     of the results queue must treat the execution ID as the key. The same
 //     holds everywhere if the redelivery comes after the dedupe window.
-//     Each node narrows this: it remembers, from the step_done and
-//     completed events it has heard (its own included), up to which
-//     sequence number each execution has recorded its steps, and drops
+//     Each node narrows this: an execution's record (below) says up to
+//     which sequence number it has recorded its steps, and a node drops
 //     (acknowledges without running) an item below that, so a repeat or a
-//     fork's second copy that reaches such a node ends there. A starting
-//     engine catches up: it asks the other nodes on the events topic for
-//     the executions they saw updated in the last 15 minutes and merges
-//     their replies (split to fit the broker's message size), so a node
-//     restarted after a crash knows what was recorded before it; in the
-//     daemon the node's warm-up (one failure timeout before it serves)
-//     gives the replies time to arrive before it takes work. What is left:
-//     a crash between the enqueue and the step_done event, an event or a
-//     reply that was missed (the topic is at most once), an execution the
-//     node forgot (Config.IndexSize), and two copies running at the same
-//     time. A consequence: an execution ID submitted again while a node
-//     still remembers it past step 0 is dropped on that node.
+//     fork's second copy that reaches a node whose copy of the record has
+//     caught up ends there. What is left: a crash between the enqueue and
+//     the record's write (written just after the step, off its path), a
+//     record write that has not reached the node yet, and two copies
+//     running at the same time.
 //   - A wait, a RetryAfter and a drain hand-back each count as a delivery
 //     attempt (the contract has no snooze). A wait needs a broker with
 //     delayed nack (Capabilities.DelayedNack); without it the continuation
 //     comes back at once and uses up its attempts.
 //   - Steps do not see a fork or a repeat themselves: make the systems they
 //     call honour the idempotency key or the fencing token.
-//   - Status answers from this node's memory of execution events, which
-//     travel on a broadcast topic (at most once), and of the catch-up
-//     replies it got when it started (executions updated in the 15 minutes
-//     before): an older execution that started before this node and has
-//     been silent since is not known, the index is bounded
-//     (Config.IndexSize), and a missed event makes a status lag until the
-//     next one.
+//   - Status, List and history answer from this node's copy of the
+//     executions catalog, which converges within a moment of each write
+//     (see package catalog): a step's record can lag its run by that much.
+//
+// # Execution records
+//
+// Every execution has a record in the replicated catalog "executions"
+// (package catalog; topic "<Config.Cluster>-catalog-executions"): its
+// state, the step it is at, and every step attempt with node, attempt,
+// start, end, outcome and error (the latest 100). The node that runs a step
+// writes the record at the step's boundary: after a step that continues,
+// by one writer goroutine, so the step does not wait for it; the end of an
+// execution, a failure, a park and a cancellation before the item is
+// acknowledged. Writes of one record by several nodes merge to the one
+// with the highest retry generation, then the highest sequence, then an
+// ended state, keeping the union of their steps: a node whose write was
+// replaced by one with less writes the union again. Records of executions
+// that ended more than Config.Retention ago (default 7 days) are dropped
+// on every node alike; Config.MaxRecords bounds the catalog. Where the
+// broker retains catalogs (adapters.Retainer, NATS JetStream) the records
+// survive a restart of every node; elsewhere they live in the nodes' data
+// dirs (Config.DataDir) and are exchanged when a node joins, so they
+// survive as long as one node keeps its data dir.
+//
+// # Control
+//
+// From any node (Go, HTTP, the clusterbus CLI):
+//
+//   - Cancel writes a cancel request in the catalog. Every node watches it:
+//     a running step of the execution has its context cancelled (cause
+//     ErrCancelled); at its next step boundary the execution stops and is
+//     recorded as cancelled with the reason. A parked, failed or
+//     dead-lettered execution is recorded as cancelled at once.
+//   - Retry resumes a failed or dead-lettered execution from the state its
+//     record kept when it failed: the failed step, with the vars it had, as
+//     a new retry generation (message ID "execution:seq:rN") with fresh
+//     attempts. Earlier steps do not run again; items of older generations
+//     (the dead-lettered item, if replayed) are dropped.
+//   - An await step parks the execution: its continuation is kept in the
+//     catalog, the item is acknowledged, so no lease is held while it
+//     waits, and with a timeout a delayed timeout item is enqueued (its own
+//     message ID, "execution:seq:timeout"). Signal resolves the park
+//     ("signal") and enqueues the continuation with the signal's data in
+//     vars (under the step's save_as, default its name); a timeout item that
+//     finds the park unresolved resolves it ("timeout") and runs
+//     on-timeout. Whichever resolves it first wins and the other is
+//     dropped: a signal after the timeout is refused (ErrNotAwaiting), a
+//     timeout after the signal is acknowledged without running. The catalog
+//     has no compare-and-set: a signal and a timeout within the moment it
+//     takes a write to reach the other node can both resolve it, and then
+//     the write that wins the catalog's merge decides which continuation
+//     runs; the other is dropped where the winner's write has arrived, but
+//     can run if it starts before that. Both continuations have the same
+//     sequence number, so whichever records first makes the other a repeat
+//     (above). On brokers without dedupe, where a crash can also repeat the
+//     await step itself, the repeat finds the park resolved and does not
+//     park again. A wait on the timeout counts delivery attempts as a wait
+//     step does (below the broker's maximum delay).
+
 package flows

@@ -3,6 +3,8 @@ package flows
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,16 +44,29 @@ type Config struct {
 	MaxAttempts int
 	// Retry is the backoff between attempts; default workqueue.DefaultBackoff().
 	Retry workqueue.RetryPolicy
-	// EventsTopic carries execution events. Default Queue + "-events".
-	EventsTopic string
 	// ResultsQueue, if set, receives one completion record per execution
 	// (message ID "execution:done"; see the package doc).
 	ResultsQueue string
-	// IndexSize bounds the executions remembered for Status. Default 10000.
-	IndexSize int
+	// Cluster names the executions catalog's topic,
+	// "<Cluster>-catalog-executions" (see package catalog). Default Queue.
+	Cluster string
+	// DataDir is where this node keeps its copy of the executions catalog
+	// ("" keeps it in memory: on a broker that cannot retain it, history
+	// then lives only as long as some node runs).
+	DataDir string
+	// Retention is how long the record of an ended execution is kept.
+	// Default 7 days.
+	Retention time.Duration
+	// MaxRecords bounds the executions catalog (records, cancel requests
+	// and parks); a submission beyond it fails. Default 100000.
+	MaxRecords int
 	// DrainGrace is how long Stop lets running steps finish. Default 0.
 	DrainGrace time.Duration
 }
+
+// catalogSuffix is what package catalog appends to Config.Cluster to name
+// the executions catalog's topic.
+const catalogSuffix = "-catalog-executions"
 
 // WithDefaults returns c with zero fields set.
 func (c Config) WithDefaults() Config {
@@ -67,11 +82,14 @@ func (c Config) WithDefaults() Config {
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = 5
 	}
-	if c.EventsTopic == "" {
-		c.EventsTopic = c.Queue + "-events"
+	if c.Cluster == "" {
+		c.Cluster = c.Queue
 	}
-	if c.IndexSize == 0 {
-		c.IndexSize = 10000
+	if c.Retention == 0 {
+		c.Retention = 7 * 24 * time.Hour
+	}
+	if c.MaxRecords == 0 {
+		c.MaxRecords = catalog.DefaultMaxEntries
 	}
 	return c
 }
@@ -99,6 +117,10 @@ type Options struct {
 	// otel.GetTracerProvider(). Trace context crosses nodes in the queue
 	// items' headers when the broker is wrapped with adapters/traced.
 	TracerProvider trace.TracerProvider
+	// Executions, if set, is the executions catalog (not started: the
+	// engine starts and stops it). Default one the engine opens on the
+	// broker from Config.Cluster, DataDir, Retention and MaxRecords.
+	Executions *catalog.Catalog
 	// Definitions, if set, is the cluster's catalog of deployed flow
 	// definitions (named DefinitionsCatalog, opened with FirstWriteWins
 	// ImmutableDefinition, started and stopped by the caller): the engine
@@ -161,9 +183,10 @@ type Engine struct {
 	cfg  Config
 	opts Options
 	log  *slog.Logger
-	idx  *index
 	m    *metrics
 	tr   trace.Tracer
+	cat  *catalog.Catalog // the executions catalog
+	rec  *recorder
 
 	mu    sync.RWMutex
 	flows map[string]map[int]*Flow
@@ -175,17 +198,19 @@ type Engine struct {
 	deployed map[string]*deployedFlow
 	syncMu   sync.Mutex
 	syncCh   chan struct{}
+	answers  sync.WaitGroup // definition syncs in progress
 	worker   *workqueue.Worker
-	sub      adapters.Subscription
-	subStop  context.CancelFunc
-	subDone  chan struct{}
 	started  bool
-	answers  sync.WaitGroup // catch-up replies being sent, catch-ups scheduled
-	// A catch-up after a gap in the events: when the last was asked, and
-	// whether one is scheduled.
-	gapMu      sync.Mutex
-	gapLast    time.Time
-	gapPending bool
+	// catStarted: the executions catalog, its watch and the recorder run.
+	catStarted bool
+	stop       context.CancelFunc // the recorder's
+	done       chan struct{}      // closed when the recorder has flushed
+	unwatch    func()
+
+	// runMu guards running: the cancel functions of the steps running on
+	// this node, by execution.
+	runMu   sync.Mutex
+	running map[string]map[*int]context.CancelCauseFunc
 }
 
 // New returns an engine; register flows, then Start it.
@@ -194,17 +219,15 @@ func New(b adapters.Broker, cfg Config, opts Options) (*Engine, error) {
 	if err := adapters.ValidateName("queue", cfg.Queue); err != nil {
 		return nil, fmt.Errorf("flows: Config.Queue: %w", err)
 	}
-	if err := adapters.ValidateName("topic", cfg.EventsTopic); err != nil {
-		return nil, fmt.Errorf("flows: Config.EventsTopic: %w", err)
-	}
 	if cfg.ResultsQueue != "" {
 		if err := adapters.ValidateName("queue", cfg.ResultsQueue); err != nil {
 			return nil, fmt.Errorf("flows: Config.ResultsQueue: %w", err)
 		}
 	}
-	if cfg.IndexSize < 1 || cfg.Concurrency < 1 || cfg.MaxAttempts < 1 {
+	if cfg.MaxRecords < 1 || cfg.Concurrency < 1 || cfg.MaxAttempts < 1 || cfg.Retention < 0 {
 		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "flows: config",
-			"IndexSize %d, Concurrency %d, MaxAttempts %d: want each >= 1", cfg.IndexSize, cfg.Concurrency, cfg.MaxAttempts)
+			"MaxRecords %d, Concurrency %d, MaxAttempts %d: want each >= 1; Retention %s: want >= 0",
+			cfg.MaxRecords, cfg.Concurrency, cfg.MaxAttempts, cfg.Retention)
 	}
 	if opts.NodeID == "" {
 		opts.NodeID = uuid.NewString()
@@ -216,9 +239,25 @@ func New(b adapters.Broker, cfg Config, opts Options) (*Engine, error) {
 		opts.Logger = slog.Default()
 	}
 	opts.Logger = opts.Logger.With("node", opts.NodeID) // the engine's and its worker's lines
+	if len(cfg.Cluster)+len(catalogSuffix) > 64 {
+		// A long queue name: the catalog's topic keeps a prefix and a hash.
+		sum := sha256.Sum256([]byte(cfg.Cluster))
+		cfg.Cluster = cfg.Cluster[:64-len(catalogSuffix)-9] + "-" + hex.EncodeToString(sum[:4])
+	}
 	e := &Engine{b: b, cfg: cfg, opts: opts, log: opts.Logger.With("component", "flows"),
-		idx: newIndex(cfg.IndexSize), flows: map[string]map[int]*Flow{}, rules: map[string]*Rule{},
+		flows: map[string]map[int]*Flow{}, rules: map[string]*Rule{}, running: map[string]map[*int]context.CancelCauseFunc{},
 		defs: opts.Definitions, deployed: map[string]*deployedFlow{}}
+	e.cat = opts.Executions
+	if e.cat == nil {
+		cat, err := catalog.Open(b, catalog.Config{Cluster: cfg.Cluster, NodeID: opts.NodeID, Name: "executions",
+			Dir: cfg.DataDir, MaxEntries: cfg.MaxRecords, Expire: expireFunc(cfg.Retention),
+			Registerer: opts.Registry, Logger: opts.Logger, Clock: opts.Clock})
+		if err != nil {
+			return nil, fmt.Errorf("flows: executions catalog: %w", err)
+		}
+		e.cat = cat
+	}
+	e.rec = newRecorder(e, e.cat)
 	e.m = newMetrics(opts.Registry, e)
 	if opts.TracerProvider == nil {
 		opts.TracerProvider = otel.GetTracerProvider()
@@ -414,24 +453,47 @@ func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, 
 		span.SetStatus(codes.Error, err.Error())
 		return "", err
 	}
-	e.publish(ctx, Event{Type: EventStarted, Execution: it.Exec, Flow: it.Flow, Version: it.Version, Step: it.Step, Node: e.opts.NodeID, Time: now})
+	if _, err := e.rec.updateNow(ctx, it.Exec, func(r *record) {
+		if r.Flow == "" {
+			r.Flow, r.Version, r.Step, r.Started, r.Node = it.Flow, it.Version, it.Step, now, e.opts.NodeID
+		}
+	}); err != nil {
+		// The execution runs: its first step's node records it.
+		e.log.Warn("flows: the new execution's record is not written yet", "execution", it.Exec, "err", err)
+	}
 	e.log.Info("flows: execution started", "flow", it.Flow, "version", it.Version, "execution", it.Exec, "trace_id", traceID(ctx))
 	return o.id, nil
 }
 
-// Status says where execution id is, from this node's index of events.
-// It returns an error matching adapters.ErrNotFound if this node has heard
-// nothing of it: never submitted, forgotten, or silent since well before
-// this node started (the catch-up at Start covers the last 15 minutes).
+// Status returns execution id's record (with its step history) from this
+// node's copy of the executions catalog; if it has none, it asks the other
+// nodes first (for up to a second). It returns an error matching
+// ErrExecutionNotFound if no node has a record: never submitted, or ended
+// longer ago than Config.Retention.
 func (e *Engine) Status(ctx context.Context, id string) (Status, error) {
-	s, ok := e.idx.get(id)
-	if !ok {
-		return Status{}, adapters.Errorf(adapters.ErrNotFound, "flows: status", "no execution %q known to this node", id)
+	r, err := e.record(ctx, id)
+	if err != nil {
+		return Status{}, err
 	}
-	return s, nil
+	return r.Status, nil
 }
 
-// Start subscribes to the events topic, declares the queues and starts
+// record returns the execution's record, syncing the catalog once if this
+// node has none.
+func (e *Engine) record(ctx context.Context, id string) (*record, error) {
+	if r := e.rec.get(id); r != nil {
+		return r, nil
+	}
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	_ = e.cat.Sync(sctx)
+	cancel()
+	if r := e.rec.get(id); r != nil {
+		return r, nil
+	}
+	return nil, errorf(ErrExecutionNotFound, "flows", "no record of execution %q", id)
+}
+
+// Start starts the executions catalog, declares the queues and starts
 // taking steps.
 func (e *Engine) Start(ctx context.Context) error {
 	e.mu.Lock()
@@ -445,19 +507,24 @@ func (e *Engine) Start(ctx context.Context) error {
 			return fmt.Errorf("flows: declare results queue: %w", err)
 		}
 	}
-	sub, err := e.b.Subscribe(ctx, e.cfg.EventsTopic)
-	if err != nil {
-		return fmt.Errorf("flows: subscribe to events: %w", err)
+	if !e.catStarted {
+		// Started once, and kept running if the worker does not start, so
+		// that a caller that retries Start finds it running.
+		if err := e.cat.Start(ctx); err != nil {
+			return fmt.Errorf("flows: executions catalog: %w", err)
+		}
+		e.catStarted = true
+		e.unwatch = e.cat.Watch(e.watched)
+		rctx, stop := context.WithCancel(context.Background())
+		e.stop, e.done = stop, make(chan struct{})
+		go func() {
+			defer close(e.done)
+			e.rec.run(rctx)
+		}()
 	}
-	e.requestCatchUp(ctx)
 	if err := e.worker.Start(ctx); err != nil {
-		sub.Close()
 		return fmt.Errorf("flows: %w", err)
 	}
-	e.sub = sub
-	sctx, cancel := context.WithCancel(context.Background())
-	e.subStop, e.subDone = cancel, make(chan struct{})
-	go e.eventLoop(sctx, sub)
 	e.started = true
 	e.log.Info("flows: engine started", "queue", e.cfg.Queue, "flows", strings.Join(e.flowsLocked(), ","))
 	return nil
@@ -474,63 +541,81 @@ func (e *Engine) flowsLocked() []string {
 	return out
 }
 
-// Stop drains the worker (see workqueue.Worker.Stop) and ends the events
-// subscription.
+// Stop drains the worker (see workqueue.Worker.Stop), writes the execution
+// records still queued and stops the executions catalog.
 func (e *Engine) Stop(ctx context.Context) error {
 	if e.defStop != nil {
 		e.defStop()
 	}
 	e.mu.Lock()
-	if !e.started {
-		e.mu.Unlock()
-		return nil
-	}
-	e.started = false
+	started, catStarted := e.started, e.catStarted
+	e.started, e.catStarted = false, false
 	e.mu.Unlock()
-	err := e.worker.Stop(ctx)
-	e.subStop()
-	e.sub.Close()
-	<-e.subDone
+	var err error
+	if started {
+		err = e.worker.Stop(ctx)
+	}
 	e.answers.Wait()
-	return err
+	if !catStarted {
+		return err
+	}
+	e.stop()
+	<-e.done
+	e.unwatch()
+	return errors.Join(err, e.cat.Stop(ctx))
 }
 
-func (e *Engine) eventLoop(ctx context.Context, sub adapters.Subscription) {
-	defer close(e.subDone)
-	for {
-		m, err := sub.Receive(ctx)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, adapters.ErrClosed) {
-				return
-			}
-			if errors.Is(err, adapters.ErrGap) {
-				// Statuses here may be stale (an execution "running" that
-				// ended meanwhile): ask the others again, as at start.
-				e.log.Info("flows: events may have been missed; catching up from the other nodes", "err", err)
-				e.catchUpAfterGap(ctx)
-				continue
-			}
-			e.log.Warn("flows: events subscription", "err", err)
-			e.catchUpAfterGap(ctx)
-			t := e.opts.Clock.NewTimer(time.Second)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.Chan():
-			}
-			continue
+// watched follows the executions catalog: a cancel request cancels the
+// execution's steps running here; a record that lost this node's write is
+// written again.
+func (e *Engine) watched(en catalog.Entry) {
+	switch {
+	case strings.HasPrefix(en.Key, prefixCancel) && !en.Deleted:
+		var c cancelRequest
+		var x struct {
+			Execution string `json:"execution"`
 		}
-		if m.Headers[headerSync] != "" {
-			e.handleSync(ctx, m)
-			continue
+		_ = json.Unmarshal(en.Value, &c)
+		if json.Unmarshal(en.Value, &x) != nil || x.Execution == "" {
+			return
 		}
-		var ev Event
-		if err := json.Unmarshal(m.Body, &ev); err != nil || ev.Execution == "" {
-			e.log.Warn("flows: dropping an event that does not decode", "err", err)
-			continue
+		e.cancelRunning(x.Execution, c.Reason)
+	case strings.HasPrefix(en.Key, prefixRecord):
+		var x struct {
+			Execution string `json:"execution"`
 		}
-		e.idx.apply(ev)
+		if json.Unmarshal(en.Value, &x) == nil && x.Execution != "" {
+			e.rec.watched(x.Execution, en)
+		}
+	}
+}
+
+// cancelRunning cancels the contexts of execution id's steps running here.
+func (e *Engine) cancelRunning(id, reason string) {
+	e.runMu.Lock()
+	defer e.runMu.Unlock()
+	for _, cancel := range e.running[id] {
+		cancel(fmt.Errorf("%w: %s", ErrCancelled, reason))
+	}
+}
+
+// track registers a running step's cancel function; the returned func
+// unregisters it.
+func (e *Engine) track(id string, cancel context.CancelCauseFunc) func() {
+	k := new(int)
+	e.runMu.Lock()
+	if e.running[id] == nil {
+		e.running[id] = map[*int]context.CancelCauseFunc{}
+	}
+	e.running[id][k] = cancel
+	e.runMu.Unlock()
+	return func() {
+		e.runMu.Lock()
+		delete(e.running[id], k)
+		if len(e.running[id]) == 0 {
+			delete(e.running, id)
+		}
+		e.runMu.Unlock()
 	}
 }
 
@@ -549,21 +634,6 @@ func (e *Engine) enqueue(ctx context.Context, it *item) error {
 	return nil
 }
 
-func (e *Engine) publish(ctx context.Context, ev Event) {
-	if ev.ID == "" {
-		ev.ID = uuid.NewString()
-	}
-	e.idx.apply(ev)
-	body, err := json.Marshal(ev)
-	if err != nil {
-		e.log.Warn("flows: encode event", "err", err)
-		return
-	}
-	if err := e.b.Publish(ctx, e.cfg.EventsTopic, adapters.Message{Body: body}); err != nil {
-		e.log.Warn("flows: publish event", "type", ev.Type, "execution", ev.Execution, "err", err)
-	}
-}
-
 // handle runs one step: the workqueue handler. What to do is decided by
 // admit (before the step) and transition (after it); handle gathers their
 // inputs and carries their decisions out.
@@ -576,20 +646,30 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 		e.log.Warn("flows: dead-lettering an item that does not decode", "id", job.Message.ID, "err", err)
 		return workqueue.Permanent(fmt.Errorf("flows: item %q does not decode: %w", job.Message.ID, err))
 	}
+	// Tracked from here, so that a cancel request that arrives after the
+	// boundary's check still reaches the step.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer e.track(it.Exec, cancel)()
 	now := e.opts.Clock.Now()
 	switch a := admit(&it, e.boundary(&it), now); a.Verdict {
 	case admitDrop:
 		// A repeat: the step at this sequence already recorded its
 		// continuation (or the completion), but its item was not
 		// acknowledged (a crash in between), or it is a copy from a fork,
-		// or the losing path of an await. Running it again would fork the
-		// execution on a broker without dedupe; drop it.
+		// an item of an ended execution or the losing path of an await.
+		// Running it again would fork the execution on a broker without
+		// dedupe; drop it.
 		e.log.Info("flows: dropping an item", "item", it.id(), "attempt", job.Attempt, "why", a.Why)
 		return nil
 	case admitDefer:
 		return workqueue.RetryAfter(a.Delay, errNotDue)
 	case admitCancel:
-		return e.settle(ctx, &it, job, nil, nil, decision{Kind: decCancel, State: StateCancelled}, stepTimes{})
+		return e.settle(ctx, &it, job, decision{Kind: decCancel, State: StateCancelled}, stepTimes{})
+	case admitClaim:
+		if err := e.claimTimeout(ctx, &it); err != nil {
+			return err
+		}
 	}
 	// The step continues the trace of whoever enqueued it: the submission
 	// or the step before, on whichever node.
@@ -614,7 +694,7 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 	if !ok {
 		err := errorf(ErrFlowNotFound, "flows: "+it.id(), "flow %q version %d step %q is not registered on node %s", it.Flow, it.Version, it.Step, e.opts.NodeID)
 		d := failure(err, stepResult{Attempt: job.Attempt, MaxAttempts: job.MaxAttempts, Draining: e.draining(ctx)})
-		return e.settle(ctx, &it, job, f, s, d, stepTimes{Start: now, End: now})
+		return e.settle(ctx, &it, job, d, stepTimes{Start: now, End: now})
 	}
 	if it.Vars == nil {
 		it.Vars = map[string]any{}
@@ -632,9 +712,11 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 	}
 	run := it
 	run.Vars = sc.Vars
+	cancelled, reason := e.cancelRequested(it.Exec)
 	d := transition(&run, f, s, stepResult{Out: out, Err: err, Attempt: job.Attempt, MaxAttempts: job.MaxAttempts,
-		LeaseLost: !job.Lease.Valid(), Draining: e.draining(ctx), Now: e.opts.Clock.Now()})
-	return e.settle(ctx, &it, job, f, s, d, times)
+		LeaseLost: !job.Lease.Valid() && !cancelled, Draining: e.draining(ctx), Cancelled: cancelled, CancelReason: reason,
+		Now: e.opts.Clock.Now()})
+	return e.settle(ctx, &it, job, d, times)
 }
 
 // stepTimes are when a step's run began and ended.
@@ -644,49 +726,205 @@ func (e *Engine) draining(ctx context.Context) bool {
 	return errors.Is(context.Cause(ctx), workqueue.ErrDraining)
 }
 
-// settle carries out decision d for item it, whose step ran as times say,
-// and returns what the handler returns to the queue.
-func (e *Engine) settle(ctx context.Context, it *item, job *workqueue.Job, f *Flow, s *Step, d decision, times stepTimes) error {
-	ev := Event{Execution: it.Exec, Flow: it.Flow, Version: it.Version, Step: it.Step, Seq: it.Seq,
-		Attempt: job.Attempt, Node: e.opts.NodeID, Duration: times.End.Sub(times.Start)}
-	switch d.Kind {
-	case decAbandon:
-		return d.Err
-	case decRetry, decFail, decDeadLetter:
-		e.failed(ctx, ev, job, d)
-		return d.Err
-	case decCancel, decPark:
-		// Recorded in the executions catalog (see control.go).
-		return nil
-	case decComplete:
-		if err := e.complete(ctx, it, d.Next, job); err != nil {
-			return err
-		}
-		ev.Type, ev.Next, ev.Time = EventStepDone, End, e.opts.Clock.Now()
-		e.publish(ctx, ev)
-		e.publish(ctx, Event{Type: EventCompleted, Execution: it.Exec, Flow: it.Flow, Version: it.Version,
-			Step: it.Step, Seq: it.Seq, Attempt: job.Attempt, Node: e.opts.NodeID, Time: e.opts.Clock.Now(), Output: d.Next.Vars})
-		e.m.executions.WithLabelValues(it.Flow, OutcomeCompleted).Inc()
-		e.log.Info("flows: execution completed", "flow", it.Flow, "version", it.Version, "execution", it.Exec,
-			"steps", it.Seq+1, "took", e.opts.Clock.Since(it.Started), "trace_id", traceID(ctx))
+// cancelRequested reports whether execution id has a cancel request, and
+// its reason.
+func (e *Engine) cancelRequested(id string) (bool, string) {
+	en, ok := e.cat.Get(keyOf(prefixCancel, id))
+	if !ok {
+		return false, ""
+	}
+	var c cancelRequest
+	_ = json.Unmarshal(en.Value, &c)
+	return true, c.Reason
+}
+
+// getPark returns execution id's await park, nil if none.
+func (e *Engine) getPark(id string) *park {
+	en, ok := e.cat.Get(keyOf(prefixAwait, id))
+	if !ok {
 		return nil
 	}
-	// decContinue
-	if err := e.enqueue(ctx, d.Next); err != nil {
-		return err
+	var p park
+	if json.Unmarshal(en.Value, &p) != nil || p.Next == nil {
+		return nil
 	}
-	ev.Type, ev.Next, ev.Time = EventStepDone, d.Next.Step, e.opts.Clock.Now()
-	e.publish(ctx, ev)
-	return nil
+	return &p
 }
 
 // boundary gathers what this node knows of it's execution for admit.
 func (e *Engine) boundary(it *item) boundary {
 	var b boundary
-	if e.idx.recorded(it.Exec, it.Seq) {
-		b.Known, b.RecordedSeq = true, it.Seq+1
+	if r := e.rec.get(it.Exec); r != nil {
+		b.Known, b.RecordedSeq, b.Gen = true, r.Seq, r.Retries
+		b.Ended = r.State == StateCompleted || r.State == StateCancelled
+	}
+	b.Cancel, b.CancelReason = e.cancelRequested(it.Exec)
+	if it.Await != "" {
+		if p := e.getPark(it.Exec); p != nil && p.Seq == it.Seq && p.Gen == it.Gen {
+			b.AwaitWinner = p.Winner
+		}
 	}
 	return b
+}
+
+// claimTimeout resolves an await by its timeout, before the timeout's step
+// runs (a signal that comes later is refused).
+func (e *Engine) claimTimeout(ctx context.Context, it *item) error {
+	p := e.getPark(it.Exec)
+	if p == nil {
+		p = &park{Seq: it.Seq, Gen: it.Gen, Next: it}
+	}
+	p.Winner, p.At = awaitTimeout, e.opts.Clock.Now()
+	if err := e.putJSON(ctx, keyOf(prefixAwait, it.Exec), p); err != nil {
+		return fmt.Errorf("flows: %s: resolve the await by its timeout: %w", it.id(), err)
+	}
+	e.rec.update(it.Exec, func(r *record) {
+		if r.State == StateAwaiting {
+			r.State, r.Await = StateRunning, nil
+		}
+	})
+	return nil
+}
+
+func (e *Engine) putJSON(ctx context.Context, key string, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = e.cat.Put(ctx, key, body)
+	return err
+}
+
+// settle carries out decision d for item it, whose step ran as times say,
+// and returns what the handler returns to the queue.
+func (e *Engine) settle(ctx context.Context, it *item, job *workqueue.Job, d decision, times stepTimes) error {
+	if d.Kind == decAbandon {
+		return d.Err
+	}
+	now := e.opts.Clock.Now()
+	step := StepRecord{Step: it.Step, Seq: it.Seq, Attempt: job.Attempt, Node: e.opts.NodeID, Outcome: d.Outcome,
+		Started: times.Start, Ended: times.End, Duration: times.End.Sub(times.Start)}
+	if d.Err != nil {
+		step.Error = d.Err.Error()
+	}
+	base := func(r *record) {
+		if it.Gen > r.Retries {
+			// This node has not heard of the retry yet: its item has.
+			r.Retries, r.State, r.Seq, r.Resume, r.Ended = it.Gen, StateRunning, it.Seq, nil, time.Time{}
+		}
+		if r.Flow == "" {
+			r.Flow, r.Version, r.Started = it.Flow, it.Version, it.Started
+		}
+		if d.Outcome != "" && !times.Start.IsZero() {
+			r.Steps = unionSteps(r.Steps, []StepRecord{step})
+		}
+		r.Node, r.Attempt = e.opts.NodeID, job.Attempt
+	}
+	// A step's result is recorded only while its lease is valid; a cancel
+	// is recorded whatever the lease.
+	bg := context.WithoutCancel(ctx)
+	switch d.Kind {
+	case decRetry:
+		e.rec.update(it.Exec, func(r *record) {
+			base(r)
+			if r.Retries == it.Gen && r.Seq <= it.Seq && !ended(r.State) {
+				r.State, r.Step, r.Seq, r.Error = StateRunning, it.Step, it.Seq, step.Error
+			}
+		})
+		return d.Err
+	case decFail, decDeadLetter:
+		resume := *it
+		resume.NotBefore, resume.Await = time.Time{}, ""
+		_, err := e.rec.updateNow(bg, it.Exec, func(r *record) {
+			base(r)
+			if r.Retries > it.Gen || ended(r.State) && r.State != StateFailed && r.State != StateDeadLettered {
+				return // a stale copy failed: the execution is elsewhere
+			}
+			r.State, r.Step, r.Seq, r.Error, r.Ended, r.Resume = d.State, it.Step, it.Seq, step.Error, now, &resume
+		})
+		if err != nil {
+			e.log.Warn("flows: the failure is not recorded", "execution", it.Exec, "err", err)
+		}
+		e.countEnd(it.Flow, d.State)
+		e.log.Info("flows: execution failed", "flow", it.Flow, "version", it.Version, "execution", it.Exec,
+			"outcome", d.State, "step", it.Step, "attempt", job.Attempt, "err", d.Err, "trace_id", traceID(ctx))
+		return d.Err
+	case decCancel:
+		_, reason := e.cancelRequested(it.Exec)
+		if _, err := e.rec.updateNow(bg, it.Exec, func(r *record) {
+			base(r)
+			r.State, r.Step, r.Seq, r.Reason, r.Ended, r.Await = StateCancelled, it.Step, max(r.Seq, it.Seq), reason, now, nil
+		}); err != nil {
+			return fmt.Errorf("flows: %s: record the cancellation: %w", it.id(), err)
+		}
+		e.countEnd(it.Flow, StateCancelled)
+		e.log.Info("flows: execution cancelled", "flow", it.Flow, "execution", it.Exec, "step", it.Step, "reason", reason)
+		return nil
+	}
+	if !job.Lease.Valid() {
+		return fmt.Errorf("flows: %s: lease lost before the step could be recorded: %w", it.id(), adapters.ErrLeaseLost)
+	}
+	switch d.Kind {
+	case decPark:
+		p := park{Seq: d.Next.Seq, Gen: d.Next.Gen, Step: it.Step, Signal: d.Await.Signal, SaveAs: cmpOr(d.Await.SaveAs, it.Step),
+			Next: d.Next, At: now}
+		if d.Timeout != nil {
+			p.Deadline = d.Timeout.NotBefore
+		}
+		if old := e.getPark(it.Exec); old != nil && old.Seq == p.Seq && old.Gen == p.Gen && old.Winner != "" {
+			return nil // a repeat of a park that was resolved already
+		}
+		if err := e.putJSON(ctx, keyOf(prefixAwait, it.Exec), p); err != nil {
+			return fmt.Errorf("flows: %s: park the execution: %w", it.id(), err)
+		}
+		if _, err := e.rec.updateNow(ctx, it.Exec, func(r *record) {
+			base(r)
+			r.State, r.Step, r.Seq = StateAwaiting, it.Step, d.Next.Seq
+			r.Await = &AwaitStatus{Step: it.Step, Signal: p.Signal, Deadline: p.Deadline}
+		}); err != nil {
+			return err
+		}
+		if d.Timeout != nil {
+			if err := e.enqueue(ctx, d.Timeout); err != nil {
+				return err
+			}
+		}
+		return nil
+	case decComplete:
+		if err := e.complete(ctx, it, d.Next, job); err != nil {
+			return err
+		}
+		if _, err := e.rec.updateNow(ctx, it.Exec, func(r *record) {
+			base(r)
+			r.State, r.Step, r.Seq, r.Output, r.Ended, r.Error = StateCompleted, it.Step, max(r.Seq, it.Seq), d.Next.Vars, now, ""
+		}); err != nil {
+			e.log.Warn("flows: the completion is not recorded in the execution's record", "execution", it.Exec, "err", err)
+		}
+		e.countEnd(it.Flow, StateCompleted)
+		e.log.Info("flows: execution completed", "flow", it.Flow, "version", it.Version, "execution", it.Exec,
+			"steps", it.Seq+1, "took", e.opts.Clock.Since(it.Started), "trace_id", traceID(ctx))
+		return nil
+	}
+	// decContinue: the continuation is the recorded state; the record
+	// follows, off the step's path.
+	if err := e.enqueue(ctx, d.Next); err != nil {
+		return err
+	}
+	e.rec.update(it.Exec, func(r *record) {
+		base(r)
+		if r.Retries == it.Gen && r.Seq <= d.Next.Seq && !ended(r.State) {
+			r.State, r.Step, r.Seq, r.Error, r.Attempt = StateRunning, d.Next.Step, d.Next.Seq, "", 0
+		}
+	})
+	return nil
+}
+
+// countEnd counts an execution that ended on this node.
+func (e *Engine) countEnd(flow, state string) {
+	if _, ok := e.lookup(flow, 0); !ok {
+		flow = "(unregistered)" // a label per name a peer makes up would grow without bound
+	}
+	e.m.executions.WithLabelValues(flow, state).Inc()
 }
 
 var errNotDue = errors.New("flows: waiting")
@@ -710,29 +948,6 @@ func (e *Engine) complete(ctx context.Context, it, next *item, job *workqueue.Jo
 		return fmt.Errorf("flows: record completion of %s: %w", it.Exec, err)
 	}
 	return nil
-}
-
-// failed publishes the event that matches what the workqueue will do with d.Err.
-func (e *Engine) failed(ctx context.Context, ev Event, job *workqueue.Job, d decision) {
-	ev.Error, ev.Time = d.Err.Error(), e.opts.Clock.Now()
-	switch d.Kind {
-	case decFail:
-		ev.Type = EventFailed
-	case decDeadLetter:
-		ev.Type = EventDeadLettered
-	default:
-		ev.Type = EventRetried
-	}
-	e.publish(context.WithoutCancel(ctx), ev)
-	if ev.Type != EventRetried {
-		flow := ev.Flow
-		if _, ok := e.lookup(flow, 0); !ok {
-			flow = "(unregistered)" // a label per name a peer makes up would grow without bound
-		}
-		e.m.executions.WithLabelValues(flow, string(ev.Type)).Inc()
-		e.log.Info("flows: execution failed", "flow", ev.Flow, "version", ev.Version, "execution", ev.Execution,
-			"outcome", ev.Type, "step", ev.Step, "attempt", ev.Attempt, "err", d.Err, "trace_id", traceID(ctx))
-	}
 }
 
 // traceID is the trace of ctx, "" if none.

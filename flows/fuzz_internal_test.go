@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/mem"
+	"github.com/clusterbus/clusterbus/catalog"
 )
 
 // FuzzDecodeItem: a flow queue item decodes or fails, never panics.
@@ -27,37 +27,32 @@ func FuzzDecodeItem(f *testing.F) {
 	})
 }
 
-// FuzzEvents: any message on the events topic (an execution event, a
-// catch-up request or reply) is handled without a panic, and the index
-// stays bounded.
-func FuzzEvents(f *testing.F) {
-	ev, _ := json.Marshal(Event{ID: "1", Type: EventCompleted, Execution: "e1", Flow: "f", Version: 1, Seq: 3,
-		Output: map[string]any{"x": 1}})
-	reply, _ := json.Marshal([]syncEntry{{Status: Status{Execution: "e2", State: StateRunning, Seq: 1}, RecordedBelow: 2}})
-	f.Add("", "", "", ev)
-	f.Add(syncReply, "n2", "n1", reply)
-	f.Add(syncReply, "n2", "n1", []byte(`[{"execution":"","seq":-1},{"execution":"x","state":"completed","recorded_below":-5}]`))
-	f.Add(syncRequest, "n2", "", []byte(`{}`))
-	f.Fuzz(func(t *testing.T, sync, from, to string, body []byte) {
-		e := &Engine{idx: newIndex(8), log: slog.New(slog.DiscardHandler), opts: Options{NodeID: "n1"}}
-		m := adapters.Message{Headers: map[string]string{headerSync: sync, headerSyncFrom: from, headerSyncTo: to}, Body: body}
-		if sync == syncRequest {
-			return // answering needs a running engine; covered by the catch-up tests
+// FuzzRecord: any value of an execution record (a peer's, possibly
+// hostile) decodes, merges with a real record and passes the expiry check
+// without a panic, and a merge keeps the step history bounded.
+func FuzzRecord(f *testing.F) {
+	good, _ := json.Marshal(record{Status: Status{Execution: "e1", Flow: "f", Version: 1, State: StateCompleted, Seq: 3,
+		Output: map[string]any{"x": 1}, Steps: []StepRecord{{Step: "a", Seq: 0, Outcome: StepDone}}}})
+	f.Add(good)
+	f.Add([]byte(`{"execution":"","seq":-1,"steps":[{"seq":-5}],"resume":{"v":1}}`))
+	f.Add([]byte(`{"state":"completed","ended":"0001-01-01T00:00:00Z"}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var in record
+		if json.Unmarshal(body, &in) != nil {
+			return
 		}
-		if m.Headers[headerSync] != "" {
-			e.handleSync(context.Background(), m)
-		} else {
-			var ev Event
-			if json.Unmarshal(body, &ev) == nil && ev.Execution != "" {
-				e.idx.apply(ev)
-			}
+		mine := &record{Status: Status{Execution: "e1", State: StateRunning, Seq: 2}}
+		for i := range maxStepRecords {
+			mine.Steps = append(mine.Steps, StepRecord{Step: "s", Seq: i, Outcome: StepDone})
 		}
-		e.idx.mu.Lock()
-		n := len(e.idx.m)
-		e.idx.mu.Unlock()
-		if n > 8 {
-			t.Fatalf("index holds %d executions, bound 8", n)
+		u := merge(&in, mine)
+		if len(u.Steps) > maxStepRecords {
+			t.Fatalf("merged history of %d steps, bound %d", len(u.Steps), maxStepRecords)
 		}
+		if u.Seq < max(in.Seq, mine.Seq) && u.Retries == max(in.Retries, mine.Retries) {
+			t.Fatalf("merge kept seq %d of %d and %d", u.Seq, in.Seq, mine.Seq)
+		}
+		_ = expireFunc(time.Hour)(catalog.Entry{Key: "x/e1", Value: body, At: time.Unix(0, 0)}, time.Now())
 	})
 }
 

@@ -31,27 +31,96 @@ type SubmitResponse struct {
 	Flow string `json:"flow"`
 }
 
-// Routes adds the engine's HTTP API to mux:
+// Routes adds the engine's HTTP API to mux (POST requests change things;
+// the node's guard makes them need the admin token):
 //
 //	POST /api/flows        {"flow": "name", "input": {...}, "id": "optional"} -> 202 {"id": ...}
 //	GET  /api/flows        the registered flows
 //	GET  /api/flows/{id}   the execution's Status, or 404
-//	GET  /api/executions?state=S&limit=N   executions this node knows, newest first
-//	POST /api/executions/{id}/replay       put a dead-lettered execution back -> {"replayed": n}
+//	GET  /api/executions?status=S&flow=F&since=D&limit=N   executions, newest first
+//	GET  /api/executions/{id}                the execution's Status with its step history
+//	POST /api/executions/{id}/cancel         {"reason": "..."} -> the Status
+//	POST /api/executions/{id}/retry          resume a failed execution -> the Status
+//	POST /api/executions/{id}/signal         {"name": "...", "data": ...} -> the Status
+//	POST /api/executions/{id}/replay         put a dead-lettered execution back -> {"replayed": n}
 //
-// and, with a definitions catalog, the deployed definitions' routes under
-// /api/flow-definitions (see deploy_http.go).
+// Errors: 404 (ErrExecutionNotFound, ErrFlowNotFound), 409
+// (ErrNotCancellable, ErrNotRetryable, ErrNotAwaiting), 400 (bad input).
+//
+// With a definitions catalog, the deployed definitions' routes under
+// /api/flow-definitions too (see deploy_http.go).
 func (e *Engine) Routes(mux *http.ServeMux) {
 	if e.defs != nil {
 		e.definitionRoutes(mux)
 	}
 	mux.HandleFunc("GET /api/executions", func(w http.ResponseWriter, r *http.Request) {
-		limit, err := strconv.Atoi(cmp.Or(r.URL.Query().Get("limit"), "100"))
+		q := r.URL.Query()
+		limit, err := strconv.Atoi(cmp.Or(q.Get("limit"), "100"))
 		if err != nil || limit < 1 || limit > 10000 {
-			writeError(w, adapters.Errorf(adapters.ErrInvalidArgument, "flows: list", "limit %q: want 1..10000", r.URL.Query().Get("limit")))
+			writeError(w, adapters.Errorf(adapters.ErrInvalidArgument, "flows: list", "limit %q: want 1..10000", q.Get("limit")))
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"executions": nonNil(e.List(r.URL.Query().Get("state"), limit))})
+		o := ListOptions{State: cmp.Or(q.Get("status"), q.Get("state")), Flow: q.Get("flow"), Limit: limit}
+		if v := q.Get("since"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				writeError(w, adapters.Errorf(adapters.ErrInvalidArgument, "flows: list", "since %q: want a duration such as 1h", v))
+				return
+			}
+			o.Since = e.opts.Clock.Now().Add(-d)
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"executions": nonNil(e.List(o))})
+	})
+	mux.HandleFunc("GET /api/executions/{id}", func(w http.ResponseWriter, r *http.Request) {
+		s, err := e.Status(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, s)
+	})
+	mux.HandleFunc("POST /api/executions/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Reason string `json:"reason"`
+		}
+		if !decodeBody(w, r, &req, true) {
+			return
+		}
+		s, err := e.Cancel(r.Context(), r.PathValue("id"), req.Reason)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, s)
+	})
+	mux.HandleFunc("POST /api/executions/{id}/retry", func(w http.ResponseWriter, r *http.Request) {
+		s, err := e.Retry(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, s)
+	})
+	mux.HandleFunc("POST /api/executions/{id}/signal", func(w http.ResponseWriter, r *http.Request) {
+		var req SignalRequest
+		if !decodeBody(w, r, &req, false) {
+			return
+		}
+		if req.Name == "" {
+			writeError(w, adapters.Errorf(adapters.ErrInvalidArgument, "flows: signal", `body: "name" is required`))
+			return
+		}
+		data, err := normalize(map[string]any{"d": req.Data})
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		s, err := e.Signal(r.Context(), r.PathValue("id"), req.Name, data["d"])
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, s)
 	})
 	mux.HandleFunc("POST /api/executions/{id}/replay", func(w http.ResponseWriter, r *http.Request) {
 		n, err := e.Replay(r.Context(), r.PathValue("id"), ReplayOptions{Wait: 500 * time.Millisecond})
@@ -77,6 +146,24 @@ func (e *Engine) Routes(mux *http.ServeMux) {
 		}
 		writeJSON(w, http.StatusOK, s)
 	})
+}
+
+// SignalRequest is the body of POST /api/executions/{id}/signal.
+type SignalRequest struct {
+	Name string `json:"name"`
+	Data any    `json:"data,omitempty"`
+}
+
+// decodeBody decodes a JSON request body into v (an empty body is allowed
+// if optional) and answers 400 if it does not decode.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil && !(optional && errors.Is(err, io.EOF)) {
+		writeError(w, adapters.Errorf(adapters.ErrInvalidArgument, "flows", "body: %v", err))
+		return false
+	}
+	return true
 }
 
 // Handler returns the HTTP API on its own mux; see Routes.

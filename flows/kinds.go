@@ -27,6 +27,7 @@ var stepKinds = []*stepKind{
 	{name: "set", compile: compileSetStep},
 	{name: "http", compile: compileHTTPStep},
 	{name: "wait", compile: compileWaitStep},
+	{name: "await", compile: compileAwaitStep},
 }
 
 // StepKinds lists the step kinds YAML flows may use, in the registry's
@@ -177,4 +178,60 @@ func compileWaitStep(p *parser, s *stepDoc) (func(context.Context, *StepContext)
 		return nil, nil
 	}
 	return waitStep(d), nil
+}
+
+// awaitSpec is an await step's spec.
+type awaitSpec struct {
+	Signal    string
+	Timeout   time.Duration
+	OnTimeout sourced
+}
+
+// compileAwaitStep: "await:" — a signal name, or a mapping with signal,
+// timeout and on-timeout (the step after a timeout; default end). The step
+// parks the execution until Engine.Signal (clusterbus flow signal) names
+// the signal, then "next" follows with the signal's data in vars under
+// save_as, or until the timeout, then on-timeout follows.
+func compileAwaitStep(p *parser, s *stepDoc) (func(context.Context, *StepContext) (Outcome, error), []sourced) {
+	n := s.Spec
+	var spec awaitSpec
+	before := len(p.errs)
+	switch n.Kind {
+	case yaml.ScalarNode:
+		spec.Signal = n.Value
+	case yaml.MappingNode:
+		for _, e := range pairs(n) {
+			what := fmt.Sprintf("step %q: await %s", s.Name, e.k.Value)
+			switch e.k.Value {
+			case "signal":
+				spec.Signal, _ = p.str(e.v, what)
+			case "timeout":
+				spec.Timeout, _ = p.duration(e.v, what)
+			case "on-timeout", "on_timeout":
+				spec.OnTimeout = p.sourced(e.v, what)
+			default:
+				p.errf(e.k.Line, "unknown field %q in await step (want signal, timeout, on-timeout)", e.k.Value)
+			}
+		}
+	default:
+		p.errf(n.Line, "step %q: await: want a signal name or a mapping with signal, timeout, on-timeout", s.Name)
+		return nil, nil
+	}
+	if spec.Signal == "" {
+		p.errf(n.Line, "step %q: await has no signal", s.Name)
+	} else if !validSignal(spec.Signal) {
+		p.errf(n.Line, "step %q: await signal %q: letters, digits, '.', '-' or '_', at most 64", s.Name, spec.Signal)
+	}
+	if spec.OnTimeout.Value != "" && spec.Timeout == 0 {
+		p.errf(spec.OnTimeout.Line, "step %q: await on-timeout without a timeout", s.Name)
+	}
+	if len(p.errs) > before {
+		return nil, nil
+	}
+	var targets []sourced
+	if spec.OnTimeout.Value != "" {
+		targets = append(targets, spec.OnTimeout)
+	}
+	a := Await{Signal: spec.Signal, Timeout: spec.Timeout, OnTimeout: spec.OnTimeout.Value, SaveAs: s.SaveAs}
+	return awaitStep(a), targets
 }

@@ -11,6 +11,7 @@ const (
 	OutcomeCompleted    = StateCompleted
 	OutcomeFailed       = StateFailed
 	OutcomeDeadLettered = StateDeadLettered
+	OutcomeCancelled    = StateCancelled
 )
 
 // metrics are the engine's Prometheus collectors. Every series of a
@@ -23,7 +24,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
 	m := &metrics{
 		executions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "clusterbus", Subsystem: "flow", Name: "executions_total",
-			Help: "Executions that ended on this node, by flow and outcome (completed, failed, dead_lettered)."}, []string{"flow", "outcome"}),
+			Help: "Executions that ended on this node, by flow and outcome (completed, failed, dead_lettered, cancelled)."}, []string{"flow", "outcome"}),
 		stepDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "clusterbus", Subsystem: "flow", Name: "step_duration_seconds",
 			Help:    "Time a step took on this node, by flow and step, failed attempts included.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}, []string{"flow", "step"}),
@@ -36,7 +37,7 @@ func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
 
 // initFlow creates the series of f at zero.
 func (m *metrics) initFlow(f *Flow) {
-	for _, o := range []string{OutcomeCompleted, OutcomeFailed, OutcomeDeadLettered} {
+	for _, o := range []string{OutcomeCompleted, OutcomeFailed, OutcomeDeadLettered, OutcomeCancelled} {
 		m.executions.WithLabelValues(f.Name, o)
 	}
 	for _, s := range f.Steps {
@@ -45,16 +46,19 @@ func (m *metrics) initFlow(f *Flow) {
 }
 
 var runningDesc = prometheus.NewDesc("clusterbus_flow_executions_running",
-	"Executions running as this node's index of execution events says, by flow (the same on every node once events have propagated).",
+	"Executions running or awaiting a signal, by flow, as this node's copy of the executions catalog says (the same on every node once it has converged).",
 	[]string{"flow"}, nil)
 
-// runningCollector counts running executions in the index at scrape time.
+// runningCollector counts running executions in the catalog at scrape time.
 type runningCollector struct{ e *Engine }
 
 func (c *runningCollector) Describe(ch chan<- *prometheus.Desc) { ch <- runningDesc }
 
 func (c *runningCollector) Collect(ch chan<- prometheus.Metric) {
-	counts := c.e.idx.running()
+	counts := map[string]int{}
+	for _, s := range c.e.list(func(s *Status) bool { return s.State == StateRunning || s.State == StateAwaiting }) {
+		counts[s.Flow]++
+	}
 	c.e.mu.RLock()
 	for name := range c.e.flows {
 		if _, ok := counts[name]; !ok {

@@ -105,10 +105,10 @@ func TestFlowMetricsStepHistoryListAndReplay(t *testing.T) {
 	}
 	// reserve done, charge tried 3 times.
 	if len(s.Steps) != 4 || s.Steps[0].Step != "reserve" || s.Steps[3].Step != "charge" || s.Steps[3].Attempt != 3 ||
-		s.Steps[3].Node != "n1" || !strings.Contains(s.Steps[3].Error, "503") || s.Steps[3].Outcome != flows.EventDeadLettered {
+		s.Steps[3].Node != "n1" || !strings.Contains(s.Steps[3].Error, "503") || s.Steps[3].Outcome != flows.StepDeadLettered {
 		t.Fatalf("steps of the dead-lettered execution: %+v", s.Steps)
 	}
-	if l := e.List(flows.StateDeadLettered, 10); len(l) != 1 || l[0].Execution != bad {
+	if l := e.List(flows.ListOptions{State: flows.StateDeadLettered, Limit: 10}); len(l) != 1 || l[0].Execution != bad {
 		t.Fatalf("List(dead_lettered) = %+v", l)
 	}
 

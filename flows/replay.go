@@ -11,11 +11,6 @@ import (
 	"github.com/clusterbus/clusterbus/adapters"
 )
 
-// List returns up to limit executions this node knows of in state (any if
-// ""), most recently updated first, without outputs and step histories
-// (Status has them).
-func (e *Engine) List(state string, limit int) []Status { return e.idx.list(state, limit) }
-
 // ReplayOptions bound a Replay's scan of the dead-letter queue.
 type ReplayOptions struct {
 	// Wait is how long to wait for the next dead letter before the scan
@@ -26,7 +21,9 @@ type ReplayOptions struct {
 }
 
 // Replay puts the dead-lettered items of execution id back on the flows
-// queue, with fresh attempts, and returns how many. It reads the queue's
+// queue, with fresh attempts, and returns how many. Retry does the same
+// from the execution's record, without reading the dead-letter queue; an
+// item of an execution retried since is dropped when it runs. It reads the queue's
 // dead-letter queue, holding the items of other executions until it is
 // done and then handing them back; an item leaves the dead-letter queue
 // only once it is back on the queue. Fix the cause first: a replayed step
@@ -89,7 +86,14 @@ func (e *Engine) Replay(ctx context.Context, id string, o ReplayOptions) (int, e
 			"dead_letter_reason", m.Headers[adapters.HeaderDeadLetterReason])
 	}
 	if n > 0 {
-		e.publish(context.WithoutCancel(ctx), Event{Type: EventReplayed, Execution: id, Flow: flow, Node: e.opts.NodeID, Time: e.opts.Clock.Now()})
+		e.rec.update(id, func(r *record) {
+			if r.State == StateDeadLettered || r.State == StateFailed {
+				r.State, r.Error, r.Ended, r.Node = StateRunning, "", time.Time{}, e.opts.NodeID
+			}
+			if r.Flow == "" {
+				r.Flow = flow
+			}
+		})
 	}
 	if err := errors.Join(errs...); err != nil {
 		return n, fmt.Errorf("flows: replay %s: %w", id, err)

@@ -67,6 +67,27 @@ func waitStep(d time.Duration) func(context.Context, *StepContext) (Outcome, err
 	}
 }
 
+// awaitStep parks the execution (see Await).
+func awaitStep(a Await) func(context.Context, *StepContext) (Outcome, error) {
+	return func(ctx context.Context, sc *StepContext) (Outcome, error) {
+		a := a
+		return Outcome{Await: &a}, nil
+	}
+}
+
+// validSignal reports whether name can name a signal.
+func validSignal(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
 type httpStep struct {
 	method, url string
 	headers     map[string]string

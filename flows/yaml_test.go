@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/flows"
@@ -170,5 +171,33 @@ func TestParseDirReportsEveryBadFile(t *testing.T) {
 	msg := err.Error()
 	if !strings.Contains(msg, "a.yaml:4") || !strings.Contains(msg, "b.yml:5") || strings.Contains(msg, "c.yaml") {
 		t.Fatalf("want errors for a.yaml:4 and b.yml:5 only, got:\n%s", msg)
+	}
+}
+
+func TestAwaitStepParsesAndRejectsBadSpecs(t *testing.T) {
+	src := "flow: a\nsteps:\n  - name: hold\n    await: {signal: approved, timeout: 2h, on-timeout: late}\n    next: ok\n  - name: ok\n    wait: 1ms\n    next: end\n  - name: late\n    wait: 1ms\n"
+	defs, err := flows.Parse("a.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := defs.Flows[0].Steps[0]
+	if s.Kind != "await" || s.Next != "ok" || len(s.Targets) != 1 || s.Targets[0] != "late" {
+		t.Fatalf("await step %+v", s)
+	}
+	out, err := s.Run(context.Background(), &flows.StepContext{})
+	if err != nil || out.Await == nil || out.Await.Signal != "approved" || out.Await.Timeout != 2*time.Hour || out.Await.OnTimeout != "late" || out.Await.SaveAs != "hold" {
+		t.Fatalf("await outcome %+v %v", out.Await, err)
+	}
+	for spec, want := range map[string]string{
+		"await: {timeout: 1s}":                               "await has no signal",
+		"await: {signal: 'a b'}":                             `signal "a b"`,
+		"await: {signal: x, on-timeout: end}":                "on-timeout without a timeout",
+		"await: {signal: x, timeout: 1s, on-timeout: ghost}": `missing step "ghost"`,
+		"await: {signal: x, color: red}":                     `unknown field "color"`,
+	} {
+		_, err := flows.Parse("b.yaml", []byte("flow: b\nsteps:\n  - name: s\n    "+spec+"\n"))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error with %q", spec, err, want)
+		}
 	}
 }

@@ -112,6 +112,8 @@ type flowsConfig struct {
 	// ResultsQueue receives one completion record per execution; empty
 	// records none.
 	ResultsQueue string `koanf:"results-queue"`
+	// Retention is how long ended executions' records are kept.
+	Retention time.Duration `koanf:"retention"`
 }
 
 // configSections are the nested keys whose env names need a '.' after the
@@ -135,7 +137,7 @@ func defaultNodeConfig() nodeConfig {
 		OnBrokerLoss:       string(bus.FenceOnBrokerLoss),
 		DrainTimeout:       30 * time.Second,
 		HTTPMaxBody:        1 << 20,
-		Flows:              flowsConfig{Enabled: true, Concurrency: 4, Lease: 30 * time.Second, MaxAttempts: 5},
+		Flows:              flowsConfig{Enabled: true, Concurrency: 4, Lease: 30 * time.Second, MaxAttempts: 5, Retention: 7 * 24 * time.Hour},
 	}
 }
 
@@ -459,6 +461,9 @@ func (c *nodeConfig) validate() error {
 	}
 	if f.Lease < time.Second {
 		bad("flows.lease (%s): want at least 1s", f.Lease)
+	}
+	if f.Retention < time.Minute {
+		bad("flows.retention (%s): want at least 1m", f.Retention)
 	}
 	for key, name := range map[string]string{"flows.queue": f.Queue, "flows.results-queue": f.ResultsQueue} {
 		if name != "" {

@@ -30,12 +30,16 @@ func addFlowsFlags(fs *pflag.FlagSet) {
 	fs.Duration("flows.lease", d.Lease, "lease of a flow step; renewed every third of it while the step runs")
 	fs.Int("flows.max-attempts", d.MaxAttempts, "deliveries of a step before its execution is dead-lettered")
 	fs.String("flows.results-queue", d.ResultsQueue, "queue that receives one completion record per execution (empty: none)")
+	fs.Duration("flows.retention", d.Retention, "how long the records of ended executions are kept (history, list)")
 }
+
+// flowCommand is `clusterbus flow`; the files of its subcommands add them.
+var flowCommand = &cobra.Command{Use: "flow", Short: "Submit flow executions, ask where they are and control them"}
 
 func init() {
 	nodeServices = append(nodeServices, nodeService{Name: "the flow engine", Check: checkFlows, Start: startFlows})
 
-	flowCmd := &cobra.Command{Use: "flow", Short: "Submit flow executions and ask where they are"}
+	flowCmd := flowCommand
 	var addr, input, id, output string
 	var wait time.Duration
 	submit := &cobra.Command{
@@ -105,17 +109,28 @@ file is submitted as is. Prints the execution ID.`,
 	}
 	status.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the execution to end")
 	addOutputFlag(status, &output)
-	var state string
+	var state, flowName string
 	var limit int
+	var since time.Duration
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List the executions a node knows of, newest first (--state to filter)",
+		Short: "List executions from the cluster's execution records, newest first (--status, --flow, --since to filter)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			u := fmt.Sprintf("%s/api/executions?limit=%d&state=%s", normalizeAddr(addr), limit, url.QueryEscape(state))
+			q := url.Values{"limit": {fmt.Sprint(limit)}}
+			if state != "" {
+				q.Set("status", state)
+			}
+			if flowName != "" {
+				q.Set("flow", flowName)
+			}
+			if since > 0 {
+				q.Set("since", since.String())
+			}
+			u := normalizeAddr(addr) + "/api/executions?" + q.Encode()
 			var raw json.RawMessage
 			if err := flowAPI(cmd.Context(), http.MethodGet, u, nil, &raw); err != nil {
 				return err
@@ -131,6 +146,9 @@ file is submitted as is. Prints the execution ID.`,
 			fmt.Fprintln(tw, "EXECUTION\tFLOW\tSTATE\tSTEP\tNODE\tATTEMPT\tUPDATED\tERROR")
 			for _, x := range doc.Executions {
 				errText := x.Error
+				if x.State == flows.StateCancelled && x.Reason != "" {
+					errText = "cancelled: " + x.Reason
+				}
 				if len(errText) > 60 {
 					errText = errText[:60] + "…"
 				}
@@ -140,7 +158,11 @@ file is submitted as is. Prints the execution ID.`,
 			return tw.Flush()
 		},
 	}
-	list.Flags().StringVar(&state, "state", "", "only executions in this state: running, completed, failed or dead_lettered")
+	list.Flags().StringVar(&state, "status", "", "only executions in this state: running, awaiting, completed, failed, dead_lettered or cancelled")
+	list.Flags().StringVar(&state, "state", "", "same as --status")
+	_ = list.Flags().MarkHidden("state")
+	list.Flags().StringVar(&flowName, "flow", "", "only executions of this flow")
+	list.Flags().DurationVar(&since, "since", 0, "only executions started within this long, e.g. 1h")
 	list.Flags().IntVar(&limit, "limit", 100, "at most this many")
 	addOutputFlag(list, &output)
 	lint := &cobra.Command{
@@ -217,6 +239,9 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 		Lease:        fc.Lease,
 		MaxAttempts:  fc.MaxAttempts,
 		ResultsQueue: fc.ResultsQueue,
+		Cluster:      env.Config.Cluster,
+		DataDir:      env.Config.ownDataDir(),
+		Retention:    fc.Retention,
 		DrainGrace:   min(env.Config.DrainTimeout/2, 5*time.Second),
 	}, flows.Options{NodeID: env.Node.ID(), Gate: env.Node.Serving, Admit: env.Node.Admit, Logger: env.BaseLogger,
 		Registry: env.Registry, Definitions: cat})

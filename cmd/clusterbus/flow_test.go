@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,5 +78,89 @@ func TestFlowSubmitRejectsABadFileWithItsLine(t *testing.T) {
 	_, err = runCLI(t, "flow", "submit", "some-flow", "--addr", "127.0.0.1:1", "--input", "[1]", "--wait", "0s")
 	if err == nil || exitCode(err) != 2 {
 		t.Fatalf("non-object input: %v", err)
+	}
+}
+
+// TestFlowControlCommandsTalkToTheNodeAPI: flow signal, history, retry,
+// cancel and list --status against a node's API.
+func TestFlowControlCommandsTalkToTheNodeAPI(t *testing.T) {
+	b := mem.New()
+	t.Cleanup(func() { b.Close() })
+	e, err := flows.New(b, flows.Config{Queue: "cli-ctl", Lease: 2 * time.Second, MaxAttempts: 1}, flows.Options{NodeID: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fixed atomic.Bool
+	err = e.Register(&flows.Flow{Name: "ctl", Version: 1, Steps: []flows.Step{
+		{Name: "hold", Kind: "await", Run: func(ctx context.Context, sc *flows.StepContext) (flows.Outcome, error) {
+			return flows.Outcome{Await: &flows.Await{Signal: "go"}}, nil
+		}},
+		{Name: "check", Run: func(ctx context.Context, sc *flows.StepContext) (flows.Outcome, error) {
+			if !fixed.Load() {
+				return flows.Outcome{}, errors.New("not yet")
+			}
+			sc.Vars["n"] = sc.Vars["hold"].(map[string]any)["n"]
+			return flows.Outcome{}, nil
+		}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Stop(context.Background()) })
+	srv := httptest.NewServer(e.Handler())
+	t.Cleanup(srv.Close)
+	waitFor := func(id, state string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if st, err := e.Status(context.Background(), id); err == nil && st.State == state {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("execution %s never %s", id, state)
+			}
+		}
+	}
+	one, err := e.Submit(context.Background(), "ctl", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	two, err := e.Submit(context.Background(), "ctl", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(one, flows.StateAwaiting)
+	waitFor(two, flows.StateAwaiting)
+	if _, err := runCLI(t, "flow", "signal", one, "go", "--data", `{"n": 2}`, "--addr", srv.URL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(one, flows.StateDeadLettered)
+	out, err := runCLI(t, "flow", "history", one, "--addr", srv.URL)
+	if err != nil || !strings.Contains(out, "state dead_lettered") || !strings.Contains(out, "awaiting") || !strings.Contains(out, "dead_lettered") || !strings.Contains(out, "not yet") {
+		t.Fatalf("history: %v\n%s", err, out)
+	}
+	fixed.Store(true)
+	if _, err := runCLI(t, "flow", "retry", one, "--addr", srv.URL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(one, flows.StateCompleted)
+	if st, _ := e.Status(context.Background(), one); fmt.Sprint(st.Output["n"]) != "2" {
+		t.Errorf("output %v: want the signal's data", st.Output)
+	}
+	if _, err := runCLI(t, "flow", "retry", one, "--addr", srv.URL); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Errorf("retry of a completed execution: %v, want a 409", err)
+	}
+	out, err = runCLI(t, "flow", "cancel", two, "--reason", "not needed", "--addr", srv.URL)
+	if err != nil || !strings.Contains(out, `"cancelled"`) || !strings.Contains(out, "not needed") {
+		t.Fatalf("cancel: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, "flow", "list", "--status", "cancelled", "--flow", "ctl", "--since", "1h", "--addr", srv.URL, "-o", "")
+	if err != nil || !strings.Contains(out, two) || strings.Contains(out, one) {
+		t.Fatalf("list --status cancelled: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, "flow", "signal", two, "go", "--data", "", "--addr", srv.URL); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Errorf("signal of a cancelled execution: %v, want a 409", err)
 	}
 }

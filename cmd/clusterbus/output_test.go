@@ -33,8 +33,8 @@ func TestCLIOutputFormatsFlowListAndInputSources(t *testing.T) {
 			json.NewEncoder(w).Encode(bus.ClusterJSON{Cluster: "c1", Local: "n1", Lead: "n1", Term: 3,
 				Nodes: []bus.NodeJSON{{ID: "n1", Host: "h1", State: "active", Lead: true, Local: true, StartedAt: now}}})
 		case r.URL.Path == "/api/executions":
-			if r.URL.Query().Get("state") != "failed" {
-				http.Error(w, "want state=failed", 400)
+			if r.URL.Query().Get("status") != "failed" {
+				http.Error(w, "want status=failed", 400)
 				return
 			}
 			json.NewEncoder(w).Encode(map[string]any{"executions": []flows.Status{{Execution: "e1", Flow: "order", Version: 2,
@@ -51,7 +51,7 @@ func TestCLIOutputFormatsFlowListAndInputSources(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 
-	out, err := runCLI(t, "flow", "list", "--state", "failed", "--addr", srv.URL, "-o", "")
+	out, err := runCLI(t, "flow", "list", "--status", "failed", "--addr", srv.URL, "-o", "")
 	if err != nil || !strings.Contains(out, "EXECUTION") || !strings.Contains(out, "e1") || !strings.Contains(out, "order@2") || !strings.Contains(out, "payment declined") {
 		t.Fatalf("flow list: %v\n%s", err, out)
 	}

@@ -1,0 +1,437 @@
+package flows
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clusterbus/clusterbus/catalog"
+)
+
+// Execution states (Status.State).
+const (
+	StateRunning      = "running"
+	StateCompleted    = "completed"
+	StateFailed       = "failed"
+	StateDeadLettered = "dead_lettered"
+	StateCancelled    = "cancelled"
+	// StateAwaiting: parked at an await step until a signal or its timeout.
+	StateAwaiting = "awaiting"
+)
+
+// ended reports whether no step of an execution in state will run again by
+// itself (a failed or dead-lettered one can be retried).
+func ended(state string) bool {
+	switch state {
+	case StateCompleted, StateFailed, StateDeadLettered, StateCancelled:
+		return true
+	}
+	return false
+}
+
+// StepRecord is one attempt of one step in an execution's history.
+type StepRecord struct {
+	Step    string `json:"step"`
+	Seq     int    `json:"seq"`
+	Attempt int    `json:"attempt,omitempty"`
+	Node    string `json:"node,omitempty"`
+	// Outcome: done, retried, failed, dead_lettered, cancelled, awaiting.
+	Outcome  string        `json:"outcome"`
+	Started  time.Time     `json:"started,omitzero"`
+	Ended    time.Time     `json:"ended,omitzero"`
+	Duration time.Duration `json:"duration"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// maxStepRecords bounds the step history kept per execution (the latest).
+const maxStepRecords = 100
+
+// AwaitStatus is where a parked execution waits.
+type AwaitStatus struct {
+	Step     string    `json:"step"`
+	Signal   string    `json:"signal"`
+	Deadline time.Time `json:"deadline,omitzero"`
+}
+
+// Status is an execution's record: where it is and its step history, as
+// the executions catalog holds it (the same on every node once the write
+// has reached it).
+type Status struct {
+	Execution string `json:"execution"`
+	Flow      string `json:"flow"`
+	Version   int    `json:"version"`
+	State     string `json:"state"`
+	// Step is the next step to run (running), the await step (awaiting), or
+	// the step that ended the execution.
+	Step string `json:"step,omitempty"`
+	// Seq: every step below this sequence number has recorded its
+	// continuation; for an ended execution, the sequence number of the
+	// step that ended it.
+	Seq     int       `json:"seq"`
+	Attempt int       `json:"attempt,omitempty"`
+	Node    string    `json:"node,omitempty"`
+	Started time.Time `json:"started,omitzero"`
+	Updated time.Time `json:"updated"`
+	Ended   time.Time `json:"ended,omitzero"`
+	Error   string    `json:"error,omitempty"`
+	// Reason is a cancellation's reason.
+	Reason string         `json:"reason,omitempty"`
+	Output map[string]any `json:"output,omitempty"`
+	// Retries counts Engine.Retry calls (the retry generation).
+	Retries int          `json:"retries,omitempty"`
+	Await   *AwaitStatus `json:"await,omitempty"`
+	// Steps are the step attempts, oldest first (the latest 100).
+	Steps []StepRecord `json:"steps,omitempty"`
+}
+
+// record is an execution's value in the executions catalog.
+type record struct {
+	Status
+	// Resume is the item a failed or dead-lettered execution resumes from
+	// (Engine.Retry).
+	Resume *item `json:"resume,omitempty"`
+}
+
+// newer reports whether a's summary should win over b's: the higher retry
+// generation, then the higher sequence, then an ended state over a running
+// one, then the later update.
+func (a *record) newer(b *record) bool {
+	if a.Retries != b.Retries {
+		return a.Retries > b.Retries
+	}
+	if a.Seq != b.Seq {
+		return a.Seq > b.Seq
+	}
+	if ea, eb := ended(a.State), ended(b.State); ea != eb {
+		return ea
+	}
+	return a.Updated.After(b.Updated)
+}
+
+// merge returns the union of two copies of an execution's record: the
+// summary of the newer (see newer), the steps of both. The catalog keeps
+// the last write of a key; writers merge what they read with what they
+// wrote (see recorder), so that the record with the highest sequence and
+// every step survives concurrent writes.
+func merge(a, b *record) *record {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	base, other := a, b
+	if b.newer(a) {
+		base, other = b, a
+	}
+	out := *base
+	out.Steps = unionSteps(base.Steps, other.Steps)
+	if out.Started.IsZero() || (!other.Started.IsZero() && other.Started.Before(out.Started)) {
+		out.Started = other.Started
+	}
+	return &out
+}
+
+func unionSteps(a, b []StepRecord) []StepRecord {
+	type key struct {
+		seq, attempt   int
+		node, outcome  string
+		started, ended int64
+	}
+	seen := map[key]bool{}
+	var out []StepRecord
+	for _, s := range slices.Concat(a, b) {
+		k := key{s.Seq, s.Attempt, s.Node, s.Outcome, s.Started.UnixNano(), s.Ended.UnixNano()}
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, s)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Seq != out[j].Seq {
+			return out[i].Seq < out[j].Seq
+		}
+		return out[i].Started.Before(out[j].Started)
+	})
+	if len(out) > maxStepRecords {
+		out = out[len(out)-maxStepRecords:]
+	}
+	return out
+}
+
+// Keys of the executions catalog: the record, the cancel request and the
+// await park of each execution.
+const (
+	prefixRecord = "x/"
+	prefixCancel = "c/"
+	prefixAwait  = "a/"
+)
+
+// rawKeyRE: IDs used as they are in keys; others are base64url-encoded
+// behind a '+' (which rawKeyRE excludes, so the two never collide).
+var rawKeyRE = regexp.MustCompile(`^[A-Za-z0-9_.@=-]{1,100}$`)
+
+func keyOf(prefix, id string) string {
+	if rawKeyRE.MatchString(id) {
+		return prefix + id
+	}
+	return prefix + "+" + base64.RawURLEncoding.EncodeToString([]byte(id))
+}
+
+// cancelRequest is the value of a cancel request ("c/<id>").
+type cancelRequest struct {
+	Execution string    `json:"execution"`
+	Reason    string    `json:"reason,omitempty"`
+	Node      string    `json:"node,omitempty"`
+	At        time.Time `json:"at"`
+}
+
+// park is the value of an await park ("a/<id>"): the continuation a
+// signal releases, and which path won.
+type park struct {
+	Seq      int       `json:"seq"`
+	Gen      int       `json:"gen,omitempty"`
+	Step     string    `json:"step"`
+	Signal   string    `json:"signal"`
+	SaveAs   string    `json:"save_as"`
+	Deadline time.Time `json:"deadline,omitzero"`
+	Next     *item     `json:"next"`
+	// Winner: "signal", "timeout" or "cancel" once resolved.
+	Winner string    `json:"winner,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+// expireFunc drops, on every node alike, records of executions that ended
+// more than retention ago, and cancel requests and resolved parks older
+// than that.
+func expireFunc(retention time.Duration) func(catalog.Entry, time.Time) bool {
+	return func(e catalog.Entry, now time.Time) bool {
+		old := now.Sub(e.At) > retention
+		if !old {
+			return false // every kind of entry is written at or after what it tells of
+		}
+		if e.Deleted {
+			return true
+		}
+		switch {
+		case strings.HasPrefix(e.Key, prefixRecord):
+			var r struct {
+				State string    `json:"state"`
+				Ended time.Time `json:"ended"`
+			}
+			if json.Unmarshal(e.Value, &r) != nil {
+				return true
+			}
+			return ended(r.State) && now.Sub(r.Ended) > retention
+		case strings.HasPrefix(e.Key, prefixAwait):
+			var p park
+			return json.Unmarshal(e.Value, &p) != nil || p.Winner != ""
+		}
+		return true
+	}
+}
+
+// recorder writes execution records to the executions catalog. Updates at
+// step boundaries are queued and written by one goroutine, so a step does
+// not wait for them (update); the ends of executions, parks and failures are
+// written before the item is acknowledged (updateNow). Each write reads the
+// local copy, merges what this node wrote last (see merge) and applies the
+// updates; when another node's write replaces one of this node's with less
+// (an older sequence, fewer steps), the recorder writes the union again.
+type recorder struct {
+	e   *Engine
+	cat *catalog.Catalog
+
+	mu      sync.Mutex
+	pending map[string][]func(*record) // by execution
+	queue   []string
+	wake    chan struct{}
+	stopped bool
+
+	wmu  sync.Mutex
+	mine map[string]*record // what this node wrote last, by execution (bounded)
+	lru  []string
+}
+
+// maxMine bounds the records a node remembers writing, for repairs.
+const maxMine = 2000
+
+func newRecorder(e *Engine, cat *catalog.Catalog) *recorder {
+	return &recorder{e: e, cat: cat, pending: map[string][]func(*record){}, wake: make(chan struct{}, 1), mine: map[string]*record{}}
+}
+
+// get returns the execution's record from the local copy, nil if none.
+func (r *recorder) get(id string) *record {
+	en, ok := r.cat.Get(keyOf(prefixRecord, id))
+	if !ok {
+		return nil
+	}
+	var rec record
+	if err := json.Unmarshal(en.Value, &rec); err != nil {
+		return nil
+	}
+	return &rec
+}
+
+// update queues fn for the execution's record; the recorder's goroutine
+// writes it soon.
+func (r *recorder) update(id string, fn func(*record)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.pending[id]) == 0 {
+		r.queue = append(r.queue, id)
+	}
+	r.pending[id] = append(r.pending[id], fn)
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// updateNow applies the queued updates of the execution and fn, and writes
+// the record before it returns.
+func (r *recorder) updateNow(ctx context.Context, id string, fn func(*record)) (*record, error) {
+	r.mu.Lock()
+	fns := append(r.pending[id], fn)
+	delete(r.pending, id)
+	r.mu.Unlock()
+	return r.write(ctx, id, fns)
+}
+
+// write reads, merges, applies fns and puts the record.
+func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*record, error) {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	rec := merge(r.get(id), r.mine[id])
+	if rec == nil {
+		rec = &record{Status: Status{Execution: id, State: StateRunning}}
+	} else {
+		c := *rec
+		c.Steps = slices.Clone(rec.Steps)
+		rec = &c
+	}
+	for _, fn := range fns {
+		if fn != nil {
+			fn(rec)
+		}
+	}
+	rec.Updated = r.e.opts.Clock.Now()
+	body, err := json.Marshal(rec)
+	if err == nil && len(body) > r.cat.MaxValueSize() {
+		// Too large to record whole: without the output, the resume
+		// state's vars, then older steps.
+		rec.Output = nil
+		if body, err = json.Marshal(rec); err == nil && len(body) > r.cat.MaxValueSize() && rec.Resume != nil {
+			rec.Resume = nil
+			body, err = json.Marshal(rec)
+		}
+		for err == nil && len(body) > r.cat.MaxValueSize() && len(rec.Steps) > 1 {
+			rec.Steps = rec.Steps[len(rec.Steps)/2:]
+			body, err = json.Marshal(rec)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("flows: encode the record of %s: %w", id, err)
+	}
+	if _, err := r.cat.Put(ctx, keyOf(prefixRecord, id), body); err != nil {
+		return nil, fmt.Errorf("flows: record execution %s: %w", id, err)
+	}
+	if _, ok := r.mine[id]; !ok {
+		r.lru = append(r.lru, id)
+		for len(r.lru) > maxMine {
+			delete(r.mine, r.lru[0])
+			r.lru = r.lru[1:]
+		}
+	}
+	r.mine[id] = rec
+	return rec, nil
+}
+
+// run writes queued updates until ctx ends, then what is left.
+func (r *recorder) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			r.flush(context.Background(), 5*time.Second)
+			return
+		case <-r.wake:
+		}
+		r.flush(ctx, 0)
+	}
+}
+
+// flush writes every queued update; within a time budget if one is given.
+func (r *recorder) flush(ctx context.Context, budget time.Duration) {
+	if budget > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, budget)
+		defer cancel()
+	}
+	for {
+		r.mu.Lock()
+		if len(r.queue) == 0 {
+			r.mu.Unlock()
+			return
+		}
+		id := r.queue[0]
+		r.queue = r.queue[1:]
+		fns := r.pending[id]
+		delete(r.pending, id)
+		r.mu.Unlock()
+		if len(fns) == 0 {
+			continue
+		}
+		if _, err := r.write(ctx, id, fns); err != nil {
+			if ctx.Err() != nil {
+				r.e.log.Warn("flows: execution record not written before stopping", "execution", id, "err", err)
+				continue
+			}
+			r.e.log.Warn("flows: writing an execution record; retrying", "execution", id, "err", err)
+			r.mu.Lock()
+			if len(r.pending[id]) == 0 {
+				r.queue = append(r.queue, id)
+			}
+			r.pending[id] = append(fns, r.pending[id]...)
+			r.mu.Unlock()
+			t := r.e.opts.Clock.NewTimer(time.Second)
+			select {
+			case <-ctx.Done():
+			case <-t.Chan():
+			}
+			t.Stop()
+		}
+	}
+}
+
+// watched is called for every change of a record: if it lost something
+// this node wrote, the recorder writes the union again.
+func (r *recorder) watched(id string, en catalog.Entry) {
+	if en.Deleted || en.Rev.Node == r.e.opts.NodeID {
+		return
+	}
+	r.wmu.Lock()
+	m := r.mine[id]
+	r.wmu.Unlock()
+	if m == nil {
+		return
+	}
+	var in record
+	if json.Unmarshal(en.Value, &in) != nil {
+		return
+	}
+	if u := merge(&in, m); u.Seq == in.Seq && u.State == in.State && u.Retries == in.Retries && len(u.Steps) == len(in.Steps) {
+		return // nothing of ours was lost
+	}
+	r.update(id, nil) // writes merge(local, mine)
+}
+
+// errNoRecord: the execution has no record on this node.
+var errNoRecord = errors.New("no record")
