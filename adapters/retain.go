@@ -16,3 +16,34 @@ type Retainer interface {
 	// log does not exist.
 	Retained(ctx context.Context, log string) (map[string][]byte, error)
 }
+
+// MaxRetainedKey bounds the keys of Retainer.Retain.
+const MaxRetainedKey = 1024
+
+// ValidateRetained checks the log name and key of Retainer.Retain.
+func ValidateRetained(op, log, key string) error {
+	if err := ValidateName("log", log); err != nil {
+		return Wrap(ErrInvalidArgument, op, err)
+	}
+	if key == "" || len(key) > MaxRetainedKey {
+		return Errorf(ErrInvalidArgument, op, "key of %d bytes: want 1 to %d", len(key), MaxRetainedKey)
+	}
+	return nil
+}
+
+// RetainerOf returns b as a Retainer if it is one and, for a decorator (a
+// Broker with an Unwrap() Broker method, such as adapters/signed), only if
+// the broker it wraps is one too: decorators implement Retainer in any
+// case and return ErrUnsupported when what they wrap keeps nothing.
+func RetainerOf(b Broker) (Retainer, bool) {
+	r, ok := b.(Retainer)
+	if !ok {
+		return nil, false
+	}
+	if u, ok := b.(interface{ Unwrap() Broker }); ok {
+		if _, ok := RetainerOf(u.Unwrap()); !ok {
+			return nil, false
+		}
+	}
+	return r, true
+}

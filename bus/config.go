@@ -91,6 +91,12 @@ type Config struct {
 	// OnBrokerLoss is what the node does while it has lost its broker:
 	// FenceOnBrokerLoss (the default, also for "") or DegradeOnBrokerLoss.
 	OnBrokerLoss BrokerLoss
+
+	// DataDir is the node's own directory: the cluster settings
+	// (Node.Settings) keep their copy there. Empty keeps them in memory
+	// only (the node then gets them from the other nodes, or from the
+	// broker where it retains, when it starts).
+	DataDir string
 }
 
 // DefaultConfig returns the defaults: heartbeat 500ms, failure timeout

@@ -93,10 +93,15 @@ func (n *Node) Handler() http.Handler {
 //	GET      /api/cluster the cluster view as JSON (ClusterJSON)
 //	POST     /api/cache/clear  {"region": R, "keys": [...]} broadcast
 //	POST     /api/cluster/down {"node": ID} down an unreachable member (Node.Down)
+//	GET      /api/settings          {"settings": [Setting...]} (?prefix=P)
+//	GET      /api/settings/{key}    Setting, 404 if unset
+//	PUT      /api/settings/{key}    {"value": "..."}: set it on every node (Node.Settings)
+//	DELETE   /api/settings/{key}    unset it on every node
 //	GET      /metrics     Prometheus, if the registerer is a Gatherer
 //
 // The operator's console (package console) serves "/".
 func (n *Node) Mount(mux *http.ServeMux) {
+	n.mountSettings(mux)
 	health := func(w http.ResponseWriter, r *http.Request) {
 		ok, reason := n.Healthy()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/catalog"
 	"github.com/clusterbus/clusterbus/workqueue"
 )
 
@@ -135,6 +136,9 @@ type Node struct {
 	onLost      []func(term uint64)
 	lastPublish time.Time
 	obs         observed // what the console shows beyond membership (observe.go)
+	// settings are the cluster settings; settingsUp once started.
+	settings   *Settings
+	settingsUp bool
 }
 
 // dupe is another incarnation of this node's ID, as heard.
@@ -194,6 +198,12 @@ func New(b adapters.Broker, cfg Config, opts ...Option) (*Node, error) {
 		duties:    map[string]*duty{},
 		dutyDone:  map[string]int64{},
 	}
+	sc, err := catalog.Open(b, catalog.Config{Cluster: cfg.Cluster, NodeID: cfg.NodeID, Name: SettingsCatalog, Dir: cfg.DataDir,
+		MaxEntries: 10000, MaxValueSize: MaxSettingValue, Registerer: o.reg, Logger: n.log, Clock: o.clock})
+	if err != nil {
+		return nil, fmt.Errorf("bus: new: cluster settings: %w", err)
+	}
+	n.settings = &Settings{c: sc}
 	return n, nil
 }
 
@@ -225,6 +235,22 @@ func (n *Node) Start(ctx context.Context) error {
 		return errors.New("bus: start: already started")
 	}
 	n.started = true
+	settingsUp := n.settingsUp
+	n.mu.Unlock()
+	if !settingsUp {
+		// First, so that a failure leaves the node as it was: Start may be
+		// called again.
+		if err := n.settings.c.Start(ctx); err != nil {
+			n.mu.Lock()
+			n.started = false
+			n.mu.Unlock()
+			return fmt.Errorf("bus: start: cluster settings: %w", err)
+		}
+		n.mu.Lock()
+		n.settingsUp = true
+		n.mu.Unlock()
+	}
+	n.mu.Lock()
 	n.start = n.clock.Now()
 	n.reason = "starting: warming up"
 	n.stopCtx, n.stopFn = context.WithCancel(context.Background())
@@ -317,6 +343,9 @@ func (n *Node) halt() {
 		_ = sub.Close()
 	}
 	n.loopWG.Wait()
+	if err := n.settings.c.Stop(context.Background()); err != nil {
+		n.log.Warn("cluster settings: stop failed", "err", err)
+	}
 }
 
 func (n *Node) waitDuties(ctx context.Context) {

@@ -216,7 +216,7 @@ func Open(b adapters.Broker, cfg Config) (*Catalog, error) {
 		pending:  map[string]bool{},
 		rng:      rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
-	if r, ok := b.(adapters.Retainer); ok {
+	if r, ok := adapters.RetainerOf(b); ok {
 		c.retain = r
 	}
 	if cfg.Dir != "" {
@@ -262,7 +262,10 @@ func (c *Catalog) Start(ctx context.Context) error {
 		c.log.Debug("catalog loaded from data dir", "entries", len(good))
 	}
 	if c.retain != nil {
-		if err := c.loadRetained(ctx); err != nil {
+		if err := c.loadRetained(ctx); errors.Is(err, adapters.ErrUnsupported) {
+			c.log.Warn("catalog: the broker keeps nothing (JetStream off?); entries survive in data dirs only", "err", err)
+			c.retain = nil
+		} else if err != nil {
 			return err
 		}
 	}

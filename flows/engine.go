@@ -58,7 +58,8 @@ type Config struct {
 	// Default 7 days.
 	Retention time.Duration
 	// MaxRecords bounds the executions catalog (records, cancel requests
-	// and parks); a submission beyond it fails. Default 100000.
+	// and parks): past nine tenths of it, the records of the executions
+	// that ended longest ago are dropped early. Default 100000.
 	MaxRecords int
 	// DrainGrace is how long Stop lets running steps finish. Default 0.
 	DrainGrace time.Duration
@@ -118,8 +119,10 @@ type Options struct {
 	// items' headers when the broker is wrapped with adapters/traced.
 	TracerProvider trace.TracerProvider
 	// Executions, if set, is the executions catalog (not started: the
-	// engine starts and stops it). Default one the engine opens on the
-	// broker from Config.Cluster, DataDir, Retention and MaxRecords.
+	// engine starts and stops it; its Expire is the caller's, so
+	// Config.Retention and MaxRecords do not apply). Default one the
+	// engine opens on the broker from Config.Cluster, DataDir, Retention
+	// and MaxRecords.
 	Executions *catalog.Catalog
 	// Definitions, if set, is the cluster's catalog of deployed flow
 	// definitions (named DefinitionsCatalog, opened with FirstWriteWins
@@ -247,17 +250,18 @@ func New(b adapters.Broker, cfg Config, opts Options) (*Engine, error) {
 	e := &Engine{b: b, cfg: cfg, opts: opts, log: opts.Logger.With("component", "flows"),
 		flows: map[string]map[int]*Flow{}, rules: map[string]*Rule{}, running: map[string]map[*int]context.CancelCauseFunc{},
 		defs: opts.Definitions, deployed: map[string]*deployedFlow{}}
+	e.rec = newRecorder(e, nil)
 	e.cat = opts.Executions
 	if e.cat == nil {
 		cat, err := catalog.Open(b, catalog.Config{Cluster: cfg.Cluster, NodeID: opts.NodeID, Name: "executions",
-			Dir: cfg.DataDir, MaxEntries: cfg.MaxRecords, Expire: expireFunc(cfg.Retention),
+			Dir: cfg.DataDir, MaxEntries: cfg.MaxRecords, Expire: expireFunc(cfg.Retention, &e.rec.cutoff),
 			Registerer: opts.Registry, Logger: opts.Logger, Clock: opts.Clock})
 		if err != nil {
 			return nil, fmt.Errorf("flows: executions catalog: %w", err)
 		}
 		e.cat = cat
 	}
-	e.rec = newRecorder(e, e.cat)
+	e.rec.cat = e.cat
 	e.m = newMetrics(opts.Registry, e)
 	if opts.TracerProvider == nil {
 		opts.TracerProvider = otel.GetTracerProvider()

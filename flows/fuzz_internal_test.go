@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,7 +53,9 @@ func FuzzRecord(f *testing.F) {
 		if u.Seq < max(in.Seq, mine.Seq) && u.Retries == max(in.Retries, mine.Retries) {
 			t.Fatalf("merge kept seq %d of %d and %d", u.Seq, in.Seq, mine.Seq)
 		}
-		_ = expireFunc(time.Hour)(catalog.Entry{Key: "x/e1", Value: body, At: time.Unix(0, 0)}, time.Now())
+		var cutoff atomic.Int64
+		cutoff.Store(time.Now().UnixNano())
+		_ = expireFunc(time.Hour, &cutoff)(catalog.Entry{Key: "x/e1", Value: body, At: time.Unix(0, 0)}, time.Now())
 	})
 }
 

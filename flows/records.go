@@ -11,8 +11,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/catalog"
 )
 
@@ -209,20 +211,25 @@ type park struct {
 	At     time.Time `json:"at"`
 }
 
+// tombstoneAge is how long a pruned record's tombstone is kept.
+const tombstoneAge = time.Hour
+
 // expireFunc drops, on every node alike, records of executions that ended
-// more than retention ago, and cancel requests and resolved parks older
-// than that.
-func expireFunc(retention time.Duration) func(catalog.Entry, time.Time) bool {
+// more than retention ago or before the cutoff (see prune), and cancel
+// requests and resolved parks older than retention.
+func expireFunc(retention time.Duration, cutoff *atomic.Int64) func(catalog.Entry, time.Time) bool {
 	return func(e catalog.Entry, now time.Time) bool {
-		old := now.Sub(e.At) > retention
-		if !old {
-			return false // every kind of entry is written at or after what it tells of
-		}
 		if e.Deleted {
-			return true
+			// Tombstones of pruned records (see prune) go sooner, so that
+			// pruning frees room.
+			return now.Sub(e.At) > min(retention, tombstoneAge)
 		}
+		old := now.Sub(e.At) > retention // every kind of entry is written at or after what it tells of
 		switch {
 		case strings.HasPrefix(e.Key, prefixRecord):
+			if !old && e.At.UnixNano() >= cutoff.Load() {
+				return false
+			}
 			var r struct {
 				State string    `json:"state"`
 				Ended time.Time `json:"ended"`
@@ -230,7 +237,9 @@ func expireFunc(retention time.Duration) func(catalog.Entry, time.Time) bool {
 			if json.Unmarshal(e.Value, &r) != nil {
 				return true
 			}
-			return ended(r.State) && now.Sub(r.Ended) > retention
+			return ended(r.State) && (now.Sub(r.Ended) > retention || r.Ended.UnixNano() < cutoff.Load())
+		case !old:
+			return false
 		case strings.HasPrefix(e.Key, prefixAwait):
 			var p park
 			return json.Unmarshal(e.Value, &p) != nil || p.Winner != ""
@@ -259,6 +268,10 @@ type recorder struct {
 	wmu  sync.Mutex
 	mine map[string]*record // what this node wrote last, by execution (bounded)
 	lru  []string
+
+	// cutoff: records of executions that ended before it (Unix ns) expire
+	// (see prune).
+	cutoff atomic.Int64
 }
 
 // maxMine bounds the records a node remembers writing, for repairs.
@@ -297,13 +310,32 @@ func (r *recorder) update(id string, fn func(*record)) {
 }
 
 // updateNow applies the queued updates of the execution and fn, and writes
-// the record before it returns.
+// the record before it returns. If the write fails, the updates are queued
+// again for the recorder's goroutine, which retries them.
 func (r *recorder) updateNow(ctx context.Context, id string, fn func(*record)) (*record, error) {
 	r.mu.Lock()
 	fns := append(r.pending[id], fn)
 	delete(r.pending, id)
 	r.mu.Unlock()
-	return r.write(ctx, id, fns)
+	rec, err := r.write(ctx, id, fns)
+	if err != nil && !errors.Is(err, adapters.ErrInvalidArgument) && !errors.Is(err, adapters.ErrTooLarge) {
+		r.requeue(id, fns)
+	}
+	return rec, err
+}
+
+// requeue puts fns back in front of the execution's queued updates.
+func (r *recorder) requeue(id string, fns []func(*record)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.pending[id]) == 0 {
+		r.queue = append(r.queue, id)
+	}
+	r.pending[id] = append(fns, r.pending[id]...)
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
 }
 
 // write reads, merges, applies fns and puts the record.
@@ -342,6 +374,9 @@ func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*
 		return nil, fmt.Errorf("flows: encode the record of %s: %w", id, err)
 	}
 	if _, err := r.cat.Put(ctx, keyOf(prefixRecord, id), body); err != nil {
+		if errors.Is(err, catalog.ErrFull) {
+			r.prune() // room within the catalog's next expiry pass
+		}
 		return nil, fmt.Errorf("flows: record execution %s: %w", id, err)
 	}
 	if _, ok := r.mine[id]; !ok {
@@ -357,11 +392,16 @@ func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*
 
 // run writes queued updates until ctx ends, then what is left.
 func (r *recorder) run(ctx context.Context) {
+	tick := r.e.opts.Clock.NewTicker(time.Minute)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			r.flush(context.Background(), 5*time.Second)
 			return
+		case <-tick.Chan():
+			r.prune()
+			continue
 		case <-r.wake:
 		}
 		r.flush(ctx, 0)
@@ -389,18 +429,16 @@ func (r *recorder) flush(ctx context.Context, budget time.Duration) {
 		if len(fns) == 0 {
 			continue
 		}
-		if _, err := r.write(ctx, id, fns); err != nil {
-			if ctx.Err() != nil {
-				r.e.log.Warn("flows: execution record not written before stopping", "execution", id, "err", err)
-				continue
-			}
+		_, err := r.write(ctx, id, fns)
+		switch {
+		case err == nil:
+		case ctx.Err() != nil:
+			r.e.log.Warn("flows: execution record not written before stopping", "execution", id, "err", err)
+		case errors.Is(err, adapters.ErrInvalidArgument), errors.Is(err, adapters.ErrTooLarge):
+			r.e.log.Warn("flows: execution record dropped", "execution", id, "err", err)
+		default:
 			r.e.log.Warn("flows: writing an execution record; retrying", "execution", id, "err", err)
-			r.mu.Lock()
-			if len(r.pending[id]) == 0 {
-				r.queue = append(r.queue, id)
-			}
-			r.pending[id] = append(fns, r.pending[id]...)
-			r.mu.Unlock()
+			r.requeue(id, fns)
 			t := r.e.opts.Clock.NewTimer(time.Second)
 			select {
 			case <-ctx.Done():
@@ -409,6 +447,46 @@ func (r *recorder) flush(ctx context.Context, budget time.Duration) {
 			t.Stop()
 		}
 	}
+}
+
+// prune keeps the executions catalog below Config.MaxRecords: when it
+// holds more than nine tenths of it, it moves the expiry cutoff (see
+// expireFunc) past the records of the executions that ended longest ago,
+// down to eight tenths; the catalog drops them at its next expiry pass (on
+// every node: their copies converge, so they pick the same cutoff, and a
+// dropped record that a node sends again is dropped on arrival). It returns
+// how many records the cutoff passes.
+func (r *recorder) prune() int {
+	limit := r.e.cfg.MaxRecords
+	n := r.cat.Len()
+	if n <= limit*9/10 {
+		return 0
+	}
+	var ends []time.Time
+	for _, en := range r.cat.List(prefixRecord) {
+		var x struct {
+			State string    `json:"state"`
+			Ended time.Time `json:"ended"`
+		}
+		if json.Unmarshal(en.Value, &x) == nil && ended(x.State) {
+			ends = append(ends, x.Ended)
+		}
+	}
+	sort.Slice(ends, func(i, j int) bool { return ends[i].Before(ends[j]) })
+	drop := min(n-limit*8/10, len(ends))
+	if drop <= 0 {
+		return 0
+	}
+	cutoff := ends[drop-1].UnixNano() + 1
+	for {
+		old := r.cutoff.Load()
+		if old >= cutoff || r.cutoff.CompareAndSwap(old, cutoff) {
+			break
+		}
+	}
+	r.e.log.Info("flows: the executions catalog is nearly full; dropping the records of the executions that ended longest ago",
+		"records", drop, "entries", n, "max_records", limit, "ended_before", time.Unix(0, cutoff).UTC())
+	return drop
 }
 
 // watched is called for every change of a record: if it lost something

@@ -36,6 +36,10 @@
 // the queue is next touched or when a waiting consumer's timer fires), so
 // Close leaves nothing running.
 //
+// The Server also implements adapters.Retainer (through its clients): the
+// last value per key of each log, kept for the Server's life, across
+// Restart.
+//
 // # Fault hooks
 //
 //   - Server.Disconnect(c) / Reconnect(c) (or c.Disconnect()): while

@@ -73,6 +73,7 @@ type Server struct {
 	seq       uint64 // item sequence, for enqueue order
 	token     uint64 // lease tokens
 	clientSeq uint64
+	retained  map[string]map[string][]byte // log -> key -> last value (Retainer)
 }
 
 // NewServer returns an empty in-memory broker server.

@@ -21,7 +21,12 @@
 // Names on the server, for a prefix P, queue Q and topic T: topic subject
 // "P.topic.T"; queue stream "P_Q_Q" on subject "P.queue.Q"; dead-letter
 // stream "P_DLQ_Q" on "P.dlq.Q"; a durable pull consumer "clusterbus" on each
-// stream; and a one-message stream "P_KEEPALIVE" (see below).
+// stream; a one-message stream "P_KEEPALIVE" (see below); and, for each log
+// L given to Retain (adapters.Retainer), a stream "P_LOG_L" on subjects
+// "P.log.L.<key>" (the key base64url-encoded) that keeps one message per
+// subject (MaxMsgsPerSubject 1, file storage, Options.Replicas replicas):
+// Retain is a JetStream publish acknowledged by the stream, and Retained
+// reads the stream with an ordered consumer until nothing is pending.
 //
 // # Message Delivery Semantics
 //

@@ -212,6 +212,7 @@ type Broker struct {
 	subs      map[*subscription]struct{}
 	consumers map[*consumer]struct{}
 	queues    map[string]queueInfo // cache of declared queues
+	logs      map[string]bool      // retained logs whose stream exists (Retainer)
 }
 
 var _ adapters.Broker = (*Broker)(nil)

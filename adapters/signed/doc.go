@@ -69,6 +69,17 @@
 // their slot). Nobody without a key can change what an item says or where
 // it goes.
 //
+// # Retained values
+//
+// The Broker implements adapters.Retainer when the broker it wraps does
+// (adapters.RetainerOf; otherwise Retain and Retained fail with
+// adapters.ErrUnsupported). Retain stores an envelope of kind "retained"
+// whose destination is the log and whose key is the value's key; Retained
+// returns only values that verify, signed for this cluster, this log and
+// the key they are stored under, and counts the others like rejected
+// messages (kind "retained"). Retained values have no freshness limit: they
+// are meant to outlive every node.
+//
 // # Keys and rotation
 //
 // A KeyRing holds one or more keys of at least MinKeyLen bytes: the first

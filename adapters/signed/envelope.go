@@ -15,7 +15,7 @@ import (
 //
 // and the signed part is
 //
-//	kind (1 byte: 'T' topic, 'Q' queue) | cluster | destination | sender |
+//	kind (1 byte: 'T' topic, 'Q' queue, 'R' retained value) | cluster | destination | sender |
 //	incarnation (8) | sequence (8) | sent (8, unix ns) | ID | key |
 //	header count (2) | name, value ... | body (the rest)
 //
@@ -33,6 +33,9 @@ const (
 
 	kindTopic byte = 'T'
 	kindQueue byte = 'Q'
+	// kindRetained signs a value kept by an adapters.Retainer: the
+	// destination is the log, the envelope's key the value's key.
+	kindRetained byte = 'R'
 
 	maxHeaders = 256
 )
@@ -150,8 +153,8 @@ func decode(b []byte) (*envelope, error) {
 	if r.err != nil {
 		return nil, r.err
 	}
-	if e.Kind != kindTopic && e.Kind != kindQueue {
-		return nil, fmt.Errorf("kind %q: want T or Q", e.Kind)
+	if e.Kind != kindTopic && e.Kind != kindQueue && e.Kind != kindRetained {
+		return nil, fmt.Errorf("kind %q: want T, Q or R", e.Kind)
 	}
 	e.Body = r.b[r.off:]
 	return e, nil

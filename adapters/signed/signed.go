@@ -95,7 +95,7 @@ type Config struct {
 type Rejection struct {
 	Time        time.Time
 	Reason      string
-	Kind        string // "topic" or "queue"
+	Kind        string // "topic", "queue" or "retained"
 	Destination string // the topic or queue it came from
 	Sender      string // as the message claims; unverified unless the reason says otherwise
 	Detail      string
@@ -309,11 +309,7 @@ func (s *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 // open checks m, received from dest, and returns the message it carries.
 func (s *Broker) open(kind byte, dest string, m adapters.Message) (*envelope, Rejection) {
 	rej := func(reason, sender, detail string) Rejection {
-		k := "topic"
-		if kind == kindQueue {
-			k = "queue"
-		}
-		return Rejection{Reason: reason, Kind: k, Destination: dest, Sender: sender, Detail: detail}
+		return Rejection{Reason: reason, Kind: kindName(kind), Destination: dest, Sender: sender, Detail: detail}
 	}
 	e, err := decode(m.Body)
 	switch {
@@ -353,8 +349,11 @@ func brokerID(key []byte, queue, id string) string {
 }
 
 func kindName(k byte) string {
-	if k == kindQueue {
+	switch k {
+	case kindQueue:
 		return "queue"
+	case kindRetained:
+		return "retained"
 	}
 	return "topic"
 }

@@ -59,6 +59,7 @@ It prints "config ok" and exits 0, or lists every problem and exits 2.`,
 		addNodeFlags(c.Flags())
 		cfgCmd.AddCommand(c)
 	}
+	addSettingsCommands(cfgCmd)
 	rootCmd.AddCommand(cfgCmd)
 }
 

@@ -130,6 +130,8 @@ func runNode(ctx context.Context, cfg *nodeConfig, logOut interface{ Write([]byt
 	defer release()
 	// Fixed here so that every log line, ours included, carries it.
 	bcfg.NodeID, cfg.NodeID = id, id
+	// The cluster settings keep their copy in the node's own data dir.
+	bcfg.DataDir = cfg.ownDataDir()
 	log := base.With("node", bcfg.NodeID)
 	// Adapters opened by URL log through slog.Default(): make it this
 	// node's logger, so their lines follow --log-level and --log-format.

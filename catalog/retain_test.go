@@ -1,0 +1,141 @@
+package catalog_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/kafka"
+	"github.com/clusterbus/clusterbus/adapters/kafka/kafkatest"
+	"github.com/clusterbus/clusterbus/adapters/mem"
+	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
+	"github.com/clusterbus/clusterbus/adapters/signed"
+	"github.com/clusterbus/clusterbus/catalog"
+)
+
+// Every catalog stops and the NATS server restarts; new catalogs without
+// data dirs get every entry from the broker's retained copy at Start.
+func TestWholeClusterRestartNATS(t *testing.T) {
+	dataDir := t.TempDir()
+	srv, err := natsserver.Start(natsserver.Config{Listen: "127.0.0.1:0", DataDir: dataDir})
+	if err != nil {
+		t.Fatalf("embedded NATS server: %v", err)
+	}
+	var ns []*node
+	var brokers []adapters.Broker
+	for i := range 3 {
+		b := openNATS(t, srv.ClientURL())
+		brokers = append(brokers, b)
+		ns = append(ns, start(t, b, fmt.Sprintf("n%d", i), nil))
+	}
+	for i := range 60 {
+		put(t, ns[i%3], fmt.Sprintf("k%02d", i), fmt.Sprint("v", i))
+	}
+	put(t, ns[1], "k00", "rewritten")
+	if _, err := ns[2].Delete(context.Background(), "k01"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the three catalogs to converge", 10*time.Second, func() bool { return converged(ns...) })
+	want := dump(ns[0])
+	for i, n := range ns {
+		if err := n.Stop(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		_ = brokers[i].Close()
+	}
+	srv.Shutdown()
+	srv.WaitForShutdown()
+
+	srv, err = natsserver.Start(natsserver.Config{Listen: "127.0.0.1:0", DataDir: dataDir})
+	if err != nil {
+		t.Fatalf("restart the embedded NATS server: %v", err)
+	}
+	t.Cleanup(srv.Shutdown)
+	for i := range 3 {
+		n := start(t, openNATS(t, srv.ClientURL()), fmt.Sprintf("n%d", i), func(cfg *catalog.Config) { cfg.DigestInterval = time.Hour })
+		if got := dump(n); got != want {
+			t.Fatalf("node %d after the restart holds\n%s\nwant\n%s", i, got, want)
+		}
+		if _, ok := n.Get("k01"); ok {
+			t.Fatal("the delete of k01 was lost")
+		}
+	}
+}
+
+// Through the signed decorator, retained entries are signed; a value put
+// in the broker without the key is dropped at Start.
+func TestRetainedThroughSignedDecorator(t *testing.T) {
+	srv := mem.NewServer()
+	ring, err := signed.NewKeyRing([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrap := func(id string) adapters.Broker {
+		b, err := signed.Wrap(srv.Client(), signed.Config{Cluster: cluster, Sender: id, Keys: ring})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	a := start(t, wrap("a"), "a", nil)
+	put(t, a, "one", "1")
+	put(t, a, "two", "2")
+	_ = a.Stop(context.Background())
+	// A forged entry written straight into the broker.
+	raw := srv.Client()
+	if err := raw.Retain(context.Background(), cluster+"-catalog-settings", "evil", []byte(`{"k":"evil","v":"eA==","r":{"c":1,"n":"x"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	b := start(t, wrap("b"), "b", func(cfg *catalog.Config) { cfg.DigestInterval = time.Hour })
+	if !hasValue(b, "one", "1") || !hasValue(b, "two", "2") {
+		t.Fatalf("b after start: %s", dump(b))
+	}
+	if _, ok := b.Get("evil"); ok {
+		t.Fatal("an unsigned retained entry was merged")
+	}
+}
+
+// The same on Kafka (kfake): the catalog's compacted topic outlives every
+// node and a broker restart.
+func TestWholeClusterRestartKafka(t *testing.T) {
+	fake, err := kafkatest.Start(kafkatest.Options{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("start kfake: %v", err)
+	}
+	t.Cleanup(fake.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	open := func() adapters.Broker {
+		cfg, err := kafka.ParseURL(fake.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := kafka.Open(ctx, cfg)
+		if err != nil {
+			t.Fatalf("kafka open: %v", err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	}
+	a := start(t, open(), "a", nil)
+	b := start(t, open(), "b", nil)
+	for i := range 20 {
+		put(t, []*node{a, b}[i%2], fmt.Sprintf("k%02d", i), fmt.Sprint("v", i))
+	}
+	if _, err := b.Delete(ctx, "k00"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a and b to converge", 20*time.Second, func() bool { return converged(a, b) })
+	want := dump(a)
+	_ = a.Stop(ctx)
+	_ = b.Stop(ctx)
+	if err := fake.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := start(t, open(), "c", func(cfg *catalog.Config) { cfg.DigestInterval = time.Hour })
+	if got := dump(c); got != want {
+		t.Fatalf("a new node after the restart holds\n%s\nwant\n%s", got, want)
+	}
+}
