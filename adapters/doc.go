@@ -23,7 +23,8 @@
 // exists and falls back to Enqueue per item.
 //
 // A broker may implement Retainer, which keeps the last value per key of a
-// named log durably (NATS: a JetStream stream per log; mem: a map), so that
+// named log durably (NATS: a JetStream stream per log; Kafka: a compacted
+// topic; mem: a map), so that
 // state such as the catalog package's entries survives a restart of every
 // node. Decorators (signed, traced) implement it too and pass it on; use
 // RetainerOf to find out whether a broker, decorators included, retains.

@@ -141,6 +141,10 @@ type Catalog struct {
 	answerQ  []string             // answered keys, oldest first
 	pending  map[string]bool      // request IDs this node will answer
 	lastReq  time.Time            // last sync request sent
+	// answerWindow starts the second in which answersInWindow requests
+	// were answered.
+	answerWindow    time.Time
+	answersInWindow int
 
 	sub    adapters.Subscription
 	cancel context.CancelFunc

@@ -184,7 +184,7 @@ func TestThreeCatalogsConvergeNATS(t *testing.T) {
 	}
 }
 
-func openNATS(t *testing.T, url string) adapters.Broker {
+func openNATS(t testing.TB, url string) adapters.Broker {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -549,5 +549,23 @@ func TestExpire(t *testing.T) {
 	}
 	if _, ok := a.Get("drop"); ok || !hasValue(a, "keep", "x") {
 		t.Fatalf("a after sync: %s", dump(a))
+	}
+}
+
+// A flood of sync requests is answered at most ten times a second.
+func TestSyncRequestFloodIsThrottled(t *testing.T) {
+	srv := mem.NewServer()
+	a := start(t, srv.Client(), "a", func(cfg *catalog.Config) { cfg.DigestInterval = time.Hour })
+	put(t, a, "k", "v")
+	raw := srv.Client()
+	for i := range 200 {
+		publishRaw(t, raw, "sync-request", map[string]any{"f": "flooder", "id": fmt.Sprint("req", i), "dg": map[string]any{"n": 0, "h": 0}})
+	}
+	waitFor(t, "the flood to be throttled", 5*time.Second, func() bool {
+		return metricValue(a.reg, "clusterbus_catalog_syncs_total", "kind", "throttled") > 0
+	})
+	time.Sleep(300 * time.Millisecond)
+	if n := metricValue(a.reg, "clusterbus_catalog_syncs_total", "kind", "answered"); n > 40 {
+		t.Fatalf("answered %v of 200 flooded requests", n)
 	}
 }

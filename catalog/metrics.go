@@ -21,7 +21,7 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 		Help: "Catalog entries or messages dropped on receipt, by catalog and reason (malformed, key, size, rev, clock, full)."},
 		[]string{"catalog", "reason"})
 	syncs := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: "catalog", Name: "syncs_total",
-		Help: "Catalog sync requests sent and answered by this node, by catalog."},
+		Help: "Catalog sync requests sent (requested), answered and left unanswered because of a flood (throttled) by this node, by catalog."},
 		[]string{"catalog", "kind"})
 	pubErr := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: "catalog", Name: "publish_errors_total",
 		Help: "Failed publishes of catalog messages, by catalog."},
@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 	for _, r := range reasons {
 		m.rejected.WithLabelValues(name, r)
 	}
-	for _, k := range []string{"requested", "answered"} {
+	for _, k := range []string{"requested", "answered", "throttled"} {
 		m.syncs.WithLabelValues(name, k)
 	}
 	m.publishErrors.WithLabelValues(name)

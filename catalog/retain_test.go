@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/kafka"
+	"github.com/clusterbus/clusterbus/adapters/kafka/kafkatest"
 	"github.com/clusterbus/clusterbus/adapters/mem"
 	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
 	"github.com/clusterbus/clusterbus/adapters/signed"
@@ -92,5 +94,48 @@ func TestRetainedThroughSignedDecorator(t *testing.T) {
 	}
 	if _, ok := b.Get("evil"); ok {
 		t.Fatal("an unsigned retained entry was merged")
+	}
+}
+
+// The same on Kafka (kfake): the catalog's compacted topic outlives every
+// node and a broker restart.
+func TestWholeClusterRestartKafka(t *testing.T) {
+	fake, err := kafkatest.Start(kafkatest.Options{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("start kfake: %v", err)
+	}
+	t.Cleanup(fake.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	open := func() adapters.Broker {
+		cfg, err := kafka.ParseURL(fake.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := kafka.Open(ctx, cfg)
+		if err != nil {
+			t.Fatalf("kafka open: %v", err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	}
+	a := start(t, open(), "a", nil)
+	b := start(t, open(), "b", nil)
+	for i := range 20 {
+		put(t, []*node{a, b}[i%2], fmt.Sprintf("k%02d", i), fmt.Sprint("v", i))
+	}
+	if _, err := b.Delete(ctx, "k00"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a and b to converge", 20*time.Second, func() bool { return converged(a, b) })
+	want := dump(a)
+	_ = a.Stop(ctx)
+	_ = b.Stop(ctx)
+	if err := fake.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := start(t, open(), "c", func(cfg *catalog.Config) { cfg.DigestInterval = time.Hour })
+	if got := dump(c); got != want {
+		t.Fatalf("a new node after the restart holds\n%s\nwant\n%s", got, want)
 	}
 }

@@ -30,6 +30,8 @@ const (
 	maxIDLen      = 64
 	nBuckets      = 256
 	maxAnswered   = 1024
+	// maxAnswersPerSecond bounds the sync requests a node answers.
+	maxAnswersPerSecond = 10
 )
 
 // wireMsg is every message on the topic; the kind says which fields matter.
@@ -402,6 +404,19 @@ func (c *Catalog) scheduleAnswer(ctx context.Context, req wireMsg) {
 		c.mu.Unlock()
 		return
 	}
+	// At most maxAnswersPerSecond answers a second: a flood of requests
+	// (a peer in a loop, or anyone on an unsigned broker) must not make
+	// every node send its whole catalog again and again.
+	now := c.clock.Now()
+	if now.Sub(c.answerWindow) >= time.Second {
+		c.answerWindow, c.answersInWindow = now, 0
+	}
+	if c.answersInWindow >= maxAnswersPerSecond {
+		c.mu.Unlock()
+		c.met.syncs.WithLabelValues(c.cfg.Name, "throttled").Inc()
+		return
+	}
+	c.answersInWindow++
 	c.pending[req.ID] = true
 	differs := !sameDigest(c.dig.wire(), req.Digest)
 	c.mu.Unlock()

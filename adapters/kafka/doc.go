@@ -26,7 +26,10 @@
 // Names: broadcast topic T is the Kafka topic <prefix>.t.T; queue Q owns
 // <prefix>.q.Q (items), <prefix>.r.Q (delayed retries), <prefix>.d.Q
 // (dead letters) and <prefix>.m.Q (its declaration, compacted), and the
-// consumer groups <prefix>.q.Q, <prefix>.r.Q and <prefix>.d.Q.
+// consumer groups <prefix>.q.Q, <prefix>.r.Q and <prefix>.d.Q. A log L of
+// adapters.Retainer is the one-partition compacted topic <prefix>.l.L:
+// Retain writes a record keyed by the key (acks=all), Retained reads the
+// topic from its first offset to its end and keeps each key's last value.
 //
 // # Message Delivery Semantics
 //
