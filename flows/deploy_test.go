@@ -1,11 +1,16 @@
 package flows_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -272,5 +277,55 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("%s: not within 10s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestDefinitionRoutes: the HTTP API answers deploys, conflicts (409),
+// versions, sources, rollbacks and undeploys.
+func TestDefinitionRoutes(t *testing.T) {
+	b := mem.New()
+	t.Cleanup(func() { b.Close() })
+	e := deployNode(t, b, testConfig(t), "a")
+	srv := httptest.NewServer(e.Handler())
+	t.Cleanup(srv.Close)
+	call := func(method, path string, body any) (int, string) {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			raw, _ := json.Marshal(body)
+			rd = bytes.NewReader(raw)
+		}
+		req, _ := http.NewRequest(method, srv.URL+path, rd)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(out)
+	}
+	for _, c := range []struct {
+		method, path string
+		body         any
+		code         int
+		want         string
+	}{
+		{"POST", "/api/flow-definitions", flows.DeployRequest{YAML: "version: 3\n" + greetV1, File: "g.yaml"}, 200, `"version":3,"created":true,"head":true`},
+		{"POST", "/api/flow-definitions", flows.DeployRequest{YAML: "version: 3\n" + greetV2, File: "g.yaml"}, 409, "immutable"},
+		{"POST", "/api/flow-definitions", flows.DeployRequest{YAML: "flow: x\n", File: "x.yaml"}, 400, "x.yaml:1"},
+		{"POST", "/api/flow-definitions", flows.DeployRequest{YAML: greetV2}, 200, `"version":4`},
+		{"GET", "/api/flow-definitions/greet", nil, 200, `"head":4`},
+		{"GET", "/api/flow-definitions/greet/3", nil, 200, "version: 3\nflow: greet"},
+		{"GET", "/api/flow-definitions/nope", nil, 404, "never deployed"},
+		{"POST", "/api/flow-definitions/greet/rollback", flows.RollbackRequest{Version: 3}, 200, `"head":3`},
+		{"POST", "/api/flow-definitions/greet/rollback", flows.RollbackRequest{Version: 9}, 404, "no version 9"},
+		{"POST", "/api/flow-definitions/greet/undeploy", struct{}{}, 200, `"head":0`},
+		{"GET", "/api/flow-definitions", nil, 200, `"flow":"greet","head":0`},
+	} {
+		code, body := call(c.method, c.path, c.body)
+		if code != c.code || !strings.Contains(body, c.want) {
+			t.Errorf("%s %s: %d %s; want %d with %q", c.method, c.path, code, body, c.code, c.want)
+		}
 	}
 }

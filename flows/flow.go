@@ -217,6 +217,10 @@ func (f *Flow) prepared() *Flow {
 	return &c
 }
 
+// VersionGiven reports whether the flow's YAML named its version (else
+// Version is 1 from a file, or the deployed version).
+func (f *Flow) VersionGiven() bool { return f.versioned }
+
 func (f *Flow) step(name string) (*Step, bool) {
 	s, ok := f.byName[name]
 	return s, ok

@@ -115,6 +115,14 @@ func testDeployedFlowsAcrossNodes(t *testing.T, b testBroker) {
 			t.Fatalf("after the restart %s has head %d, want 2", n.id, h)
 		}
 	}
+	// The finished executions' records came back too (data dirs; on NATS
+	// also the broker's retained copy).
+	for _, id := range []string{olds[0], news[0]} {
+		st, err := flowStatus(bn, id)
+		if err != nil || st.State != flows.StateCompleted {
+			t.Errorf("after the restart execution %s: %+v %v; want its completed record", id, st, err)
+		}
+	}
 	check([]string{submitDeployed(t, bn, "relay")}, 2, "v2")
 	// A node with an empty data dir that never had the file gets the
 	// definitions from its peers and runs them.

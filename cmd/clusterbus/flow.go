@@ -46,9 +46,10 @@ func init() {
 		Use:   "submit FILE|NAME",
 		Short: "Start an execution of the flow defined in FILE (or registered as NAME) on the cluster",
 		Long: `Start an execution. FILE is a flow YAML file: it is checked here (errors
-name the line) and its flow name and version are submitted; the nodes must
-have loaded the same definition from their flows.dir. A NAME that is not a
-file is submitted as is. Prints the execution ID.`,
+name the line) and its flow name and version are submitted; that version
+must be deployed (clusterbus flow deploy, or flows.dir). A NAME that is not
+a file is submitted as is: the cluster runs its head version. Prints the
+execution ID.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := flows.SubmitRequest{Flow: args[0], ID: id}
@@ -59,7 +60,10 @@ file is submitted as is. Prints the execution ID.`,
 				}
 				switch {
 				case len(defs.Flows) == 1 && len(defs.Rules) == 0:
-					req.Flow, req.Version = defs.Flows[0].Name, defs.Flows[0].Version
+					req.Flow = defs.Flows[0].Name
+					if defs.Flows[0].VersionGiven() {
+						req.Version = defs.Flows[0].Version // else the cluster's head
+					}
 				case len(defs.Rules) == 1 && len(defs.Flows) == 0:
 					req.Flow, req.Version = defs.Rules[0].Name, defs.Rules[0].Version
 				default:
