@@ -457,14 +457,13 @@ func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, 
 		span.SetStatus(codes.Error, err.Error())
 		return "", err
 	}
-	if _, err := e.rec.updateNow(ctx, it.Exec, func(r *record) {
+	// Recorded off the submission's path; Status and the control
+	// operations on this node write it first if it is still queued.
+	e.rec.update(it.Exec, func(r *record) {
 		if r.Flow == "" {
 			r.Flow, r.Version, r.Step, r.Started, r.Node = it.Flow, it.Version, it.Step, now, e.opts.NodeID
 		}
-	}); err != nil {
-		// The execution runs: its first step's node records it.
-		e.log.Warn("flows: the new execution's record is not written yet", "execution", it.Exec, "err", err)
-	}
+	})
 	e.log.Info("flows: execution started", "flow", it.Flow, "version", it.Version, "execution", it.Exec, "trace_id", traceID(ctx))
 	return o.id, nil
 }
@@ -485,6 +484,11 @@ func (e *Engine) Status(ctx context.Context, id string) (Status, error) {
 // record returns the execution's record, syncing the catalog once if this
 // node has none.
 func (e *Engine) record(ctx context.Context, id string) (*record, error) {
+	if e.rec.hasPending(id) {
+		if r, err := e.rec.updateNow(ctx, id, nil); err == nil {
+			return r, nil
+		}
+	}
 	if r := e.rec.get(id); r != nil {
 		return r, nil
 	}
@@ -584,7 +588,7 @@ func (e *Engine) watched(en catalog.Entry) {
 			return
 		}
 		e.cancelRunning(x.Execution, c.Reason)
-	case strings.HasPrefix(en.Key, prefixRecord):
+	case strings.HasPrefix(en.Key, prefixRecord) && !en.Deleted && en.Rev.Node != e.opts.NodeID:
 		var x struct {
 			Execution string `json:"execution"`
 		}
@@ -758,9 +762,9 @@ func (e *Engine) getPark(id string) *park {
 // boundary gathers what this node knows of it's execution for admit.
 func (e *Engine) boundary(it *item) boundary {
 	var b boundary
-	if r := e.rec.get(it.Exec); r != nil {
-		b.Known, b.RecordedSeq, b.Gen = true, r.Seq, r.Retries
-		b.Ended = r.State == StateCompleted || r.State == StateCancelled
+	if state, seq, gen, ok := e.rec.summary(it.Exec); ok {
+		b.Known, b.RecordedSeq, b.Gen = true, seq, gen
+		b.Ended = state == StateCompleted || state == StateCancelled
 	}
 	b.Cancel, b.CancelReason = e.cancelRequested(it.Exec)
 	if it.Await != "" {

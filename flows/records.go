@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -100,6 +99,8 @@ type record struct {
 	// Resume is the item a failed or dead-lettered execution resumes from
 	// (Engine.Retry).
 	Resume *item `json:"resume,omitempty"`
+
+	rev catalog.Rev // the catalog's revision of this copy, if this node wrote it
 }
 
 // newer reports whether a's summary should win over b's: the higher retry
@@ -177,12 +178,24 @@ const (
 	prefixAwait  = "a/"
 )
 
-// rawKeyRE: IDs used as they are in keys; others are base64url-encoded
-// behind a '+' (which rawKeyRE excludes, so the two never collide).
-var rawKeyRE = regexp.MustCompile(`^[A-Za-z0-9_.@=-]{1,100}$`)
+// rawKey reports whether an ID is used as it is in keys: 1-100 of
+// [A-Za-z0-9_.@=-]; others are base64url-encoded behind a '+' (which raw
+// IDs cannot hold, so the two never collide).
+func rawKey(id string) bool {
+	if id == "" || len(id) > 100 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '@' || c == '=' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 func keyOf(prefix, id string) string {
-	if rawKeyRE.MatchString(id) {
+	if rawKey(id) {
 		return prefix + id
 	}
 	return prefix + "+" + base64.RawURLEncoding.EncodeToString([]byte(id))
@@ -274,6 +287,10 @@ type recorder struct {
 	cutoff atomic.Int64
 }
 
+// coalesce is how long the recorder gathers updates before it writes them
+// (real time: a detail of performance, not of the engine's clock).
+const coalesce = 20 * time.Millisecond
+
 // maxMine bounds the records a node remembers writing, for repairs.
 const maxMine = 2000
 
@@ -292,6 +309,37 @@ func (r *recorder) get(id string) *record {
 		return nil
 	}
 	return &rec
+}
+
+// summary is what admit needs of the execution's record, without decoding
+// its steps when the local copy is this node's last write.
+func (r *recorder) summary(id string) (state string, seq, gen int, ok bool) {
+	en, found := r.cat.Get(keyOf(prefixRecord, id))
+	if !found {
+		return "", 0, 0, false
+	}
+	r.wmu.Lock()
+	m := r.mine[id]
+	r.wmu.Unlock()
+	if m != nil && m.rev == en.Rev {
+		return m.State, m.Seq, m.Retries, true
+	}
+	var x struct {
+		State   string `json:"state"`
+		Seq     int    `json:"seq"`
+		Retries int    `json:"retries"`
+	}
+	if json.Unmarshal(en.Value, &x) != nil {
+		return "", 0, 0, false
+	}
+	return x.State, x.Seq, x.Retries, true
+}
+
+// pending reports whether updates of the execution's record are queued.
+func (r *recorder) hasPending(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pending[id]) > 0
 }
 
 // update queues fn for the execution's record; the recorder's goroutine
@@ -342,7 +390,13 @@ func (r *recorder) requeue(id string, fns []func(*record)) {
 func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*record, error) {
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
-	rec := merge(r.get(id), r.mine[id])
+	var rec *record
+	m := r.mine[id]
+	if en, ok := r.cat.Get(keyOf(prefixRecord, id)); ok && m != nil && en.Rev == m.rev {
+		rec = m // the local copy is this node's last write: no need to decode it
+	} else {
+		rec = merge(r.get(id), m)
+	}
 	if rec == nil {
 		rec = &record{Status: Status{Execution: id, State: StateRunning}}
 	} else {
@@ -373,7 +427,8 @@ func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*
 	if err != nil {
 		return nil, fmt.Errorf("flows: encode the record of %s: %w", id, err)
 	}
-	if _, err := r.cat.Put(ctx, keyOf(prefixRecord, id), body); err != nil {
+	en, err := r.cat.Put(ctx, keyOf(prefixRecord, id), body)
+	if err != nil {
 		if errors.Is(err, catalog.ErrFull) {
 			r.prune() // room within the catalog's next expiry pass
 		}
@@ -386,6 +441,7 @@ func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*
 			r.lru = r.lru[1:]
 		}
 	}
+	rec.rev = en.Rev
 	r.mine[id] = rec
 	return rec, nil
 }
@@ -404,6 +460,14 @@ func (r *recorder) run(ctx context.Context) {
 			continue
 		case <-r.wake:
 		}
+		// Gather the updates of the next moment: the steps of a fast
+		// execution make one write.
+		t := time.NewTimer(coalesce)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
 		r.flush(ctx, 0)
 	}
 }

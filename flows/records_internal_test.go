@@ -106,3 +106,17 @@ func TestRecordsStayBelowMaxRecords(t *testing.T) {
 		t.Errorf("the record of the oldest execution %s is still there", ids[0])
 	}
 }
+
+func TestKeyOfEveryExecutionIDIsAValidCatalogKey(t *testing.T) {
+	seen := map[string]string{}
+	for _, id := range []string{"a", "order-17", "x.y@z=1", "with space", "ünïcode", "+plus", "slash/es", "1234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890"} {
+		k := keyOf(prefixRecord, id)
+		if err := catalog.ValidateKey(k); err != nil {
+			t.Errorf("%q: key %q: %v", id, k, err)
+		}
+		if other, dup := seen[k]; dup {
+			t.Errorf("%q and %q share key %q", id, other, k)
+		}
+		seen[k] = id
+	}
+}
