@@ -15,6 +15,9 @@ type Retainer interface {
 	// Retained returns every key's last value in log; an empty map if the
 	// log does not exist.
 	Retained(ctx context.Context, log string) (map[string][]byte, error)
+	// Forget removes key from log (nil if it is not there), so that a
+	// log whose keys expire does not grow for ever.
+	Forget(ctx context.Context, log, key string) error
 }
 
 // MaxRetainedKey bounds the keys of Retainer.Retain.

@@ -265,8 +265,11 @@ func (c *Catalog) Start(ctx context.Context) error {
 		c.mergeLocal(good, false)
 		c.log.Debug("catalog loaded from data dir", "entries", len(good))
 	}
+	var rc retainedCopy
 	if c.retain != nil {
-		if err := c.loadRetained(ctx); errors.Is(err, adapters.ErrUnsupported) {
+		var err error
+		rc, err = c.loadRetained(ctx)
+		if errors.Is(err, adapters.ErrUnsupported) {
 			c.log.Warn("catalog: the broker keeps nothing (JetStream off?); entries survive in data dirs only", "err", err)
 			c.retain = nil
 		} else if err != nil {
@@ -284,6 +287,10 @@ func (c *Catalog) Start(ctx context.Context) error {
 	c.wg.Add(2)
 	go c.receiveLoop(runCtx, sub)
 	go c.tickLoop(runCtx)
+	if c.retain != nil {
+		c.wg.Add(1)
+		go c.repairRetained(runCtx, rc)
+	}
 	if _, err := c.sendSyncRequest(ctx, false); err != nil {
 		c.log.Warn("catalog: asking the other nodes for their entries failed; the digest exchange will retry", "err", err)
 	}
@@ -372,8 +379,11 @@ func (c *Catalog) write(ctx context.Context, key string, value []byte, del bool)
 	if c.cfg.FirstWriteWins(key) && had {
 		switch {
 		case del && old.Deleted, !del && !old.Deleted && string(old.Value) == string(value):
+			// Already written: retained and published again, so that a
+			// retried Put whose first attempt failed at the broker
+			// completes.
 			c.mu.Unlock()
-			return cloneEntry(old), nil
+			return c.spread(ctx, cloneEntry(old))
 		case !del:
 			c.mu.Unlock()
 			what := "a different value"
@@ -406,6 +416,11 @@ func (c *Catalog) write(ctx context.Context, key string, value []byte, del bool)
 			return e, adapters.Wrap(adapters.ErrUnavailable, op+": persist", err)
 		}
 	}
+	return c.spread(ctx, e)
+}
+
+// spread retains e in the broker (where it retains) and publishes it.
+func (c *Catalog) spread(ctx context.Context, e Entry) (Entry, error) {
 	if c.retain != nil {
 		if err := c.retainEntry(ctx, e); err != nil {
 			return e, err
@@ -533,17 +548,21 @@ func (c *Catalog) mergeLocal(es []Entry, persist bool) []Entry {
 }
 
 // expire drops the entries Expire returns true for.
-func (c *Catalog) expire(now time.Time) {
+func (c *Catalog) expire(ctx context.Context, now time.Time) {
 	if c.cfg.Expire == nil {
 		return
 	}
 	c.mu.Lock()
 	n := 0
+	var gone []Entry
 	for k, e := range c.entries {
 		if c.cfg.Expire(e, now) {
 			c.dig.remove(e)
 			delete(c.entries, k)
 			n++
+			if c.retain != nil && e.Rev.Node == c.cfg.NodeID {
+				gone = append(gone, e)
+			}
 		}
 	}
 	c.met.entries.Set(float64(len(c.entries)))
@@ -554,6 +573,9 @@ func (c *Catalog) expire(now time.Time) {
 			if err := c.store.compact(c.snapshot); err != nil {
 				c.log.Warn("catalog: persisting after expiry failed", "err", err)
 			}
+		}
+		if len(gone) > 0 {
+			c.forgetExpired(ctx, gone)
 		}
 	}
 }

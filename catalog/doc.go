@@ -22,7 +22,9 @@
 // versions) merge the other way: a tombstone beats a value, and among two
 // values (or two tombstones) the LOWEST Rev wins, so that every node keeps
 // the first write; Put on such a key that holds another value, or a
-// tombstone, fails with ErrConflict (the same value again is a no-op).
+// tombstone, fails with ErrConflict (the same value again returns the
+// existing entry, retained and published once more, so that a retried Put
+// completes).
 //
 // Merging is commutative, associative and idempotent: nodes that have
 // merged the same writes, in any order, hold the same entries.
@@ -53,7 +55,10 @@
 // line is ignored) before it hears from the others. Where the broker
 // implements adapters.Retainer, every Put is also retained in the broker
 // before it returns and Start reads the retained copy, so that a
-// whole-cluster restart with empty data dirs keeps every entry.
+// whole-cluster restart with empty data dirs keeps every entry. After
+// Start the node retains the local entries the broker lacks (or holds
+// older), and forgets retained values that are invalid or expired; the
+// writer of an entry that expires forgets it in the broker.
 //
 // # Hostile input
 //

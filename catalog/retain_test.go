@@ -139,3 +139,50 @@ func TestWholeClusterRestartKafka(t *testing.T) {
 		t.Fatalf("a new node after the restart holds\n%s\nwant\n%s", got, want)
 	}
 }
+
+// A node whose data dir holds entries the broker never kept retains them
+// after Start, so a node without a data dir gets them from the broker; the
+// writer of an expired entry forgets it in the broker.
+func TestRetainedCopyRepairedAndExpiredForgotten(t *testing.T) {
+	dir := t.TempDir()
+	// First on a broker that keeps nothing: only the data dir has them.
+	a := start(t, struct{ adapters.Broker }{mem.New()}, "a", func(cfg *catalog.Config) { cfg.Dir = dir })
+	put(t, a, "one", "1")
+	put(t, a, "two", "2")
+	_ = a.Stop(context.Background())
+
+	srv := mem.NewServer()
+	log := cluster + "-catalog-settings"
+	exp := func(cfg *catalog.Config) {
+		cfg.Dir = dir
+		cfg.Expire = func(e catalog.Entry, now time.Time) bool { return string(e.Value) == "tmp" }
+	}
+	a2 := start(t, srv.Client(), "a", exp)
+	raw := srv.Client()
+	waitFor(t, "a's entries retained", 5*time.Second, func() bool {
+		m, _ := raw.Retained(context.Background(), log)
+		return len(m) == 2
+	})
+	b := start(t, srv.Client(), "b", func(cfg *catalog.Config) { cfg.DigestInterval = time.Hour })
+	if !hasValue(b, "one", "1") || !hasValue(b, "two", "2") {
+		t.Fatalf("b after start: %s", dump(b))
+	}
+	put(t, a2, "scratch", "tmp")
+	if m, _ := raw.Retained(context.Background(), log); m["scratch"] == nil {
+		t.Fatal("scratch was not retained")
+	}
+	waitFor(t, "the expired entry forgotten in the broker", 5*time.Second, func() bool {
+		m, _ := raw.Retained(context.Background(), log)
+		return m["scratch"] == nil && len(m) == 2
+	})
+	// A value in the broker that is garbage is forgotten by the next node
+	// that starts.
+	if err := raw.Retain(context.Background(), log, "junk", []byte("not json")); err != nil {
+		t.Fatal(err)
+	}
+	start(t, srv.Client(), "c", func(cfg *catalog.Config) { cfg.DigestInterval = time.Hour })
+	waitFor(t, "the junk forgotten", 5*time.Second, func() bool {
+		m, _ := raw.Retained(context.Background(), log)
+		return m["junk"] == nil
+	})
+}

@@ -507,7 +507,7 @@ func (c *Catalog) tickLoop(ctx context.Context) {
 			return
 		case <-t.Chan():
 		}
-		c.expire(c.clock.Now())
+		c.expire(ctx, c.clock.Now())
 		c.mu.Lock()
 		d := c.dig.wire()
 		c.mu.Unlock()

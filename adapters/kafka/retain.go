@@ -134,3 +134,21 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 	}
 	return out, nil
 }
+
+// Forget implements adapters.Retainer: a tombstone (a record with a null
+// value) for the key, which compaction removes with the key's earlier
+// records.
+func (b *Broker) Forget(ctx context.Context, log, key string) error {
+	op := fmt.Sprintf("kafka: forget %q", log)
+	if err := b.checkOpen(op); err != nil {
+		return err
+	}
+	if err := adapters.ValidateRetained(op, log, key); err != nil {
+		return err
+	}
+	topic := b.logTopic(log)
+	if err := b.createTopics(ctx, op, b.topicConfig(topic, 1, kafkago.ConfigEntry{ConfigName: "cleanup.policy", ConfigValue: "compact"})); err != nil {
+		return err
+	}
+	return b.write(ctx, op, kafkago.Message{Topic: topic, Key: []byte(key)})
+}

@@ -53,6 +53,13 @@ func TestRetainLastValuePerKey(t *testing.T) {
 		}
 	}
 	check(openT(ctx, t, srv))
+	if err := r.Retain(ctx, log, "gone", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Forget(ctx, log, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	check(openT(ctx, t, srv))
 	if got, err := r.Retained(ctx, uniqueName("never")); err != nil || len(got) != 0 {
 		t.Fatalf("a log never retained to: %q, %v", got, err)
 	}

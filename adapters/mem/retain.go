@@ -48,3 +48,17 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 	}
 	return out, nil
 }
+
+// Forget implements adapters.Retainer.
+func (b *Broker) Forget(ctx context.Context, log, key string) error {
+	op := fmt.Sprintf("mem: forget %q", log)
+	if err := adapters.ValidateRetained(op, log, key); err != nil {
+		return err
+	}
+	if err := b.start(ctx, op, "topic", log); err != nil {
+		return err
+	}
+	defer b.srv.mu.Unlock()
+	delete(b.srv.retained[log], key)
+	return nil
+}

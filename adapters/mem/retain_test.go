@@ -30,6 +30,15 @@ func TestRetainKeepsLastValuePerKey(t *testing.T) {
 	if len(got) != 2 || string(got["k1"]) != "v1b" || string(got["k2"]) != "v2" {
 		t.Fatalf("Retained = %q, want k1=v1b k2=v2", got)
 	}
+	if err := b.Forget(ctx, "log1", "k2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Forget(ctx, "never", "k2"); err != nil {
+		t.Fatalf("Forget in a log never written = %v", err)
+	}
+	if got, _ := b.Retained(ctx, "log1"); len(got) != 1 || got["k2"] != nil {
+		t.Fatalf("after Forget: %q", got)
+	}
 	if got, _ := b.Retained(ctx, "never"); len(got) != 0 {
 		t.Fatalf("a log never retained to = %q, want empty", got)
 	}

@@ -141,3 +141,23 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 		}
 	}
 }
+
+// Forget implements adapters.Retainer: it purges the key's subject from
+// the log's stream.
+func (b *Broker) Forget(ctx context.Context, log, key string) error {
+	op := fmt.Sprintf("forget %q", log)
+	if err := adapters.ValidateRetained("nats: "+op, log, key); err != nil {
+		return err
+	}
+	if err := b.checkQueue(ctx, op); err != nil {
+		return err
+	}
+	st, err := b.js.Stream(ctx, b.logStream(log))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return b.mapCtxErr(ctx, op, err)
+	}
+	return b.mapCtxErr(ctx, op, st.Purge(ctx, jetstream.WithPurgeSubject(b.logSubject(log, key))))
+}

@@ -51,6 +51,15 @@ func TestRetainSurvivesServerRestart(t *testing.T) {
 	if err != nil || len(big) != 1500 {
 		t.Fatalf("Retained(big) = %d keys, %v; want 1500", len(big), err)
 	}
+	if err := b.Forget(ctx, "catlog", "with.dots"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Forget(ctx, "never", "x"); err != nil {
+		t.Fatalf("Forget in a log never written = %v", err)
+	}
+	if got, err := b.Retained(ctx, "catlog"); err != nil || len(got) != len(keys)-1 || got["with.dots"] != nil {
+		t.Fatalf("after Forget: %d keys, %v", len(got), err)
+	}
 	if err := b.Retain(ctx, "bad.log", "k", nil); !errors.Is(err, adapters.ErrInvalidArgument) {
 		t.Fatalf("Retain to a bad log name = %v", err)
 	}

@@ -67,3 +67,14 @@ func (s *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 	}
 	return out, nil
 }
+
+// Forget passes through: removing a key needs no signature (whoever can
+// write to the broker can delete from it anyway; a forgotten value is
+// simply missing at the next Retained).
+func (s *Broker) Forget(ctx context.Context, log, key string) error {
+	r, ok := adapters.RetainerOf(s.inner)
+	if !ok {
+		return adapters.Errorf(adapters.ErrUnsupported, fmt.Sprintf("signed: forget %q", log), "%s retains nothing", s.inner.Capabilities().Name)
+	}
+	return r.Forget(ctx, log, key)
+}

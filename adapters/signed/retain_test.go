@@ -55,6 +55,12 @@ func TestRetainSignsAndVerifies(t *testing.T) {
 	if len(got) != 1 || string(got["good"]) != "value" {
 		t.Fatalf("Retained = %q, want only good=value", got)
 	}
+	if err := a.Forget(ctx, "log", "unsigned"); err != nil {
+		t.Fatal(err)
+	}
+	if vals, _ := raw.Retained(ctx, "log"); vals["unsigned"] != nil {
+		t.Fatal("Forget did not reach the inner broker")
+	}
 	rej := rejectedSeries(t, reg)
 	if rej[signed.ReasonForged] != 1 || rej[signed.ReasonUnsigned] != 1 || rej[signed.ReasonWrongDestination] != 2 {
 		t.Fatalf("rejections = %v, want forged 1, unsigned 1, wrong-destination 2", rej)

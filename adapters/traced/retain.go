@@ -28,3 +28,12 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 	}
 	return r.Retained(ctx, log)
 }
+
+// Forget passes through to the wrapped broker.
+func (b *Broker) Forget(ctx context.Context, log, key string) error {
+	r, ok := adapters.RetainerOf(b.inner)
+	if !ok {
+		return adapters.Errorf(adapters.ErrUnsupported, fmt.Sprintf("traced: forget %q", log), "%s retains nothing", b.system)
+	}
+	return r.Forget(ctx, log, key)
+}
