@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/flows"
 )
 
@@ -24,11 +26,14 @@ const (
 // TestDeployedFlowsAcrossNodes: a flow deployed with `clusterbus flow
 // deploy` on node A runs on node B, which never had the file; v2 deployed
 // while v1 executions wait: those end on v1, new ones run v2; after a
-// restart of every node (same data dirs) the flow is there and runs; a
-// node that joins with an empty data dir gets it from its peers. On NATS
-// (embedded-NATS `clusterbus broker`) and RabbitMQ (a broker that retains
-// nothing: the definitions live in the nodes' data dirs and travel between
-// nodes on join).
+// restart of every node (same data dirs) the flow and the finished
+// executions' records are there and it runs; a node that joins with an
+// empty data dir gets them from its peers; rollback and undeploy through
+// the CLI; then a restart of every node with empty data dirs: on NATS
+// (embedded-NATS `clusterbus broker`, JetStream retains the catalogs) the
+// flow and the records come back from the broker, on RabbitMQ (retains
+// nothing: the catalogs live in the nodes' data dirs and travel between
+// nodes on join) they are gone.
 func TestDeployedFlowsAcrossNodes(t *testing.T) {
 	needBinary(t)
 	for _, kind := range []string{"nats", "rabbitmq"} {
@@ -104,6 +109,7 @@ func testDeployedFlowsAcrossNodes(t *testing.T, b testBroker) {
 		t.Fatalf("versions: %s", out)
 	}
 
+	t.Logf("%s: v1 and v2 executions checked at %s", b.kind, time.Since(began).Round(time.Millisecond))
 	// Restart every node: the definitions come back from the data dirs
 	// (and, on NATS, from the stream the catalog retains them in).
 	a.term(20 * time.Second)
@@ -124,6 +130,7 @@ func testDeployedFlowsAcrossNodes(t *testing.T, b testBroker) {
 		}
 	}
 	check([]string{submitDeployed(t, bn, "relay")}, 2, "v2")
+	t.Logf("%s: restarted and checked at %s", b.kind, time.Since(began).Round(time.Millisecond))
 	// A node with an empty data dir that never had the file gets the
 	// definitions from its peers and runs them.
 	dirs["c"] = t.TempDir()
@@ -140,6 +147,43 @@ func testDeployedFlowsAcrossNodes(t *testing.T, b testBroker) {
 		t.Fatalf("undeploy: %s", out)
 	}
 	waitUntil(t, 10*time.Second, "a sees the undeploy", func() bool { return headOf(a, "relay") == 0 })
+
+	// Restart every node with an empty data dir: what survives is what the
+	// broker retains (NATS: JetStream), nothing on a broker that keeps no
+	// catalog (RabbitMQ), as package catalog documents.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	br, err := adapters.Open(ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, retains := adapters.RetainerOf(br)
+	br.Close()
+	t.Logf("%s: joiner, rollback, undeploy checked at %s", b.kind, time.Since(began).Round(time.Millisecond))
+	for _, n := range []*node{a, bn, c} {
+		n.term(20 * time.Second)
+	}
+	t.Logf("%s: every node stopped at %s", b.kind, time.Since(began).Round(time.Millisecond))
+	for id := range dirs {
+		dirs[id] = t.TempDir()
+	}
+	a, bn = start("a"), start("b")
+	waitUntil(t, 30*time.Second, "a and b serve with empty data dirs", func() bool { return a.health() == http.StatusOK && bn.health() == http.StatusOK })
+	if retains {
+		waitUntil(t, 10*time.Second, "b has relay, undeployed, from the broker", func() bool { return headOf(bn, "relay") == 0 })
+		out = cli(t, "flow", "rollback", "relay", "2", "--addr", bn.addr)
+		check([]string{submitDeployed(t, a, "relay")}, 2, "v2")
+		if st, err := flowStatus(a, olds[0]); err != nil || st.State != flows.StateCompleted || st.Version != 1 {
+			t.Errorf("with empty data dirs execution %s: %+v %v; want its completed record from the broker", olds[0], st, err)
+		}
+		t.Logf("%s retains: the definitions and the execution records came back from the broker alone", b.kind)
+	} else {
+		time.Sleep(2 * time.Second) // time for a sync between a and b
+		if h := headOf(bn, "relay"); h != -1 {
+			t.Errorf("%s keeps no catalog, yet b knows relay (head %d) with every data dir empty", b.kind, h)
+		}
+		t.Logf("%s retains nothing: with every data dir gone the definitions are gone too (as documented)", b.kind)
+	}
 	t.Logf("%s: done in %s", b.kind, time.Since(began).Round(time.Millisecond))
 }
 

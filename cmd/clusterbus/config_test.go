@@ -45,6 +45,7 @@ flows:
 	t.Setenv("CLUSTERBUS_FLOWS_DIR", "/from/env")
 	t.Setenv("CLUSTERBUS_FLOWS_RESULTS_QUEUE", "done")
 	t.Setenv("CLUSTERBUS_FLOWS_LEASE", "45s")
+	t.Setenv("CLUSTERBUS_FLOWS_ENABLED", "false")
 
 	fs := pflag.NewFlagSet("node", pflag.ContinueOnError)
 	addNodeFlags(fs)
@@ -70,6 +71,7 @@ flows:
 		{"flows.max-attempts (file)", cfg.Flows.MaxAttempts, 9},
 		{"flows.queue (default: empty, the node uses CLUSTER-flows)", cfg.Flows.Queue, ""},
 		{"flows.results-queue (env)", cfg.Flows.ResultsQueue, "done"},
+		{"flows.enabled (env; default true)", cfg.Flows.Enabled, false},
 		{"clock-skew-threshold (default)", cfg.ClockSkewThreshold, 2 * time.Second},
 		{"embedded-sync (default: fsync, like clusterbus broker)", cfg.EmbeddedSync, true},
 	}
