@@ -64,6 +64,13 @@
 // detection window, the minority 503 throughout, one lead after the heal;
 // it logs the timeline).
 //
+// Execution control (control_test.go, NATS): TestFlowCancelAndHistoryAcrossRestart
+// (a running http step cancelled with `clusterbus flow cancel` through
+// another node: its request ends, the next step never runs, both nodes
+// record it cancelled with the reason; after every node restarted with an
+// empty data dir, `flow history` and `flow list --status` answer the same
+// from the catalog the broker retains).
+//
 // # What is checked
 //
 // Timing is the defaults: heartbeat 500ms, failure timeout 1.5s. The
