@@ -2,6 +2,7 @@ package flows
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -118,22 +119,22 @@ func DeployFrom(file string) DeployOption { return func(o *deployOpts) { o.file 
 // another node deployed concurrently with other content, and won (see the
 // package doc), as a conflict.
 func (e *Engine) Deploy(ctx context.Context, source []byte, opts ...DeployOption) ([]Deployment, error) {
-	o := deployOpts{file: "deploy"}
+	var o deployOpts
 	for _, fn := range opts {
 		fn(&o)
 	}
 	if e.defs == nil {
 		return nil, adapters.Errorf(adapters.ErrUnavailable, "flows: deploy", "this engine has no definitions catalog")
 	}
-	defs, err := Parse(o.file, source)
+	defs, err := Parse(cmp.Or(o.file, "deploy"), source)
 	if err != nil {
 		return nil, err
 	}
 	if len(defs.Rules) > 0 {
-		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "flows: deploy", "%s defines rules (%s): only flows can be deployed; load rules from flows.dir", o.file, defs.Rules[0].Name)
+		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "flows: deploy", "%s defines rules (%s): only flows can be deployed; load rules from flows.dir", cmp.Or(o.file, "the source"), defs.Rules[0].Name)
 	}
 	if len(defs.Flows) == 0 {
-		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "flows: deploy", "%s defines no flow", o.file)
+		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "flows: deploy", "%s defines no flow", cmp.Or(o.file, "the source"))
 	}
 	return e.deploy(ctx, defs.Flows, o)
 }
@@ -175,8 +176,8 @@ func (e *Engine) deploy(ctx context.Context, fs []*Flow, o deployOpts) ([]Deploy
 		}
 		key := defKey(f.Name, d.Version)
 		if ent, ok := e.defs.Get(key); !ok || !bytes.Equal(ent.Value, f.YAML) {
-			errs = append(errs, fmt.Errorf("flows: deploy %s: version %d of flow %q was deployed concurrently with other content by node %s, which won: %w; deploy again (an unversioned file becomes the next version)",
-				o.file, d.Version, f.Name, ent.Rev.Node, catalog.ErrConflict))
+			errs = append(errs, fmt.Errorf("flows: deploy: version %d of flow %q was deployed concurrently with other content by node %s, which won: %w; deploy again (an unversioned file becomes the next version)",
+				d.Version, f.Name, ent.Rev.Node, catalog.ErrConflict))
 			d.Version, d.Created = 0, false
 			continue
 		}
@@ -536,6 +537,15 @@ func compileDefinition(name string, v int, src []byte) (*Flow, error) {
 	}
 	f.Version = v
 	return f, nil
+}
+
+// undeployed reports whether name is a deployed flow whose head was
+// removed (Undeploy).
+func (e *Engine) undeployed(name string) bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	d := e.deployed[name]
+	return d != nil && len(d.versions) > 0 && d.head == 0
 }
 
 // lookupDeployed is lookup's answer for a deployed flow: ok2 is false if

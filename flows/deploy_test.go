@@ -188,6 +188,9 @@ func TestDeployVersionRules(t *testing.T) {
 	if _, err := e.Submit(ctx, "greet", nil); !errors.Is(err, flows.ErrFlowNotFound) {
 		t.Fatalf("submit after undeploy: %v, want ErrNotFound", err)
 	}
+	if _, err := e.Submit(ctx, "greet", nil, flows.WithVersion(2)); !errors.Is(err, flows.ErrFlowNotFound) {
+		t.Fatalf("submit of a named version after undeploy: %v, want ErrFlowNotFound", err)
+	}
 	if fv, _ := e.Versions("greet"); fv.Head != 0 || len(fv.Versions) != 3 {
 		t.Fatalf("versions after undeploy %+v", fv)
 	}
@@ -327,5 +330,42 @@ func TestDefinitionRoutes(t *testing.T) {
 		if code != c.code || !strings.Contains(body, c.want) {
 			t.Errorf("%s %s: %d %s; want %d with %q", c.method, c.path, code, body, c.code, c.want)
 		}
+	}
+}
+
+// TestConflictingDeploysResolveTheSameEverywhere: b misses a's write of
+// greet v3 and deploys other content as v3 itself: the lower Rev (a's,
+// written first) wins on both nodes, and b's Deploy reports the conflict
+// it sees when it syncs.
+func TestConflictingDeploysResolveTheSameEverywhere(t *testing.T) {
+	srv := mem.NewServer()
+	t.Cleanup(srv.Close)
+	cfg := testConfig(t)
+	ab, bb := srv.Client(), srv.Client()
+	a := deployNode(t, ab, cfg, "a")
+	b := deployNode(t, bb, cfg, "b")
+	bb.DropNext("t-catalog-"+flows.DefinitionsCatalog, 1) // a's write of v3 does not reach b
+	x, y := "version: 3\n"+greetV1, "version: 3\n"+greetV2
+	if d := deploy(t, a, x); d.Version != 3 || !d.Created {
+		t.Fatalf("a: %+v", d)
+	}
+	_, err := b.Deploy(context.Background(), []byte(y))
+	if !errors.Is(err, catalog.ErrConflict) {
+		t.Fatalf("b's deploy of other content as v3: %v, want ErrConflict", err)
+	}
+	t.Log(err)
+	for _, e := range []*flows.Engine{a, b} {
+		waitFor(t, "every node keeps a's v3", func() bool {
+			src, err := e.Source("greet", 3)
+			fv, _ := e.Versions("greet")
+			return err == nil && string(src) == x && len(fv.Versions) == 1 && fv.Versions[0].Node == "a" && fv.Head == 3
+		})
+	}
+	id, err := b.Submit(context.Background(), "greet", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := waitState(t, b, id, flows.StateCompleted); s.Output["greeting"] != "v1" {
+		t.Fatalf("b ran %v, want a's content (v1 greeting)", s.Output)
 	}
 }

@@ -435,6 +435,9 @@ func (e *Engine) Submit(ctx context.Context, flow string, input map[string]any, 
 			return "", adapters.Errorf(adapters.ErrUnavailable, "flows: submit", "the flow engine on node %s is not running yet", e.opts.NodeID)
 		}
 	}
+	if e.undeployed(flow) {
+		return "", errorf(ErrFlowNotFound, "flows: submit", "flow %q is undeployed (clusterbus flow rollback or deploy brings it back)", flow)
+	}
 	f, ok := e.lookup(flow, o.version)
 	if !ok {
 		f, ok = e.fetchFlow(ctx, flow, o.version) // deployed elsewhere a moment ago?
