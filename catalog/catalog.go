@@ -291,7 +291,7 @@ func (c *Catalog) Start(ctx context.Context) error {
 		c.wg.Add(1)
 		go c.repairRetained(runCtx, rc)
 	}
-	if _, err := c.sendSyncRequest(ctx, false); err != nil {
+	if _, err := c.sendSyncRequest(ctx, false, false); err != nil {
 		c.log.Warn("catalog: asking the other nodes for their entries failed; the digest exchange will retry", "err", err)
 	}
 	return nil

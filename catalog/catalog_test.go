@@ -569,3 +569,64 @@ func TestSyncRequestFloodIsThrottled(t *testing.T) {
 		t.Fatalf("answered %v of 200 flooded requests", n)
 	}
 }
+
+// Answers to background sync requests (digest mismatch) leave out writes
+// of the last two seconds; explicit ones (Sync, Start) carry everything.
+func TestBackgroundSyncLeavesOutRecentWrites(t *testing.T) {
+	srv := mem.NewServer()
+	a := start(t, srv.Client(), "a", func(cfg *catalog.Config) { cfg.DigestInterval = time.Hour })
+	put(t, a, "fresh", "v")
+	raw := srv.Client()
+	sub, err := raw.Subscribe(context.Background(), cluster+"-catalog-settings")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	replies := func(within time.Duration) int {
+		n := 0
+		ctx, cancel := context.WithTimeout(context.Background(), within)
+		defer cancel()
+		for {
+			m, err := sub.Receive(ctx)
+			if err != nil {
+				return n
+			}
+			if m.Headers[catalog.HeaderKind] == "sync-reply" && bytes.Contains(m.Body, []byte(`"fresh"`)) {
+				n++
+			}
+		}
+	}
+	publishRaw(t, raw, "sync-request", map[string]any{"f": "x", "id": "bg1", "bg": true, "dg": map[string]any{"n": 0, "h": 0}})
+	if n := replies(500 * time.Millisecond); n != 0 {
+		t.Fatalf("a background request got %d replies carrying a write made just now", n)
+	}
+	publishRaw(t, raw, "sync-request", map[string]any{"f": "x", "id": "fg1", "dg": map[string]any{"n": 0, "h": 0}})
+	if n := replies(500 * time.Millisecond); n != 1 {
+		t.Fatalf("an explicit request got %d replies with the write, want 1", n)
+	}
+	time.Sleep(2 * time.Second)
+	publishRaw(t, raw, "sync-request", map[string]any{"f": "x", "id": "bg2", "bg": true, "dg": map[string]any{"n": 0, "h": 0}})
+	if n := replies(500 * time.Millisecond); n != 1 {
+		t.Fatalf("a background request 2 s later got %d replies with the write, want 1", n)
+	}
+}
+
+// A put lost on the way to one node reaches it through the digest
+// exchange.
+func TestLostPutRepairedByDigests(t *testing.T) {
+	srv := mem.NewServer()
+	slow := func(cfg *catalog.Config) { cfg.DigestInterval = time.Second }
+	a := start(t, srv.Client(), "a", slow)
+	cb := srv.Client()
+	b := start(t, cb, "b", slow)
+	time.Sleep(200 * time.Millisecond) // the answers to the start's sync requests are in
+	cb.DropNext(cluster+"-catalog-settings", 1)
+	began := time.Now()
+	put(t, a, "lost", "v")
+	time.Sleep(100 * time.Millisecond)
+	if _, ok := b.Get("lost"); ok {
+		t.Fatal("the put was not dropped")
+	}
+	waitFor(t, "b to get the lost put", 10*time.Second, func() bool { return hasValue(b, "lost", "v") })
+	t.Logf("repaired after %s (digest interval 1s, settle 2s)", time.Since(began).Round(10*time.Millisecond))
+}

@@ -43,7 +43,13 @@
 // Config.DigestInterval (default 10 s, jittered); a node that sees a
 // different digest asks for a sync (at most once per second), so writes
 // lost on the topic (at-most-once delivery) and writes made while nodes
-// were apart converge within about one interval.
+// were apart converge within about one or two intervals. Answers to such
+// background requests leave out writes of the last two seconds (they are
+// still on their way as put messages) and are not sent when nothing else
+// differs, so that a catalog under steady writes, whose digests always
+// differ a little, does not resend itself every interval. Answers only
+// carry the entries of the 256 key buckets whose hash differs from the
+// requester's. A node answers at most 10 sync requests a second.
 //
 // # Persistence
 //

@@ -30,6 +30,9 @@ const (
 	maxIDLen      = 64
 	nBuckets      = 256
 	maxAnswered   = 1024
+	// settleTime is how recent a write (by its Rev clock against the
+	// node's clock) is left out of answers to background sync requests.
+	settleTime = 2 * time.Second
 	// maxAnswersPerSecond bounds the sync requests a node answers.
 	maxAnswersPerSecond = 10
 )
@@ -45,19 +48,25 @@ type wireMsg struct {
 	Same    bool        `json:"same,omitempty"` // sync-reply: the responder's digest equals the request's
 	Digest  *wireDigest `json:"dg,omitempty"`   // sync-request, sync-reply, digest
 	Buckets []uint64    `json:"b,omitempty"`    // sync-request: the requester's bucket hashes
+	// Background marks a sync request sent because digests differed or
+	// messages were missed: answers leave out the writes of the last
+	// settleTime, which are still on their way, and say nothing if that
+	// leaves nothing.
+	Background bool `json:"bg,omitempty"`
 }
 
 // wireOut is wireMsg with entries already encoded, for splitting.
 type wireOut struct {
-	From    string            `json:"f"`
-	Entries []json.RawMessage `json:"e,omitempty"`
-	ID      string            `json:"id,omitempty"`
-	To      string            `json:"to,omitempty"`
-	Part    int               `json:"p,omitempty"`
-	Parts   int               `json:"ps,omitempty"`
-	Same    bool              `json:"same,omitempty"`
-	Digest  *wireDigest       `json:"dg,omitempty"`
-	Buckets []uint64          `json:"b,omitempty"`
+	From       string            `json:"f"`
+	Entries    []json.RawMessage `json:"e,omitempty"`
+	ID         string            `json:"id,omitempty"`
+	To         string            `json:"to,omitempty"`
+	Part       int               `json:"p,omitempty"`
+	Parts      int               `json:"ps,omitempty"`
+	Same       bool              `json:"same,omitempty"`
+	Digest     *wireDigest       `json:"dg,omitempty"`
+	Buckets    []uint64          `json:"b,omitempty"`
+	Background bool              `json:"bg,omitempty"`
 }
 
 type wireDigest struct {
@@ -167,7 +176,7 @@ func (c *Catalog) send(ctx context.Context, kind string, body []byte) error {
 // sendSyncRequest publishes a sync request with this node's digest and
 // bucket hashes. With wait it registers a waiter that completes when one
 // responder's full reply has been merged.
-func (c *Catalog) sendSyncRequest(ctx context.Context, wait bool) (*syncWait, error) {
+func (c *Catalog) sendSyncRequest(ctx context.Context, wait, background bool) (*syncWait, error) {
 	id := c.newID()
 	c.mu.Lock()
 	d := c.dig
@@ -179,7 +188,7 @@ func (c *Catalog) sendSyncRequest(ctx context.Context, wait bool) (*syncWait, er
 	}
 	c.mu.Unlock()
 	c.met.syncs.WithLabelValues(c.cfg.Name, "requested").Inc()
-	err := c.publish(ctx, kindSyncReq, wireMsg{ID: id, Digest: d.wire(), Buckets: d.b[:]})
+	err := c.publish(ctx, kindSyncReq, wireMsg{ID: id, Digest: d.wire(), Buckets: d.b[:], Background: background})
 	if err != nil && w != nil {
 		c.mu.Lock()
 		delete(c.syncs, id)
@@ -198,7 +207,7 @@ func (c *Catalog) maybeRequestSync(ctx context.Context) {
 	if recent {
 		return
 	}
-	if _, err := c.sendSyncRequest(ctx, false); err != nil {
+	if _, err := c.sendSyncRequest(ctx, false, true); err != nil {
 		c.log.Debug("catalog: sync request failed", "err", err)
 	}
 }
@@ -211,7 +220,7 @@ func (c *Catalog) Sync(ctx context.Context) error {
 	if err := c.usable("catalog " + c.cfg.Name + ": sync"); err != nil {
 		return err
 	}
-	w, err := c.sendSyncRequest(ctx, true)
+	w, err := c.sendSyncRequest(ctx, true, false)
 	if err != nil {
 		return err
 	}
@@ -458,14 +467,25 @@ func (c *Catalog) answer(ctx context.Context, req wireMsg, d digest) error {
 	for i := range diff {
 		diff[i] = req.Buckets == nil || req.Buckets[i] != d.b[i]
 	}
+	var recent uint64 // background: leave out writes with a clock above this
+	if req.Background {
+		c.mu.Lock()
+		top := max(c.lamport, uint64(max(c.clock.Now().UnixMilli(), 0)))
+		c.mu.Unlock()
+		recent = top - min(top, uint64(settleTime/time.Millisecond))
+	}
 	var parts [][]json.RawMessage
 	var cur []json.RawMessage
-	size := 0
+	size, n := 0, 0
 	budget := c.maxMsg - 256 // the framing fields
 	for _, e := range c.snapshot() {
 		if b, _ := entryHash(e); !diff[b] {
 			continue
 		}
+		if req.Background && e.Rev.Clock > recent {
+			continue
+		}
+		n++
 		raw, err := json.Marshal(e)
 		if err != nil {
 			continue
@@ -476,6 +496,9 @@ func (c *Catalog) answer(ctx context.Context, req wireMsg, d digest) error {
 		}
 		cur = append(cur, raw)
 		size += len(raw) + 1
+	}
+	if n == 0 && req.Background {
+		return nil // nothing settled differs: what differs is on its way
 	}
 	if len(cur) > 0 || len(parts) == 0 {
 		parts = append(parts, cur)
