@@ -501,3 +501,48 @@ func TestHistoryAfterEveryEngineRestarted(t *testing.T) {
 		}
 	}
 }
+
+// TestLongWaitOutlivesItsAttempts: on a broker whose longest delay is 50
+// ms, with 2 attempts per item, a 600 ms wait and a 600 ms await timeout
+// are carried on by fresh copies of their items instead of being
+// dead-lettered.
+func TestLongWaitOutlivesItsAttempts(t *testing.T) {
+	srv := mem.NewServer(mem.WithCapabilities(func(c *adapters.Capabilities) { c.MaxDelay = 50 * time.Millisecond }))
+	t.Cleanup(srv.Close)
+	b := srv.Client()
+	t.Cleanup(func() { b.Close() })
+	defs, err := flows.Parse("long.yaml", []byte(`flow: long
+steps:
+  - name: pause
+    wait: 600ms
+  - name: hold
+    await: {signal: never, timeout: 600ms, on-timeout: late}
+  - name: ok
+    set: {r: "'signalled'"}
+    next: end
+  - name: late
+    set: {r: "'timed out'"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.MaxAttempts = 2
+	e := newEngine(t, b, cfg, "n1", func(e *flows.Engine) {
+		if err := e.Register(defs.Flows[0]); err != nil {
+			t.Fatal(err)
+		}
+	})
+	began := time.Now()
+	id, err := e.Submit(context.Background(), "long", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := waitState(t, e, id, flows.StateCompleted, flows.StateDeadLettered)
+	if st.State != flows.StateCompleted || st.Output["r"] != "timed out" {
+		t.Fatalf("status %+v", st)
+	}
+	if took := time.Since(began); took < 1200*time.Millisecond {
+		t.Errorf("done after %s: the wait and the timeout were cut short", took)
+	}
+}

@@ -107,9 +107,12 @@
 //     record write that has not reached the node yet, and two copies
 //     running at the same time.
 //   - A wait, a RetryAfter and a drain hand-back each count as a delivery
-//     attempt (the contract has no snooze). A wait needs a broker with
-//     delayed nack (Capabilities.DelayedNack); without it the continuation
-//     comes back at once and uses up its attempts.
+//     attempt (the contract has no snooze). A wait (and an await's
+//     timeout) longer than its attempts cover (the broker's longest delay,
+//     Capabilities.MaxDelay) is carried on by a fresh copy of its item,
+//     enqueued on its last attempt (message ID suffix "~wN"). A wait needs
+//     a broker with delayed nack (Capabilities.DelayedNack); without it the
+//     continuation comes back at once and uses up its attempts.
 //   - Steps do not see a fork or a repeat themselves: make the systems they
 //     call honour the idempotency key or the fencing token.
 //   - Status, List and history answer from this node's copy of the
@@ -168,7 +171,6 @@
 //     sequence number, so whichever records first makes the other a repeat
 //     (above). On brokers without dedupe, where a crash can also repeat the
 //     await step itself, the repeat finds the park resolved and does not
-//     park again. A wait on the timeout counts delivery attempts as a wait
-//     step does (below the broker's maximum delay).
+//     park again.
 
 package flows

@@ -151,6 +151,9 @@ type item struct {
 	// Await marks the continuation of an await step: "signal" (released by
 	// Engine.Signal) or "timeout" (the delayed timeout item).
 	Await string `json:"await,omitempty"`
+	// Refresh counts the fresh copies of an item that waits longer than
+	// its attempts allow (see handle).
+	Refresh int `json:"refresh,omitempty"`
 }
 
 // id is the item's message ID: "execution:seq", with the retry generation
@@ -163,6 +166,9 @@ func (it *item) id() string {
 	}
 	if it.Await == awaitTimeout {
 		id += ":timeout"
+	}
+	if it.Refresh > 0 {
+		id += "~w" + strconv.Itoa(it.Refresh)
 	}
 	return id
 }
@@ -674,6 +680,20 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 		e.log.Info("flows: dropping an item", "item", it.id(), "attempt", job.Attempt, "why", a.Why)
 		return nil
 	case admitDefer:
+		if job.Attempt >= job.MaxAttempts && job.MaxAttempts > 1 && e.b.Capabilities().DelayedNack.Available() {
+			// Its last attempt, still not due (a wait or an await's
+			// timeout longer than the broker's longest delay times the
+			// attempts): a fresh copy with fresh attempts replaces it. Its
+			// ID is the same for every node that does this at this point,
+			// so a crash-repeat is deduplicated where the broker can.
+			cp := it
+			cp.Refresh++
+			if err := e.enqueue(ctx, &cp); err != nil {
+				return err
+			}
+			e.log.Debug("flows: a waiting item used up its attempts; a fresh copy replaces it", "item", it.id(), "copy", cp.id(), "due_in", a.Delay)
+			return nil
+		}
 		return workqueue.RetryAfter(a.Delay, errNotDue)
 	case admitCancel:
 		return e.settle(ctx, &it, job, decision{Kind: decCancel, State: StateCancelled}, stepTimes{})
