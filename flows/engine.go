@@ -527,11 +527,15 @@ func (e *Engine) Start(ctx context.Context) error {
 	if !e.catStarted {
 		// Started once, and kept running if the worker does not start, so
 		// that a caller that retries Start finds it running.
+		unwatch := e.cat.Watch(e.watched)
 		if err := e.cat.Start(ctx); err != nil {
+			unwatch()
 			return fmt.Errorf("flows: executions catalog: %w", err)
 		}
-		e.catStarted = true
-		e.unwatch = e.cat.Watch(e.watched)
+		e.catStarted, e.unwatch = true, unwatch
+		for _, en := range e.cat.List(prefixRecord) {
+			e.rec.index(en) // what the catalog loaded before the watch saw it
+		}
 		rctx, stop := context.WithCancel(context.Background())
 		e.stop, e.done = stop, make(chan struct{})
 		go func() {
@@ -597,7 +601,11 @@ func (e *Engine) watched(en catalog.Entry) {
 			return
 		}
 		e.cancelRunning(x.Execution, c.Reason)
-	case strings.HasPrefix(en.Key, prefixRecord) && !en.Deleted && en.Rev.Node != e.opts.NodeID:
+	case strings.HasPrefix(en.Key, prefixRecord):
+		e.rec.index(en)
+		if en.Deleted || en.Rev.Node == e.opts.NodeID {
+			return
+		}
 		var x struct {
 			Execution string `json:"execution"`
 		}
