@@ -114,6 +114,17 @@
 // — provided the sender's publish reached the broker (Invalidate returns the
 // error otherwise). Cache is a small map-based cache wired to this.
 //
+// # Cluster settings
+//
+// Settings (Node.Settings) are cluster-wide key/value strings every node
+// holds the same copy of: Get, Set, Delete, List, Map and Watch, and over
+// HTTP GET /api/settings, GET|PUT|DELETE /api/settings/{key}. They are a
+// catalog (package catalog) named "settings", started with the node's Start
+// (before it subscribes; a failure leaves the node unstarted) and stopped
+// with Stop; kept in Config.DataDir and, where the broker retains (NATS,
+// Kafka), in the broker. Concurrent sets of one key end with the later one
+// (hybrid logical clock, then node ID) on every node.
+//
 // # Message authentication and cluster panic
 //
 // The node has no signing code of its own: authentication is a property of

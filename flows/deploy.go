@@ -401,9 +401,9 @@ func (e *Engine) Undeploy(ctx context.Context, name string) error {
 
 // Seed deploys the flows of the YAML files in dir whose exact content is
 // not deployed yet, and registers the files' rules on this node (as
-// LoadDir does). It first syncs with the other nodes (up to two seconds),
-// so that a node starting with the files its peers deployed creates
-// nothing: N nodes seeding the same directory create one version of each
+// LoadDir does). Unless its copy of the catalog holds every file's content
+// already, it first syncs with the other nodes (up to two seconds), so
+// that a node starting with the files its peers deployed creates nothing: N nodes seeding the same directory create one version of each
 // flow (and if they do it at the same moment, they write the same content
 // under the same key, which is no conflict). A file's content that is
 // deployed already does not move the head, so a rollback or an undeploy
@@ -424,9 +424,13 @@ func (e *Engine) Seed(ctx context.Context, dir string) ([]Deployment, error) {
 	if e.defs == nil {
 		return nil, adapters.Errorf(adapters.ErrUnavailable, "flows: seed", "this engine has no definitions catalog")
 	}
-	sctx, cancel := context.WithTimeout(ctx, definitionWait)
-	_ = e.defs.Sync(sctx)
-	cancel()
+	if !e.allStored(defs.Flows) {
+		// Something would be created: hear from the other nodes first, so
+		// as not to create what they deployed already.
+		sctx, cancel := context.WithTimeout(ctx, definitionWait)
+		_ = e.defs.Sync(sctx)
+		cancel()
+	}
 	var out []Deployment
 	var errs []error
 	for _, f := range defs.Flows {
@@ -437,6 +441,24 @@ func (e *Engine) Seed(ctx context.Context, dir string) ([]Deployment, error) {
 		}
 	}
 	return out, errors.Join(errs...)
+}
+
+// allStored reports whether this node's copy of the catalog holds the
+// exact content of every flow of fs as some version.
+func (e *Engine) allStored(fs []*Flow) bool {
+	for _, f := range fs {
+		found := false
+		for v, ent := range e.storedVersions(f.Name) {
+			if bytes.Equal(ent.Value, f.YAML) && (!f.versioned || v == f.Version) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }
 
 // watchDefinitions compiles what the definitions catalog holds and every

@@ -9,7 +9,8 @@
 //	clusterbus status   print the cluster as a node sees it (-o json|yaml, --watch)
 //	clusterbus cache    broadcast cache-clear events
 //	clusterbus flow     submit flow executions, ask where they are, list them (flow list),
-//	                    check definitions without a node (flow lint DIR)
+//	                    check definitions without a node (flow lint DIR), deploy
+//	                    definitions to the cluster (flow deploy|versions|rollback|undeploy)
 //	clusterbus config   print the merged node configuration with each value's source
 //	                    (config print), or validate it (config check); exit 2 on errors
 //	clusterbus cluster  down an unreachable member by hand (cluster down NODE)
