@@ -227,6 +227,13 @@ type park struct {
 // tombstoneAge is how long a pruned record's tombstone is kept.
 const tombstoneAge = time.Hour
 
+// recordExpired is the expiry rule of a record: ended, and either ended
+// (and last written: old) more than retention ago, or ended before the
+// cutoff (Unix ns, 0 for none).
+func recordExpired(state string, end time.Time, old bool, now time.Time, retention time.Duration, cutoff int64) bool {
+	return ended(state) && (old && now.Sub(end) > retention || cutoff > 0 && end.UnixNano() < cutoff)
+}
+
 // expireFunc drops, on every node alike, records of executions that ended
 // more than retention ago or before the cutoff (see prune), and cancel
 // requests and resolved parks older than retention.
@@ -240,7 +247,8 @@ func expireFunc(retention time.Duration, cutoff *atomic.Int64) func(catalog.Entr
 		old := now.Sub(e.At) > retention // every kind of entry is written at or after what it tells of
 		switch {
 		case strings.HasPrefix(e.Key, prefixRecord):
-			if !old && e.At.UnixNano() >= cutoff.Load() {
+			c := cutoff.Load()
+			if !old && c == 0 {
 				return false
 			}
 			var r struct {
@@ -250,7 +258,7 @@ func expireFunc(retention time.Duration, cutoff *atomic.Int64) func(catalog.Entr
 			if json.Unmarshal(e.Value, &r) != nil {
 				return true
 			}
-			return ended(r.State) && (now.Sub(r.Ended) > retention || r.Ended.UnixNano() < cutoff.Load())
+			return recordExpired(r.State, r.Ended, old, now, retention, c)
 		case !old:
 			return false
 		case strings.HasPrefix(e.Key, prefixAwait):
@@ -387,7 +395,7 @@ func (r *recorder) summaries(keep func(*Status) bool) []Status {
 	var out []Status
 	for k, se := range r.sums {
 		s := se.s
-		if ended(s.State) && (now.Sub(s.Ended) > r.e.cfg.Retention && now.Sub(se.at) > r.e.cfg.Retention || s.Ended.UnixNano() < cutoff) {
+		if recordExpired(s.State, s.Ended, now.Sub(se.at) > r.e.cfg.Retention, now, r.e.cfg.Retention, cutoff) {
 			delete(r.sums, k)
 			continue
 		}
