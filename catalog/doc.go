@@ -57,8 +57,11 @@
 // snapshot, written to a temporary file and renamed) and
 // Dir/catalog-<Name>.log (a journal of changes since the snapshot, one JSON
 // entry per line, folded into the snapshot when it grows past the number of
-// entries and on Stop). A restarted node loads both (a torn last journal
-// line is ignored) before it hears from the others. Where the broker
+// entries and on Stop). Journal appends are written, not fsynced: they
+// survive the process dying, not the machine losing power (the snapshot is
+// fsynced before its rename; on NATS and Kafka the broker's copy covers
+// the rest). A restarted node loads both (a torn last journal line is
+// ignored) before it hears from the others. Where the broker
 // implements adapters.Retainer, every Put is also retained in the broker
 // before it returns and Start reads the retained copy, so that a
 // whole-cluster restart with empty data dirs keeps every entry. After

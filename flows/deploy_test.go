@@ -325,6 +325,8 @@ func TestDefinitionRoutes(t *testing.T) {
 		{"POST", "/api/flow-definitions/greet/rollback", flows.RollbackRequest{Version: 9}, 404, "no version 9"},
 		{"POST", "/api/flow-definitions/greet/undeploy", struct{}{}, 200, `"head":0`},
 		{"GET", "/api/flow-definitions", nil, 200, `"flow":"greet","head":0`},
+		{"POST", "/api/flow-definitions", flows.DeployRequest{YAML: "version: 3\n" + greetV2 + "---\nflow: other\nsteps:\n  - name: s\n    wait: 1s\n"}, 409,
+			`"deployed":[{"flow":"other","version":1,"created":true,"head":true}]`},
 	} {
 		code, body := call(c.method, c.path, c.body)
 		if code != c.code || !strings.Contains(body, c.want) {

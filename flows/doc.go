@@ -30,7 +30,8 @@
 // catalog (Seed): each flow whose exact content is not deployed yet
 // becomes a version; content that is deployed already changes nothing, so
 // N nodes seeding the same directory create one version, and a rollback or
-// an undeploy survives their restarts.
+// an undeploy survives their restarts. A deployed flow shadows a flow of the same
+// name registered in Go (Register) on that node.
 //
 // Conflicting concurrent deploys: two nodes that write the same version
 // key with different content at once both succeed locally; when their
@@ -40,7 +41,9 @@
 // up to a second after writing and returns an error matching
 // catalog.ErrConflict if its write lost; a loser that does not see it within
 // that second reports success for content the cluster then replaces (its
-// Versions call shows the winner). Concurrent head writes: the highest Rev
+// Versions call shows the winner), and an execution submitted on the
+// losing content in between continues on the winner's (a step it names
+// that the winner lacks fails the execution). Concurrent head writes: the highest Rev
 // wins (the later write, as far as the clocks tell). Where the definitions
 // survive a restart of the whole cluster depends on the catalog: retained
 // in the broker where the broker can (NATS JetStream), else only in each

@@ -71,6 +71,15 @@
 // empty data dir, `flow history` and `flow list --status` answer the same
 // from the catalog the broker retains).
 //
+// Deployed definitions (deploy_test.go, NATS and RabbitMQ):
+// TestDeployedFlowsAcrossNodes (`clusterbus flow deploy` on node a, the
+// flow submitted on node b, which never had the file; v2 deployed while
+// v1 executions wait in a wait step: each ends on its version; every node
+// restarted with its data dir, then a joiner with an empty one; rollback
+// and undeploy through the CLI; then every node restarted with an empty
+// data dir: on NATS the definitions and execution records come back from
+// JetStream, on RabbitMQ, which retains nothing, they are gone).
+//
 // # What is checked
 //
 // Timing is the defaults: heartbeat 500ms, failure timeout 1.5s. The

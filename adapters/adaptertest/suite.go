@@ -79,6 +79,7 @@ func Run(t *testing.T, h Harness) {
 		{"Limits", s.limitCases()},
 		{"Errors", s.errorCases()},
 		{"Stats", s.statsCases()},
+		{"Retain", s.retainCases()},
 	}
 	t.Run("Contract", func(t *testing.T) {
 		for _, g := range groups {
