@@ -2,7 +2,6 @@ package flows
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"time"
@@ -50,19 +49,7 @@ func (e *Engine) List(o ListOptions) []Status {
 // list returns the summaries (no output, no steps) of the records keep
 // accepts.
 func (e *Engine) list(keep func(*Status) bool) []Status {
-	var out []Status
-	for _, en := range e.cat.List(prefixRecord) {
-		var r record
-		if json.Unmarshal(en.Value, &r) != nil || r.Execution == "" {
-			continue
-		}
-		s := r.Status
-		s.Output, s.Steps = nil, nil
-		if keep(&s) {
-			out = append(out, s)
-		}
-	}
-	return out
+	return e.rec.summaries(keep)
 }
 
 // Cancel asks for execution id to stop: a cancel request in the executions

@@ -467,7 +467,12 @@ func TestHistoryAfterEveryEngineRestarted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := waitState(t, b, done, flows.StateCompleted)
+	// Completed, with the step whose record write came after the completion.
+	var before flows.Status
+	waitUntilTrue(t, "the completed record with its three steps", func() bool {
+		before = waitState(t, b, done, flows.StateCompleted)
+		return len(before.Steps) == 3
+	})
 	waitStep(t, a, stuck, "two")
 	if _, err := a.Cancel(context.Background(), stuck, "restart test"); err != nil {
 		t.Fatal(err)
@@ -544,5 +549,14 @@ steps:
 	}
 	if took := time.Since(began); took < 1200*time.Millisecond {
 		t.Errorf("done after %s: the wait and the timeout were cut short", took)
+	}
+}
+
+func waitUntilTrue(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
 	}
 }

@@ -40,7 +40,8 @@ type RollbackRequest struct {
 //	POST /api/flow-definitions/{name}/undeploy {}
 //
 // A conflict (another version with that number and other content) answers
-// 409.
+// 409; when some flows of a source were deployed and others not, the error
+// body also lists what was deployed.
 func (e *Engine) definitionRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/flow-definitions", func(w http.ResponseWriter, r *http.Request) {
 		var req DeployRequest
@@ -53,6 +54,15 @@ func (e *Engine) definitionRoutes(mux *http.ServeMux) {
 			opts = append(opts, DeployFrom(req.File))
 		}
 		ds, err := e.Deploy(r.Context(), []byte(req.YAML), opts...)
+		if err != nil && len(ds) > 0 {
+			// Some flows of the source were deployed, others not.
+			code := http.StatusInternalServerError
+			if errors.Is(err, catalog.ErrConflict) {
+				code = http.StatusConflict
+			}
+			writeJSON(w, code, map[string]any{"error": err.Error(), "deployed": ds})
+			return
+		}
 		if err != nil {
 			writeDefError(w, err)
 			return

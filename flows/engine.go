@@ -527,11 +527,15 @@ func (e *Engine) Start(ctx context.Context) error {
 	if !e.catStarted {
 		// Started once, and kept running if the worker does not start, so
 		// that a caller that retries Start finds it running.
+		unwatch := e.cat.Watch(e.watched)
 		if err := e.cat.Start(ctx); err != nil {
+			unwatch()
 			return fmt.Errorf("flows: executions catalog: %w", err)
 		}
-		e.catStarted = true
-		e.unwatch = e.cat.Watch(e.watched)
+		e.catStarted, e.unwatch = true, unwatch
+		for _, en := range e.cat.List(prefixRecord) {
+			e.rec.index(en) // what the catalog loaded before the watch saw it
+		}
 		rctx, stop := context.WithCancel(context.Background())
 		e.stop, e.done = stop, make(chan struct{})
 		go func() {
@@ -597,7 +601,11 @@ func (e *Engine) watched(en catalog.Entry) {
 			return
 		}
 		e.cancelRunning(x.Execution, c.Reason)
-	case strings.HasPrefix(en.Key, prefixRecord) && !en.Deleted && en.Rev.Node != e.opts.NodeID:
+	case strings.HasPrefix(en.Key, prefixRecord):
+		e.rec.index(en)
+		if en.Deleted || en.Rev.Node == e.opts.NodeID {
+			return
+		}
 		var x struct {
 			Execution string `json:"execution"`
 		}
@@ -849,7 +857,9 @@ func (e *Engine) settle(ctx context.Context, it *item, job *workqueue.Job, d dec
 		if d.Outcome != "" && !times.Start.IsZero() {
 			r.Steps = unionSteps(r.Steps, []StepRecord{step})
 		}
-		r.Node, r.Attempt = e.opts.NodeID, job.Attempt
+		if !ended(r.State) || ended(d.State) {
+			r.Node, r.Attempt = e.opts.NodeID, job.Attempt // not on a record another node ended
+		}
 	}
 	// A step's result is recorded only while its lease is valid; a cancel
 	// is recorded whatever the lease.
@@ -865,7 +875,8 @@ func (e *Engine) settle(ctx context.Context, it *item, job *workqueue.Job, d dec
 		return d.Err
 	case decFail, decDeadLetter:
 		resume := *it
-		resume.NotBefore, resume.Await = time.Time{}, ""
+		resume.NotBefore, resume.Await, resume.Refresh = time.Time{}, "", 0
+		e.countEnd(it.Flow, d.State) // before the record says so: a reader of both sees them agree
 		_, err := e.rec.updateNow(bg, it.Exec, func(r *record) {
 			base(r)
 			if r.Retries > it.Gen || ended(r.State) && r.State != StateFailed && r.State != StateDeadLettered {
@@ -876,7 +887,6 @@ func (e *Engine) settle(ctx context.Context, it *item, job *workqueue.Job, d dec
 		if err != nil {
 			e.log.Warn("flows: the failure is not recorded", "execution", it.Exec, "err", err)
 		}
-		e.countEnd(it.Flow, d.State)
 		e.log.Info("flows: execution failed", "flow", it.Flow, "version", it.Version, "execution", it.Exec,
 			"outcome", d.State, "step", it.Step, "attempt", job.Attempt, "err", d.Err, "trace_id", traceID(ctx))
 		return d.Err
@@ -925,13 +935,13 @@ func (e *Engine) settle(ctx context.Context, it *item, job *workqueue.Job, d dec
 		if err := e.complete(ctx, it, d.Next, job); err != nil {
 			return err
 		}
+		e.countEnd(it.Flow, StateCompleted)
 		if _, err := e.rec.updateNow(ctx, it.Exec, func(r *record) {
 			base(r)
 			r.State, r.Step, r.Seq, r.Output, r.Ended, r.Error = StateCompleted, it.Step, max(r.Seq, it.Seq), d.Next.Vars, now, ""
 		}); err != nil {
 			e.log.Warn("flows: the completion is not recorded in the execution's record", "execution", it.Exec, "err", err)
 		}
-		e.countEnd(it.Flow, StateCompleted)
 		e.log.Info("flows: execution completed", "flow", it.Flow, "version", it.Version, "execution", it.Exec,
 			"steps", it.Seq+1, "took", e.opts.Clock.Since(it.Started), "trace_id", traceID(ctx))
 		return nil

@@ -227,6 +227,13 @@ type park struct {
 // tombstoneAge is how long a pruned record's tombstone is kept.
 const tombstoneAge = time.Hour
 
+// recordExpired is the expiry rule of a record: ended, and either ended
+// (and last written: old) more than retention ago, or ended before the
+// cutoff (Unix ns, 0 for none).
+func recordExpired(state string, end time.Time, old bool, now time.Time, retention time.Duration, cutoff int64) bool {
+	return ended(state) && (old && now.Sub(end) > retention || cutoff > 0 && end.UnixNano() < cutoff)
+}
+
 // expireFunc drops, on every node alike, records of executions that ended
 // more than retention ago or before the cutoff (see prune), and cancel
 // requests and resolved parks older than retention.
@@ -240,7 +247,8 @@ func expireFunc(retention time.Duration, cutoff *atomic.Int64) func(catalog.Entr
 		old := now.Sub(e.At) > retention // every kind of entry is written at or after what it tells of
 		switch {
 		case strings.HasPrefix(e.Key, prefixRecord):
-			if !old && e.At.UnixNano() >= cutoff.Load() {
+			c := cutoff.Load()
+			if !old && c == 0 {
 				return false
 			}
 			var r struct {
@@ -250,7 +258,7 @@ func expireFunc(retention time.Duration, cutoff *atomic.Int64) func(catalog.Entr
 			if json.Unmarshal(e.Value, &r) != nil {
 				return true
 			}
-			return ended(r.State) && (now.Sub(r.Ended) > retention || r.Ended.UnixNano() < cutoff.Load())
+			return recordExpired(r.State, r.Ended, old, now, retention, c)
 		case !old:
 			return false
 		case strings.HasPrefix(e.Key, prefixAwait):
@@ -285,6 +293,19 @@ type recorder struct {
 	// cutoff: records of executions that ended before it (Unix ns) expire
 	// (see prune).
 	cutoff atomic.Int64
+
+	// sums are the records' summaries (no steps, no output) by key, kept
+	// from the catalog's watch, so that List and the metrics do not
+	// decode every record.
+	sumMu sync.Mutex
+	sums  map[string]summaryEntry
+}
+
+// summaryEntry is a record's summary and the catalog revision it is from.
+type summaryEntry struct {
+	rev catalog.Rev
+	at  time.Time
+	s   Status
 }
 
 // coalesce is how long the recorder gathers updates before it writes them
@@ -295,7 +316,8 @@ const coalesce = 20 * time.Millisecond
 const maxMine = 2000
 
 func newRecorder(e *Engine, cat *catalog.Catalog) *recorder {
-	return &recorder{e: e, cat: cat, pending: map[string][]func(*record){}, wake: make(chan struct{}, 1), mine: map[string]*record{}}
+	return &recorder{e: e, cat: cat, pending: map[string][]func(*record){}, wake: make(chan struct{}, 1), mine: map[string]*record{},
+		sums: map[string]summaryEntry{}}
 }
 
 // get returns the execution's record from the local copy, nil if none.
@@ -333,6 +355,55 @@ func (r *recorder) summary(id string) (state string, seq, gen int, ok bool) {
 		return "", 0, 0, false
 	}
 	return x.State, x.Seq, x.Retries, true
+}
+
+// index keeps the summary of a record entry (from the catalog's watch, and
+// for every record once the catalog has started).
+func (r *recorder) index(en catalog.Entry) {
+	r.sumMu.Lock()
+	old, had := r.sums[en.Key]
+	r.sumMu.Unlock()
+	if had && old.rev == en.Rev {
+		return
+	}
+	if en.Deleted {
+		r.sumMu.Lock()
+		delete(r.sums, en.Key)
+		r.sumMu.Unlock()
+		return
+	}
+	var rec record
+	if json.Unmarshal(en.Value, &rec) != nil || rec.Execution == "" {
+		return
+	}
+	st := rec.Status
+	st.Output, st.Steps = nil, nil
+	r.sumMu.Lock()
+	if cur, ok := r.sums[en.Key]; !ok || cur.rev.Less(en.Rev) {
+		r.sums[en.Key] = summaryEntry{rev: en.Rev, at: en.At, s: st}
+	}
+	r.sumMu.Unlock()
+}
+
+// summaries returns the summaries keep accepts, leaving out (and
+// forgetting) those the catalog's expiry drops.
+func (r *recorder) summaries(keep func(*Status) bool) []Status {
+	now := r.e.opts.Clock.Now()
+	cutoff := r.cutoff.Load()
+	r.sumMu.Lock()
+	defer r.sumMu.Unlock()
+	var out []Status
+	for k, se := range r.sums {
+		s := se.s
+		if recordExpired(s.State, s.Ended, now.Sub(se.at) > r.e.cfg.Retention, now, r.e.cfg.Retention, cutoff) {
+			delete(r.sums, k)
+			continue
+		}
+		if keep(&s) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // pending reports whether updates of the execution's record are queued.
@@ -443,6 +514,13 @@ func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*
 	}
 	rec.rev = en.Rev
 	r.mine[id] = rec
+	st := rec.Status
+	st.Output, st.Steps = nil, nil
+	r.sumMu.Lock()
+	if cur, ok := r.sums[en.Key]; !ok || cur.rev.Less(en.Rev) {
+		r.sums[en.Key] = summaryEntry{rev: en.Rev, at: en.At, s: st} // the watch need not decode it
+	}
+	r.sumMu.Unlock()
 	return rec, nil
 }
 

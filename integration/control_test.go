@@ -98,6 +98,12 @@ func TestFlowCancelAndHistoryAcrossRestart(t *testing.T) {
 		}
 		return out
 	}
+	// Every step's write has arrived (a step's record is written just
+	// after it, off its path).
+	waitUntil(t, 10*time.Second, "b's history has both steps", func() bool {
+		st, err := flowStatus(bn, stuck)
+		return err == nil && len(st.Steps) == 2
+	})
 	before := history(bn)
 	t.Logf("history before the restart:\n%s", before)
 
