@@ -78,7 +78,10 @@ type queueInfo struct {
 	maxAttempts int
 }
 
-var _ adapters.Broker = (*Broker)(nil)
+var (
+	_ adapters.Broker        = (*Broker)(nil)
+	_ adapters.BatchEnqueuer = (*Broker)(nil)
+)
 
 // Open connects to the namespace of cfg.ConnectionString. It checks that the
 // management API answers (the adapter needs Manage rights: it creates queues,
@@ -328,12 +331,86 @@ func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) 
 	return b.send(ctx, op, queue, toSB(m))
 }
 
+// EnqueueBatch implements adapters.BatchEnqueuer: every message is
+// validated first (nothing is sent if one is invalid), then they go out in
+// Service Bus message batches (Sender.NewMessageBatch, as many messages
+// per batch as the link's batch size allows, one transfer each), in order.
+// It returns once Service Bus accepted every batch. A message too large to
+// share a batch (near MaxMessageSize) is sent on its own. On an error the
+// batches sent before it are stored and the rest are not.
+func (b *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.Message) error {
+	op := fmt.Sprintf("azservicebus: enqueue batch %q", queue)
+	if err := b.checkOpen(op); err != nil {
+		return err
+	}
+	if err := adapters.ValidateName("queue", queue); err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if err := adapters.ValidateMessage(op, m, caps); err != nil {
+			return err
+		}
+	}
+	if _, err := b.queueInfo(ctx, op, queue); err != nil {
+		return err
+	}
+	if len(ms) == 0 {
+		return nil
+	}
+	s, err := b.sender(op, queue)
+	if err != nil {
+		return err
+	}
+	var batch *sb.MessageBatch
+	flush := func() error {
+		if batch == nil || batch.NumMessages() == 0 {
+			return nil
+		}
+		err := s.SendMessageBatch(ctx, batch, nil)
+		batch = nil
+		return b.sendErr(ctx, op, queue, err)
+	}
+	for _, m := range ms {
+		msg := toSB(m)
+		for {
+			if batch == nil {
+				if batch, err = s.NewMessageBatch(ctx, nil); err != nil {
+					return b.sendErr(ctx, op, queue, err)
+				}
+			}
+			err := batch.AddMessage(msg, nil)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, sb.ErrMessageTooLarge) {
+				return mapErr(op, err)
+			}
+			if batch.NumMessages() == 0 {
+				// Too large for a batch of its own: a plain send.
+				if err := b.sendErr(ctx, op, queue, s.SendMessage(ctx, msg, nil)); err != nil {
+					return err
+				}
+				break
+			}
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
 func (b *Broker) send(ctx context.Context, op, entity string, msg *sb.Message) error {
 	s, err := b.sender(op, entity)
 	if err != nil {
 		return err
 	}
-	if err := s.SendMessage(ctx, msg, nil); err != nil {
+	return b.sendErr(ctx, op, entity, s.SendMessage(ctx, msg, nil))
+}
+
+// sendErr maps the error of a send to entity; nil stays nil.
+func (b *Broker) sendErr(ctx context.Context, op, entity string, err error) error {
+	if err != nil {
 		err = mapErrCtx(ctx, op, err)
 		if errors.Is(err, adapters.ErrNotFound) {
 			b.forget(entity)

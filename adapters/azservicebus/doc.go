@@ -29,7 +29,12 @@
 // MaxDeliveryCount = MaxAttempts and, with Dedupe, duplicate detection
 // (RequiresDuplicateDetection, window = DedupeWindow, 20s to 7 days); an
 // existing queue with other settings is refused with ErrInvalidArgument.
-// Enqueue returns once Service Bus accepted the message (durable). Receive
+// Enqueue returns once Service Bus accepted the message (durable).
+// EnqueueBatch (adapters.BatchEnqueuer) validates every message, then sends
+// them in Service Bus message batches (one transfer per batch, as many
+// messages as the link's batch size allows) and returns once every batch
+// was accepted. A Consumer receives up to ConsumeOptions.Prefetch messages
+// per ReceiveMessages call and hands them out one by one. Receive
 // hands out a message under its Service Bus lock; LeaseDeadline is the
 // broker's locked-until. The lock is not renewed in the background: Extend
 // calls RenewMessageLock (Service Bus renews by the full lock duration), and

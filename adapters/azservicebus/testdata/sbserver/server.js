@@ -5,7 +5,8 @@
 // npm library rhea) and of the ATOM management API (plain HTTP) for the Go SDK
 // github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus to send,
 // receive in peek-lock and receive-and-delete, renew locks, complete, abandon,
-// dead-letter, schedule, and for its admin client to create, get and delete
+// dead-letter, schedule, accept message batches (message-format 0x80013700,
+// one encoded message per data section), and for its admin client to create, get and delete
 // queues, topics and subscriptions (not update them). Test-only extras on
 // the admin port: GET /$status (counts per entity) and
 // POST /$fault/detach-receivers (force-detaches every receiver link).
@@ -40,6 +41,7 @@ for (let i = 2; i < process.argv.length; i += 2) {
 
 const T = rhea.types;
 const MAX_MESSAGE_BYTES = 256 * 1024; // Standard tier limit.
+const BATCH_FORMAT = 0x80013700; // message-format of a Service Bus message batch
 const entities = new Map(); // lower-case path -> entity
 let nextSeq = 1;
 
@@ -373,7 +375,25 @@ container.on('message', (context) => {
   if (path.endsWith('/$management') || path === '$management') return management(path.replace(/\/?\$management$/, ''), req);
   const e = entities.get(path);
   if (!e) { context.delivery.reject({ condition: 'amqp:not-found', description: 'entity ' + path + ' was deleted' }); return; }
-  enqueue(e, req, Date.now());
+  const now = Date.now();
+  if (context.format === BATCH_FORMAT) {
+    // A message batch (SendMessageBatch); rhea hands over the raw bytes of
+    // a non-zero message-format. Each data section is one encoded message,
+    // stored in order, all or nothing.
+    let msgs;
+    try {
+      const body = rhea.message.decode(req).body;
+      const parts = body && body.typecode === 0x75 ? (body.multiple ? body.content : [body.content]) : null;
+      if (!parts) throw new Error('batch without data sections');
+      msgs = parts.map((p) => rhea.message.decode(p));
+    } catch (err) {
+      context.delivery.reject({ condition: 'amqp:decode-error', description: 'bad message batch: ' + err.message });
+      return;
+    }
+    for (const m of msgs) enqueue(e, m, now);
+    return;
+  }
+  enqueue(e, req, now);
 });
 
 // ---------- ATOM management (HTTP) ----------
