@@ -97,7 +97,7 @@ func (c Config) WithDefaults() Config {
 
 // Options are the engine's optional dependencies.
 type Options struct {
-	// NodeID names this node in events and step headers. Default a random ID.
+	// NodeID names this node in execution records and step headers. Default a random ID.
 	NodeID string
 	// Gate, if set, must answer true for the node to take work (bus.Node.Serving).
 	Gate func() bool
