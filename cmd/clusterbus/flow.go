@@ -394,7 +394,7 @@ func waitFlow(cmd *cobra.Command, addr, id string, wait time.Duration) error {
 		raw := json.RawMessage{}
 		err := flowAPI(cmd.Context(), http.MethodGet, normalizeAddr(addr)+"/api/flows/"+id, nil, &raw)
 		if err == nil {
-			if err = json.Unmarshal(raw, &st); err == nil && st.State != flows.StateRunning {
+			if err = json.Unmarshal(raw, &st); err == nil && st.State != flows.StateRunning && st.State != flows.StateAwaiting {
 				if perr := printJSON(cmd.OutOrStdout(), raw); perr != nil {
 					return perr
 				}
