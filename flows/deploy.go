@@ -113,8 +113,10 @@ func DeployFrom(file string) DeployOption { return func(o *deployOpts) { o.file 
 // version holds other content; nothing to do if the same), else one more
 // than the highest deployed (nothing to do if a version holds exactly this
 // content). A version it creates becomes the head ("head/NAME", what new
-// submissions use) unless the head is higher; an existing version becomes
-// the head only if the flow has none (it was undeployed). Deploy then syncs
+// submissions use) unless the head is higher; deploying the content of an
+// existing version makes that version the head again (after a rollback or
+// an undeploy, or when an earlier deploy failed before it could move the
+// head): deploy means "run this". Deploy then syncs
 // with the other nodes for up to a second and reports a version that
 // another node deployed concurrently with other content, and won (see the
 // package doc), as a conflict.
@@ -182,9 +184,10 @@ func (e *Engine) deploy(ctx context.Context, fs []*Flow, o deployOpts) ([]Deploy
 			continue
 		}
 		e.applyDefinition(key)
+		e.applyDefinition(headKey(f.Name)) // the catalog's head now, synced or not delivered yet
 		head := e.head(f.Name)
 		switch {
-		case d.Created && head < d.Version, !o.seed && head == 0:
+		case d.Created && head < d.Version, !o.seed && !d.Created && head != d.Version:
 			if err := e.putHead(ctx, f.Name, d.Version); err != nil {
 				errs = append(errs, err)
 				continue

@@ -227,15 +227,30 @@ func TestSeedingTheSameDirCreatesOneVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "c sees the rollback", func() bool { fv, _ := es[2].Versions("greet"); return fv.Head == 1 && len(fv.Versions) == 2 })
-	if ds, err := es[2].Seed(context.Background(), dir); err != nil || ds[0].Version != 1 || ds[0].Created {
-		t.Fatalf("seed again: %+v %v", ds, err)
+	// A seed of v2's content after the rollback to v1: the rollback
+	// survives (a seed never moves the head to content deployed already).
+	if err := os.WriteFile(filepath.Join(dir, "greet.yaml"), []byte(greetV2), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	deploy(t, es[1], greetV2) // deployed already: stays, head unchanged
-	for _, e := range es {
-		fv, err := e.Versions("greet")
-		if err != nil || len(fv.Versions) != 2 || fv.Head != 1 {
-			t.Fatalf("versions %+v %v", fv, err)
+	if ds, err := es[2].Seed(context.Background(), dir); err != nil || ds[0].Version != 2 || ds[0].Created || ds[0].Head {
+		t.Fatalf("seed of v2's content after the rollback to v1: %+v %v", ds, err)
+	}
+	waitFor(t, "every node keeps head 1", func() bool {
+		for _, e := range es {
+			if fv, _ := e.Versions("greet"); fv.Head != 1 {
+				return false
+			}
 		}
+		return true
+	})
+	if d := deploy(t, es[1], greetV2); d.Version != 2 || d.Created || !d.Head {
+		t.Fatalf("deploying v2's content again: %+v, want version 2 back as the head, nothing created", d)
+	}
+	for _, e := range es {
+		waitFor(t, "every node has head 2 and two versions", func() bool {
+			fv, err := e.Versions("greet")
+			return err == nil && len(fv.Versions) == 2 && fv.Head == 2
+		})
 	}
 }
 

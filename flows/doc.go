@@ -19,7 +19,8 @@
 // under the immutable key "def/NAME/VERSION" (Deploy): the document's
 // "version:" if it has one, else one more than the highest deployed; the
 // head "head/NAME" (a small JSON value, last write wins) is the version new
-// submissions use: a Deploy that creates a higher version moves it,
+// submissions use: a Deploy that creates a higher version moves it (as
+// does a Deploy of content stored already, which creates nothing),
 // Rollback moves it to any stored version, Undeploy writes a tombstone
 // over it (submissions are refused; stored versions stay; a Deploy or a
 // Rollback brings the flow back). Every node compiles each version as its

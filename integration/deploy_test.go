@@ -19,7 +19,7 @@ import (
 // deployFlowV1 waits long enough for v2 to be deployed while its
 // executions are parked in the wait step.
 const (
-	deployFlowV1 = "flow: relay\nsteps:\n  - name: hello\n    set: {greeting: \"'v1'\"}\n  - name: pause\n    wait: 6s\n  - name: done\n    set: {finished: \"true\"}\n"
+	deployFlowV1 = "flow: relay\nsteps:\n  - name: hello\n    set: {greeting: \"'v1'\"}\n  - name: pause\n    wait: 8s\n  - name: done\n    set: {finished: \"true\"}\n"
 	deployFlowV2 = "flow: relay\nsteps:\n  - name: hello\n    set: {greeting: \"'v2'\"}\n  - name: pause\n    wait: 200ms\n  - name: done\n    set: {finished: \"true\"}\n"
 )
 

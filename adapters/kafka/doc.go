@@ -46,7 +46,13 @@
 // different config for an existing queue is refused. An undeclared queue is
 // ErrNotFound. Enqueue writes with acks=all and returns when the in-sync
 // replicas have the item; items are spread over partitions by Message.Key
-// (round robin without one). Every consumer of a queue, on every node, is a
+// (round robin without one). Concurrent Enqueues share produce requests:
+// the writer closes a partition's batch after 200 µs or 256 records and
+// sends a partition's batches one request at a time, each Enqueue waiting
+// only for the batch that holds its record. EnqueueBatch
+// (adapters.BatchEnqueuer) validates every message, then hands them all to
+// the writer in one call and returns once every one has all in-sync
+// replicas. Every consumer of a queue, on every node, is a
 // member of the same consumer group and joins at its first Receive (a
 // consumer that never receives owns no partitions).
 //

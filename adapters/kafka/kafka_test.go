@@ -129,6 +129,57 @@ func TestDeclareWithDifferentConfigIsRefused(t *testing.T) {
 	_ = b1.DeleteQueue(ctx, q)
 }
 
+// EnqueueBatch goes through the adapter's BatchEnqueuer: an undeclared
+// queue is ErrNotFound, and a batch larger than the writer's batch size
+// (256, so several produce requests over several partitions) is stored
+// whole, each item once.
+func TestEnqueueBatchSpanningWriterBatches(t *testing.T) {
+	srv := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b := openT(ctx, t, srv)
+	be, ok := b.(adapters.BatchEnqueuer)
+	if !ok {
+		t.Fatalf("%T does not implement adapters.BatchEnqueuer", b)
+	}
+	const n = 600
+	ms := make([]adapters.Message, n)
+	for i := range ms {
+		ms[i] = adapters.Message{ID: fmt.Sprint(i), Key: fmt.Sprint("k", i%7), Body: []byte("x")}
+	}
+	if err := be.EnqueueBatch(ctx, uniqueName("never"), ms); !errors.Is(err, adapters.ErrNotFound) {
+		t.Fatalf("EnqueueBatch to an undeclared queue: %v, want ErrNotFound", err)
+	}
+	q := uniqueName("batch")
+	if err := b.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: 10 * time.Second}); err != nil {
+		t.Fatalf("DeclareQueue: %v", err)
+	}
+	defer b.DeleteQueue(context.Background(), q)
+	if err := be.EnqueueBatch(ctx, q, ms); err != nil {
+		t.Fatalf("EnqueueBatch of %d: %v", n, err)
+	}
+	c, err := b.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: 64})
+	if err != nil {
+		t.Fatalf("Consume: %v", err)
+	}
+	defer c.Close()
+	seen := map[string]bool{}
+	for len(seen) < n {
+		d, err := c.Receive(ctx)
+		if err != nil {
+			t.Fatalf("Receive after %d of %d: %v", len(seen), n, err)
+		}
+		id := d.Message().ID
+		if seen[id] {
+			t.Fatalf("item %s delivered twice", id)
+		}
+		seen[id] = true
+		if err := d.Ack(ctx); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
+	}
+}
+
 func TestDedupeQueueIsRefused(t *testing.T) {
 	srv := startServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -219,25 +219,50 @@ func (b *Broker) DeleteQueue(ctx context.Context, q string) error {
 }
 
 // Enqueue appends m to the queue's main topic, partitioned by m.Key (no key:
-// round robin), and returns once all in-sync replicas have it.
+// round robin), and returns once all in-sync replicas have it. Concurrent
+// Enqueues share produce requests (the writer's 200 µs batch window), so
+// producers do not wait for each other's acknowledgements one by one.
 func (b *Broker) Enqueue(ctx context.Context, q string, m adapters.Message) error {
-	op := fmt.Sprintf("kafka: enqueue %q", q)
+	return b.enqueue(ctx, fmt.Sprintf("kafka: enqueue %q", q), q, []adapters.Message{m})
+}
+
+// EnqueueBatch implements adapters.BatchEnqueuer: every message is
+// validated first (nothing is sent if one is invalid), then all go to the
+// writer in one WriteMessages call, which sends them in as few produce
+// requests as its batch limits allow (256 records, 1 MiB) and returns once
+// all in-sync replicas have every one (acks=all, as Enqueue). On an error
+// some records may be stored and others not.
+func (b *Broker) EnqueueBatch(ctx context.Context, q string, ms []adapters.Message) error {
+	return b.enqueue(ctx, fmt.Sprintf("kafka: enqueue batch %q", q), q, ms)
+}
+
+func (b *Broker) enqueue(ctx context.Context, op, q string, ms []adapters.Message) error {
 	if err := b.checkOpen(op); err != nil {
 		return err
 	}
 	if err := adapters.ValidateName("queue", q); err != nil {
 		return err
 	}
-	if err := adapters.ValidateMessage(op, m, capabilities); err != nil {
-		return err
+	for _, m := range ms {
+		if err := adapters.ValidateMessage(op, m, capabilities); err != nil {
+			return err
+		}
 	}
 	if _, err := b.queueConfig(ctx, op, q); err != nil {
 		return err
 	}
-	if m.ID == "" {
-		m.ID = newID()
+	if len(ms) == 0 {
+		return nil
 	}
-	err := b.write(ctx, op, encode(b.mainTopic(q), m))
+	topic := b.mainTopic(q)
+	kms := make([]kafkago.Message, len(ms))
+	for i, m := range ms {
+		if m.ID == "" {
+			m.ID = newID()
+		}
+		kms[i] = encode(topic, m)
+	}
+	err := b.write(ctx, op, kms...)
 	if errors.Is(err, adapters.ErrNotFound) {
 		// Deleted by another node since this one learned of it.
 		b.mu.Lock()
