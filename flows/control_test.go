@@ -22,17 +22,24 @@ type brokerKind struct {
 	client func(t *testing.T) adapters.Broker
 }
 
-// brokers: the mem adapter and an embedded NATS server (JetStream, file
-// store), each shared by the engines of one test.
+// brokers: the mem adapter (with and without dedupe) and an embedded NATS
+// server (JetStream, file store), each shared by the engines of one test.
 func brokers(t *testing.T) []brokerKind {
 	t.Helper()
 	memSrv := mem.NewServer()
 	t.Cleanup(memSrv.Close)
+	noDedupe := mem.NewServer(mem.WithCapabilities(func(c *adapters.Capabilities) { c.Dedupe = adapters.Unsupported }))
+	t.Cleanup(noDedupe.Close)
 	var natsOnce sync.Once
 	var natsURL string
 	return []brokerKind{
 		{name: "mem", client: func(t *testing.T) adapters.Broker {
 			b := memSrv.Client()
+			t.Cleanup(func() { b.Close() })
+			return b
+		}},
+		{name: "mem-no-dedupe", client: func(t *testing.T) adapters.Broker {
+			b := noDedupe.Client()
 			t.Cleanup(func() { b.Close() })
 			return b
 		}},

@@ -173,8 +173,11 @@
 //     runs; the other is dropped where the winner's write has arrived, but
 //     can run if it starts before that. Both continuations have the same
 //     sequence number, so whichever records first makes the other a repeat
-//     (above). On brokers without dedupe, where a crash can also repeat the
-//     await step itself, the repeat finds the park resolved and does not
-//     park again.
+//     (above). On brokers without dedupe a crash can also repeat the await
+//     step itself: a repeat that finds the park resolved does not park
+//     again; one that finds it unresolved parks again and enqueues a second
+//     timeout item, and the two are one item's copies, as any repeat (the
+//     second is dropped if the first's step has recorded by the time it
+//     runs).
 
 package flows
