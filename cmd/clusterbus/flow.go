@@ -302,6 +302,13 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 		started = true
 		close(lazyDone)
 	} else {
+		// The execution records answer (history, list, cancel) before
+		// this node runs any step.
+		if err := env.Retry(ctx, "loading execution records", e.StartRecords); err != nil {
+			_ = e.Stop(context.Background())
+			stopCat()
+			return nil, err
+		}
 		log.Info("flows: no flow deployed yet; the engine starts when one is")
 		var lctx context.Context
 		lctx, lazyStop = context.WithCancel(context.Background())
