@@ -99,6 +99,10 @@ func (c Config) WithDefaults() Config {
 type Options struct {
 	// NodeID names this node in execution records and step headers. Default a random ID.
 	NodeID string
+	// Settings, if set, gives the cluster settings that CEL expressions see
+	// as "settings" (bus.Node.Settings().Map); called once per step that
+	// evaluates CEL.
+	Settings func() map[string]string
 	// Gate, if set, must answer true for the node to take work (bus.Node.Serving).
 	Gate func() bool
 	// Admit, if set, is asked before each Submit; an error refuses the

@@ -248,7 +248,7 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 		Retention:    fc.Retention,
 		DrainGrace:   min(env.Config.DrainTimeout/2, 5*time.Second),
 	}, flows.Options{NodeID: env.Node.ID(), Gate: env.Node.Serving, Admit: env.Node.Admit, Logger: env.BaseLogger,
-		Registry: env.Registry, Definitions: cat})
+		Registry: env.Registry, Definitions: cat, Settings: env.Node.Settings().Map})
 	if err != nil {
 		stopCat()
 		return nil, err
