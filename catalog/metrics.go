@@ -1,9 +1,9 @@
 package catalog
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clusterbus/clusterbus/internal/promreg"
 )
 
 // metrics are the catalog's Prometheus collectors, shared by every catalog
@@ -30,11 +30,11 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 		Help: "Entries in this node's copy of the catalog, tombstones included."},
 		[]string{"catalog"})
 	m := &metrics{
-		rejected:      register(reg, rejected).(*prometheus.CounterVec),
-		syncs:         register(reg, syncs).(*prometheus.CounterVec),
-		publishErrors: register(reg, pubErr).(*prometheus.CounterVec),
+		rejected:      promreg.Register(reg, rejected),
+		syncs:         promreg.Register(reg, syncs),
+		publishErrors: promreg.Register(reg, pubErr),
 	}
-	m.entries = register(reg, entries).(*prometheus.GaugeVec).WithLabelValues(name)
+	m.entries = promreg.Register(reg, entries).WithLabelValues(name)
 	for _, r := range reasons {
 		m.rejected.WithLabelValues(name, r)
 	}
@@ -43,20 +43,4 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 	}
 	m.publishErrors.WithLabelValues(name)
 	return m
-}
-
-// register registers c with reg (if not nil); a second catalog on the same
-// registry shares the first one's collectors.
-func register(reg prometheus.Registerer, c prometheus.Collector) prometheus.Collector {
-	if reg == nil {
-		return c
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			return are.ExistingCollector
-		}
-		panic(err)
-	}
-	return c
 }

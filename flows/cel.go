@@ -12,11 +12,13 @@ import (
 	"github.com/google/cel-go/common/types/traits"
 )
 
-// CEL expressions see three variables:
+// CEL expressions see four variables:
 //
-//	input  the execution's input (a map)
-//	vars   the values steps have set so far (a map)
-//	exec   {"id", "flow", "version", "step", "seq", "attempt"}
+//	input     the execution's input (a map)
+//	vars      the values steps have set so far (a map)
+//	exec      {"id", "flow", "version", "step", "seq", "attempt", "node"}
+//	settings  the cluster settings (map(string, string); Options.Settings),
+//	          as the node running the step sees them when it runs it
 var (
 	celOnce sync.Once
 	celEnv  *cel.Env
@@ -29,6 +31,7 @@ func env() (*cel.Env, error) {
 			cel.Variable("input", cel.MapType(cel.StringType, cel.DynType)),
 			cel.Variable("vars", cel.MapType(cel.StringType, cel.DynType)),
 			cel.Variable("exec", cel.MapType(cel.StringType, cel.DynType)),
+			cel.Variable("settings", cel.MapType(cel.StringType, cel.StringType)),
 			cel.CrossTypeNumericComparisons(true),
 			cel.OptionalTypes(),
 		)
@@ -42,7 +45,7 @@ type Expr struct {
 	prg    cel.Program
 }
 
-// CompileExpr compiles a CEL expression over input, vars and exec.
+// CompileExpr compiles a CEL expression over input, vars, exec and settings.
 func CompileExpr(src string) (*Expr, error) {
 	e, err := env()
 	if err != nil {

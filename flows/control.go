@@ -52,6 +52,11 @@ func (e *Engine) list(keep func(*Status) bool) []Status {
 	return e.rec.summaries(keep)
 }
 
+// History is Status: execution id's record with every step attempt (node,
+// attempt, start, end, outcome, error), from any node, as long as the
+// record is kept (Config.Retention).
+func (e *Engine) History(ctx context.Context, id string) (Status, error) { return e.Status(ctx, id) }
+
 // Cancel asks for execution id to stop: a cancel request in the executions
 // catalog, which every node watches. A step of it that is running has its
 // context cancelled (cause ErrCancelled); the execution stops at its next

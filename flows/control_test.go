@@ -22,17 +22,24 @@ type brokerKind struct {
 	client func(t *testing.T) adapters.Broker
 }
 
-// brokers: the mem adapter and an embedded NATS server (JetStream, file
-// store), each shared by the engines of one test.
+// brokers: the mem adapter (with and without dedupe) and an embedded NATS
+// server (JetStream, file store), each shared by the engines of one test.
 func brokers(t *testing.T) []brokerKind {
 	t.Helper()
 	memSrv := mem.NewServer()
 	t.Cleanup(memSrv.Close)
+	noDedupe := mem.NewServer(mem.WithCapabilities(func(c *adapters.Capabilities) { c.Dedupe = adapters.Unsupported }))
+	t.Cleanup(noDedupe.Close)
 	var natsOnce sync.Once
 	var natsURL string
 	return []brokerKind{
 		{name: "mem", client: func(t *testing.T) adapters.Broker {
 			b := memSrv.Client()
+			t.Cleanup(func() { b.Close() })
+			return b
+		}},
+		{name: "mem-no-dedupe", client: func(t *testing.T) adapters.Broker {
+			b := noDedupe.Client()
 			t.Cleanup(func() { b.Close() })
 			return b
 		}},
@@ -558,5 +565,48 @@ func waitUntilTrue(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
+	}
+}
+
+// TestANodeThatRunsNoStepsAnswersAndCancels: an engine with only its
+// records started (StartRecords: no flow, no worker) answers History and
+// List for an execution another node runs, and cancels it.
+func TestANodeThatRunsNoStepsAnswersAndCancels(t *testing.T) {
+	srv := mem.NewServer()
+	t.Cleanup(srv.Close)
+	cfg := testConfig(t)
+	cfg.Lease = 30 * time.Second
+	started := make(chan struct{}, 1)
+	runner := newEngine(t, srv.Client(), cfg, "runner", func(e *flows.Engine) {
+		e.Register(&flows.Flow{Name: "held", Version: 1, Steps: []flows.Step{{Name: "hold",
+			Run: func(ctx context.Context, sc *flows.StepContext) (flows.Outcome, error) {
+				started <- struct{}{}
+				<-ctx.Done()
+				return flows.Outcome{}, ctx.Err()
+			}}}})
+	})
+	viewer, err := flows.New(srv.Client(), cfg, flows.Options{NodeID: "viewer", Logger: logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := viewer.StartRecords(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { viewer.Stop(context.Background()) })
+	id, err := runner.Submit(context.Background(), "held", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	waitStep(t, viewer, id, "hold")
+	if l := viewer.List(flows.ListOptions{Flow: "held"}); len(l) != 1 || l[0].Execution != id {
+		t.Fatalf("list on the viewer: %+v", l)
+	}
+	if _, err := viewer.Cancel(context.Background(), id, "from the viewer"); err != nil {
+		t.Fatal(err)
+	}
+	st := waitState(t, viewer, id, flows.StateCancelled)
+	if st.Reason != "from the viewer" || st.Node != "runner" {
+		t.Fatalf("status on the viewer: %+v", st)
 	}
 }

@@ -2,11 +2,13 @@
 // broker, so that an execution survives the death of the node running it.
 //
 // A Flow is a named, versioned set of steps, written in Go (Flow, Step) or
-// in YAML (Parse, ParseDir, Engine.LoadDir, Engine.Deploy) with the built-in step kinds
-// rule/branch, set, http, wait and await; CEL expressions (github.com/google/cel-go)
-// see input, vars and exec. A Rule is an ordered list of CEL conditions
-// giving an outcome; it is a branching step inside a flow, or standalone
-// (Engine.RegisterRule, Engine.Evaluate, or submitted like a flow).
+// in YAML (Parse, ParseDir, Engine.LoadDir, Engine.Deploy) with the
+// built-in step kinds rule/branch, set, http, wait and await; CEL
+// expressions (github.com/google/cel-go) see input, vars, exec and settings
+// (the cluster settings, Options.Settings). A Rule is an ordered list of CEL
+// conditions giving an outcome; it is a branching step inside a flow, or
+// standalone (Engine.RegisterRule, Engine.Evaluate, or submitted like a
+// flow).
 //
 // An Engine runs on every node, over one leased queue (package workqueue).
 // Submit enqueues step 0 of an execution; any node takes it.
@@ -173,8 +175,11 @@
 //     runs; the other is dropped where the winner's write has arrived, but
 //     can run if it starts before that. Both continuations have the same
 //     sequence number, so whichever records first makes the other a repeat
-//     (above). On brokers without dedupe, where a crash can also repeat the
-//     await step itself, the repeat finds the park resolved and does not
-//     park again.
+//     (above). On brokers without dedupe a crash can also repeat the await
+//     step itself: a repeat that finds the park resolved does not park
+//     again; one that finds it unresolved parks again and enqueues a second
+//     timeout item, and the two are one item's copies, as any repeat (the
+//     second is dropped if the first's step has recorded by the time it
+//     runs).
 
 package flows

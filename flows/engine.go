@@ -97,8 +97,12 @@ func (c Config) WithDefaults() Config {
 
 // Options are the engine's optional dependencies.
 type Options struct {
-	// NodeID names this node in events and step headers. Default a random ID.
+	// NodeID names this node in execution records and step headers. Default a random ID.
 	NodeID string
+	// Settings, if set, gives the cluster settings that CEL expressions see
+	// as "settings" (bus.Node.Settings().Map); called once per step that
+	// evaluates CEL.
+	Settings func() map[string]string
 	// Gate, if set, must answer true for the node to take work (bus.Node.Serving).
 	Gate func() bool
 	// Admit, if set, is asked before each Submit; an error refuses the
@@ -524,30 +528,47 @@ func (e *Engine) Start(ctx context.Context) error {
 			return fmt.Errorf("flows: declare results queue: %w", err)
 		}
 	}
-	if !e.catStarted {
-		// Started once, and kept running if the worker does not start, so
-		// that a caller that retries Start finds it running.
-		unwatch := e.cat.Watch(e.watched)
-		if err := e.cat.Start(ctx); err != nil {
-			unwatch()
-			return fmt.Errorf("flows: executions catalog: %w", err)
-		}
-		e.catStarted, e.unwatch = true, unwatch
-		for _, en := range e.cat.List(prefixRecord) {
-			e.rec.index(en) // what the catalog loaded before the watch saw it
-		}
-		rctx, stop := context.WithCancel(context.Background())
-		e.stop, e.done = stop, make(chan struct{})
-		go func() {
-			defer close(e.done)
-			e.rec.run(rctx)
-		}()
+	// Started once, and kept running if the worker does not start, so that
+	// a caller that retries Start finds it running.
+	if err := e.startRecordsLocked(ctx); err != nil {
+		return err
 	}
 	if err := e.worker.Start(ctx); err != nil {
 		return fmt.Errorf("flows: %w", err)
 	}
 	e.started = true
 	e.log.Info("flows: engine started", "queue", e.cfg.Queue, "flows", strings.Join(e.flowsLocked(), ","))
+	return nil
+}
+
+// StartRecords starts the executions catalog without taking steps (Start
+// does it too): a node that runs no step yet (no flow deployed) can answer
+// Status, History and List and take Cancel, Retry and Signal. Stop stops it.
+func (e *Engine) StartRecords(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.startRecordsLocked(ctx)
+}
+
+func (e *Engine) startRecordsLocked(ctx context.Context) error {
+	if e.catStarted {
+		return nil
+	}
+	unwatch := e.cat.Watch(e.watched)
+	if err := e.cat.Start(ctx); err != nil {
+		unwatch()
+		return fmt.Errorf("flows: executions catalog: %w", err)
+	}
+	e.catStarted, e.unwatch = true, unwatch
+	for _, en := range e.cat.List(prefixRecord) {
+		e.rec.index(en) // what the catalog loaded before the watch saw it
+	}
+	rctx, stop := context.WithCancel(context.Background())
+	e.stop, e.done = stop, make(chan struct{})
+	go func() {
+		defer close(e.done)
+		e.rec.run(rctx)
+	}()
 	return nil
 }
 

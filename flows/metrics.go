@@ -1,9 +1,9 @@
 package flows
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clusterbus/clusterbus/internal/promreg"
 )
 
 // Execution outcomes, the outcome label of clusterbus_flow_executions_total.
@@ -29,9 +29,9 @@ func newMetrics(reg prometheus.Registerer, e *Engine) *metrics {
 			Help:    "Time a step took on this node, by flow and step, failed attempts included.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}, []string{"flow", "step"}),
 	}
-	m.executions = register(reg, m.executions).(*prometheus.CounterVec)
-	m.stepDuration = register(reg, m.stepDuration).(*prometheus.HistogramVec)
-	register(reg, &runningCollector{e: e})
+	m.executions = promreg.Register(reg, m.executions)
+	m.stepDuration = promreg.Register(reg, m.stepDuration)
+	promreg.Register(reg, &runningCollector{e: e})
 	return m
 }
 
@@ -69,20 +69,4 @@ func (c *runningCollector) Collect(ch chan<- prometheus.Metric) {
 	for flow, n := range counts {
 		ch <- prometheus.MustNewConstMetric(runningDesc, prometheus.GaugeValue, float64(n), flow)
 	}
-}
-
-// register registers c with reg (if not nil); a second engine on the same
-// registry shares the first one's collectors.
-func register(reg prometheus.Registerer, c prometheus.Collector) prometheus.Collector {
-	if reg == nil {
-		return c
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			return are.ExistingCollector
-		}
-		panic(err)
-	}
-	return c
 }

@@ -120,3 +120,88 @@ func TestKeyOfEveryExecutionIDIsAValidCatalogKey(t *testing.T) {
 		seen[k] = id
 	}
 }
+
+// TestALateLowerRecordIsRepaired: the catalog keeps the last write of a
+// key; when another node's late write of a record with a lower sequence
+// (a step write delayed past the next step's) replaces this node's, this
+// node writes the union again: every node ends with the highest sequence
+// and both writes' steps.
+func TestALateLowerRecordIsRepaired(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv := mem.NewServer()
+	defer srv.Close()
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var es []*Engine
+	for _, id := range []string{"n1", "n2"} {
+		b := srv.Client()
+		defer b.Close()
+		e, err := New(b, Config{Queue: "repair"}, Options{NodeID: id, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer e.Stop(context.Background())
+		es = append(es, e)
+	}
+	n1, n2 := es[0], es[1]
+	now := time.Now()
+	if _, err := n1.rec.updateNow(ctx, "x1", func(r *record) {
+		r.Flow, r.State, r.Step, r.Seq = "f", StateRunning, "s5", 5
+		r.Steps = []StepRecord{{Step: "s4", Seq: 4, Node: "n1", Outcome: StepDone, Started: now}}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor := func(what string, ok func(*record) bool) {
+		t.Helper()
+		for {
+			r1, r2 := n1.rec.get("x1"), n2.rec.get("x1")
+			if r1 != nil && r2 != nil && ok(r1) && ok(r2) {
+				return
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("%s: n1 %+v, n2 %+v", what, r1, r2)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor("both have seq 5", func(r *record) bool { return r.Seq == 5 })
+	// n2's late write of an older state wins the catalog's merge (a later
+	// revision) ...
+	late, _ := json.Marshal(record{Status: Status{Execution: "x1", Flow: "f", State: StateRunning, Step: "s3", Seq: 3,
+		Steps: []StepRecord{{Step: "s2", Seq: 2, Node: "n2", Outcome: StepDone, Started: now.Add(-time.Second)}}}})
+	if _, err := n2.cat.Put(ctx, keyOf(prefixRecord, "x1"), late); err != nil {
+		t.Fatal(err)
+	}
+	// ... and n1 writes the union back.
+	waitFor("both have seq 5 with both writes' steps", func(r *record) bool {
+		return r.Seq == 5 && r.Step == "s5" && len(r.Steps) == 2 && r.Steps[0].Step == "s2" && r.Steps[1].Step == "s4"
+	})
+}
+
+func TestMergeKeepsTheHighestGenerationThenSequence(t *testing.T) {
+	at := time.Unix(100, 0)
+	mk := func(name string, gen, seq int, state string, updated int) *record {
+		return &record{Status: Status{Execution: "e", Retries: gen, Seq: seq, State: state, Error: name,
+			Updated: at.Add(time.Duration(updated) * time.Second),
+			Steps:   []StepRecord{{Step: "s", Seq: seq, Node: name, Outcome: StepDone}}}}
+	}
+	for _, tc := range []struct {
+		name string
+		a, b *record
+	}{
+		{"higher seq", mk("win", 0, 5, StateRunning, 0), mk("lose", 0, 3, StateRunning, 9)},
+		{"higher generation", mk("win", 1, 2, StateRunning, 0), mk("lose", 0, 7, StateDeadLettered, 9)},
+		{"ended over running at the same seq", mk("win", 0, 4, StateCancelled, 0), mk("lose", 0, 4, StateRunning, 9)},
+		{"later update otherwise", mk("win", 0, 4, StateAwaiting, 2), mk("lose", 0, 4, StateRunning, 1)},
+	} {
+		for _, order := range [][2]*record{{tc.a, tc.b}, {tc.b, tc.a}} {
+			u := merge(order[0], order[1])
+			if u.Error != "win" || len(u.Steps) != 2 {
+				t.Errorf("%s: merge gave %+v, want the winner's summary with both steps", tc.name, u.Status)
+			}
+		}
+	}
+}

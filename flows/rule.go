@@ -59,7 +59,7 @@ func (r *Rule) Evaluate(ctx context.Context, input, vars map[string]any) (string
 	if err := r.Compile(); err != nil {
 		return "", fmt.Errorf("flows: %w", err)
 	}
-	return r.evaluate(ctx, activation(input, vars, nil))
+	return r.evaluate(ctx, activation(input, vars, nil, nil))
 }
 
 func (r *Rule) evaluate(ctx context.Context, act map[string]any) (string, error) {
@@ -85,7 +85,7 @@ func (r *Rule) evaluate(ctx context.Context, act map[string]any) (string, error)
 	return "", fmt.Errorf("%w (rule %q)", ErrNoOutcome, r.Name)
 }
 
-func activation(input, vars, exec map[string]any) map[string]any {
+func activation(input, vars, exec map[string]any, settings map[string]string) map[string]any {
 	if input == nil {
 		input = map[string]any{}
 	}
@@ -95,5 +95,8 @@ func activation(input, vars, exec map[string]any) map[string]any {
 	if exec == nil {
 		exec = map[string]any{}
 	}
-	return map[string]any{"input": input, "vars": vars, "exec": exec}
+	if settings == nil {
+		settings = map[string]string{}
+	}
+	return map[string]any{"input": input, "vars": vars, "exec": exec, "settings": settings}
 }

@@ -31,6 +31,15 @@ const (
 	HeaderWorkDeadline = "X-Clusterbus-Work-Deadline"
 )
 
+// activation is what the step's CEL expressions see.
+func (sc *StepContext) activation() map[string]any {
+	var settings map[string]string
+	if sc.engine != nil && sc.engine.opts.Settings != nil {
+		settings = sc.engine.opts.Settings()
+	}
+	return activation(sc.Input, sc.Vars, sc.execVars(), settings)
+}
+
 func (sc *StepContext) execVars() map[string]any {
 	return map[string]any{"id": sc.Execution, "flow": sc.Flow, "version": sc.Version, "step": sc.Step,
 		"seq": sc.Seq, "attempt": sc.Attempt, "node": sc.Node}
@@ -38,7 +47,7 @@ func (sc *StepContext) execVars() map[string]any {
 
 func ruleStep(r *Rule, branches map[string]string, saveAs string) func(context.Context, *StepContext) (Outcome, error) {
 	return func(ctx context.Context, sc *StepContext) (Outcome, error) {
-		out, err := r.evaluate(ctx, activation(sc.Input, sc.Vars, sc.execVars()))
+		out, err := r.evaluate(ctx, sc.activation())
 		if err != nil {
 			// The same input gives the same answer: retrying cannot help.
 			return Outcome{}, workqueue.Permanent(err)
@@ -51,7 +60,7 @@ func ruleStep(r *Rule, branches map[string]string, saveAs string) func(context.C
 func setStep(keys []string, exprs map[string]*Expr) func(context.Context, *StepContext) (Outcome, error) {
 	return func(ctx context.Context, sc *StepContext) (Outcome, error) {
 		for _, k := range keys {
-			v, err := exprs[k].Eval(ctx, activation(sc.Input, sc.Vars, sc.execVars()))
+			v, err := exprs[k].Eval(ctx, sc.activation())
 			if err != nil {
 				return Outcome{}, workqueue.Permanent(fmt.Errorf("flows: set %q: %w", k, err))
 			}
@@ -100,7 +109,7 @@ type httpStep struct {
 func (h *httpStep) run(ctx context.Context, sc *StepContext) (Outcome, error) {
 	var body []byte
 	if h.body != nil {
-		v, err := h.body.Eval(ctx, activation(sc.Input, sc.Vars, sc.execVars()))
+		v, err := h.body.Eval(ctx, sc.activation())
 		if err != nil {
 			return Outcome{}, workqueue.Permanent(fmt.Errorf("flows: http body: %w", err))
 		}

@@ -1,9 +1,9 @@
 package workqueue
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clusterbus/clusterbus/internal/promreg"
 )
 
 // Metrics are the per-queue counters of every Worker that shares them. All
@@ -26,11 +26,11 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	g := func(name, help string) *prometheus.GaugeVec {
 		v := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "clusterbus", Subsystem: "workqueue", Name: name, Help: help}, []string{"queue"})
-		return register(reg, v).(*prometheus.GaugeVec)
+		return promreg.Register(reg, v)
 	}
 	c := func(name, help string) *prometheus.CounterVec {
 		v := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "clusterbus", Subsystem: "workqueue", Name: name, Help: help}, []string{"queue"})
-		return register(reg, v).(*prometheus.CounterVec)
+		return promreg.Register(reg, v)
 	}
 	return &Metrics{
 		InFlight:      g("in_flight", "Items whose handler is running."),
@@ -44,18 +44,4 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		LeaseLosses:   c("lease_losses_total", "Leases lost while a handler ran."),
 		SettleErrors:  c("settle_errors_total", "Ack, nack or dead-letter calls that failed."),
 	}
-}
-
-func register(reg prometheus.Registerer, c prometheus.Collector) prometheus.Collector {
-	if reg == nil {
-		return c
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			return are.ExistingCollector
-		}
-		panic(err)
-	}
-	return c
 }

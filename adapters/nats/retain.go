@@ -112,11 +112,19 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 		return nil, b.mapCtxErr(ctx, op, err)
 	}
 	prefix := b.opts.Prefix + ".log." + log + "."
+	// Ask for no more than is pending: a fetch returns once it has its
+	// count, and otherwise waits out FetchMaxWait (a start that waited 2 s
+	// for a log of a few keys).
+	const maxFetch = 1000
+	want := maxFetch
+	if info, err := cons.Info(ctx); err == nil && info.NumPending > 0 && info.NumPending < maxFetch {
+		want = int(info.NumPending)
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
+		batch, err := cons.Fetch(want, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
 			return nil, b.mapCtxErr(ctx, op, err)
 		}
@@ -126,8 +134,9 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 			if k, err := base64.RawURLEncoding.DecodeString(strings.TrimPrefix(m.Subject(), prefix)); err == nil && len(k) > 0 {
 				out[string(k)] = m.Data()
 			}
-			if md, err := m.Metadata(); err == nil && md.NumPending == 0 {
-				done = true
+			if md, err := m.Metadata(); err == nil {
+				done = md.NumPending == 0
+				want = int(min(max(md.NumPending, 1), maxFetch))
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {

@@ -124,6 +124,7 @@ type Broker struct {
 }
 
 var _ adapters.Broker = (*Broker)(nil)
+var _ adapters.BatchEnqueuer = (*Broker)(nil)
 
 // Wrap returns b with every message signed on Publish and Enqueue and
 // verified on receipt. It validates cfg.
@@ -266,6 +267,27 @@ func (s *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) 
 		return err
 	}
 	return s.inner.Enqueue(ctx, queue, out)
+}
+
+// EnqueueBatch implements adapters.BatchEnqueuer: every message is signed
+// as Enqueue signs one (nothing is sent if one cannot be), then the inner
+// broker's batch (or its Enqueue per message) carries them.
+func (s *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.Message) error {
+	op := fmt.Sprintf("signed: enqueue %q", queue)
+	out := make([]adapters.Message, len(ms))
+	for i, m := range ms {
+		if m.ID == "" {
+			var b [16]byte
+			_, _ = rand.Read(b[:])
+			m.ID = hex.EncodeToString(b[:])
+		}
+		sealed, err := s.seal(op, kindQueue, queue, m)
+		if err != nil {
+			return err
+		}
+		out[i] = sealed
+	}
+	return adapters.EnqueueBatch(ctx, s.inner, queue, out)
 }
 
 // DeclareQueue passes through.

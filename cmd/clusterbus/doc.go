@@ -10,7 +10,9 @@
 //	clusterbus cache    broadcast cache-clear events
 //	clusterbus flow     submit flow executions, ask where they are, list them (flow list),
 //	                    check definitions without a node (flow lint DIR), deploy
-//	                    definitions to the cluster (flow deploy|versions|rollback|undeploy)
+//	                    definitions to the cluster (flow deploy|versions|rollback|undeploy),
+//	                    control executions from any node (flow list --status --flow --since,
+//	                    flow history|cancel|retry ID, flow signal ID NAME --data JSON)
 //	clusterbus config   print the merged node configuration with each value's source
 //	                    (config print), or validate it (config check); exit 2 on errors;
 //	                    set, get, list and unset the cluster settings through a node

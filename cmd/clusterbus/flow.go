@@ -248,7 +248,7 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 		Retention:    fc.Retention,
 		DrainGrace:   min(env.Config.DrainTimeout/2, 5*time.Second),
 	}, flows.Options{NodeID: env.Node.ID(), Gate: env.Node.Serving, Admit: env.Node.Admit, Logger: env.BaseLogger,
-		Registry: env.Registry, Definitions: cat})
+		Registry: env.Registry, Definitions: cat, Settings: env.Node.Settings().Map})
 	if err != nil {
 		stopCat()
 		return nil, err
@@ -302,6 +302,13 @@ func startFlows(ctx context.Context, env *nodeEnv) (func(context.Context) error,
 		started = true
 		close(lazyDone)
 	} else {
+		// The execution records answer (history, list, cancel) before
+		// this node runs any step.
+		if err := env.Retry(ctx, "loading execution records", e.StartRecords); err != nil {
+			_ = e.Stop(context.Background())
+			stopCat()
+			return nil, err
+		}
 		log.Info("flows: no flow deployed yet; the engine starts when one is")
 		var lctx context.Context
 		lctx, lazyStop = context.WithCancel(context.Background())
@@ -394,7 +401,7 @@ func waitFlow(cmd *cobra.Command, addr, id string, wait time.Duration) error {
 		raw := json.RawMessage{}
 		err := flowAPI(cmd.Context(), http.MethodGet, normalizeAddr(addr)+"/api/flows/"+id, nil, &raw)
 		if err == nil {
-			if err = json.Unmarshal(raw, &st); err == nil && st.State != flows.StateRunning {
+			if err = json.Unmarshal(raw, &st); err == nil && st.State != flows.StateRunning && st.State != flows.StateAwaiting {
 				if perr := printJSON(cmd.OutOrStdout(), raw); perr != nil {
 					return perr
 				}
