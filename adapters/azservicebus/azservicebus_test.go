@@ -497,3 +497,46 @@ func TestConsumerSurvivesForcedLinkDetach(t *testing.T) {
 		t.Fatal("Receive did not return the item enqueued after the fault")
 	}
 }
+
+// EnqueueBatch to an undeclared queue is ErrNotFound; a batch larger than
+// one Service Bus message batch (the test server's link allows 256 KiB)
+// goes out as several, with a message near MaxMessageSize among them, and
+// every item arrives once, in order.
+func TestEnqueueBatchSpanningMessageBatches(t *testing.T) {
+	b := openTest(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	const n = 300
+	ms := make([]adapters.Message, n)
+	for i := range ms {
+		ms[i] = adapters.Message{ID: fmt.Sprintf("m%03d", i), Body: make([]byte, 2048)}
+	}
+	ms[150].Body = make([]byte, 240<<10)
+	if err := b.EnqueueBatch(ctx, uniqueName("never"), ms); !errors.Is(err, adapters.ErrNotFound) {
+		t.Fatalf("EnqueueBatch to an undeclared queue: %v, want ErrNotFound", err)
+	}
+	q := uniqueName("batch")
+	declare(t, b, adapters.QueueConfig{Name: q, Lease: 30 * time.Second})
+	if err := b.EnqueueBatch(ctx, q, ms); err != nil {
+		t.Fatalf("EnqueueBatch of %d: %v", n, err)
+	}
+	c, err := b.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatalf("Consume: %v", err)
+	}
+	defer c.Close()
+	for i := range n {
+		d, err := c.Receive(ctx)
+		if err != nil {
+			t.Fatalf("Receive %d of %d: %v", i+1, n, err)
+		}
+		if got, want := d.Message().ID, ms[i].ID; got != want {
+			t.Fatalf("item %d is %s, want %s", i, got, want)
+		}
+		if got, want := len(d.Message().Body), len(ms[i].Body); got != want {
+			t.Fatalf("item %s has %d bytes, want %d", ms[i].ID, got, want)
+		}
+		if err := d.Ack(ctx); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
+	}
+}
