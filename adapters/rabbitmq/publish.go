@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -64,8 +65,10 @@ var errNoRoute = errors.New("no queue bound")
 
 // publish sends p and waits for the broker's confirm. With mandatory, an
 // unroutable message fails with errNoRoute. A publish cut off by a lost
-// connection is sent again on the next one (so it may arrive twice).
+// connection is sent again on the next one (so it may arrive twice); one
+// the broker nacked is sent again after a backoff (maxNackRetries).
 func (b *Broker) publish(ctx context.Context, exchange, key string, mandatory bool, p amqp.Publishing) error {
+	nacks := 0
 	for attempt := 0; ; attempt++ {
 		if attempt == 5 {
 			return fmt.Errorf("publish: connection lost %d times in a row", attempt)
@@ -105,7 +108,15 @@ func (b *Broker) publish(ctx context.Context, exchange, key string, mandatory bo
 				continue // lost with the connection: publish again
 			}
 			b.putPub(pc)
-			return fmt.Errorf("broker refused the message (basic.nack)")
+			if nacks < maxNackRetries {
+				if err := nackBackoff(ctx, nacks); err != nil {
+					return err
+				}
+				nacks++
+				attempt-- // not a lost connection
+				continue
+			}
+			return fmt.Errorf("broker refused the message (basic.nack, %d times)", nacks+1)
 		}
 		select {
 		case r := <-pc.returns:
@@ -114,6 +125,26 @@ func (b *Broker) publish(ctx context.Context, exchange, key string, mandatory bo
 		default:
 		}
 		b.putPub(pc)
+		return nil
+	}
+}
+
+// maxNackRetries bounds how often a publish the broker nacked is sent
+// again. RabbitMQ nacks what a queue could not take, as a quorum queue
+// without a leader just after a broker restart does, and its docs say to
+// republish; after the last retry the error reaches the caller (an Enqueue,
+// a delayed Nack, the delay mover), whose item is still where it was.
+const maxNackRetries = 5
+
+// nackBackoff waits before the n-th republish of a nacked message: 50 ms,
+// doubling, at most 800 ms (1.55 s over all five), or until ctx is done.
+func nackBackoff(ctx context.Context, n int) error {
+	t := time.NewTimer(min(50*time.Millisecond<<n, 800*time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
 		return nil
 	}
 }
@@ -132,9 +163,10 @@ func isChannelFault(code int) bool {
 // waiting in between, then waits for all their confirms. Every publishing
 // goes to the same exchange and key, so with mandatory either all are
 // routed or a return fails the batch with errNoRoute. A batch cut off by a
-// lost connection is sent again whole on the next one (so items may arrive
-// twice).
+// lost connection is sent again whole on the next one, and one with a
+// nacked message again whole after a backoff (so items may arrive twice).
 func (b *Broker) publishBatch(ctx context.Context, exchange, key string, mandatory bool, ps []amqp.Publishing) error {
+	nacks := 0
 	for attempt := 0; ; attempt++ {
 		if attempt == 5 {
 			return fmt.Errorf("publish: connection lost %d times in a row", attempt)
@@ -192,7 +224,15 @@ func (b *Broker) publishBatch(ctx context.Context, exchange, key string, mandato
 				continue // lost with the connection: publish again
 			}
 			b.putPub(pc)
-			return fmt.Errorf("broker refused a message of the batch (basic.nack)")
+			if nacks < maxNackRetries {
+				if err := nackBackoff(ctx, nacks); err != nil {
+					return err
+				}
+				nacks++
+				attempt-- // not a lost connection
+				continue
+			}
+			return fmt.Errorf("broker refused a message of the batch (basic.nack, %d times)", nacks+1)
 		}
 		b.putPub(pc)
 		if len(returned) > 0 {
