@@ -100,29 +100,26 @@ func (e *Engine) definitionRoutes(mux *http.ServeMux) {
 			writeDefError(w, adapters.Errorf(adapters.ErrInvalidArgument, "flows: rollback", `body: want {"version": N} with N >= 1`))
 			return
 		}
-		if err := e.Rollback(r.Context(), r.PathValue("name"), req.Version); err != nil {
-			writeDefError(w, err)
-			return
-		}
-		fv, err := e.Versions(r.PathValue("name"))
-		if err != nil {
-			writeDefError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, fv)
+		e.answerVersions(w, r.PathValue("name"), e.Rollback(r.Context(), r.PathValue("name"), req.Version))
 	})
 	mux.HandleFunc("POST /api/flow-definitions/{name}/undeploy", func(w http.ResponseWriter, r *http.Request) {
-		if err := e.Undeploy(r.Context(), r.PathValue("name")); err != nil {
-			writeDefError(w, err)
-			return
-		}
-		fv, err := e.Versions(r.PathValue("name"))
-		if err != nil {
-			writeDefError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, fv)
+		e.answerVersions(w, r.PathValue("name"), e.Undeploy(r.Context(), r.PathValue("name")))
 	})
+}
+
+// answerVersions answers a rollback or undeploy: its error, else the
+// flow's versions as they stand after it.
+func (e *Engine) answerVersions(w http.ResponseWriter, name string, err error) {
+	if err != nil {
+		writeDefError(w, err)
+		return
+	}
+	fv, err := e.Versions(name)
+	if err != nil {
+		writeDefError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, fv)
 }
 
 func writeDefError(w http.ResponseWriter, err error) {

@@ -108,15 +108,11 @@ func (b *Broker) publish(ctx context.Context, exchange, key string, mandatory bo
 				continue // lost with the connection: publish again
 			}
 			b.putPub(pc)
-			if nacks < maxNackRetries {
-				if err := nackBackoff(ctx, nacks); err != nil {
-					return err
-				}
-				nacks++
-				attempt-- // not a lost connection
-				continue
+			if err := nackBackoff(ctx, &nacks, "the message"); err != nil {
+				return err
 			}
-			return fmt.Errorf("broker refused the message (basic.nack, %d times)", nacks+1)
+			attempt-- // not a lost connection
+			continue
 		}
 		select {
 		case r := <-pc.returns:
@@ -136,11 +132,17 @@ func (b *Broker) publish(ctx context.Context, exchange, key string, mandatory bo
 // a delayed Nack, the delay mover), whose item is still where it was.
 const maxNackRetries = 5
 
-// nackBackoff waits before the n-th republish of a nacked message: 50 ms,
-// doubling, at most 800 ms (1.55 s over all five), or until ctx is done.
-func nackBackoff(ctx context.Context, n int) error {
-	t := time.NewTimer(min(50*time.Millisecond<<n, 800*time.Millisecond))
+// nackBackoff counts a nack of what was published and waits before it is
+// sent again: 50 ms, doubling, at most 800 ms (1.55 s over all five). It
+// returns the error for the caller once maxNackRetries are used up, or
+// ctx's error if ctx ends first.
+func nackBackoff(ctx context.Context, nacks *int, what string) error {
+	if *nacks >= maxNackRetries {
+		return fmt.Errorf("broker refused %s (basic.nack, %d times)", what, *nacks+1)
+	}
+	t := time.NewTimer(min(50*time.Millisecond<<*nacks, 800*time.Millisecond))
 	defer t.Stop()
+	*nacks++
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
@@ -224,15 +226,11 @@ func (b *Broker) publishBatch(ctx context.Context, exchange, key string, mandato
 				continue // lost with the connection: publish again
 			}
 			b.putPub(pc)
-			if nacks < maxNackRetries {
-				if err := nackBackoff(ctx, nacks); err != nil {
-					return err
-				}
-				nacks++
-				attempt-- // not a lost connection
-				continue
+			if err := nackBackoff(ctx, &nacks, "a message of the batch"); err != nil {
+				return err
 			}
-			return fmt.Errorf("broker refused a message of the batch (basic.nack, %d times)", nacks+1)
+			attempt-- // not a lost connection
+			continue
 		}
 		b.putPub(pc)
 		if len(returned) > 0 {
