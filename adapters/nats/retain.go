@@ -33,14 +33,17 @@ func (b *Broker) ensureLog(ctx context.Context, op, log string) error {
 	if done {
 		return nil
 	}
-	_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              b.logStream(log),
-		Description:       "clusterbus retained log " + log + ": last value per key",
-		Subjects:          []string{b.opts.Prefix + ".log." + log + ".>"},
-		Storage:           jetstream.FileStorage,
-		Replicas:          b.opts.Replicas,
-		MaxMsgsPerSubject: 1,
-		Discard:           jetstream.DiscardOld,
+	err := retryNoResponders(ctx, func() error {
+		_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name:              b.logStream(log),
+			Description:       "clusterbus retained log " + log + ": last value per key",
+			Subjects:          []string{b.opts.Prefix + ".log." + log + ".>"},
+			Storage:           jetstream.FileStorage,
+			Replicas:          b.opts.Replicas,
+			MaxMsgsPerSubject: 1,
+			Discard:           jetstream.DiscardOld,
+		})
+		return err
 	})
 	if err != nil {
 		return b.mapCtxErr(ctx, op, err)
@@ -96,20 +99,39 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 	if err := b.checkQueue(ctx, op); err != nil {
 		return nil, err
 	}
+	var out map[string][]byte
+	err := retryNoResponders(ctx, func() error {
+		var err error
+		out, err = b.readLog(ctx, op, log)
+		return err
+	})
+	var ae *adapters.Error
+	if errors.As(err, &ae) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, b.mapCtxErr(ctx, op, err)
+	}
+	return out, nil
+}
+
+// readLog is one try of Retained. Its errors are the client's, unmapped,
+// so that Retained can tell "no responders" from the rest.
+func (b *Broker) readLog(ctx context.Context, op, log string) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	st, err := b.js.Stream(ctx, b.logStream(log))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return out, nil
 	}
 	if err != nil {
-		return nil, b.mapCtxErr(ctx, op, err)
+		return nil, err
 	}
 	if st.CachedInfo().State.Msgs == 0 {
 		return out, nil
 	}
 	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
 	if err != nil {
-		return nil, b.mapCtxErr(ctx, op, err)
+		return nil, err
 	}
 	prefix := b.opts.Prefix + ".log." + log + "."
 	// Ask for no more than is pending: a fetch returns once it has its
@@ -126,7 +148,7 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 		}
 		batch, err := cons.Fetch(want, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
-			return nil, b.mapCtxErr(ctx, op, err)
+			return nil, err
 		}
 		n, done := 0, false
 		for m := range batch.Messages() {
@@ -140,7 +162,7 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
-			return nil, b.mapCtxErr(ctx, op, err)
+			return nil, err
 		}
 		if done {
 			return out, nil
@@ -161,12 +183,42 @@ func (b *Broker) Forget(ctx context.Context, log, key string) error {
 	if err := b.checkQueue(ctx, op); err != nil {
 		return err
 	}
-	st, err := b.js.Stream(ctx, b.logStream(log))
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil
+	err := retryNoResponders(ctx, func() error {
+		st, err := b.js.Stream(ctx, b.logStream(log))
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return st.Purge(ctx, jetstream.WithPurgeSubject(b.logSubject(log, key)))
+	})
+	return b.mapCtxErr(ctx, op, err)
+}
+
+// noResponderBudget bounds how long retryNoResponders tries again.
+const noResponderBudget = 10 * time.Second
+
+// retryNoResponders runs an idempotent JetStream API call again, with a
+// backoff from 50 ms doubling to 1 s, while it fails with "no responders":
+// in a cluster that is what a request gets while the meta or stream leader
+// is being elected, or just after the client's server restarted (CI saw
+// Retained fail that way on a 3-server cluster whose Retains had just
+// succeeded). Other errors, the end of ctx, or noResponderBudget end it.
+func retryNoResponders(ctx context.Context, call func() error) error {
+	wait, deadline := 50*time.Millisecond, time.Now().Add(noResponderBudget)
+	for {
+		err := call()
+		if err == nil || !errors.Is(err, nats.ErrNoResponders) || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, time.Second)
 	}
-	if err != nil {
-		return b.mapCtxErr(ctx, op, err)
-	}
-	return b.mapCtxErr(ctx, op, st.Purge(ctx, jetstream.WithPurgeSubject(b.logSubject(log, key))))
 }
