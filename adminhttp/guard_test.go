@@ -3,10 +3,12 @@ package adminhttp_test
 import (
 	"bytes"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clusterbus/clusterbus/adminhttp"
 )
@@ -192,5 +194,56 @@ func TestServerServesAfterRejections(t *testing.T) {
 	resp.Body.Close()
 	if c := post("application/json", "Bearer tok-tok-tok", []byte(`{}`)); c != 202 {
 		t.Errorf("%d, want 202", c)
+	}
+}
+
+// TestServerCutsOffATrickledBody: a client that sends its body a byte at a
+// time is cut off at ReadTimeout (here 400 ms) without its request reaching
+// the handler, and the server keeps answering others meanwhile.
+func TestServerCutsOffATrickledBody(t *testing.T) {
+	var ran int
+	srv, err := adminhttp.Start(backend(&ran), adminhttp.ServerConfig{Addr: "127.0.0.1:0", ReadTimeout: 400 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Shutdown(t.Context()) })
+	conn, err := net.Dial("tcp", srv.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	_, err = io.WriteString(conn, "POST /api/cache/clear HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := make(chan time.Duration, 1)
+	go func() {
+		for range 1000 {
+			if _, err := conn.Write([]byte(" ")); err != nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		cut <- time.Since(start)
+	}()
+	// Meanwhile other requests are served.
+	resp, err := http.Get("http://" + srv.Addrs()[0] + "/ha/health")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("health while a body trickles: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	// The server answers the trickler (an error for its unread body, or
+	// nothing) and closes the connection: its next writes fail.
+	select {
+	case d := <-cut:
+		if d > 5*time.Second {
+			t.Fatalf("the trickling client was cut off after %v, want about 400ms", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a body trickled a byte every 50ms held the connection for 10s (ReadTimeout 400ms)")
+	}
+	if ran != 1 { // the health request only
+		t.Fatalf("handlers ran %d times, want 1 (the trickled request must not reach its handler whole)", ran)
 	}
 }

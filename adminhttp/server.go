@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"time"
 )
 
 // ServerConfig describes the node's listeners.
@@ -22,6 +23,10 @@ type ServerConfig struct {
 	TLSCert, TLSKey string
 	Guard           Config
 	Logger          *slog.Logger
+	// ReadTimeout bounds reading a whole request, body included (0:
+	// the package's ReadTimeout): a client that trickles its body is cut
+	// off when it ends.
+	ReadTimeout time.Duration
 }
 
 // Server is the node's running HTTP server.
@@ -44,6 +49,10 @@ func Start(h http.Handler, cfg ServerConfig) (*Server, error) {
 			return nil, fmt.Errorf("tls-cert %s, tls-key %s: %w", cfg.TLSCert, cfg.TLSKey, err)
 		}
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	readTimeout := cfg.ReadTimeout
+	if readTimeout <= 0 {
+		readTimeout = ReadTimeout
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -75,8 +84,8 @@ func Start(h http.Handler, cfg ServerConfig) (*Server, error) {
 		lns = append(lns, ln)
 		hs := &http.Server{
 			Handler:           Guard(h, l.guard),
-			ReadHeaderTimeout: ReadHeaderTimeout,
-			ReadTimeout:       ReadTimeout,
+			ReadHeaderTimeout: min(ReadHeaderTimeout, readTimeout),
+			ReadTimeout:       readTimeout,
 			WriteTimeout:      WriteTimeout,
 			IdleTimeout:       IdleTimeout,
 			MaxHeaderBytes:    64 << 10,
