@@ -267,3 +267,78 @@ func TestPutManyWritesNothingWhenOneKeyFails(t *testing.T) {
 		t.Fatalf("after a good PutMany:\n%s", dump(a))
 	}
 }
+
+// On a signed cluster, a sync request, a put and a digest published by a
+// client without the key (or with another key) are dropped: no node
+// answers with its catalog, and nothing is merged. The same request from a
+// node with the key is answered, which shows that an answer would be seen.
+func TestSignedCatalogIgnoresForgedSyncRequestsAndPuts(t *testing.T) {
+	srv := mem.NewServer()
+	ring, err := signed.NewKeyRing([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := signed.NewKeyRing([]byte("another-key-entirely-0123456789"))
+	wrap := func(id string, keys *signed.KeyRing) adapters.Broker {
+		b, err := signed.Wrap(srv.Client(), signed.Config{Cluster: cluster, Sender: id, Keys: keys})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	slow := func(cfg *catalog.Config) { cfg.DigestInterval = time.Hour }
+	a := start(t, wrap("a", ring), "a", slow)
+	b := start(t, wrap("b", ring), "b", slow)
+	put(t, a, "secret.setting", "only for members")
+	waitFor(t, "b to get the setting", 5*time.Second, func() bool { return hasValue(b, "secret.setting", "only for members") })
+
+	ctx := t.Context()
+	sub, err := srv.Client().Subscribe(ctx, cluster+"-catalog-settings")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	// Answers (kind sync-reply, inside the envelope) name the request's ID.
+	forged, control := make(chan struct{}, 100), make(chan struct{}, 100)
+	go func() {
+		for {
+			m, err := sub.Receive(ctx)
+			if err != nil {
+				return
+			}
+			body := string(m.Body)
+			if !strings.Contains(body, "sync-reply") { // the requests themselves, digests
+				continue
+			}
+			switch {
+			case strings.Contains(body, `"id":"req-1"`), strings.Contains(body, `"id":"req-2"`):
+				forged <- struct{}{}
+			case strings.Contains(body, `"id":"req-3"`) && strings.Contains(body, "secret.setting"):
+				control <- struct{}{}
+			}
+		}
+	}()
+	req := map[string]any{"f": "evil", "id": "req-1", "dg": map[string]any{"n": 0, "h": 0}}
+	evilPut := map[string]any{"f": "evil", "e": []catalog.Entry{{Key: "evil.key", Value: []byte("x"), Rev: catalog.Rev{Clock: 1, Node: "evil"}, At: time.Now()}}}
+	publishRaw(t, srv.Client(), "sync-request", req)
+	publishRaw(t, srv.Client(), "put", evilPut)
+	publishRaw(t, wrap("evil", other), "sync-request", map[string]any{"f": "evil", "id": "req-2", "dg": map[string]any{"n": 0, "h": 0}})
+	publishRaw(t, wrap("evil", other), "put", evilPut)
+	select {
+	case <-forged:
+		t.Fatal("a node answered a forged sync request with its catalog")
+	case <-time.After(1500 * time.Millisecond):
+	}
+	for _, n := range []*node{a, b} {
+		if _, ok := n.Get("evil.key"); ok {
+			t.Fatalf("%s merged a forged put", n.id)
+		}
+	}
+	// The control: the same request signed with the cluster's key.
+	publishRaw(t, wrap("c", ring), "sync-request", map[string]any{"f": "c", "id": "req-3", "dg": map[string]any{"n": 0, "h": 0}})
+	select {
+	case <-control:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer to a signed sync request: the check above proves nothing")
+	}
+}
