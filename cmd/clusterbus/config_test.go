@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -136,6 +138,36 @@ func TestNewLoggerFormats(t *testing.T) {
 	}
 	if _, err := newLogger(&sb, "xml", "info"); err == nil {
 		t.Fatal("log-format xml accepted")
+	}
+}
+
+// The node's JSON logger (newLogger with log-format json, as runNode builds
+// it) writes durations as text, "1.5s", like the text format, not as
+// nanoseconds: at top level, inside a group and in With attributes.
+func TestJSONLoggerWritesDurationsAsText(t *testing.T) {
+	var sb strings.Builder
+	l, err := newLogger(&sb, "json", "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.With("lease", 2*time.Minute).Info("tick", "took", 1500*time.Millisecond, slog.Group("sync", "wait", 250*time.Millisecond))
+	var line map[string]any
+	if err := json.Unmarshal([]byte(sb.String()), &line); err != nil {
+		t.Fatalf("log line is not one JSON object: %v: %s", err, sb.String())
+	}
+	group, _ := line["sync"].(map[string]any)
+	for _, c := range []struct {
+		name string
+		got  any
+		want string
+	}{
+		{"took", line["took"], "1.5s"},
+		{"lease", line["lease"], "2m0s"},
+		{"sync.wait", group["wait"], "250ms"},
+	} {
+		if s, ok := c.got.(string); !ok || s != c.want {
+			t.Errorf("%s logged as %#v (%T), want the string %q; line: %s", c.name, c.got, c.got, c.want, sb.String())
+		}
 	}
 }
 
