@@ -131,3 +131,94 @@ func TestConsoleServesPageSnapshotEventsAndDrain(t *testing.T) {
 		t.Fatalf("after drain: serving %v, alerts %+v", n.Serving(), snap.Alerts)
 	}
 }
+
+// The page's Down action: app.js offers it for an unreachable member and
+// posts {"node": ID} to /api/cluster/down. On a mux built as the node
+// builds it (bus routes and console routes), a member whose heartbeats
+// stopped shows as "unreachable" in the console snapshot, the page's
+// request downs it (204) and it leaves the snapshot; the node refuses an
+// unknown member (404) and itself (409), answers the page shows as text.
+func TestConsoleDownsAnUnreachableMember(t *testing.T) {
+	ms := mem.NewServer()
+	a := startNode(t, ms.Client(), "a")
+	cb := ms.Client()
+	startNode(t, cb, "b")
+	t.Cleanup(cb.Reconnect) // before b's Stop (cleanups run last first)
+	mux := http.NewServeMux()
+	a.Mount(mux)
+	console.New(console.Config{Node: a, Broker: "mem", Interval: 20 * time.Millisecond}).Routes(mux)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+
+	resp, err := http.Get(srv.URL + "/console/app.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`button: "Down"`, `n.state === "unreachable"`, `post("/api/cluster/down", { node: n.id }`} {
+		if !strings.Contains(string(js), want) {
+			t.Fatalf("app.js lacks %q: the page has no Down action as described", want)
+		}
+	}
+
+	snapshot := func() console.Snapshot {
+		r, err := http.Get(srv.URL + "/api/console")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		var s console.Snapshot
+		if err := json.NewDecoder(r.Body).Decode(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	stateOf := func(id string) string {
+		for _, m := range snapshot().Cluster.Nodes {
+			if m.ID == id {
+				return m.State
+			}
+		}
+		return ""
+	}
+	down := func(id string) (int, string) {
+		body, _ := json.Marshal(map[string]string{"node": id}) // what the page sends
+		r, err := http.Post(srv.URL+"/api/cluster/down", "application/json", strings.NewReader(string(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		text, _ := io.ReadAll(r.Body)
+		return r.StatusCode, strings.TrimSpace(string(text))
+	}
+	waitState := func(id, want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for stateOf(id) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("member %s is %q in the snapshot, want %q", id, stateOf(id), want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	waitState("b", "active")
+	if code, text := down("b"); code != http.StatusConflict || text == "" {
+		t.Errorf("down of live b = %d %q, want 409 with a reason", code, text)
+	}
+	if code, text := down("nobody"); code != http.StatusNotFound || text == "" {
+		t.Errorf("down of an unknown member = %d %q, want 404 with a reason", code, text)
+	}
+	if code, _ := down("a"); code != http.StatusConflict {
+		t.Errorf("down of the node itself = %d, want 409", code)
+	}
+	cb.Disconnect() // b's heartbeats stop reaching a
+	waitState("b", "unreachable")
+	if code, text := down("b"); code != http.StatusNoContent {
+		t.Fatalf("down of unreachable b = %d %q, want 204", code, text)
+	}
+	if s := stateOf("b"); s != "" {
+		t.Fatalf("downed b still in the snapshot as %q", s)
+	}
+}

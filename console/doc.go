@@ -18,10 +18,13 @@
 //
 // Actions are POSTs with JSON bodies: replay a dead-lettered execution
 // (POST /api/executions/{id}/replay, package flows), clear a cache region
-// (POST /api/cache/clear, package bus) and take a member out of service
+// (POST /api/cache/clear, package bus), take a member out of service
 // (POST /api/members/{id}/drain: the local node drains; for another member
 // the request, with its Authorization header, is forwarded to the HTTP
-// address that member announces in its heartbeat). The page keeps an admin
+// address that member announces in its heartbeat) and, on a member shown
+// unreachable, down it (POST /api/cluster/down {"node": ID}, package bus:
+// it leaves the membership at once; the page shows the node's refusal of
+// a live or unknown member). The page keeps an admin
 // token the operator enters in sessionStorage and sends it as
 // "Authorization: Bearer <token>" with every action; it never stores it
 // elsewhere.

@@ -105,7 +105,9 @@
       n.version || "—", dur(new Date(s.now) - new Date(n.started_at)), ago(n.last_heartbeat),
       { text: n.clock_skew_ms + " ms" + (n.clock_skewed ? " (skewed)" : ""), cls: n.clock_skewed ? "s-failed" : "" },
       n.state === "active" || n.state === "starting"
-        ? { button: "Drain", label: "Take " + n.host + " (" + n.id + ") out of service", onclick: () => drain(n) } : "",
+        ? { button: "Drain", label: "Take " + n.host + " (" + n.id + ") out of service", onclick: () => drain(n) }
+        : n.state === "unreachable" && !n.local
+          ? { button: "Down", label: "Down " + n.host + " (" + n.id + "): remove the unreachable member", onclick: () => down(n) } : "",
     ], (n) => (n.local ? "local" : "") + (n.state === "unreachable" ? " gone" : ""));
 
     const terms = (c.terms || []).slice().reverse();
@@ -191,6 +193,14 @@
   function drain(n) {
     if (!confirm("Take " + n.host + " (" + n.id + ") out of service? It drains: health answers 503, it hands over the lead and takes no new work.")) return;
     post("/api/members/" + encodeURIComponent(n.id) + "/drain", {}, "Drain of " + n.id);
+  }
+  // Down (POST /api/cluster/down) removes an unreachable member from the
+  // membership at once; the node refuses a live member (409) or one it
+  // does not know (404), and post shows its answer.
+  function down(n) {
+    if (!confirm("Down " + n.host + " (" + n.id + ")? It leaves the membership at once and stops counting toward the quorum; " +
+      "if it comes back it rejoins as a new incarnation. Only for a member that is gone.")) return;
+    post("/api/cluster/down", { node: n.id }, "Down of " + n.id);
   }
   $("cache-form").addEventListener("submit", (e) => {
     e.preventDefault();
