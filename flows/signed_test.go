@@ -10,6 +10,8 @@ import (
 
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/mem"
+	_ "github.com/clusterbus/clusterbus/adapters/nats"
+	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
 	"github.com/clusterbus/clusterbus/adapters/signed"
 	"github.com/clusterbus/clusterbus/catalog"
 	"github.com/clusterbus/clusterbus/flows"
@@ -45,10 +47,47 @@ func signedOn(t *testing.T, b adapters.Broker, sender, key string) *signed.Broke
 // put straight on the flows queue (unsigned, or signed with another key)
 // change nothing: the real execution runs every step and reports its own
 // output, the forged items are dead letters.
+//
+// It runs on the in-memory broker and on an embedded NATS server; on each
+// the attacker is a plain client of the same broker (no signing, or
+// signing with another key) that writes forged records on the catalog
+// topic and forged items straight onto the flows queue.
 func TestSignedForgedRecordsAndItemsChangeNoExecution(t *testing.T) {
+	for _, bk := range []struct {
+		name string
+		open func(t *testing.T) func() adapters.Broker
+	}{
+		{"mem", func(t *testing.T) func() adapters.Broker {
+			srv := mem.NewServer()
+			t.Cleanup(srv.Close)
+			return func() adapters.Broker {
+				b := srv.Client()
+				t.Cleanup(func() { b.Close() })
+				return b
+			}
+		}},
+		{"nats", func(t *testing.T) func() adapters.Broker {
+			srv, err := natsserver.Start(natsserver.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
+			if err != nil {
+				t.Fatalf("embedded NATS: %v", err)
+			}
+			t.Cleanup(srv.Shutdown)
+			return func() adapters.Broker {
+				b, err := adapters.Open(context.Background(), srv.ClientURL())
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { b.Close() })
+				return b
+			}
+		}},
+	} {
+		t.Run(bk.name, func(t *testing.T) { testSignedForgedRecordsAndItems(t, bk.open(t)) })
+	}
+}
+
+func testSignedForgedRecordsAndItems(t *testing.T, client func() adapters.Broker) {
 	const key = "flows-test-key-0123456789"
-	srv := mem.NewServer()
-	t.Cleanup(srv.Close)
 	defs, err := flows.Parse("pay.yaml", []byte(payFlow))
 	if err != nil {
 		t.Fatal(err)
@@ -59,8 +98,8 @@ func TestSignedForgedRecordsAndItemsChangeNoExecution(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	b1 := signedOn(t, srv.Client(), "n1", key)
-	b2 := signedOn(t, srv.Client(), "n2", key)
+	b1 := signedOn(t, client(), "n1", key)
+	b2 := signedOn(t, client(), "n2", key)
 	e1 := newEngine(t, b1, cfg, "n1", reg)
 	e2 := newEngine(t, b2, cfg, "n2", reg)
 
@@ -69,9 +108,8 @@ func TestSignedForgedRecordsAndItemsChangeNoExecution(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw := srv.Client()
-	t.Cleanup(func() { raw.Close() })
-	foreign := signedOn(t, srv.Client(), "n1", "another-key-0123456789")
+	raw := client()
+	foreign := signedOn(t, client(), "n1", "another-key-0123456789")
 	now := time.Now()
 	item := func(exec, step string) adapters.Message {
 		b, _ := json.Marshal(map[string]any{"v": 1, "exec": exec, "flow": "pay", "version": 1, "step": step, "seq": 1,
