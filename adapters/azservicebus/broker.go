@@ -450,8 +450,11 @@ func toSB(m adapters.Message) *sb.Message {
 	return &sb.Message{MessageID: &id, Body: body, ApplicationProperties: props}
 }
 
-// fromSB maps a received message back. deadLetter adds the dead-letter
-// reason header.
+// fromSB maps a received message back. deadLetter (a message from the
+// dead-letter queue) adds the dead-letter reason header and drops the
+// DeadLetterReason and DeadLetterErrorDescription properties, which
+// Service Bus set there; elsewhere properties of those names are
+// application headers like any other.
 func fromSB(rm *sb.ReceivedMessage, deadLetter bool) adapters.Message {
 	m := adapters.Message{ID: rm.MessageID, Body: rm.Body}
 	for k, v := range rm.ApplicationProperties {
@@ -462,7 +465,7 @@ func fromSB(rm *sb.ReceivedMessage, deadLetter bool) adapters.Message {
 		case k == propID:
 			m.ID = s
 		case strings.HasPrefix(strings.ToLower(k), adapters.ReservedHeaderPrefix),
-			k == "DeadLetterReason", k == "DeadLetterErrorDescription":
+			deadLetter && (k == "DeadLetterReason" || k == "DeadLetterErrorDescription"):
 		case ok:
 			if m.Headers == nil {
 				m.Headers = map[string]string{}

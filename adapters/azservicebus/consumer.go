@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -140,17 +141,42 @@ func (c *consumer) Close() error {
 }
 
 func (c *consumer) newDelivery(rm *sb.ReceivedMessage) *delivery {
-	base := 0
-	if s, ok := rm.ApplicationProperties[propAttempts].(string); ok {
-		base, _ = strconv.Atoi(s)
-	}
-	d := &delivery{c: c, rm: rm, m: fromSB(rm, c.dead), attempt: base + int(rm.DeliveryCount)}
+	d := &delivery{c: c, rm: rm, m: fromSB(rm, c.dead), attempt: attemptOf(rm)}
 	if rm.LockedUntil != nil {
 		d.deadline = *rm.LockedUntil
 	} else {
 		d.deadline = time.Now().Add(c.info.lease)
 	}
 	return d
+}
+
+// maxEarlierAttempts bounds the attempts of earlier copies read from
+// propAttempts, so that adding the delivery count cannot overflow.
+const maxEarlierAttempts = math.MaxInt32
+
+// attemptOf is the attempt number of a received message: the attempts of
+// earlier copies (propAttempts, set on a Nack(delay) copy) plus its own
+// DeliveryCount. A missing, malformed, negative or out-of-range
+// propAttempts counts as no earlier attempts, and the result is at least 1.
+func attemptOf(rm *sb.ReceivedMessage) int {
+	base := 0
+	if s, ok := rm.ApplicationProperties[propAttempts].(string); ok {
+		if n, err := strconv.Atoi(s); err == nil && n > 0 && n <= maxEarlierAttempts {
+			base = n
+		}
+	}
+	return base + max(int(rm.DeliveryCount), 1)
+}
+
+// delayedCopy is the copy of m that Nack(delay) schedules after attempt
+// attempts: a new MessageID (or duplicate detection would drop the copy),
+// the original ID and the attempts so far in application properties.
+func delayedCopy(m adapters.Message, attempt int) *sb.Message {
+	cp := toSB(m)
+	cp.MessageID = ptr(uuid.NewString())
+	cp.ApplicationProperties[propID] = m.ID
+	cp.ApplicationProperties[propAttempts] = strconv.Itoa(attempt)
+	return cp
 }
 
 // delivery is one received message under its Service Bus lock.
@@ -265,10 +291,7 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	if d.c.dead {
 		return adapters.Errorf(adapters.ErrUnsupported, op, "Nack with a delay on the dead-letter queue: Service Bus cannot send to a dead-letter sub-queue; use Nack(0)")
 	}
-	cp := toSB(d.m)
-	cp.MessageID = ptr(uuid.NewString()) // a new ID, or duplicate detection would drop the copy
-	cp.ApplicationProperties[propID] = d.m.ID
-	cp.ApplicationProperties[propAttempts] = strconv.Itoa(d.attempt)
+	cp := delayedCopy(d.m, d.attempt)
 	at := time.Now().Add(delay)
 	cp.ScheduledEnqueueTime = &at
 	// Copy first, then complete: a failure in between leaves a duplicate,

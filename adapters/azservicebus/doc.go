@@ -56,7 +56,10 @@
 //
 // The dead-letter queue is read with ConsumeOptions.DeadLetters; its items
 // carry adapters.HeaderDeadLetterReason = DeadLetterReason, followed by
-// ": " and DeadLetterErrorDescription when Service Bus set one. Nack with a
+// ": " and DeadLetterErrorDescription when Service Bus set one (Service Bus
+// sets application properties of those two names there, so an application
+// header of either name does not survive dead-lettering; on the queue
+// itself it is a header like any other). Nack with a
 // delay is refused there (ErrUnsupported: nothing can be sent to a
 // dead-letter sub-queue); Nack(0) abandons back into it.
 //

@@ -2,6 +2,7 @@ package azservicebus_test
 
 import (
 	"context"
+	"flag"
 	"log/slog"
 	"os"
 	"strings"
@@ -23,6 +24,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
+		// A fuzzing worker runs only FuzzCodec, which needs no server.
+		os.Exit(m.Run())
+	}
 	s, err := sbtest.Start(sbtest.Options{})
 	if err != nil {
 		srvErr = err
