@@ -3,6 +3,7 @@ package sqs_test
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -37,6 +38,11 @@ var testPrefix = func() string {
 }()
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
+		// A fuzzing worker runs only FuzzCodec, which needs no broker.
+		os.Exit(m.Run())
+	}
 	if live {
 		if os.Getenv("AWS_REGION") == "" && os.Getenv("AWS_DEFAULT_REGION") == "" {
 			skipReason = "CLUSTERBUS_TEST_SQS_LIVE=1 but AWS_REGION is not set"
