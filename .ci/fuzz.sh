@@ -20,6 +20,8 @@ targets=(
   "./adapters/nats FuzzCodec"
   "./adapters/kafka FuzzCodec"
   "./adapters/rabbitmq FuzzCodec"
+  "./adapters/sqs FuzzCodec"
+  "./adapters/azservicebus FuzzCodec"
 )
 start=$SECONDS
 for t in "${targets[@]}"; do
