@@ -461,66 +461,6 @@ func (r *recorder) requeue(id string, fns []func(*record)) {
 func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*record, error) {
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
-	rec, body, err := r.prepare(id, fns)
-	if err != nil {
-		return nil, err
-	}
-	en, err := r.cat.Put(ctx, keyOf(prefixRecord, id), body)
-	if err != nil {
-		if errors.Is(err, catalog.ErrFull) {
-			r.prune() // room within the catalog's next expiry pass
-		}
-		return nil, fmt.Errorf("flows: record execution %s: %w", id, err)
-	}
-	r.written(id, rec, en)
-	return rec, nil
-}
-
-// pendingWrite is one execution's queued updates.
-type pendingWrite struct {
-	id  string
-	fns []func(*record)
-}
-
-// writeMany writes the records of several executions with one catalog
-// PutMany. It returns the writes that failed (all of them when the catalog
-// refused the batch) and the error.
-func (r *recorder) writeMany(ctx context.Context, ws []pendingWrite) ([]pendingWrite, error) {
-	r.wmu.Lock()
-	defer r.wmu.Unlock()
-	kvs := make([]catalog.KV, 0, len(ws))
-	type prepared struct {
-		id  string
-		rec *record
-	}
-	recs := make(map[string]prepared, len(ws))
-	for _, w := range ws {
-		rec, body, err := r.prepare(w.id, w.fns)
-		if err != nil {
-			r.e.log.Warn("flows: execution record dropped", "execution", w.id, "err", err)
-			continue
-		}
-		recs[keyOf(prefixRecord, w.id)] = prepared{w.id, rec}
-		kvs = append(kvs, catalog.KV{Key: keyOf(prefixRecord, w.id), Value: body})
-	}
-	es, err := r.cat.PutMany(ctx, kvs)
-	if err != nil {
-		if errors.Is(err, catalog.ErrFull) {
-			r.prune()
-		}
-		return ws, fmt.Errorf("flows: record %d executions: %w", len(kvs), err)
-	}
-	for _, en := range es {
-		if p, ok := recs[en.Key]; ok {
-			r.written(p.id, p.rec, en)
-		}
-	}
-	return nil, nil
-}
-
-// prepare reads and merges the execution's record, applies fns and
-// encodes it within the catalog's value size. r.wmu must be held.
-func (r *recorder) prepare(id string, fns []func(*record)) (*record, []byte, error) {
 	var rec *record
 	m := r.mine[id]
 	if en, ok := r.cat.Get(keyOf(prefixRecord, id)); ok && m != nil && en.Rev == m.rev {
@@ -556,13 +496,15 @@ func (r *recorder) prepare(id string, fns []func(*record)) (*record, []byte, err
 		}
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("flows: encode the record of %s: %w", id, err)
+		return nil, fmt.Errorf("flows: encode the record of %s: %w", id, err)
 	}
-	return rec, body, nil
-}
-
-// written notes the record this node wrote as en. r.wmu must be held.
-func (r *recorder) written(id string, rec *record, en catalog.Entry) {
+	en, err := r.cat.Put(ctx, keyOf(prefixRecord, id), body)
+	if err != nil {
+		if errors.Is(err, catalog.ErrFull) {
+			r.prune() // room within the catalog's next expiry pass
+		}
+		return nil, fmt.Errorf("flows: record execution %s: %w", id, err)
+	}
 	if _, ok := r.mine[id]; !ok {
 		r.lru = append(r.lru, id)
 		for len(r.lru) > maxMine {
@@ -579,6 +521,7 @@ func (r *recorder) written(id string, rec *record, en catalog.Entry) {
 		r.sums[en.Key] = summaryEntry{rev: en.Rev, at: en.At, s: st} // the watch need not decode it
 	}
 	r.sumMu.Unlock()
+	return rec, nil
 }
 
 // run writes queued updates until ctx ends, then what is left.
@@ -607,11 +550,7 @@ func (r *recorder) run(ctx context.Context) {
 	}
 }
 
-// maxBatch bounds the records one flush writes with one PutMany.
-const maxBatch = 256
-
-// flush writes every queued update, up to maxBatch records at a time; within
-// a time budget if one is given.
+// flush writes every queued update; within a time budget if one is given.
 func (r *recorder) flush(ctx context.Context, budget time.Duration) {
 	if budget > 0 {
 		var cancel context.CancelFunc
@@ -620,42 +559,28 @@ func (r *recorder) flush(ctx context.Context, budget time.Duration) {
 	}
 	for {
 		r.mu.Lock()
-		var ws []pendingWrite
-		for len(r.queue) > 0 && len(ws) < maxBatch {
-			id := r.queue[0]
-			r.queue = r.queue[1:]
-			if fns := r.pending[id]; len(fns) > 0 {
-				ws = append(ws, pendingWrite{id: id, fns: fns})
-			}
-			delete(r.pending, id)
-		}
-		r.mu.Unlock()
-		if len(ws) == 0 {
+		if len(r.queue) == 0 {
+			r.mu.Unlock()
 			return
 		}
-		failed, err := r.writeMany(ctx, ws)
+		id := r.queue[0]
+		r.queue = r.queue[1:]
+		fns := r.pending[id]
+		delete(r.pending, id)
+		r.mu.Unlock()
+		if len(fns) == 0 {
+			continue
+		}
+		_, err := r.write(ctx, id, fns)
 		switch {
 		case err == nil:
 		case ctx.Err() != nil:
-			r.e.log.Warn("flows: execution records not written before stopping", "executions", len(failed), "err", err)
+			r.e.log.Warn("flows: execution record not written before stopping", "execution", id, "err", err)
 		case errors.Is(err, adapters.ErrInvalidArgument), errors.Is(err, adapters.ErrTooLarge):
-			// One record the catalog refuses must not hold up the
-			// others: write them one at a time.
-			for _, w := range failed {
-				_, err := r.write(ctx, w.id, w.fns)
-				switch {
-				case err == nil:
-				case errors.Is(err, adapters.ErrInvalidArgument), errors.Is(err, adapters.ErrTooLarge):
-					r.e.log.Warn("flows: execution record dropped", "execution", w.id, "err", err)
-				default:
-					r.requeue(w.id, w.fns) // the next flush tries again
-				}
-			}
+			r.e.log.Warn("flows: execution record dropped", "execution", id, "err", err)
 		default:
-			r.e.log.Warn("flows: writing execution records; retrying", "executions", len(failed), "err", err)
-			for _, w := range failed {
-				r.requeue(w.id, w.fns)
-			}
+			r.e.log.Warn("flows: writing an execution record; retrying", "execution", id, "err", err)
+			r.requeue(id, fns)
 			t := r.e.opts.Clock.NewTimer(time.Second)
 			select {
 			case <-ctx.Done():
