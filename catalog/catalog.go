@@ -2,7 +2,6 @@ package catalog
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -362,142 +361,41 @@ func (c *Catalog) write(ctx context.Context, key string, value []byte, del bool)
 	if del {
 		op = "catalog " + c.cfg.Name + ": delete " + key
 	}
-	if err := c.checkWrite(ctx, op, key, value); err != nil {
-		return Entry{}, err
-	}
-	c.mu.Lock()
-	e, written, err := c.stageLocked(op, key, value, del, c.clock.Now())
-	c.mu.Unlock()
-	if err != nil {
-		return e, err
-	}
-	if !written {
-		// Already written: retained and published again, so that a
-		// retried Put whose first attempt failed at the broker completes.
-		return c.spread(ctx, e)
-	}
-	if c.store != nil {
-		if err := c.store.append([]Entry{e}, c.snapshot); err != nil {
-			return e, adapters.Wrap(adapters.ErrUnavailable, op+": persist", err)
-		}
-	}
-	return c.spread(ctx, e)
-}
-
-// KV is one key's new value, for PutMany.
-type KV struct {
-	Key   string
-	Value []byte
-}
-
-// maxConcurrentRetains bounds the retains one PutMany has in flight.
-const maxConcurrentRetains = 64
-
-// PutMany writes several keys at once, as Put writes one, for less: every
-// key is checked first (nothing is written if one fails its check), then
-// all are applied locally, persisted to Dir in one journal append, retained
-// in the broker concurrently, and published in as few messages as fit the
-// broker's message size. It returns the entries written, in the order of
-// kvs; a key given twice is written once, with its last value. On an error
-// from the broker every entry stays applied locally and reaches the other
-// nodes through the digest exchange, as with Put.
-func (c *Catalog) PutMany(ctx context.Context, kvs []KV) ([]Entry, error) {
-	op := "catalog " + c.cfg.Name + ": put many"
-	last := make(map[string]int, len(kvs))
-	for i, kv := range kvs {
-		if err := c.checkWrite(ctx, op+" ("+kv.Key+")", kv.Key, kv.Value); err != nil {
-			return nil, err
-		}
-		last[kv.Key] = i
-	}
-	now := c.clock.Now()
-	out := make([]Entry, 0, len(last))
-	var again []Entry
-	c.mu.Lock()
-	added := 0 // keys this call adds, for the MaxEntries check
-	for i, kv := range kvs {
-		if last[kv.Key] != i {
-			continue
-		}
-		if err := c.checkStageLocked(op+" ("+kv.Key+")", kv.Key, kv.Value, false, added); err != nil {
-			c.mu.Unlock()
-			return nil, err
-		}
-		if _, had := c.entries[kv.Key]; !had {
-			added++
-		}
-	}
-	for i, kv := range kvs {
-		if last[kv.Key] != i {
-			continue
-		}
-		e, written, _ := c.stageLocked(op, kv.Key, kv.Value, false, now)
-		if written {
-			out = append(out, e)
-		} else {
-			again = append(again, e)
-		}
-	}
-	c.mu.Unlock()
-	if c.store != nil && len(out) > 0 {
-		if err := c.store.append(out, c.snapshot); err != nil {
-			return out, adapters.Wrap(adapters.ErrUnavailable, op+": persist", err)
-		}
-	}
-	all := append(out, again...)
-	if err := c.spreadMany(ctx, all); err != nil {
-		return all, err
-	}
-	return all, nil
-}
-
-// checkWrite is what a write checks before taking the lock.
-func (c *Catalog) checkWrite(ctx context.Context, op, key string, value []byte) error {
 	if err := ValidateKey(key); err != nil {
-		return adapters.Wrap(adapters.ErrInvalidArgument, op, err)
+		return Entry{}, adapters.Wrap(adapters.ErrInvalidArgument, op, err)
 	}
 	if len(value) > c.cfg.MaxValueSize {
-		return adapters.Errorf(adapters.ErrTooLarge, op, "value of %d bytes, limit %d", len(value), c.cfg.MaxValueSize)
+		return Entry{}, adapters.Errorf(adapters.ErrTooLarge, op, "value of %d bytes, limit %d", len(value), c.cfg.MaxValueSize)
 	}
 	if err := c.usable(op); err != nil {
-		return err
+		return Entry{}, err
 	}
-	return ctx.Err()
-}
-
-// checkStageLocked reports the error stageLocked would return for this
-// write, without applying it; extra is the number of new keys the same call
-// adds before it. c.mu must be held.
-func (c *Catalog) checkStageLocked(op, key string, value []byte, del bool, extra int) error {
-	old, had := c.entries[key]
-	if c.cfg.FirstWriteWins(key) && had && !del && (old.Deleted || string(old.Value) != string(value)) {
-		what := "a different value"
-		if old.Deleted {
-			what = "a tombstone"
-		}
-		return fmt.Errorf("%s: %w: the key is immutable and holds %s (rev %s)", op, ErrConflict, what, old.Rev)
+	if err := ctx.Err(); err != nil {
+		return Entry{}, err
 	}
-	if !had && len(c.entries)+extra >= c.cfg.MaxEntries {
-		return fmt.Errorf("%s: %w: %d entries", op, ErrFull, c.cfg.MaxEntries)
-	}
-	return nil
-}
-
-// stageLocked applies one write locally and returns its entry. written is
-// false when an immutable key already holds this value: the entry returned
-// is the one it holds, to be spread again. c.mu must be held.
-func (c *Catalog) stageLocked(op, key string, value []byte, del bool, now time.Time) (e Entry, written bool, err error) {
+	now := c.clock.Now()
+	c.mu.Lock()
 	old, had := c.entries[key]
 	if c.cfg.FirstWriteWins(key) && had {
-		if del && old.Deleted || !del && !old.Deleted && string(old.Value) == string(value) {
-			return cloneEntry(old), false, nil
+		switch {
+		case del && old.Deleted, !del && !old.Deleted && string(old.Value) == string(value):
+			// Already written: retained and published again, so that a
+			// retried Put whose first attempt failed at the broker
+			// completes.
+			c.mu.Unlock()
+			return c.spread(ctx, cloneEntry(old))
+		case !del:
+			c.mu.Unlock()
+			what := "a different value"
+			if old.Deleted {
+				what = "a tombstone"
+			}
+			return cloneEntry(old), fmt.Errorf("%s: %w: the key is immutable and holds %s (rev %s)", op, ErrConflict, what, old.Rev)
 		}
 	}
-	if err := c.checkStageLocked(op, key, value, del, 0); err != nil {
-		if had {
-			return cloneEntry(old), false, err
-		}
-		return Entry{}, false, err
+	if !had && len(c.entries) >= c.cfg.MaxEntries {
+		c.mu.Unlock()
+		return Entry{}, fmt.Errorf("%s: %w: %d entries", op, ErrFull, c.cfg.MaxEntries)
 	}
 	clk := c.lamport + 1
 	if ms := uint64(max(now.UnixMilli(), 0)); ms > clk {
@@ -507,39 +405,31 @@ func (c *Catalog) stageLocked(op, key string, value []byte, del bool, now time.T
 		clk = old.Rev.Clock + 1
 	}
 	c.lamport = clk
-	e = Entry{Key: key, Rev: Rev{Clock: clk, Node: c.cfg.NodeID}, Deleted: del, At: now.UTC()}
+	e := Entry{Key: key, Rev: Rev{Clock: clk, Node: c.cfg.NodeID}, Deleted: del, At: now.UTC()}
 	if !del {
 		e.Value = append([]byte{}, value...)
 	}
 	c.applyLocked(e, had, old)
-	return e, true, nil
+	c.mu.Unlock()
+	if c.store != nil {
+		if err := c.store.append([]Entry{e}, c.snapshot); err != nil {
+			return e, adapters.Wrap(adapters.ErrUnavailable, op+": persist", err)
+		}
+	}
+	return c.spread(ctx, e)
 }
 
 // spread retains e in the broker (where it retains) and publishes it.
 func (c *Catalog) spread(ctx context.Context, e Entry) (Entry, error) {
-	return e, c.spreadMany(ctx, []Entry{e})
-}
-
-// spreadMany retains es in the broker (where it retains; concurrently) and
-// publishes them, each entry encoded once for both.
-func (c *Catalog) spreadMany(ctx context.Context, es []Entry) error {
-	if len(es) == 0 {
-		return nil
-	}
-	raws := make([]json.RawMessage, len(es))
-	for i, e := range es {
-		b, err := json.Marshal(e)
-		if err != nil {
-			return adapters.Wrap(adapters.ErrInvalidArgument, "catalog: encode", err)
-		}
-		raws[i] = b
-	}
 	if c.retain != nil {
-		if err := c.retainRaw(ctx, es, raws); err != nil {
-			return err
+		if err := c.retainEntry(ctx, e); err != nil {
+			return e, err
 		}
 	}
-	return c.publishEntries(ctx, raws)
+	if err := c.publish(ctx, kindPut, wireMsg{Entries: []Entry{e}}); err != nil {
+		return e, err
+	}
+	return e, nil
 }
 
 // Get returns key's entry; false for missing or deleted keys.

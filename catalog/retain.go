@@ -3,7 +3,6 @@ package catalog
 import (
 	"context"
 	"encoding/json"
-	"sync"
 
 	"github.com/clusterbus/clusterbus/adapters"
 )
@@ -15,33 +14,6 @@ func (c *Catalog) retainEntry(ctx context.Context, e Entry) error {
 		return adapters.Wrap(adapters.ErrInvalidArgument, "catalog: encode", err)
 	}
 	return c.retain.Retain(ctx, c.retainedLog(), e.Key, b)
-}
-
-// retainRaw keeps each of es (encoded in raws) as its key's last value in
-// the broker, up to maxConcurrentRetains at a time; the first error is
-// returned once every retain has ended.
-func (c *Catalog) retainRaw(ctx context.Context, es []Entry, raws []json.RawMessage) error {
-	if len(es) == 1 {
-		return c.retain.Retain(ctx, c.retainedLog(), es[0].Key, raws[0])
-	}
-	var (
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-		slots = make(chan struct{}, maxConcurrentRetains)
-	)
-	for i := range es {
-		slots <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-slots; wg.Done() }()
-			if err := c.retain.Retain(ctx, c.retainedLog(), es[i].Key, raws[i]); err != nil {
-				once.Do(func() { first = err })
-			}
-		}()
-	}
-	wg.Wait()
-	return first
 }
 
 // retainedCopy is what Start read from the broker: the valid entries by

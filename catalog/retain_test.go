@@ -2,7 +2,6 @@ package catalog_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -187,85 +186,6 @@ func TestRetainedCopyRepairedAndExpiredForgotten(t *testing.T) {
 		m, _ := raw.Retained(context.Background(), log)
 		return m["junk"] == nil
 	})
-}
-
-// PutMany's entries reach the other nodes (in several messages: together
-// they are larger than NATS's 1 MiB message limit) and are retained in the
-// broker: a node started later with no peers and no data dir has them all.
-func TestPutManyReachesPeersAndBroker(t *testing.T) {
-	srv, err := natsserver.Start(natsserver.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("embedded NATS server: %v", err)
-	}
-	t.Cleanup(srv.Shutdown)
-	a := start(t, openNATS(t, srv.ClientURL()), "a", nil)
-	b := start(t, openNATS(t, srv.ClientURL()), "b", func(cfg *catalog.Config) { cfg.DigestInterval = time.Hour })
-	value := strings.Repeat("v", 3000)
-	var kvs []catalog.KV
-	for i := range 400 {
-		kvs = append(kvs, catalog.KV{Key: fmt.Sprintf("k%03d", i), Value: []byte(fmt.Sprint(i, value))})
-	}
-	kvs = append(kvs, catalog.KV{Key: "k000", Value: []byte("last")}) // a key twice: its last value
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	es, err := a.PutMany(ctx, kvs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(es) != 400 {
-		t.Fatalf("PutMany returned %d entries, want 400", len(es))
-	}
-	// b hears of them from the put messages alone (its digest exchange
-	// runs once an hour).
-	waitFor(t, "b to get all 400 keys", 10*time.Second, func() bool { return b.Len() == 400 && hasValue(b, "k000", "last") })
-	if !converged(a, b) {
-		t.Fatal("a and b differ")
-	}
-	want := dump(a)
-	if err := a.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c := start(t, openNATS(t, srv.ClientURL()), "c", func(cfg *catalog.Config) { cfg.DigestInterval = time.Hour })
-	if got := dump(c); got != want {
-		t.Fatalf("a later node loaded %d keys from the broker, want the 400 PutMany wrote", c.Len())
-	}
-}
-
-// A PutMany with one key that fails its check writes nothing.
-func TestPutManyWritesNothingWhenOneKeyFails(t *testing.T) {
-	srv := mem.NewServer()
-	a := start(t, srv.Client(), "a", func(cfg *catalog.Config) {
-		cfg.FirstWriteWins = func(k string) bool { return strings.HasPrefix(k, "fixed.") }
-		cfg.MaxEntries = 5
-	})
-	put(t, a, "fixed.x", "one")
-	ctx := context.Background()
-	for _, tc := range []struct {
-		name string
-		kvs  []catalog.KV
-		want error
-	}{
-		{"invalid key", []catalog.KV{{Key: "ok.1", Value: []byte("1")}, {Key: "", Value: []byte("2")}}, adapters.ErrInvalidArgument},
-		{"immutable key", []catalog.KV{{Key: "ok.1", Value: []byte("1")}, {Key: "fixed.x", Value: []byte("two")}}, catalog.ErrConflict},
-		{"too many keys", []catalog.KV{{Key: "ok.1"}, {Key: "ok.2"}, {Key: "ok.3"}, {Key: "ok.4"}, {Key: "ok.5"}}, catalog.ErrFull},
-	} {
-		if _, err := a.PutMany(ctx, tc.kvs); !errors.Is(err, tc.want) {
-			t.Fatalf("%s: PutMany = %v, want %v", tc.name, err, tc.want)
-		}
-		if a.Len() != 1 {
-			t.Fatalf("%s: %d keys after the failed PutMany, want 1:\n%s", tc.name, a.Len(), dump(a))
-		}
-	}
-	// The same value of an immutable key is no conflict.
-	if _, err := a.PutMany(ctx, []catalog.KV{{Key: "fixed.x", Value: []byte("one")}, {Key: "ok.1", Value: []byte("1")}}); err != nil {
-		t.Fatal(err)
-	}
-	if a.Len() != 2 || !hasValue(a, "ok.1", "1") {
-		t.Fatalf("after a good PutMany:\n%s", dump(a))
-	}
 }
 
 // On a signed cluster, a sync request, a put and a digest published by a

@@ -165,28 +165,6 @@ func (c *Catalog) publish(ctx context.Context, kind string, m wireMsg) error {
 	return c.send(ctx, kind, body)
 }
 
-// publishEntries publishes put messages carrying raws (encoded entries), as
-// many to a message as fit the broker's message size.
-func (c *Catalog) publishEntries(ctx context.Context, raws []json.RawMessage) error {
-	budget := c.maxMsg - 256 // the framing fields
-	for len(raws) > 0 {
-		n, size := 0, 0
-		for n < len(raws) && (n == 0 || size+len(raws[n])+1 <= budget) {
-			size += len(raws[n]) + 1
-			n++
-		}
-		body, err := json.Marshal(wireOut{From: c.cfg.NodeID, Entries: raws[:n]})
-		if err != nil {
-			return adapters.Wrap(adapters.ErrInvalidArgument, "catalog: encode", err)
-		}
-		if err := c.send(ctx, kindPut, body); err != nil {
-			return err
-		}
-		raws = raws[n:]
-	}
-	return nil
-}
-
 func (c *Catalog) send(ctx context.Context, kind string, body []byte) error {
 	err := c.b.Publish(ctx, c.topic, adapters.Message{Headers: map[string]string{HeaderKind: kind}, Body: body})
 	if err != nil {
