@@ -286,7 +286,11 @@ type recorder struct {
 	wake    chan struct{}
 	stopped bool
 
-	wmu  sync.Mutex
+	// wmu serializes the writers (read, merge, write of a record); it is
+	// held across the write to the broker, so readers never take it.
+	wmu sync.Mutex
+	// mmu guards mine and lru.
+	mmu  sync.Mutex
 	mine map[string]*record // what this node wrote last, by execution (bounded)
 	lru  []string
 
@@ -340,9 +344,9 @@ func (r *recorder) summary(id string) (state string, seq, gen int, ok bool) {
 	if !found {
 		return "", 0, 0, false
 	}
-	r.wmu.Lock()
+	r.mmu.Lock()
 	m := r.mine[id]
-	r.wmu.Unlock()
+	r.mmu.Unlock()
 	if m != nil && m.rev == en.Rev {
 		return m.State, m.Seq, m.Retries, true
 	}
@@ -462,7 +466,9 @@ func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
 	var rec *record
+	r.mmu.Lock()
 	m := r.mine[id]
+	r.mmu.Unlock()
 	if en, ok := r.cat.Get(keyOf(prefixRecord, id)); ok && m != nil && en.Rev == m.rev {
 		rec = m // the local copy is this node's last write: no need to decode it
 	} else {
@@ -505,6 +511,8 @@ func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*
 		}
 		return nil, fmt.Errorf("flows: record execution %s: %w", id, err)
 	}
+	rec.rev = en.Rev
+	r.mmu.Lock()
 	if _, ok := r.mine[id]; !ok {
 		r.lru = append(r.lru, id)
 		for len(r.lru) > maxMine {
@@ -512,8 +520,8 @@ func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*
 			r.lru = r.lru[1:]
 		}
 	}
-	rec.rev = en.Rev
 	r.mine[id] = rec
+	r.mmu.Unlock()
 	st := rec.Status
 	st.Output, st.Steps = nil, nil
 	r.sumMu.Lock()
@@ -637,9 +645,9 @@ func (r *recorder) watched(id string, en catalog.Entry) {
 	if en.Deleted || en.Rev.Node == r.e.opts.NodeID {
 		return
 	}
-	r.wmu.Lock()
+	r.mmu.Lock()
 	m := r.mine[id]
-	r.wmu.Unlock()
+	r.mmu.Unlock()
 	if m == nil {
 		return
 	}
