@@ -3,8 +3,10 @@
 // Watermill with watermill-nats (JetStream) tuned, the clusterbus NATS
 // adapter and the clusterbus workqueue, on an embedded nats-server with the
 // default fsync and with fsync always; and raw amqp091-go against the
-// clusterbus RabbitMQ adapter on a RabbitMQ (-rabbit). It is its own Go module so that the
-// main module does not depend on Watermill.
+// clusterbus RabbitMQ adapter on a RabbitMQ (-rabbit); and River (riverqueue,
+// pgx v5 driver) on a PostgreSQL (-pg), whose fsync and synchronous_commit
+// are printed at the start. It is its own Go module so that the main module
+// does not depend on Watermill or River.
 //
 // Workload: -items items of -size bytes, enqueue → receive → ack, -consumers
 // consumers (each on its own connection), -producers concurrent producers
@@ -12,16 +14,26 @@
 // producers enqueue; the time is from the first enqueue to the last ack) and
 // "drain" (the queue is filled first; the time is from the consumers' start
 // to the last ack). Each system runs -runs times per mode, interleaved; the
-// table shows medians in items/s and each system's ratio to raw nats.go.
+// table shows medians in items/s and each system's ratio to its base system.
 //
 // Systems: raw, watermill, adapter (Enqueue per item, Prefetch -prefetch),
 // adapter-batch (adapters.EnqueueBatch of -batch items), workqueue (one
 // Worker per consumer, Concurrency 8, Prefetch default = Concurrency),
 // workqueue-p64 (the same with Prefetch 64), rabbit-raw, rabbit-adapter,
-// rabbit-adapter-batch.
+// rabbit-adapter-batch, river (Client.Insert per job; one Client per
+// consumer, each with its own pool and the default queue at MaxWorkers 8,
+// FetchCooldown -river-cooldown; the time ends when every client has
+// stopped, i.e. every completion is written), river-batch (Client.InsertMany
+// of -batch jobs). River's tables live in the schema river_bench, migrated
+// with rivermigrate at the start; each run truncates river_job. The fsync
+// setting applies to neither RabbitMQ nor PostgreSQL. Rabbit systems are
+// compared with rabbit-raw, river systems with river, the others with raw;
+// workqueue rows also show their ratio to river when it ran (compare with
+// -fsync always: both durable on every acknowledged write).
 //
 //	cd bench && go run . -runs 3
 //	cd bench && go run . -runs 3 -fsync default -systems rabbit-raw,rabbit-adapter
+//	cd bench && go run . -runs 3 -fsync always -systems river,river-batch,workqueue,workqueue-p64
 package main
 
 import (
@@ -73,6 +85,8 @@ func main() {
 	flag.StringVar(&modes, "modes", "concurrent,drain", "modes to run")
 	flag.StringVar(&fsyncs, "fsync", "default,always", "server fsync settings to run")
 	flag.StringVar(&rabbitURL, "rabbit", rabbitURL, "RabbitMQ URL of the rabbit-* systems")
+	flag.StringVar(&pgURL, "pg", pgURL, "PostgreSQL URL of the river systems")
+	flag.DurationVar(&riverFetchCooldown, "river-cooldown", riverFetchCooldown, "Config.FetchCooldown of the river consumers (River's default: 100ms)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -114,12 +128,18 @@ var allSystems = map[string]system{
 	"rabbit-adapter-batch": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
 		return runRabbitAdapterWith(ctx, url, cfg, drain, cfg.batch)
 	},
+	// River on PostgreSQL (-pg); the fsync setting does not apply.
+	"river":       runRiver,
+	"river-batch": runRiverBatch,
 }
 
 // baseOf is the system each one's ratio is taken against.
 func baseOf(s string) string {
 	if strings.HasPrefix(s, "rabbit-") {
 		return "rabbit-raw"
+	}
+	if strings.HasPrefix(s, "river") {
+		return "river"
 	}
 	return "raw"
 }
@@ -128,6 +148,11 @@ func run(cfg config) error {
 	for _, s := range cfg.systems {
 		if allSystems[s] == nil {
 			return fmt.Errorf("unknown system %q", s)
+		}
+	}
+	if slices.ContainsFunc(cfg.systems, func(s string) bool { return strings.HasPrefix(s, "river") }) {
+		if err := prepareRiver(context.Background()); err != nil {
+			return err
 		}
 	}
 	fmt.Printf("%d items of %d B, %d consumers, %d producers, %d runs per cell (median shown); adapter prefetch %d, raw/Watermill pull batch %d, raw publish window %d\n",
@@ -164,7 +189,7 @@ func run(cfg config) error {
 		}
 		srv.Shutdown()
 		os.RemoveAll(dir)
-		fmt.Printf("\nfsync=%s (items/s, median; ratio to raw; min-max)\n", fs)
+		fmt.Printf("\nfsync=%s (items/s, median; min-max; ratio to the base system)\n", fs)
 		tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
 		fmt.Fprintf(tw, "system\t%s\n", strings.Join(cfg.modes, "\t"))
 		for _, s := range cfg.systems {
@@ -178,6 +203,11 @@ func run(cfg config) error {
 				if strings.HasPrefix(s, "adapter") || strings.HasPrefix(s, "workqueue") {
 					if wm := results["watermill"][mode]; len(wm) > 0 {
 						cell += fmt.Sprintf(" %.2fx watermill", m/median(wm))
+					}
+				}
+				if strings.HasPrefix(s, "workqueue") {
+					if rv := results["river"][mode]; len(rv) > 0 {
+						cell += fmt.Sprintf(" %.2fx river", m/median(rv))
 					}
 				}
 				row = append(row, cell)
