@@ -4,7 +4,10 @@
 # `go test ./...`; this step searches for new inputs. A crash fails CI and
 # leaves the input in the package's testdata/fuzz for `go test` to replay.
 # The step stops starting targets once FUZZ_BUDGET seconds (compilation
-# included) are spent, and says which it skipped.
+# included) are spent, and says which it skipped. The budget holds about
+# seven of the targets, so the list is started at an offset that moves with
+# the day of the year (FUZZ_OFFSET overrides it): over two days every
+# target is fuzzed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 per="${FUZZ_TIME:-8s}"
@@ -23,8 +26,12 @@ targets=(
   "./adapters/sqs FuzzCodec"
   "./adapters/azservicebus FuzzCodec"
 )
+n=${#targets[@]}
+offset=$(( ${FUZZ_OFFSET:-$(( 10#$(date +%j) * 7 ))} % n ))
+rotated=("${targets[@]:offset}" "${targets[@]:0:offset}")
+echo "fuzz: ${n} targets, starting at number $((offset + 1))"
 start=$SECONDS
-for t in "${targets[@]}"; do
+for t in "${rotated[@]}"; do
   read -r pkg name <<<"$t"
   left=$((budget - (SECONDS - start)))
   if [ "$left" -le 15 ]; then
