@@ -539,3 +539,39 @@ const jsErrCodeNoSuitablePeers jetstream.ErrorCode = 10005
 func errf(code error, op, format string, args ...any) error {
 	return adapters.Errorf(code, "nats: "+op, format, args...)
 }
+
+// transientBudget bounds how long retryTransient tries again.
+const transientBudget = 10 * time.Second
+
+// transientJS reports whether a JetStream API call failed only because the
+// cluster is between leaders: "no responders" (a meta or stream leader
+// being elected, or the client's server just restarted) or "no suitable
+// peers" (a replica's server offline or not caught up after a restart).
+func transientJS(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, nats.ErrNoResponders) ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrCodeNoSuitablePeers
+}
+
+// retryTransient runs an idempotent JetStream API call again, with a
+// backoff from 50 ms doubling to 1 s, while it fails with a transientJS
+// error (CI saw Retained fail with "no responders" on a 3-server cluster
+// whose Retains had just succeeded). Other errors, the end of ctx, or
+// transientBudget end it.
+func retryTransient(ctx context.Context, call func() error) error {
+	wait, deadline := 50*time.Millisecond, time.Now().Add(transientBudget)
+	for {
+		err := call()
+		if err == nil || !transientJS(err) || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, time.Second)
+	}
+}

@@ -85,7 +85,10 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 		Duplicates: max(2*time.Minute, 2*cfg.Lease+time.Minute),
 	}
 	for _, sc := range []jetstream.StreamConfig{main, dlq} {
-		if _, err := b.js.CreateOrUpdateStream(ctx, sc); err != nil {
+		if err := retryTransient(ctx, func() error {
+			_, err := b.js.CreateOrUpdateStream(ctx, sc)
+			return err
+		}); err != nil {
 			return b.mapCtxErr(ctx, op, err)
 		}
 		maxAckPending := 10000
@@ -94,14 +97,17 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 			// every key's order, is the delivery order.
 			maxAckPending = 1
 		}
-		if _, err := b.js.CreateOrUpdateConsumer(ctx, sc.Name, jetstream.ConsumerConfig{
-			Durable:       durable,
-			Description:   "clusterbus workers",
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       cfg.Lease,
-			MaxDeliver:    -1, // the adapter counts attempts; see doc.go
-			MaxAckPending: maxAckPending,
-			MaxWaiting:    1024,
+		if err := retryTransient(ctx, func() error {
+			_, err := b.js.CreateOrUpdateConsumer(ctx, sc.Name, jetstream.ConsumerConfig{
+				Durable:       durable,
+				Description:   "clusterbus workers",
+				AckPolicy:     jetstream.AckExplicitPolicy,
+				AckWait:       cfg.Lease,
+				MaxDeliver:    -1, // the adapter counts attempts; see doc.go
+				MaxAckPending: maxAckPending,
+				MaxWaiting:    1024,
+			})
+			return err
 		}); err != nil {
 			return b.mapCtxErr(ctx, op, err)
 		}

@@ -33,7 +33,7 @@ func (b *Broker) ensureLog(ctx context.Context, op, log string) error {
 	if done {
 		return nil
 	}
-	err := retryNoResponders(ctx, func() error {
+	err := retryTransient(ctx, func() error {
 		_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 			Name:              b.logStream(log),
 			Description:       "clusterbus retained log " + log + ": last value per key",
@@ -100,7 +100,7 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 		return nil, err
 	}
 	var out map[string][]byte
-	err := retryNoResponders(ctx, func() error {
+	err := retryTransient(ctx, func() error {
 		var err error
 		out, err = b.readLog(ctx, op, log)
 		return err
@@ -183,7 +183,7 @@ func (b *Broker) Forget(ctx context.Context, log, key string) error {
 	if err := b.checkQueue(ctx, op); err != nil {
 		return err
 	}
-	err := retryNoResponders(ctx, func() error {
+	err := retryTransient(ctx, func() error {
 		st, err := b.js.Stream(ctx, b.logStream(log))
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			return nil
@@ -194,31 +194,4 @@ func (b *Broker) Forget(ctx context.Context, log, key string) error {
 		return st.Purge(ctx, jetstream.WithPurgeSubject(b.logSubject(log, key)))
 	})
 	return b.mapCtxErr(ctx, op, err)
-}
-
-// noResponderBudget bounds how long retryNoResponders tries again.
-const noResponderBudget = 10 * time.Second
-
-// retryNoResponders runs an idempotent JetStream API call again, with a
-// backoff from 50 ms doubling to 1 s, while it fails with "no responders":
-// in a cluster that is what a request gets while the meta or stream leader
-// is being elected, or just after the client's server restarted (CI saw
-// Retained fail that way on a 3-server cluster whose Retains had just
-// succeeded). Other errors, the end of ctx, or noResponderBudget end it.
-func retryNoResponders(ctx context.Context, call func() error) error {
-	wait, deadline := 50*time.Millisecond, time.Now().Add(noResponderBudget)
-	for {
-		err := call()
-		if err == nil || !errors.Is(err, nats.ErrNoResponders) || time.Now().Add(wait).After(deadline) {
-			return err
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		case <-t.C:
-		}
-		wait = min(2*wait, time.Second)
-	}
 }

@@ -7,17 +7,22 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
-// TestRetryNoRespondersTriesAgainOnlyOnNoResponders: "no responders" (a
-// cluster electing a leader) is tried again until the call succeeds; any
-// other error, and the end of the caller's context, end the tries.
-func TestRetryNoRespondersTriesAgainOnlyOnNoResponders(t *testing.T) {
+// TestRetryTransientTriesAgainOnlyWhileTheClusterIsBetweenLeaders: "no
+// responders" and "no suitable peers" (a cluster electing a leader or
+// catching a restarted server up) are tried again until the call succeeds;
+// any other error, and the end of the caller's context, end the tries.
+func TestRetryTransientTriesAgainOnlyWhileTheClusterIsBetweenLeaders(t *testing.T) {
 	calls := 0
-	err := retryNoResponders(context.Background(), func() error {
+	err := retryTransient(context.Background(), func() error {
 		calls++
-		if calls < 3 {
+		switch calls {
+		case 1:
 			return nats.ErrNoResponders
+		case 2:
+			return &jetstream.APIError{Code: 500, ErrorCode: jsErrCodeNoSuitablePeers, Description: "no suitable peers for placement"}
 		}
 		return nil
 	})
@@ -27,14 +32,14 @@ func TestRetryNoRespondersTriesAgainOnlyOnNoResponders(t *testing.T) {
 
 	calls = 0
 	other := errors.New("stream config mismatch")
-	if err := retryNoResponders(context.Background(), func() error { calls++; return other }); !errors.Is(err, other) || calls != 1 {
+	if err := retryTransient(context.Background(), func() error { calls++; return other }); !errors.Is(err, other) || calls != 1 {
 		t.Fatalf("other error: %v after %d calls, want it after 1", err, calls)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err = retryNoResponders(ctx, func() error { return nats.ErrNoResponders })
+	err = retryTransient(ctx, func() error { return nats.ErrNoResponders })
 	if !errors.Is(err, nats.ErrNoResponders) || time.Since(start) > 2*time.Second {
 		t.Fatalf("ended context: %v after %v, want no responders within about 200ms", err, time.Since(start))
 	}
