@@ -223,6 +223,10 @@ func TestSeedingTheSameDirCreatesOneVersion(t *testing.T) {
 		es = append(es, e)
 	}
 	deploy(t, es[0], greetV2)
+	// c must have seen v2 become the head before the rollback: otherwise
+	// "head 1 with two versions" below could be c before the head moved,
+	// and the head change to v2 could still be on its way (CI saw that).
+	waitFor(t, "c sees v2 as the head", func() bool { fv, _ := es[2].Versions("greet"); return fv.Head == 2 && len(fv.Versions) == 2 })
 	if err := es[0].Rollback(context.Background(), "greet", 1); err != nil {
 		t.Fatal(err)
 	}
