@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/internal/driver"
 )
 
 // Pull tuning. A Consumer keeps one long-lived pull subscription (nats.go's
@@ -70,7 +71,6 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 		ready:    make(chan fetched, prefetch),
 		closed:   make(chan struct{}),
 		failed:   make(chan struct{}),
-		held:     map[*delivery]struct{}{},
 	}
 	if !c.dlq {
 		c.maxAttempts = qi.maxAttempts
@@ -121,7 +121,7 @@ type consumer struct {
 	closed   chan struct{}
 	failErr  error
 	failed   chan struct{} // closed when failErr is set
-	held     map[*delivery]struct{}
+	held     driver.Held[*delivery]
 }
 
 func (c *consumer) op(verb string) string {
@@ -427,14 +427,12 @@ func (c *consumer) accept(f fetched) (*delivery, error) {
 	}
 	deadline := f.at.Add(c.lease)
 	d := &delivery{
-		c:        c,
-		msg:      f.msg,
-		md:       md,
-		m:        decode(f.msg, c.dlq),
-		attempt:  int(md.NumDelivered),
-		deadline: deadline,
+		c:       c,
+		msg:     f.msg,
+		md:      md,
+		m:       decode(f.msg, c.dlq),
+		attempt: int(md.NumDelivered),
 	}
-	last := c.maxAttempts > 0 && d.attempt >= c.maxAttempts
 	switch {
 	case c.maxAttempts > 0 && d.attempt > c.maxAttempts:
 		// The last attempt's lease expired (its holder died, or its
@@ -443,26 +441,17 @@ func (c *consumer) accept(f fetched) (*delivery, error) {
 		return nil, nil
 	case !time.Now().Before(deadline):
 		// The lease ran out while buffered.
-		if last {
+		if d.last() {
 			d.moveDetached(reasonExpired(c.maxAttempts))
 		}
 		// Otherwise it comes back by itself.
 		return nil, nil
-	case last:
-		// If this last lease expires unsettled, dead-letter the item at
-		// once rather than when some consumer next pulls.
-		d.mu.Lock()
-		d.timer = time.AfterFunc(time.Until(deadline), d.expireLast)
-		d.mu.Unlock()
 	}
-	c.mu.Lock()
-	if c.isClosed {
-		c.mu.Unlock()
+	d.start(deadline)
+	if !c.held.Add(d) {
 		d.release()
 		return nil, c.closedErr()
 	}
-	c.held[d] = struct{}{}
-	c.mu.Unlock()
 	return d, nil
 }
 
@@ -480,14 +469,12 @@ func (c *consumer) Close() error {
 	close(c.closed)
 	g := c.pull
 	c.pull = nil
-	held := c.held
-	c.held = map[*delivery]struct{}{}
 	c.mu.Unlock()
 	if g != nil {
 		g.stop()
 	}
 	c.nakBuffered()
-	for d := range held {
+	for _, d := range c.held.Close() {
 		d.release()
 	}
 	c.b.mu.Lock()
@@ -495,10 +482,4 @@ func (c *consumer) Close() error {
 	c.b.mu.Unlock()
 	_ = c.b.nc.FlushTimeout(2 * time.Second)
 	return nil
-}
-
-func (c *consumer) done(d *delivery) {
-	c.mu.Lock()
-	delete(c.held, d)
-	c.mu.Unlock()
 }

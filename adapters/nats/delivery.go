@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/internal/driver"
 )
 
 func reasonExpired(maxAttempts int) string {
@@ -19,69 +19,62 @@ func reasonExpired(maxAttempts int) string {
 
 type delivery struct {
 	c       *consumer
-	timer   *time.Timer // expiry of the last attempt's lease
 	msg     jetstream.Msg
 	md      *jetstream.MsgMetadata
 	m       adapters.Message
 	attempt int
-
-	mu       sync.Mutex // held during settlement I/O
-	deadline time.Time
-	settled  bool
+	lease   driver.Lease
 }
 
 func (d *delivery) Message() adapters.Message { return d.m }
 func (d *delivery) Attempt() int              { return d.attempt }
 func (d *delivery) Queue() string             { return d.c.queue }
-func (d *delivery) LeaseDeadline() time.Time {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.deadline
+func (d *delivery) LeaseDeadline() time.Time  { return d.lease.Deadline() }
+
+// last reports whether this is the item's last attempt.
+func (d *delivery) last() bool { return d.c.maxAttempts > 0 && d.attempt >= d.c.maxAttempts }
+
+// start starts the lease until deadline. Only a last attempt gets an expiry
+// timer: when its lease runs out unsettled the adapter dead-letters it at
+// once, rather than when some consumer next pulls it; any other item comes
+// back by itself (the server's AckWait).
+func (d *delivery) start(deadline time.Time) {
+	h := driver.Hooks{
+		Done: func() { d.c.held.Remove(d) },
+		Valid: func() (bool, string) {
+			if d.c.b.isClosed() {
+				return false, "the broker was closed"
+			}
+			return true, ""
+		},
+	}
+	if d.last() {
+		h.Expire = d.expireLast
+	}
+	d.lease.Start(deadline, h)
 }
 
-// begin checks that the lease is still held. d.mu must be held.
-func (d *delivery) begin(op string) error {
-	if d.c.b.isClosed() {
-		return &adapters.Error{Code: adapters.ErrClosed, Op: "nats: " + op, Err: adapters.ErrLeaseLost}
-	}
-	if d.settled {
-		return errf(adapters.ErrLeaseLost, op, "already settled or released")
-	}
-	if !time.Now().Before(d.deadline) {
-		if d.timer == nil {
-			// (A last attempt is settled by expireLast, which moves it.)
-			d.settled = true
-			d.c.done(d)
-		}
-		return errf(adapters.ErrLeaseLost, op, "lease expired at %s", d.deadline.Format(time.RFC3339Nano))
-	}
-	return nil
-}
-
-func (d *delivery) finish() {
-	d.settled = true
-	if d.timer != nil {
-		d.timer.Stop()
-	}
-	d.c.done(d)
-}
-
-// expireLast runs when the lease of a last attempt may have expired.
+// expireLast runs when the lease of a last attempt has expired.
 func (d *delivery) expireLast() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.settled {
-		return
-	}
-	if left := time.Until(d.deadline); left > 0 {
-		d.timer.Reset(left) // extended
-		return
-	}
-	d.finish()
 	if d.c.b.isClosed() {
 		return // it comes back as attempt MaxAttempts+1 and is moved then
 	}
 	d.moveDetached(reasonExpired(d.c.maxAttempts))
+}
+
+// begin starts an operation on the delivery (see driver.Lease.Begin).
+func (d *delivery) begin(ctx context.Context, op string) error {
+	return d.lease.Begin(ctx, "nats: "+op)
+}
+
+// end ends an operation that settles the item, with its error.
+func (d *delivery) end(err error) error {
+	if err != nil {
+		d.lease.Failed(err)
+		return err
+	}
+	d.lease.Settled()
+	return nil
 }
 
 // moveDetached moves the item to the dead-letter queue on the adapter's own
@@ -123,16 +116,10 @@ func (d *delivery) send(ctx context.Context, op string, body []byte) error {
 // return promises.
 func (d *delivery) Ack(ctx context.Context) error {
 	op := d.c.op("ack")
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.begin(op); err != nil {
+	if err := d.begin(ctx, op); err != nil {
 		return err
 	}
-	if err := d.send(ctx, op, ackBody); err != nil {
-		return err
-	}
-	d.finish()
-	return nil
+	return d.end(d.send(ctx, op, ackBody))
 }
 
 var (
@@ -147,28 +134,18 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	if err := adapters.ValidateDelay("nats: "+op, delay, d.c.b.caps); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.begin(op); err != nil {
+	if err := d.begin(ctx, op); err != nil {
 		return err
 	}
-	if d.c.maxAttempts > 0 && d.attempt >= d.c.maxAttempts {
+	if d.last() {
 		reason := fmt.Sprintf("max attempts (%d) exceeded: nacked on the last attempt", d.c.maxAttempts)
-		if err := d.moveToDLQ(ctx, reason, d.attempt); err != nil {
-			return err
-		}
-		d.finish()
-		return nil
+		return d.end(d.moveToDLQ(ctx, reason, d.attempt))
 	}
 	body := nakBody
 	if delay > 0 {
 		body = fmt.Appendf(nil, `-NAK {"delay": %d}`, delay.Nanoseconds())
 	}
-	if err := d.send(ctx, op, body); err != nil {
-		return err
-	}
-	d.finish()
-	return nil
+	return d.end(d.send(ctx, op, body))
 }
 
 // Extend implements adapters.Delivery with InProgress, which restarts the
@@ -179,16 +156,15 @@ func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
 	if err := adapters.ValidateExtend("nats: "+op, dur, d.c.lease); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.begin(op); err != nil {
+	if err := d.begin(ctx, op); err != nil {
 		return err
 	}
 	start := time.Now()
 	if err := d.reply(ctx, op, []byte("+WPI")); err != nil {
+		d.lease.Failed(err)
 		return err
 	}
-	d.deadline = start.Add(d.c.lease)
+	d.lease.Extended(start.Add(d.c.lease))
 	return nil
 }
 
@@ -198,16 +174,10 @@ func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
 	if d.c.dlq {
 		return errf(adapters.ErrInvalidArgument, op, "the item is already in the dead-letter queue; Ack removes it, Nack returns it to the dead-letter queue")
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.begin(op); err != nil {
+	if err := d.begin(ctx, op); err != nil {
 		return err
 	}
-	if err := d.moveToDLQ(ctx, reason, d.attempt); err != nil {
-		return err
-	}
-	d.finish()
-	return nil
+	return d.end(d.moveToDLQ(ctx, reason, d.attempt))
 }
 
 // moveToDLQ publishes the item to the dead-letter stream (deduplicated by
@@ -239,13 +209,10 @@ func (d *delivery) moveToDLQ(ctx context.Context, reason string, attempts int) e
 // release gives the item back at once (Consumer.Close); on its last attempt
 // it goes to the dead-letter queue instead.
 func (d *delivery) release() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.settled {
+	if !d.lease.Take() {
 		return
 	}
-	d.finish()
-	if d.c.maxAttempts > 0 && d.attempt >= d.c.maxAttempts {
+	if d.last() {
 		d.moveDetached(fmt.Sprintf("max attempts (%d) exceeded: the consumer holding the last attempt closed", d.c.maxAttempts))
 		return
 	}
