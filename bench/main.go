@@ -67,6 +67,7 @@ type config struct {
 	items, size, consumers, producers, runs int
 	prefetch, rawBatch, window, batch       int
 	systems, modes, fsyncs                  []string
+	serverBin                               string
 }
 
 func main() {
@@ -87,6 +88,7 @@ func main() {
 	flag.StringVar(&rabbitURL, "rabbit", rabbitURL, "RabbitMQ URL of the rabbit-* systems")
 	flag.StringVar(&pgURL, "pg", pgURL, "PostgreSQL URL of the river systems")
 	flag.DurationVar(&riverFetchCooldown, "river-cooldown", riverFetchCooldown, "Config.FetchCooldown of the river consumers (River's default: 100ms)")
+	flag.StringVar(&cfg.serverBin, "server-bin", "", "run this nats-server binary as its own process instead of the embedded server, and report server and client CPU per item apart (build it at the embedded version: go build -o /tmp/nats-server github.com/nats-io/nats-server/v2)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -162,20 +164,30 @@ func run(cfg config) error {
 		if err != nil {
 			return err
 		}
-		srv, err := natsserver.Start(natsserver.Config{Listen: "127.0.0.1:0", DataDir: dir, Sync: fs == "always",
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		url, serverCPU, stopServer, err := startServer(cfg, dir, fs == "always")
 		if err != nil {
 			return err
 		}
 		results := map[string]map[string][]float64{}
+		// CPU per item (µs), per system and mode: the client side (this
+		// process, less the server when it is embedded) and the server.
+		clientCPU, srvCPU := map[string]map[string][]float64{}, map[string]map[string][]float64{}
+		addTo := func(m map[string]map[string][]float64, s, mode string, v float64) {
+			if m[s] == nil {
+				m[s] = map[string][]float64{}
+			}
+			m[s][mode] = append(m[s][mode], v)
+		}
 		for _, mode := range cfg.modes {
 			for r := range cfg.runs {
 				for _, s := range cfg.systems {
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-					el, err := allSystems[s](ctx, srv.ClientURL(), cfg, mode == "drain")
+					c0, s0 := selfCPU(), serverCPU()
+					el, err := allSystems[s](ctx, url, cfg, mode == "drain")
+					c1, s1 := selfCPU(), serverCPU()
 					cancel()
 					if err != nil {
-						srv.Shutdown()
+						stopServer()
 						return fmt.Errorf("fsync=%s %s %s run %d: %w", fs, s, mode, r+1, err)
 					}
 					ips := float64(cfg.items) / el.Seconds()
@@ -184,10 +196,13 @@ func run(cfg config) error {
 						results[s] = map[string][]float64{}
 					}
 					results[s][mode] = append(results[s][mode], ips)
+					perItem := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(cfg.items) }
+					addTo(clientCPU, s, mode, perItem(c1-c0))
+					addTo(srvCPU, s, mode, perItem(s1-s0))
 				}
 			}
 		}
-		srv.Shutdown()
+		stopServer()
 		os.RemoveAll(dir)
 		fmt.Printf("\nfsync=%s (items/s, median; min-max; ratio to the base system)\n", fs)
 		tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
@@ -215,8 +230,63 @@ func run(cfg config) error {
 			fmt.Fprintln(tw, strings.Join(row, "\t"))
 		}
 		tw.Flush()
+		printCPU(cfg, clientCPU, srvCPU)
 	}
 	return nil
+}
+
+// startServer starts the NATS server of one fsync setting: embedded, or
+// cfg.serverBin as its own process. serverCPU reads the server's CPU time
+// so far (always 0 when embedded: it is counted with this process).
+func startServer(cfg config, dir string, sync bool) (url string, serverCPU func() time.Duration, stop func(), err error) {
+	if cfg.serverBin != "" {
+		p, err := startNATSProc(cfg.serverBin, dir, sync)
+		if err != nil {
+			return "", nil, nil, err
+		}
+		return p.url, func() time.Duration { d, _ := p.cpu(); return d }, p.stop, nil
+	}
+	srv, err := natsserver.Start(natsserver.Config{Listen: "127.0.0.1:0", DataDir: dir, Sync: sync,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		return "", nil, nil, err
+	}
+	return srv.ClientURL(), func() time.Duration { return 0 }, srv.Shutdown, nil
+}
+
+// printCPU prints CPU time per item: client and server apart when the
+// server ran as its own process, else the process as a whole. A run counts
+// the whole run's CPU, including the producers of drain mode (which run
+// before the timing starts), so drain and concurrent cells compare alike.
+func printCPU(cfg config, client, server map[string]map[string][]float64) {
+	sep := cfg.serverBin != ""
+	if sep {
+		fmt.Printf("CPU per item, µs (median): client (this process) / server (nats-server process); ratio of the server's to raw's\n")
+	} else {
+		fmt.Printf("CPU per item, µs (median), client and embedded server together; -server-bin measures them apart\n")
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "system\t%s\n", strings.Join(cfg.modes, "\t"))
+	for _, s := range cfg.systems {
+		if server[s] == nil {
+			continue
+		}
+		row := []string{s}
+		for _, mode := range cfg.modes {
+			c, sv := median(client[s][mode]), median(server[s][mode])
+			if !sep {
+				row = append(row, fmt.Sprintf("%.1f", c))
+				continue
+			}
+			cell := fmt.Sprintf("%.1f / %.1f", c, sv)
+			if raw := server[baseOf(s)][mode]; len(raw) > 0 && median(raw) > 0 && !strings.HasPrefix(s, "rabbit") && !strings.HasPrefix(s, "river") {
+				cell += fmt.Sprintf(" (server %.2fx raw)", sv/median(raw))
+			}
+			row = append(row, cell)
+		}
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
+	}
+	tw.Flush()
 }
 
 func median(v []float64) float64 {
