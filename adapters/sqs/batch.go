@@ -32,20 +32,33 @@ type batchOp[T any] struct {
 // sent, it is not sent; if ctx ends after, do returns ctx.Err() and the
 // item may have been done.
 func (bt *batcher[T]) do(ctx context.Context, item T, size int) error {
-	op := &batchOp[T]{ctx: ctx, item: item, size: size, done: make(chan struct{})}
+	return bt.doAll(ctx, []T{item}, []int{size})[0]
+}
+
+// doAll queues every item at once (in order, so they share requests) and
+// waits for their results, as do does for one.
+func (bt *batcher[T]) doAll(ctx context.Context, items []T, sizes []int) []error {
+	ops := make([]*batchOp[T], len(items))
+	for i, item := range items {
+		ops[i] = &batchOp[T]{ctx: ctx, item: item, size: sizes[i], done: make(chan struct{})}
+	}
 	bt.mu.Lock()
-	bt.pending = append(bt.pending, op)
+	bt.pending = append(bt.pending, ops...)
 	if !bt.running {
 		bt.running = true
 		go bt.run()
 	}
 	bt.mu.Unlock()
-	select {
-	case <-op.done:
-		return op.err
-	case <-ctx.Done():
-		return ctx.Err()
+	errs := make([]error, len(ops))
+	for i, op := range ops {
+		select {
+		case <-op.done:
+			errs[i] = op.err
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+		}
 	}
+	return errs
 }
 
 func (bt *batcher[T]) run() {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -258,6 +259,17 @@ func (b *Broker) DeleteQueue(ctx context.Context, queue string) error {
 // stored its item. On a Dedupe queue the message ID is the
 // MessageDeduplicationId; on an Ordered queue the key is the MessageGroupId.
 func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) error {
+	return b.EnqueueBatch(ctx, queue, []adapters.Message{m})
+}
+
+var _ adapters.BatchEnqueuer = (*Broker)(nil)
+
+// EnqueueBatch implements adapters.BatchEnqueuer: every message goes to the
+// queue's send batcher at once, so they share SendMessageBatch requests (ten
+// to a request) with each other and with concurrent Enqueue calls, and it
+// returns once SQS has answered for all of them. Nothing is sent if one
+// message is invalid.
+func (b *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.Message) error {
 	op := fmt.Sprintf("sqs: enqueue %q", queue)
 	if err := b.checkOpen(op); err != nil {
 		return err
@@ -265,27 +277,40 @@ func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) 
 	if err := adapters.ValidateName("queue", queue); err != nil {
 		return err
 	}
-	if m.ID == "" {
-		m.ID = uuid.NewString()
-	}
-	w, err := encode(op, m, b.caps)
-	if err != nil {
-		return err
+	ms = slices.Clone(ms) // IDs are filled in without touching the caller's slice
+	wires := make([]wire, len(ms))
+	for i := range ms {
+		if ms[i].ID == "" {
+			ms[i].ID = uuid.NewString()
+		}
+		w, err := encode(op, ms[i], b.caps)
+		if err != nil {
+			return err
+		}
+		wires[i] = w
 	}
 	q, err := b.queue(ctx, op, queue)
 	if err != nil {
 		return err
 	}
-	e := types.SendMessageBatchRequestEntry{MessageBody: aws.String(w.body), MessageAttributes: w.sqsAttrs()}
-	if q.fifo {
-		e.MessageGroupId = aws.String(q.group(m))
-		if q.dedupe {
-			e.MessageDeduplicationId = aws.String(dedupeID(m.ID))
-		} else {
-			e.MessageDeduplicationId = aws.String(uuid.NewString())
+	entries := make([]types.SendMessageBatchRequestEntry, len(ms))
+	sizes := make([]int, len(ms))
+	for i, w := range wires {
+		e := types.SendMessageBatchRequestEntry{MessageBody: aws.String(w.body), MessageAttributes: w.sqsAttrs()}
+		if q.fifo {
+			e.MessageGroupId = aws.String(q.group(ms[i]))
+			if q.dedupe {
+				e.MessageDeduplicationId = aws.String(dedupeID(ms[i].ID))
+			} else {
+				e.MessageDeduplicationId = aws.String(uuid.NewString())
+			}
 		}
+		entries[i], sizes[i] = e, w.size()
 	}
-	if err := q.send.do(ctx, e, w.size()); err != nil {
+	for _, err := range q.send.doAll(ctx, entries, sizes) {
+		if err == nil {
+			continue
+		}
 		if code(err) == adapters.ErrNotFound {
 			b.forget(queue)
 		}
