@@ -13,6 +13,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/internal/driver"
 )
 
 // maxRetryHeld bounds the delayed items one consumer holds in memory while
@@ -45,7 +46,7 @@ func (b *Broker) Consume(ctx context.Context, q string, opts adapters.ConsumeOpt
 	cctx, cancel := context.WithCancel(context.Background())
 	c := &consumer{b: b, queue: q, cfg: cfg, dead: opts.DeadLetters, topic: b.mainTopic(q),
 		out: make(chan *delivery, opts.Prefetch-1), ctx: cctx, cancel: cancel,
-		held: map[*delivery]struct{}{}, retrySem: make(chan struct{}, maxRetryHeld)}
+		retrySem: make(chan struct{}, maxRetryHeld)}
 	if c.dead {
 		c.topic = b.deadTopic(q)
 	}
@@ -78,9 +79,9 @@ type consumer struct {
 	ctx         context.Context // cancelled by Close
 	cancel      context.CancelFunc
 	retrySem    chan struct{}
+	held        driver.Held[*delivery] // handed out by Receive, lease not done
 
 	mu     sync.Mutex
-	held   map[*delivery]struct{}
 	once   sync.Once
 	closed bool
 }
@@ -201,8 +202,9 @@ func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 			if d.start() {
 				return d, nil
 			}
-			// Read in a generation that has ended: the partition's next
-			// owner reads it again from the committed offset.
+			// Read in a generation that has ended, or the consumer is
+			// closing: the partition's next owner reads it again from the
+			// committed offset.
 		}
 	}
 }
@@ -214,15 +216,14 @@ func (c *consumer) Close() error {
 	c.once.Do(func() {
 		c.mu.Lock()
 		c.closed = true
-		held := make([]*delivery, 0, len(c.held))
-		for d := range c.held {
-			held = append(held, d)
-		}
 		c.mu.Unlock()
+		held := c.held.Close()
 		c.cancel()
 		var wg sync.WaitGroup
 		for _, d := range held {
-			if d.take() {
+			// A lease of a partition already lost needs nothing: the
+			// partition's next owner reads the record again.
+			if d.lease.Take() && d.ps.valid(d.epoch) {
 				wg.Go(func() { c.release(d, "consumer closed", false) })
 			}
 		}
@@ -244,16 +245,10 @@ func (c *consumer) Close() error {
 	return nil
 }
 
-func (c *consumer) forget(d *delivery) {
-	c.mu.Lock()
-	delete(c.held, d)
-	c.mu.Unlock()
-}
-
-// release re-queues a delivery whose lease ended: a copy with attempt + 1
-// goes to the back of the read topic, into a partition another member owns
-// if there is one (or, with the attempts used up, to the dead-letter topic),
-// then the original offset is settled. persistent retries a failed send
+// release re-queues a delivery whose lease ended (expired, or taken by
+// Close): a copy with attempt + 1 goes to the back of the read topic, into a
+// partition another member owns if there is one (or, with the attempts used
+// up, to the dead-letter topic), then the original offset is settled. persistent retries a failed send
 // while the partition is still ours; otherwise one try is made and a
 // failure leaves the record unsettled, to be read again by the partition's
 // next owner.
@@ -263,7 +258,6 @@ func (c *consumer) release(d *delivery, why string, persistent bool) {
 	if d.slot != nil && (d.attempt < c.cfg.MaxAttempts || !persistent) {
 		// Ordered: the partition hands the record out again itself (or,
 		// when the consumer closes, its next owner reads it again).
-		d.gone()
 		d.signal(outcome{})
 		return
 	}
@@ -282,7 +276,6 @@ func (c *consumer) release(d *delivery, why string, persistent bool) {
 		}
 		if !persistent || !d.ps.valid(d.epoch) {
 			c.b.log.Warn("re-queue of an item failed; it returns when its partition is read again", "queue", c.queue, "err", err)
-			d.gone()
 			return
 		}
 		c.b.log.Warn("re-queue of an expired item failed; retrying", "queue", c.queue, "err", err)
@@ -290,7 +283,7 @@ func (c *consumer) release(d *delivery, why string, persistent bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := d.finish(ctx, op); err != nil {
+	if err := d.ps.settle(ctx, op, d.epoch, d.km.Offset); err != nil {
 		c.b.log.Debug("commit after re-queue failed", "queue", c.queue, "err", err)
 	}
 	d.signal(outcome{settled: true})
@@ -323,12 +316,6 @@ func (c *consumer) elsewhere(km kafkago.Message) kafkago.Message {
 	return km
 }
 
-const (
-	stHeld = iota // leased to the caller
-	stBusy        // being settled or released
-	stGone        // settled, released or lost
-)
-
 // delivery is one record handed out by Receive.
 type delivery struct {
 	c       *consumer
@@ -338,128 +325,62 @@ type delivery struct {
 	km      kafkago.Message
 	msg     adapters.Message
 	attempt int
-
-	mu       sync.Mutex
-	state    int
-	deadline time.Time
-	timer    *time.Timer
+	lease   driver.Lease // the emulated lease; its Expire hook re-queues
 }
 
 var _ adapters.Delivery = (*delivery)(nil)
 
-// start begins the lease; false if the partition was lost meanwhile.
+// start begins the lease; false if the partition was lost or the consumer
+// closed meanwhile (the partition's next owner then reads the record again).
 func (d *delivery) start() bool {
 	if !d.ps.valid(d.epoch) {
 		return false
 	}
-	lease := d.c.cfg.Lease
-	d.mu.Lock()
-	d.deadline = time.Now().Add(lease)
-	d.timer = time.AfterFunc(lease, d.expire)
-	d.mu.Unlock()
-	d.c.mu.Lock()
-	d.c.held[d] = struct{}{}
-	d.c.mu.Unlock()
+	d.lease.Start(time.Now().Add(d.c.cfg.Lease), driver.Hooks{
+		Expire: d.expire,
+		Done:   func() { d.c.held.Remove(d) },
+		Valid:  func() (bool, string) { return d.ps.valid(d.epoch), lostWhy },
+	})
+	if !d.c.held.Add(d) {
+		d.lease.Take()
+		return false
+	}
 	return true
 }
 
+// expire re-queues a delivery whose lease ran out (the lease's Expire hook).
 func (d *delivery) expire() {
-	d.mu.Lock()
-	if d.state != stHeld {
-		d.mu.Unlock()
-		return
-	}
-	if rem := time.Until(d.deadline); rem > 0 {
-		d.timer.Reset(rem)
-		d.mu.Unlock()
-		return
-	}
 	if !d.ps.valid(d.epoch) {
-		d.state = stGone
-		d.mu.Unlock()
-		d.c.forget(d)
-		return
+		return // the partition's next owner reads the record again
 	}
-	d.state = stBusy
-	d.mu.Unlock()
 	d.c.release(d, "lease expired", true)
 }
 
-// take moves a held delivery to busy (for Close); false if not held.
-func (d *delivery) take() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.state != stHeld || !d.ps.valid(d.epoch) {
-		return false
-	}
-	d.state = stBusy
-	d.timer.Stop()
-	return true
-}
-
-func (d *delivery) gone() {
-	d.mu.Lock()
-	d.state = stGone
-	d.mu.Unlock()
-	d.c.forget(d)
-}
-
-// begin moves a held delivery to busy for a settle call.
-func (d *delivery) begin(ctx context.Context, op string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	switch {
-	case d.state != stHeld:
-		return adapters.Errorf(adapters.ErrLeaseLost, op, "already settled, or its lease expired")
-	case !d.ps.valid(d.epoch):
-		d.state = stGone
-		go d.c.forget(d)
-		return lostErr(op)
-	case !time.Now().Before(d.deadline):
-		return adapters.Errorf(adapters.ErrLeaseLost, op, "lease expired at %s", d.deadline.Format(time.RFC3339Nano))
-	}
-	d.state = stBusy
-	d.timer.Stop()
-	return nil
-}
-
-// abort returns a busy delivery to held after a failed settle.
-func (d *delivery) abort() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.state = stHeld
-	d.timer.Reset(max(time.Until(d.deadline), 0))
-}
-
-// finish settles the record's offset and commits its partition's mark.
-func (d *delivery) finish(ctx context.Context, op string) error {
-	d.gone()
-	return d.ps.settle(ctx, op, d.epoch, d.km.Offset)
+// settle ends a settling operation: it settles the record's offset and
+// commits its partition's mark. The offset is marked done whatever the
+// commit returns, so the lease ends either way.
+func (d *delivery) settle(ctx context.Context, op string) error {
+	err := d.ps.settle(ctx, op, d.epoch, d.km.Offset)
+	d.lease.Settled()
+	d.signal(outcome{settled: true})
+	return err
 }
 
 func (d *delivery) Message() adapters.Message { return d.msg }
 func (d *delivery) Attempt() int              { return d.attempt }
 func (d *delivery) Queue() string             { return d.c.queue }
 
-func (d *delivery) LeaseDeadline() time.Time {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.deadline
-}
+func (d *delivery) LeaseDeadline() time.Time { return d.lease.Deadline() }
 
 // Ack settles the item and commits its partition's low-water mark. The ack
 // is durable once every earlier record of the partition is settled too;
 // until then a crash re-delivers it.
 func (d *delivery) Ack(ctx context.Context) error {
 	op := fmt.Sprintf("kafka: ack %q", d.c.queue)
-	if err := d.begin(ctx, op); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
-	defer d.signal(outcome{settled: true})
-	return d.finish(ctx, op)
+	return d.settle(ctx, op)
 }
 
 // Nack re-queues the item with attempt + 1: at once to the back of the
@@ -470,7 +391,7 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	if err := adapters.ValidateDelay(op, delay, capabilities); err != nil {
 		return err
 	}
-	if err := d.begin(ctx, op); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
 	c := d.c
@@ -479,7 +400,7 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	case d.slot != nil && d.attempt < c.cfg.MaxAttempts:
 		// Ordered: handed out again by its partition, before anything
 		// behind it.
-		d.gone()
+		d.lease.Settled()
 		d.signal(outcome{delay: delay})
 		return nil
 	case !c.dead && d.attempt >= c.cfg.MaxAttempts:
@@ -495,11 +416,10 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 		out = c.elsewhere(requeue(c.topic, d.km, attemptHeader(d.attempt+1)))
 	}
 	if err := c.b.write(ctx, op, out); err != nil {
-		d.abort()
+		d.lease.Failed(err)
 		return err
 	}
-	defer d.signal(outcome{settled: true})
-	return d.finish(ctx, op)
+	return d.settle(ctx, op)
 }
 
 // Extend restarts the emulated lease timer at d from now.
@@ -508,21 +428,10 @@ func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
 	if err := adapters.ValidateExtend(op, dur, d.c.cfg.Lease); err != nil {
 		return err
 	}
-	if err := ctx.Err(); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	switch {
-	case d.state != stHeld:
-		return adapters.Errorf(adapters.ErrLeaseLost, op, "already settled, or its lease expired")
-	case !d.ps.valid(d.epoch):
-		return lostErr(op)
-	case !time.Now().Before(d.deadline):
-		return adapters.Errorf(adapters.ErrLeaseLost, op, "lease expired at %s", d.deadline.Format(time.RFC3339Nano))
-	}
-	d.deadline = time.Now().Add(dur)
-	d.timer.Reset(dur)
+	d.lease.Extended(time.Now().Add(dur))
 	return nil
 }
 
@@ -530,15 +439,14 @@ func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
 // HeaderDeadLetterReason.
 func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
 	op := fmt.Sprintf("kafka: dead-letter %q", d.c.queue)
-	if err := d.begin(ctx, op); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
 	c := d.c
 	out := requeue(c.b.deadTopic(c.queue), d.km, header(adapters.HeaderDeadLetterReason, reason))
 	if err := c.b.write(ctx, op, out); err != nil {
-		d.abort()
+		d.lease.Failed(err)
 		return err
 	}
-	defer d.signal(outcome{settled: true})
-	return d.finish(ctx, op)
+	return d.settle(ctx, op)
 }

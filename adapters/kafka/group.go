@@ -522,8 +522,11 @@ func (r *groupRunner) committedPast(ctx context.Context, p int, off int64) bool 
 	return false
 }
 
+// lostWhy says why a record's lease is lost when its partition is.
+const lostWhy = "its partition was reassigned by a consumer-group rebalance"
+
 func lostErr(op string) error {
-	return adapters.Errorf(adapters.ErrLeaseLost, op, "its partition was reassigned by a consumer-group rebalance")
+	return adapters.Errorf(adapters.ErrLeaseLost, op, "%s", lostWhy)
 }
 
 // owned lists the partitions this runner owns now.

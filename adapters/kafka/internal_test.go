@@ -107,13 +107,12 @@ func TestCrashRedeliversOnlyUncommittedItems(t *testing.T) {
 	if err := ds[2].Ack(ctx); err != nil {
 		t.Fatalf("Ack three: %v", err)
 	}
-	// Crash: stop the lease timer of "two" and leave the groups without
-	// the re-queueing that Close does.
-	d2 := ds[1].(*delivery)
-	d2.mu.Lock()
-	d2.timer.Stop()
-	d2.state = stGone
-	d2.mu.Unlock()
+	// Crash: end the lease of "two" without re-queueing it (Take runs no
+	// release; only Close does) and leave the groups without the
+	// re-queueing that Close does.
+	if !ds[1].(*delivery).lease.Take() {
+		t.Fatal("the lease of two was not held")
+	}
 	cc := c1.(*consumer)
 	cc.main.close()
 	cc.retry.close()

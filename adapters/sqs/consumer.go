@@ -2,7 +2,6 @@ package sqs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -13,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/internal/driver"
 )
 
 // Consume opens a consumer. Receive calls long-poll SQS in the background,
@@ -34,7 +34,7 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 		return nil, err
 	}
 	c := &consumer{b: b, q: q, dead: opts.DeadLetters, url: q.url, del: q.del, op: op,
-		prefetch: max(1, min(opts.Prefetch, 10)), out: map[*delivery]struct{}{}, notify: make(chan struct{})}
+		prefetch: max(1, min(opts.Prefetch, 10)), notify: make(chan struct{})}
 	if c.dead {
 		c.url, c.del = q.dlqURL, q.dlqD
 	}
@@ -66,10 +66,16 @@ type consumer struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 
-	mu       sync.Mutex
-	closed   bool
+	// out: handed out by Receive, lease not done.
+	out driver.Held[*delivery]
+
+	mu     sync.Mutex
+	closed bool
+	// buf: received from SQS (leased there) but not yet handed out. It is
+	// the consumer's own, beside out: it is a FIFO that Receive takes from
+	// in order and skips what expired in it, which driver.Held (a set) does
+	// not express; Close releases both.
 	buf      []*delivery
-	out      map[*delivery]struct{} // handed out, not settled
 	fetching bool
 	fetchErr error
 	notify   chan struct{} // closed when a fetch ends
@@ -87,8 +93,12 @@ func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 		for len(c.buf) > 0 {
 			d := c.buf[0]
 			c.buf = c.buf[1:]
-			if d.LeaseDeadline().After(now) {
-				c.out[d] = struct{}{}
+			// Expired in the buffer: SQS hands it out again (and a last
+			// attempt is dead-lettered by its lease's Expire hook).
+			if d.lease.State() == driver.StateHeld && d.LeaseDeadline().After(now) {
+				// Close closes out under c.mu after setting c.closed, so
+				// Add cannot fail here.
+				c.out.Add(d)
 				c.mu.Unlock()
 				return d, nil
 			}
@@ -206,11 +216,14 @@ func (c *consumer) receive() ([]*delivery, error) {
 		d := &delivery{
 			c: c, msg: dec.msg, attempt: max(1, attempt), handle: aws.ToString(m.ReceiptHandle),
 			sqsID: aws.ToString(m.MessageId), group: m.Attributes[string(types.MessageSystemAttributeNameMessageGroupId)],
-			body: aws.ToString(m.Body), attrs: m.MessageAttributes, deadline: received.Add(c.q.lease),
+			body: aws.ToString(m.Body), attrs: m.MessageAttributes,
 		}
+		h := driver.Hooks{Done: func() { c.out.Remove(d) }}
 		if !c.dead && d.attempt >= c.q.maxAttempts {
-			d.timer = time.AfterFunc(time.Until(d.deadline), d.expire)
+			// The last attempt: dead-lettered at the deadline if still held.
+			h.Expire = d.expire
 		}
+		d.lease.Start(received.Add(c.q.lease), h)
 		ds = append(ds, d)
 	}
 	return ds, nil
@@ -226,12 +239,8 @@ func (c *consumer) Close() error {
 		return nil
 	}
 	c.closed = true
-	ds := c.buf
+	ds := append(c.buf, c.out.Close()...)
 	c.buf = nil
-	for d := range c.out {
-		ds = append(ds, d)
-	}
-	c.out = nil
 	c.mu.Unlock()
 	c.cancel()
 	c.b.mu.Lock()
@@ -250,7 +259,7 @@ func (c *consumer) releaseLocked(ds []*delivery) {
 func (c *consumer) release(ds []*delivery) error {
 	var handles []string
 	for _, d := range ds {
-		if d.lose() {
+		if d.lease.Take() {
 			handles = append(handles, d.handle)
 		}
 	}
@@ -271,12 +280,6 @@ func (c *consumer) release(ds []*delivery) error {
 	return nil
 }
 
-func (c *consumer) settled(d *delivery) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.out, d)
-}
-
 // delivery is one received item. The adapter tracks settlement itself:
 // SQS accepts some stale receipt handles silently.
 type delivery struct {
@@ -288,11 +291,7 @@ type delivery struct {
 	group   string
 	body    string
 	attrs   map[string]types.MessageAttributeValue
-
-	mu       sync.Mutex
-	deadline time.Time
-	state    int         // 0 held, 1 settling, 2 settled or lost
-	timer    *time.Timer // on the last attempt: dead-letters at the deadline
+	lease   driver.Lease
 }
 
 // graceSeconds is added to the visibility timeout SQS is asked for, beyond
@@ -316,64 +315,16 @@ func (d *delivery) Message() adapters.Message { return d.msg }
 func (d *delivery) Attempt() int              { return d.attempt }
 func (d *delivery) Queue() string             { return d.c.q.name }
 
-func (d *delivery) LeaseDeadline() time.Time {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.deadline
-}
+func (d *delivery) LeaseDeadline() time.Time { return d.lease.Deadline() }
 
-// begin claims the delivery for one operation. final says whether the
-// operation settles it.
-func (d *delivery) begin(op string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	switch {
-	case d.state == 1:
-		return adapters.Errorf(adapters.ErrLeaseLost, op, "another settlement of this delivery is in progress")
-	case d.state == 2:
-		return adapters.Errorf(adapters.ErrLeaseLost, op, "delivery already settled or released")
-	case !time.Now().Before(d.deadline):
-		d.state = 2
-		return adapters.Errorf(adapters.ErrLeaseLost, op, "lease expired at %s", d.deadline.Format(time.RFC3339Nano))
+// end ends an operation begun with d.lease.Begin that settles the item
+// (Ack, Nack, DeadLetter): it failed with err, or settled it if err is nil.
+func (d *delivery) end(err error) {
+	if err != nil {
+		d.lease.Failed(err)
+		return
 	}
-	d.state = 1
-	return nil
-}
-
-// end finishes an operation begun with begin. A failed operation leaves the
-// delivery held unless the lease is lost.
-func (d *delivery) end(err error, settles bool) {
-	d.mu.Lock()
-	switch {
-	case d.state == 2:
-		// Released by Consumer.Close meanwhile: stays lost.
-	case err == nil && !settles:
-		d.state = 0
-	case err == nil, errors.Is(err, adapters.ErrLeaseLost):
-		d.state = 2
-	default:
-		d.state = 0
-	}
-	done := d.state == 2
-	if done && d.timer != nil {
-		d.timer.Stop()
-	}
-	d.mu.Unlock()
-	if done {
-		d.c.settled(d)
-	}
-}
-
-// lose marks the delivery lost; it reports whether it was still held.
-func (d *delivery) lose() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	held := d.state == 0 && time.Now().Before(d.deadline)
-	d.state = 2
-	if d.timer != nil {
-		d.timer.Stop()
-	}
-	return held
+	d.lease.Settled()
 }
 
 func (d *delivery) op(verb string) string {
@@ -384,11 +335,11 @@ func (d *delivery) op(verb string) string {
 // DeleteMessageBatch requests.
 func (d *delivery) Ack(ctx context.Context) error {
 	op := d.op("ack")
-	if err := d.begin(op); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
 	err := d.c.del.do(ctx, d.handle, 0)
-	d.end(err, true)
+	d.end(err)
 	return adapters.Wrap(adapters.ErrUnavailable, op, err)
 }
 
@@ -402,11 +353,11 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	if !d.c.dead && d.attempt >= d.c.q.maxAttempts {
 		return d.deadLetter(ctx, op, fmt.Sprintf("attempts used up: nacked on attempt %d of MaxAttempts %d", d.attempt, d.c.q.maxAttempts))
 	}
-	if err := d.begin(op); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
 	err := d.changeVisibility(ctx, seconds(delay))
-	d.end(err, true)
+	d.end(err)
 	return adapters.Wrap(adapters.ErrUnavailable, op, err)
 }
 
@@ -417,22 +368,17 @@ func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
 	if err := adapters.ValidateExtend(op, dur, d.c.q.lease); err != nil {
 		return err
 	}
-	if err := d.begin(op); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
 	s := seconds(dur)
 	start := time.Now()
-	err := d.changeVisibility(ctx, withGrace(s))
-	if err == nil {
-		d.mu.Lock()
-		d.deadline = start.Add(time.Duration(s) * time.Second)
-		if d.timer != nil {
-			d.timer.Reset(time.Until(d.deadline))
-		}
-		d.mu.Unlock()
+	if err := d.changeVisibility(ctx, withGrace(s)); err != nil {
+		d.lease.Failed(err)
+		return adapters.Wrap(adapters.ErrUnavailable, op, err)
 	}
-	d.end(err, false)
-	return adapters.Wrap(adapters.ErrUnavailable, op, err)
+	d.lease.Extended(start.Add(time.Duration(s) * time.Second))
+	return nil
 }
 
 func (d *delivery) changeVisibility(ctx context.Context, s int32) error {
@@ -453,28 +399,18 @@ func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
 }
 
 func (d *delivery) deadLetter(ctx context.Context, op, reason string) error {
-	if err := d.begin(op); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
-	return d.moveToDLQ(ctx, op, reason)
+	err := d.moveToDLQ(ctx, op, reason)
+	d.end(err)
+	return err
 }
 
-// expire runs at the lease deadline of a delivery on its last attempt: if
-// the delivery is still held, the adapter dead-letters it (SQS still hides
-// it for graceSeconds).
+// expire is the Expire hook of a delivery on its last attempt: its lease
+// ran out while held, and the adapter dead-letters it (SQS still hides it
+// for graceSeconds).
 func (d *delivery) expire() {
-	d.mu.Lock()
-	if d.state != 0 {
-		d.mu.Unlock()
-		return
-	}
-	if wait := time.Until(d.deadline); wait > 0 { // extended meanwhile
-		d.timer.Reset(wait)
-		d.mu.Unlock()
-		return
-	}
-	d.state = 1
-	d.mu.Unlock()
 	op := d.op("dead-letter on lease expiry")
 	ctx, cancel := d.c.b.opCtx()
 	defer cancel()
@@ -488,7 +424,8 @@ func (d *delivery) expire() {
 }
 
 // moveToDLQ copies the item with the reason to the dead-letter queue and
-// deletes the original. The caller holds the delivery (state 1).
+// deletes the original. The caller holds the delivery: an operation begun
+// on its lease, or its Expire hook.
 func (d *delivery) moveToDLQ(ctx context.Context, op, reason string) error {
 	attrs := withReason(d.attrs, reason)
 	for over := attrsSize(d.body, attrs) - WireLimit; over > 0; over = attrsSize(d.body, attrs) - WireLimit {
@@ -508,13 +445,9 @@ func (d *delivery) moveToDLQ(ctx context.Context, op, reason string) error {
 		in.MessageDeduplicationId = aws.String(fifoToken(d.sqsID))
 	}
 	if _, err := d.c.b.sqs.SendMessage(ctx, in); err != nil {
-		err = mapErr("send to dead-letter queue", err)
-		d.end(err, true)
-		return adapters.Wrap(adapters.ErrUnavailable, op, err)
+		return adapters.Wrap(adapters.ErrUnavailable, op, mapErr("send to dead-letter queue", err))
 	}
-	err := d.c.q.del.do(ctx, d.handle, 0)
-	d.end(err, true)
-	if err != nil {
+	if err := d.c.q.del.do(ctx, d.handle, 0); err != nil {
 		return adapters.Wrap(adapters.ErrUnavailable, op+": copied to the dead-letter queue but deleting the original failed", err)
 	}
 	return nil

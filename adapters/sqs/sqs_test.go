@@ -738,3 +738,59 @@ func TestClosingDoesNotSwallowLaterItems(t *testing.T) {
 		})
 	}
 }
+
+// Operations on one delivery run one at a time: an Ack that arrives while
+// an Extend is being sent waits for it instead of failing, and of two
+// concurrent Acks exactly one settles the item.
+func TestOperationsOnOneDeliveryWaitForEachOther(t *testing.T) {
+	b := open(t)
+	q := declare(t, b, adapters.QueueConfig{Lease: 30 * time.Second})
+	const n = 8
+	for i := range n {
+		if err := b.Enqueue(ctxT(t, time.Minute), q.Name, adapters.Message{ID: fmt.Sprintf("item-%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := b.Consume(ctxT(t, time.Minute), q.Name, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range n {
+		d, err := c.Receive(ctxT(t, 30*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := make(chan error, 1)
+		if i%2 == 0 {
+			go func() { first <- d.Extend(ctxT(t, time.Minute), 10*time.Second) }()
+		} else {
+			go func() { first <- d.Ack(ctxT(t, time.Minute)) }()
+		}
+		time.Sleep(time.Millisecond) // likely while the first call is in flight
+		ack := d.Ack(ctxT(t, time.Minute))
+		other := <-first
+		if i%2 == 0 {
+			// The Ack waited for the Extend, or ran first and the
+			// Extend found the item settled.
+			if ack != nil {
+				t.Errorf("%s: Ack concurrent with an Extend: %v", d.Message().ID, ack)
+			}
+			if other != nil && !errors.Is(other, adapters.ErrLeaseLost) {
+				t.Errorf("%s: Extend concurrent with an Ack: %v", d.Message().ID, other)
+			}
+			continue
+		}
+		if (ack == nil) == (other == nil) {
+			t.Errorf("%s: two concurrent Acks returned %v and %v, want exactly one nil", d.Message().ID, ack, other)
+		}
+		for _, err := range []error{ack, other} {
+			if err != nil && !errors.Is(err, adapters.ErrLeaseLost) {
+				t.Errorf("%s: the losing Ack: %v, want ErrLeaseLost", d.Message().ID, err)
+			}
+		}
+	}
+	if d, err := c.Receive(ctxT(t, 2*time.Second)); err == nil {
+		t.Errorf("%q delivered again after it was acked", d.Message().ID)
+	}
+}
