@@ -67,16 +67,6 @@ func (d *delivery) begin(ctx context.Context, op string) error {
 	return d.lease.Begin(ctx, "nats: "+op)
 }
 
-// end ends an operation that settles the item, with its error.
-func (d *delivery) end(err error) error {
-	if err != nil {
-		d.lease.Failed(err)
-		return err
-	}
-	d.lease.Settled()
-	return nil
-}
-
 // moveDetached moves the item to the dead-letter queue on the adapter's own
 // account. If that fails the item stays in the queue (unacked) and the next
 // delivery, past MaxAttempts, moves it.
@@ -119,7 +109,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 	if err := d.begin(ctx, op); err != nil {
 		return err
 	}
-	return d.end(d.send(ctx, op, ackBody))
+	return d.lease.End(d.send(ctx, op, ackBody))
 }
 
 var (
@@ -139,13 +129,13 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	}
 	if d.last() {
 		reason := fmt.Sprintf("max attempts (%d) exceeded: nacked on the last attempt", d.c.maxAttempts)
-		return d.end(d.moveToDLQ(ctx, reason, d.attempt))
+		return d.lease.End(d.moveToDLQ(ctx, reason, d.attempt))
 	}
 	body := nakBody
 	if delay > 0 {
 		body = fmt.Appendf(nil, `-NAK {"delay": %d}`, delay.Nanoseconds())
 	}
-	return d.end(d.send(ctx, op, body))
+	return d.lease.End(d.send(ctx, op, body))
 }
 
 // Extend implements adapters.Delivery with InProgress, which restarts the
@@ -177,7 +167,7 @@ func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
 	if err := d.begin(ctx, op); err != nil {
 		return err
 	}
-	return d.end(d.moveToDLQ(ctx, reason, d.attempt))
+	return d.lease.End(d.moveToDLQ(ctx, reason, d.attempt))
 }
 
 // moveToDLQ publishes the item to the dead-letter stream (deduplicated by

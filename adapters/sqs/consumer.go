@@ -317,16 +317,6 @@ func (d *delivery) Queue() string             { return d.c.q.name }
 
 func (d *delivery) LeaseDeadline() time.Time { return d.lease.Deadline() }
 
-// end ends an operation begun with d.lease.Begin that settles the item
-// (Ack, Nack, DeadLetter): it failed with err, or settled it if err is nil.
-func (d *delivery) end(err error) {
-	if err != nil {
-		d.lease.Failed(err)
-		return
-	}
-	d.lease.Settled()
-}
-
 func (d *delivery) op(verb string) string {
 	return fmt.Sprintf("sqs: %s %q item %s", verb, d.c.q.name, d.msg.ID)
 }
@@ -339,7 +329,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 		return err
 	}
 	err := d.c.del.do(ctx, d.handle, 0)
-	d.end(err)
+	d.lease.End(err)
 	return adapters.Wrap(adapters.ErrUnavailable, op, err)
 }
 
@@ -357,7 +347,7 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 		return err
 	}
 	err := d.changeVisibility(ctx, seconds(delay))
-	d.end(err)
+	d.lease.End(err)
 	return adapters.Wrap(adapters.ErrUnavailable, op, err)
 }
 
@@ -403,7 +393,7 @@ func (d *delivery) deadLetter(ctx context.Context, op, reason string) error {
 		return err
 	}
 	err := d.moveToDLQ(ctx, op, reason)
-	d.end(err)
+	d.lease.End(err)
 	return err
 }
 

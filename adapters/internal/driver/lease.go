@@ -65,7 +65,9 @@ type Lease struct {
 	timer    *time.Timer
 }
 
-// Start makes the lease held until deadline.
+// Start makes the lease held until deadline. Call it before the delivery is
+// shared with another goroutine (added to a Held set, handed out): a Lease
+// not yet started is not safe to use.
 func (l *Lease) Start(deadline time.Time, h Hooks) {
 	l.sem = make(chan struct{}, 1)
 	l.hooks = h
@@ -206,6 +208,17 @@ func (l *Lease) Settled() {
 	if !wasDone {
 		l.done()
 	}
+}
+
+// End ends an operation that settles the item when it succeeds: Settled if
+// err is nil, else Failed(err). It returns err.
+func (l *Lease) End(err error) error {
+	if err != nil {
+		l.Failed(err)
+		return err
+	}
+	l.Settled()
+	return nil
 }
 
 // Failed ends an operation that failed with err. An ErrLeaseLost or

@@ -237,3 +237,23 @@ func TestHeldCloseReturnsEverythingOnce(t *testing.T) {
 		t.Fatalf("second Close returned %v", again)
 	}
 }
+
+func TestEndSettlesOrFails(t *testing.T) {
+	var c counts
+	var l Lease
+	l.Start(time.Now().Add(time.Hour), c.hooks())
+	ctx := context.Background()
+	boom := errors.New("link down")
+	if err := l.Begin(ctx, "ack"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.End(boom); err != boom || l.State() != StateHeld {
+		t.Fatalf("End(error) = %v, state %s; want the error back and the lease held", err, l.State())
+	}
+	if err := l.Begin(ctx, "ack"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.End(nil); err != nil || l.State() != StateDone || c.done.Load() != 1 {
+		t.Fatalf("End(nil) = %v, state %s, done %d", err, l.State(), c.done.Load())
+	}
+}
