@@ -57,11 +57,18 @@
 // its RabbitMQ queue. Publish waits for the publisher confirm.
 //
 // Enqueue returns after the publisher confirm: the quorum queue has the item
-// on a majority of its replicas. Concurrent Enqueue calls each use their own
-// confirm channel from a pool (up to 256 idle channels kept).
-// EnqueueBatch (adapters.BatchEnqueuer) publishes its messages on one
-// channel without waiting in between, then waits for every confirm. A publish cut off by a lost connection is
-// sent again on the next one, so an item may be enqueued twice. There is no
+// on a majority of its replicas. Publishing is pipelined: concurrent
+// Enqueue, EnqueueBatch and Publish calls share a few confirm channels (one
+// more opens while every one has 64 publishes awaiting confirms, up to 16),
+// each publish sent at once and waiting only for its own confirm, so the
+// broker confirms many per frame. A mandatory publish's basic.return is
+// matched to it by a token in CorrelationId (RabbitMQ sends the return
+// before the confirm). EnqueueBatch (adapters.BatchEnqueuer) publishes its
+// messages without waiting in between, then waits for every confirm; only
+// the messages nacked or cut off are sent again. A publish cut off by a lost
+// connection is sent again on the next one, so an item may be enqueued
+// twice; a channel the broker closes over one publish (a missing exchange)
+// cuts off the others in flight on it, which are sent again. There is no
 // deduplication (Capabilities.Dedupe is Unsupported: RabbitMQ has none
 // built in) and no ordering by key (Ordering Unsupported: a quorum queue is
 // FIFO for one consumer, but requeues and competing consumers reorder).

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -11,30 +14,52 @@ import (
 	"github.com/clusterbus/clusterbus/adapters"
 )
 
-// pubChan is a channel in confirm mode used for one publish at a time, so
-// that a basic.return seen before the confirm belongs to that publish.
-type pubChan struct {
-	ch      *amqp.Channel
-	gen     uint64
-	returns chan amqp.Return
-	closes  chan *amqp.Error
+// Publishing is pipelined: concurrent publishes share a few channels in
+// confirm mode (confirmers), each sent at once and waiting only for its own
+// confirm, so RabbitMQ confirms many of them per frame (multiple acks)
+// instead of one channel round trip per publish.
+const (
+	// confirmerBusy is how many publishes may wait on one confirmer before
+	// the pool opens another, up to maxConfirmers.
+	confirmerBusy = 64
+	maxConfirmers = 16
+)
+
+// confirmer is a channel in confirm mode shared by concurrent publishes.
+// Its listener matches each confirm to its publish by delivery tag, and
+// each basic.return to its publish by a token in CorrelationId: RabbitMQ
+// sends a mandatory publish's return before its confirm, and the client
+// hands both, in that order, to the one listener (unbuffered channels, so
+// the return is taken before the confirm is even sent).
+type confirmer struct {
+	ch  *amqp.Channel
+	gen uint64
+
+	sendMu sync.Mutex // held while publishing: tags follow registration order
+
+	mu       sync.Mutex
+	waits    map[uint64]*pubWait // by delivery tag, until confirmed or lost
+	returned map[string]amqp.Return
+	dead     bool        // the channel closed: no new publishes
+	closeErr *amqp.Error // why, if the broker said
 }
 
-// maxIdlePublishers bounds the idle confirm channels kept for reuse. Each
-// concurrent Enqueue holds one channel, so the pool grows to the number of
-// concurrent producers (up to this bound) instead of opening and closing a
-// channel per publish beyond a small fixed pool.
-const maxIdlePublishers = 256
+// pubWait is one publish waiting for its confirm.
+type pubWait struct {
+	token string
+	done  chan struct{}
+	// Set before done is closed:
+	acked    bool         // the broker confirmed it (false: nacked or lost)
+	lost     bool         // the channel closed before the confirm
+	returned *amqp.Return // the broker returned it as unroutable
+	closeErr *amqp.Error  // with lost: why the channel closed, if known
+}
 
-func (b *Broker) getPub(ctx context.Context) (*pubChan, error) {
-	b.mu.Lock()
-	if n := len(b.pool); n > 0 {
-		pc := b.pool[n-1]
-		b.pool = b.pool[:n-1]
-		b.mu.Unlock()
-		return pc, nil
-	}
-	b.mu.Unlock()
+var pubTokens atomic.Uint64
+
+// newConfirmer opens a confirm channel on the current connection and starts
+// its listener.
+func (b *Broker) newConfirmer(ctx context.Context) (*confirmer, error) {
 	ch, gen, err := b.channel(ctx)
 	if err != nil {
 		return nil, err
@@ -43,86 +68,170 @@ func (b *Broker) getPub(ctx context.Context) (*pubChan, error) {
 		ch.Close()
 		return nil, err
 	}
-	return &pubChan{ch: ch, gen: gen,
-		returns: ch.NotifyReturn(make(chan amqp.Return, 1)),
-		closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
-	}, nil
+	cf := &confirmer{ch: ch, gen: gen, waits: map[uint64]*pubWait{}, returned: map[string]amqp.Return{}}
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation))
+	returns := ch.NotifyReturn(make(chan amqp.Return))
+	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
+	go cf.listen(confirms, returns, closes)
+	return cf, nil
 }
 
-func (b *Broker) putPub(pc *pubChan) {
+// listen resolves the confirmer's publishes until its channel closes, then
+// fails the ones still waiting as lost. It must always be ready to receive:
+// the client gives up on a notification nobody takes within 5 s, and a lost
+// confirm would leave its publish waiting. So it only ever waits for cf.mu,
+// which nobody holds while calling into the client.
+func (cf *confirmer) listen(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return, closes <-chan *amqp.Error) {
+	for confirms != nil || returns != nil {
+		select {
+		case r, ok := <-returns:
+			if !ok {
+				returns = nil
+				continue
+			}
+			cf.mu.Lock()
+			cf.returned[r.CorrelationId] = r
+			cf.mu.Unlock()
+		case c, ok := <-confirms:
+			if !ok {
+				confirms = nil
+				continue
+			}
+			cf.mu.Lock()
+			w := cf.waits[c.DeliveryTag]
+			delete(cf.waits, c.DeliveryTag)
+			if w != nil {
+				if r, ok := cf.returned[w.token]; ok {
+					w.returned = &r
+					delete(cf.returned, w.token)
+				}
+				w.acked = c.Ack
+			}
+			cf.mu.Unlock()
+			if w != nil {
+				close(w.done)
+			}
+		}
+	}
+	var why *amqp.Error
+	select {
+	case why = <-closes:
+	default:
+	}
+	cf.mu.Lock()
+	cf.dead = true
+	cf.closeErr = why
+	waits := cf.waits
+	cf.waits = nil
+	cf.mu.Unlock()
+	for _, w := range waits {
+		w.lost, w.closeErr = true, why
+		close(w.done)
+	}
+}
+
+// inflight is the number of publishes waiting on cf.
+func (cf *confirmer) inflight() int {
+	cf.mu.Lock()
+	defer cf.mu.Unlock()
+	return len(cf.waits)
+}
+
+// isDead reports whether cf's channel closed. It calls nothing of the
+// client's under cf.mu (see send).
+func (cf *confirmer) isDead() bool {
+	cf.mu.Lock()
+	dead := cf.dead
+	cf.mu.Unlock()
+	return dead || cf.ch.IsClosed()
+}
+
+// send publishes each of ps in order and registers its wait. It stops at
+// the first publish that fails; the waits of those sent are returned with
+// the error.
+func (cf *confirmer) send(ctx context.Context, exchange, key string, mandatory bool, ps []amqp.Publishing) ([]*pubWait, error) {
+	cf.sendMu.Lock()
+	defer cf.sendMu.Unlock()
+	waits := make([]*pubWait, 0, len(ps))
+	for _, p := range ps {
+		w := &pubWait{token: strconv.FormatUint(pubTokens.Add(1), 36), done: make(chan struct{})}
+		p.CorrelationId = w.token
+		// The tag is read outside cf.mu: the client's reader holds its own
+		// lock on the sequence while it hands a confirm to the listener,
+		// which may be waiting for cf.mu. (sendMu keeps the tag ours.)
+		tag := cf.ch.GetNextPublishSeqNo()
+		cf.mu.Lock()
+		if cf.dead {
+			cf.mu.Unlock()
+			return waits, amqp.ErrClosed
+		}
+		cf.waits[tag] = w
+		cf.mu.Unlock()
+		if err := cf.ch.PublishWithContext(ctx, exchange, key, mandatory, false, p); err != nil {
+			cf.mu.Lock()
+			if cf.waits != nil {
+				delete(cf.waits, tag)
+			}
+			cf.mu.Unlock()
+			return waits, err
+		}
+		waits = append(waits, w)
+	}
+	return waits, nil
+}
+
+// confirmer returns a confirmer of the current connection for one more
+// publish: the least busy, or a new one while all have confirmerBusy
+// publishes waiting and there are fewer than maxConfirmers.
+func (b *Broker) confirmer(ctx context.Context) (*confirmer, error) {
 	b.mu.Lock()
-	if !b.closed && b.gen == pc.gen && !pc.ch.IsClosed() && len(b.pool) < maxIdlePublishers {
-		b.pool = append(b.pool, pc)
+	live := b.confirmers[:0]
+	for _, cf := range b.confirmers {
+		if cf.gen == b.gen && !cf.isDead() {
+			live = append(live, cf)
+		}
+	}
+	clear(b.confirmers[len(live):])
+	b.confirmers = live
+	var best *confirmer
+	bestN := 0
+	for _, cf := range live {
+		if n := cf.inflight(); best == nil || n < bestN {
+			best, bestN = cf, n
+		}
+	}
+	if best != nil && (bestN < confirmerBusy || len(live) >= maxConfirmers) {
 		b.mu.Unlock()
-		return
+		return best, nil
 	}
 	b.mu.Unlock()
-	pc.ch.Close()
+	cf, err := b.newConfirmer(ctx)
+	if err != nil {
+		if best != nil {
+			return best, nil
+		}
+		return nil, err
+	}
+	b.mu.Lock()
+	if b.closed || cf.gen != b.gen {
+		b.mu.Unlock()
+		cf.ch.Close()
+		if b.closed {
+			return nil, amqp.ErrClosed
+		}
+		return b.confirmer(ctx)
+	}
+	b.confirmers = append(b.confirmers, cf)
+	b.mu.Unlock()
+	return cf, nil
 }
 
 // errNoRoute is a publish that the broker returned as unroutable.
 var errNoRoute = errors.New("no queue bound")
 
-// publish sends p and waits for the broker's confirm. With mandatory, an
-// unroutable message fails with errNoRoute. A publish cut off by a lost
-// connection is sent again on the next one (so it may arrive twice); one
-// the broker nacked is sent again after a backoff (maxNackRetries).
+// publish sends p and waits for the broker's confirm; see publishBatch.
 func (b *Broker) publish(ctx context.Context, exchange, key string, mandatory bool, p amqp.Publishing) error {
-	nacks := 0
-	for attempt := 0; ; attempt++ {
-		if attempt == 5 {
-			return fmt.Errorf("publish: connection lost %d times in a row", attempt)
-		}
-		pc, err := b.getPub(ctx)
-		if err != nil {
-			return err
-		}
-		conf, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, mandatory, false, p)
-		if err != nil {
-			pc.ch.Close()
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if isCode(err, amqp.ChannelError) || errors.Is(err, amqp.ErrClosed) {
-				continue // channel or connection gone: retry on a new one
-			}
-			return err
-		}
-		ok, err := conf.WaitContext(ctx)
-		if err != nil {
-			pc.ch.Close() // a confirm is outstanding; don't reuse
-			return err
-		}
-		if !ok {
-			if pc.ch.IsClosed() {
-				if b.isClosed() {
-					return adapters.ErrClosed
-				}
-				select {
-				case e := <-pc.closes:
-					if e != nil && isChannelFault(e.Code) {
-						return e // the broker closed the channel over this publish
-					}
-				default:
-				}
-				continue // lost with the connection: publish again
-			}
-			b.putPub(pc)
-			if err := nackBackoff(ctx, &nacks, "the message"); err != nil {
-				return err
-			}
-			attempt-- // not a lost connection
-			continue
-		}
-		select {
-		case r := <-pc.returns:
-			b.putPub(pc)
-			return fmt.Errorf("%w: %d %s", errNoRoute, r.ReplyCode, r.ReplyText)
-		default:
-		}
-		b.putPub(pc)
-		return nil
-	}
+	return b.publishBatch(ctx, exchange, key, mandatory, []amqp.Publishing{p})
 }
 
 // maxNackRetries bounds how often a publish the broker nacked is sent
@@ -161,113 +270,99 @@ func isChannelFault(code int) bool {
 	return false
 }
 
-// publishBatch sends every publishing of ps on one confirm channel without
-// waiting in between, then waits for all their confirms. Every publishing
-// goes to the same exchange and key, so with mandatory either all are
-// routed or a return fails the batch with errNoRoute. A batch cut off by a
-// lost connection is sent again whole on the next one, and one with a
-// nacked message again whole after a backoff (so items may arrive twice).
+// publishBatch sends every publishing of ps to the same exchange and key
+// on a shared confirm channel without waiting in between, then waits for
+// their confirms. With mandatory, an unroutable publishing fails the batch
+// with errNoRoute (the others are stored). A publishing cut off by a lost
+// connection is sent again on the next one (so it may arrive twice), at most
+// five times in a row; one the broker nacked is sent again after a backoff
+// (maxNackRetries). A channel the broker closed over what was sent (a
+// missing exchange, say) fails the batch with the broker's error. If ctx
+// ends first, what was sent may still be stored.
 func (b *Broker) publishBatch(ctx context.Context, exchange, key string, mandatory bool, ps []amqp.Publishing) error {
-	nacks := 0
-	for attempt := 0; ; attempt++ {
-		if attempt == 5 {
-			return fmt.Errorf("publish: connection lost %d times in a row", attempt)
+	nacks, losses := 0, 0
+	var noRoute error
+	// alone is set after the broker closed a shared channel over something
+	// sent on it: which publish was at fault is not known, so the next
+	// round goes on a channel of its own, where a fault is this batch's.
+	alone := false
+	for len(ps) > 0 {
+		if losses == 5 {
+			return fmt.Errorf("publish: connection lost %d times in a row", losses)
 		}
-		pc, err := b.getPub(ctx)
+		if b.isClosed() {
+			return adapters.ErrClosed
+		}
+		var cf *confirmer
+		var err error
+		if alone {
+			cf, err = b.newConfirmer(ctx)
+		} else {
+			cf, err = b.confirmer(ctx)
+		}
 		if err != nil {
 			return err
 		}
-		// Returns come before the confirms of their publishings; take them
-		// off the channel's one-slot buffer while waiting so the client's
-		// reader never blocks on it.
-		var returned []amqp.Return
-		stop, drained := make(chan struct{}), make(chan struct{})
-		go func() {
-			defer close(drained)
-			for {
-				select {
-				case r := <-pc.returns:
-					returned = append(returned, r)
-				case <-stop:
-					return
-				}
-			}
-		}()
-		ok, retry, err := waitBatch(ctx, pc, exchange, key, mandatory, ps)
-		close(stop)
-		<-drained
-	drain:
-		for {
+		waits, sendErr := cf.send(ctx, exchange, key, mandatory, ps)
+		if alone {
+			defer cf.ch.Close()
+		}
+		if sendErr != nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if sendErr != nil && !isCode(sendErr, amqp.ChannelError) && !errors.Is(sendErr, amqp.ErrClosed) {
+			return sendErr
+		}
+		var again []amqp.Publishing
+		nacked, lost := false, false
+		for i, w := range waits {
 			select {
-			case r := <-pc.returns:
-				returned = append(returned, r)
-			default:
-				break drain
+			case <-w.done:
+			case <-ctx.Done():
+				return ctx.Err()
 			}
-		}
-		if retry {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if !ok {
-			if pc.ch.IsClosed() {
-				if b.isClosed() {
-					return adapters.ErrClosed
-				}
-				select {
-				case e := <-pc.closes:
-					if e != nil && isChannelFault(e.Code) {
-						return e
+			switch {
+			case w.lost:
+				if w.closeErr != nil && isChannelFault(w.closeErr.Code) {
+					if alone {
+						return w.closeErr // the broker closed the channel over this batch
 					}
-				default:
+					alone = true
 				}
-				continue // lost with the connection: publish again
+				lost = true
+				again = append(again, ps[i])
+			case w.returned != nil:
+				noRoute = fmt.Errorf("%w: %d %s", errNoRoute, w.returned.ReplyCode, w.returned.ReplyText)
+			case !w.acked:
+				nacked = true
+				again = append(again, ps[i])
 			}
-			b.putPub(pc)
-			if err := nackBackoff(ctx, &nacks, "a message of the batch"); err != nil {
+		}
+		// Those never sent go again too.
+		again = append(again, ps[len(waits):]...)
+		if sendErr != nil {
+			lost = true
+		}
+		ps = again
+		switch {
+		case len(ps) == 0:
+		case lost:
+			if b.isClosed() {
+				return adapters.ErrClosed
+			}
+			losses++
+		case nacked:
+			if err := nackBackoff(ctx, &nacks, "a message"); err != nil {
 				return err
 			}
-			attempt-- // not a lost connection
-			continue
 		}
-		b.putPub(pc)
-		if len(returned) > 0 {
-			r := returned[0]
-			return fmt.Errorf("%w: %d %s", errNoRoute, r.ReplyCode, r.ReplyText)
-		}
-		return nil
 	}
+	return noRoute
 }
 
-// waitBatch publishes ps on pc and waits for every confirm. ok is false if
-// one was nacked or lost with the channel; retry is true if a publish
-// failed because the channel or connection went away (pc is closed then).
-func waitBatch(ctx context.Context, pc *pubChan, exchange, key string, mandatory bool, ps []amqp.Publishing) (ok, retry bool, err error) {
-	confs := make([]*amqp.DeferredConfirmation, 0, len(ps))
-	for _, p := range ps {
-		conf, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, mandatory, false, p)
-		if err != nil {
-			pc.ch.Close()
-			if ctx.Err() != nil {
-				return false, false, ctx.Err()
-			}
-			if isCode(err, amqp.ChannelError) || errors.Is(err, amqp.ErrClosed) {
-				return false, true, nil
-			}
-			return false, false, err
-		}
-		confs = append(confs, conf)
-	}
-	ok = true
-	for _, conf := range confs {
-		acked, err := conf.WaitContext(ctx)
-		if err != nil {
-			pc.ch.Close() // confirms are outstanding; don't reuse
-			return false, false, err
-		}
-		ok = ok && acked
-	}
-	return ok, false, nil
+// confirmerCount is the number of confirmers in the pool (for tests).
+func (b *Broker) confirmerCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.confirmers)
 }

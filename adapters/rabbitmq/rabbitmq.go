@@ -97,13 +97,13 @@ type Broker struct {
 	// acknowledgements they sent before it closes the connection.
 	consumers sync.WaitGroup
 
-	mu     sync.Mutex
-	closed bool
-	conn   *amqp.Connection // nil while reconnecting
-	gen    uint64           // increases with every connection
-	ready  chan struct{}    // closed while conn != nil
-	pool   []*pubChan       // idle confirm-mode channels of conn
-	queues map[string]adapters.QueueConfig
+	mu         sync.Mutex
+	closed     bool
+	conn       *amqp.Connection // nil while reconnecting
+	gen        uint64           // increases with every connection
+	ready      chan struct{}    // closed while conn != nil
+	confirmers []*confirmer     // shared confirm-mode channels (of conn when gen matches)
+	queues     map[string]adapters.QueueConfig
 	// declared remembers exchanges and delay queues declared on a
 	// connection generation.
 	declared map[string]uint64
@@ -286,7 +286,7 @@ func (b *Broker) keepConnected(conn *amqp.Connection) {
 			if b.conn == conn { // channel() may have noticed first
 				b.conn = nil
 				b.ready = make(chan struct{})
-				b.pool = nil
+				b.confirmers = nil
 			}
 			b.mu.Unlock()
 			b.log.Warn("rabbitmq: connection lost; reconnecting", "err", e)
@@ -381,7 +381,7 @@ func (b *Broker) channel(ctx context.Context) (*amqp.Channel, uint64, error) {
 		if b.conn == conn {
 			b.conn = nil
 			b.ready = make(chan struct{})
-			b.pool = nil
+			b.confirmers = nil
 		}
 		b.mu.Unlock()
 	}
@@ -409,7 +409,7 @@ func (b *Broker) Close() error {
 	close(b.done)
 	conn := b.conn
 	b.conn = nil
-	b.pool = nil
+	b.confirmers = nil
 	b.mu.Unlock()
 	b.consumers.Wait()
 	var err error
