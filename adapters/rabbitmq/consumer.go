@@ -234,7 +234,7 @@ func (c *consumer) handle(cc *consumerChannel, d amqp.Delivery) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		dl.lease.Start(now.Add(c.cfg.Lease), dl.hooks())
-		err := dl.lease.Begin(ctx, c.op+": dead-letter")
+		err := dl.lease.Begin(ctx, dl.op("dead-letter"))
 		if err == nil {
 			err = dl.deadLetter(ctx, reason)
 		}
@@ -349,6 +349,11 @@ func (d *delivery) Attempt() int              { return d.attempt }
 func (d *delivery) Queue() string             { return d.c.queue }
 func (d *delivery) LeaseDeadline() time.Time  { return d.lease.Deadline() }
 
+// op names an operation on the delivery in errors, which say what was lost.
+func (d *delivery) op(verb string) string {
+	return d.c.op + ": " + verb + " message " + strconv.Quote(d.msg.ID) + " (attempt " + strconv.Itoa(d.attempt) + ")"
+}
+
 func (d *delivery) hooks() driver.Hooks {
 	return driver.Hooks{
 		Expire: d.requeue,
@@ -393,7 +398,7 @@ func (d *delivery) ack(op string) error {
 }
 
 func (d *delivery) Ack(ctx context.Context) error {
-	op := d.c.op + ": ack"
+	op := d.op("ack")
 	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
@@ -401,7 +406,7 @@ func (d *delivery) Ack(ctx context.Context) error {
 }
 
 func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
-	op := d.c.op + ": nack"
+	op := d.op("nack")
 	if err := adapters.ValidateDelay(op, delay, d.c.b.caps); err != nil {
 		return err
 	}
@@ -443,7 +448,7 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 }
 
 func (d *delivery) Extend(ctx context.Context, by time.Duration) error {
-	op := d.c.op + ": extend"
+	op := d.op("extend")
 	if err := adapters.ValidateExtend(op, by, d.c.cfg.Lease); err != nil {
 		return err
 	}
@@ -466,7 +471,7 @@ func (d *delivery) Extend(ctx context.Context, by time.Duration) error {
 }
 
 func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
-	if err := d.lease.Begin(ctx, d.c.op+": dead-letter"); err != nil {
+	if err := d.lease.Begin(ctx, d.op("dead-letter")); err != nil {
 		return err
 	}
 	return d.deadLetter(ctx, reason)
@@ -475,7 +480,7 @@ func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
 // deadLetter publishes the item with the reason to the dead-letter queue,
 // then acks it; the lease is settling.
 func (d *delivery) deadLetter(ctx context.Context, reason string) error {
-	op := d.c.op + ": dead-letter"
+	op := d.op("dead-letter")
 	if reason == "" {
 		reason = "dead-lettered without a reason"
 	}
