@@ -403,6 +403,58 @@ func TestPrefetchAcksEachOnceAndCloseReturnsTheRest(t *testing.T) {
 // schedules with ScheduledEnqueueTime on a plain send instead): the SDK's
 // ScheduleMessages gets sequence numbers back and the message appears no
 // earlier than its time.
+// Consumer.Close abandons the deliveries Receive returned and that are not
+// settled: the item comes back to another consumer at once (well inside its
+// one-minute lock) as a new attempt, an item acked before the close does
+// not, and the old delivery can no longer be settled (ErrLeaseLost, matching
+// ErrClosed too).
+func TestCloseAbandonsUnsettledDeliveries(t *testing.T) {
+	b := openTest(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	q := uniqueName("close-held")
+	declare(t, b, adapters.QueueConfig{Name: q, Lease: time.Minute})
+	for _, id := range []string{"held", "acked"} {
+		if err := b.Enqueue(ctx, q, adapters.Message{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := b.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held adapters.Delivery
+	for range 2 {
+		d, err := c.Receive(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Message().ID == "held" {
+			held = d
+		} else if err := d.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := held.Ack(ctx); !errors.Is(err, adapters.ErrLeaseLost) || !errors.Is(err, adapters.ErrClosed) {
+		t.Errorf("Ack after Close: %v, want ErrLeaseLost matching ErrClosed", err)
+	}
+	c2 := consume(t, b, q, adapters.ConsumeOptions{})
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	d, err := c2.Receive(rctx)
+	if err != nil {
+		t.Fatalf("the held item did not come back before its lock expired: %v", err)
+	}
+	if d.Message().ID != "held" || d.Attempt() != 2 {
+		t.Errorf("got %q attempt %d, want \"held\" attempt 2", d.Message().ID, d.Attempt())
+	}
+	if err := d.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestServerScheduleMessagesOperation(t *testing.T) {
 	s := needServer(t)
 	b := openTest(t)

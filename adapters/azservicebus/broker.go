@@ -624,8 +624,8 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 }
 
 // Close closes every consumer and subscription (deleting the subscriptions)
-// and the connection. Held deliveries return to their queues when their
-// locks expire.
+// and the connection. The consumers abandon the deliveries they hold, which
+// return to their queues at once.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.closed {

@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/internal/driver"
 )
 
 // consumer receives one queue (or its dead-letter sub-queue) in peek-lock.
@@ -26,6 +27,10 @@ type consumer struct {
 
 	recvMu sync.Mutex // one ReceiveMessages at a time
 	buf    []*sb.ReceivedMessage
+
+	// held are the deliveries Receive returned and that are not settled
+	// or expired yet; Close abandons them.
+	held driver.Held[*delivery]
 
 	closeOnce sync.Once
 	done      chan struct{}
@@ -82,6 +87,12 @@ func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 				}
 				continue
 			}
+			if !c.held.Add(d) {
+				// Close took the held set meanwhile; it abandons the
+				// buffer once this Receive returns.
+				c.buf = append([]*sb.ReceivedMessage{rm}, c.buf...)
+				return nil, adapters.Errorf(adapters.ErrClosed, op, "consumer is closed")
+			}
 			return d, nil
 		}
 		rctx, cancel := c.withClose(ctx)
@@ -117,20 +128,28 @@ func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 	}
 }
 
-// Close closes the receiver. Buffered items not yet returned by Receive are
-// abandoned; delivered ones keep their locks until they expire.
+// Close closes the receiver. The items it holds, delivered by Receive and
+// unsettled or buffered and not returned yet, are abandoned.
 func (c *consumer) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.done)
+		var buf []*sb.ReceivedMessage
+		for _, d := range c.held.Close() {
+			// Take is false for a delivery settling now (its operation
+			// keeps its outcome) or whose lock expired.
+			if d.lease.Take() {
+				buf = append(buf, d.rm)
+			}
+		}
 		c.recvMu.Lock()
-		buf := c.buf
+		buf = append(buf, c.buf...)
 		c.buf = nil
 		c.recvMu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		for _, rm := range buf {
 			if err := c.rcv.AbandonMessage(ctx, rm, nil); err != nil {
-				c.b.log.Debug("close: abandoning a prefetched item failed; it returns when its lock expires", "queue", c.queue, "err", err)
+				c.b.log.Debug("close: abandoning an item failed; it returns when its lock expires", "queue", c.queue, "err", err)
 			}
 		}
 		c.b.log.Debug("consumer closed", "queue", c.queue, "abandoned", len(buf))
@@ -140,13 +159,29 @@ func (c *consumer) Close() error {
 	return nil
 }
 
+// newDelivery starts the lease of a received message: until its lock's
+// locked-until.
 func (c *consumer) newDelivery(rm *sb.ReceivedMessage) *delivery {
 	d := &delivery{c: c, rm: rm, m: fromSB(rm, c.dead), attempt: attemptOf(rm)}
+	deadline := time.Now().Add(c.info.lease)
 	if rm.LockedUntil != nil {
-		d.deadline = *rm.LockedUntil
-	} else {
-		d.deadline = time.Now().Add(c.info.lease)
+		deadline = *rm.LockedUntil
 	}
+	d.lease.Start(deadline, driver.Hooks{
+		// Service Bus makes the item available again itself when the
+		// lock expires; the hook has nothing to do, but with it the
+		// lease ends on time and Done drops the delivery from the held
+		// set, which would otherwise keep every delivery left to expire
+		// until Close.
+		Expire: func() {},
+		Done:   func() { c.held.Remove(d) },
+		Valid: func() (bool, string) {
+			if c.isClosed() {
+				return false, "the consumer or broker was closed"
+			}
+			return true, ""
+		},
+	})
 	return d
 }
 
@@ -185,46 +220,36 @@ type delivery struct {
 	rm      *sb.ReceivedMessage
 	m       adapters.Message
 	attempt int
-
-	mu       sync.Mutex
-	settled  bool
-	deadline time.Time
+	lease   driver.Lease
 }
 
 func (d *delivery) Message() adapters.Message { return d.m }
 func (d *delivery) Attempt() int              { return d.attempt }
 func (d *delivery) Queue() string             { return d.c.queue }
+func (d *delivery) LeaseDeadline() time.Time  { return d.lease.Deadline() }
 
-func (d *delivery) LeaseDeadline() time.Time {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.deadline
-}
-
-// begin checks the delivery can still be settled. Called with d.mu held.
-func (d *delivery) begin(op string) error {
-	if d.settled {
-		return adapters.Errorf(adapters.ErrLeaseLost, op, "delivery already settled or its lock was lost")
-	}
-	if d.c.isClosed() {
-		d.settled = true
+// begin starts an operation on the lease. After Close or Broker.Close the
+// error matches ErrClosed as well as ErrLeaseLost, as the package doc says.
+func (d *delivery) begin(ctx context.Context, op string) error {
+	err := d.lease.Begin(ctx, op)
+	if errors.Is(err, adapters.ErrLeaseLost) && d.c.isClosed() {
 		return &adapters.Error{Code: adapters.ErrLeaseLost, Op: op,
-			Err: adapters.Errorf(adapters.ErrClosed, op, "the consumer or broker was closed; the lock expires on the broker")}
+			Err: adapters.Errorf(adapters.ErrClosed, op, "the consumer or broker was closed; its unsettled items were abandoned")}
 	}
-	return nil
+	return err
 }
 
-// settle runs a settling call, retrying it (up to three tries) while it
-// fails with a transient error such as a link being recovered. A retry after
-// an attempt whose outcome was lost can report ErrLeaseLost although the
-// first attempt took effect. Lock lost, and a closed consumer or broker,
-// settle the delivery for good. Called with d.mu held.
+// settle runs a settling call for an operation begun on the lease, retrying
+// it (up to three tries) while it fails with a transient error such as a
+// link being recovered, and ends the operation. A retry after an attempt
+// whose outcome was lost can report ErrLeaseLost although the first attempt
+// took effect. Lock lost, and a closed consumer or broker, end the lease.
 func (d *delivery) settle(ctx context.Context, op string, fn func(context.Context) error) error {
 	var err error
 	for try := 1; ; try++ {
 		err = fn(ctx)
 		if err == nil {
-			d.settled = true
+			d.lease.Settled()
 			return nil
 		}
 		err = mapErrCtx(ctx, op, err)
@@ -234,15 +259,14 @@ func (d *delivery) settle(ctx context.Context, op string, fn func(context.Contex
 		d.c.b.log.Debug("settling failed; retrying", "queue", d.c.queue, "id", d.m.ID, "err", err)
 		select {
 		case <-ctx.Done():
+			d.lease.Failed(ctx.Err())
 			return ctx.Err()
 		case <-time.After(time.Duration(try) * 100 * time.Millisecond):
 		}
 	}
-	if errors.Is(err, adapters.ErrLeaseLost) || errors.Is(err, adapters.ErrClosed) {
-		d.settled = true
-		if !errors.Is(err, adapters.ErrLeaseLost) {
-			return &adapters.Error{Code: adapters.ErrLeaseLost, Op: op, Err: err}
-		}
+	d.lease.Failed(err)
+	if errors.Is(err, adapters.ErrClosed) && !errors.Is(err, adapters.ErrLeaseLost) {
+		return &adapters.Error{Code: adapters.ErrLeaseLost, Op: op, Err: err}
 	}
 	return err
 }
@@ -254,9 +278,7 @@ func (d *delivery) op(verb string) string {
 // Ack completes the message.
 func (d *delivery) Ack(ctx context.Context) error {
 	op := d.op("ack")
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.begin(op); err != nil {
+	if err := d.begin(ctx, op); err != nil {
 		return err
 	}
 	return d.settle(ctx, op, func(ctx context.Context) error { return d.c.rcv.CompleteMessage(ctx, d.rm, nil) })
@@ -270,9 +292,10 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	if err := adapters.ValidateDelay(op, delay, caps); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.begin(op); err != nil {
+	if delay > 0 && d.c.dead {
+		return adapters.Errorf(adapters.ErrUnsupported, op, "Nack with a delay on the dead-letter queue: Service Bus cannot send to a dead-letter sub-queue; use Nack(0)")
+	}
+	if err := d.begin(ctx, op); err != nil {
 		return err
 	}
 	if !d.c.dead && d.attempt >= d.c.info.maxAttempts {
@@ -284,19 +307,13 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	if delay == 0 {
 		return d.settle(ctx, op, func(ctx context.Context) error { return d.c.rcv.AbandonMessage(ctx, d.rm, nil) })
 	}
-	if !time.Now().Before(d.deadline) {
-		d.settled = true
-		return adapters.Errorf(adapters.ErrLeaseLost, op, "lock expired at %s", d.deadline.Format(time.RFC3339Nano))
-	}
-	if d.c.dead {
-		return adapters.Errorf(adapters.ErrUnsupported, op, "Nack with a delay on the dead-letter queue: Service Bus cannot send to a dead-letter sub-queue; use Nack(0)")
-	}
 	cp := delayedCopy(d.m, d.attempt)
 	at := time.Now().Add(delay)
 	cp.ScheduledEnqueueTime = &at
 	// Copy first, then complete: a failure in between leaves a duplicate,
 	// never a loss.
 	if err := d.c.b.send(ctx, op, d.c.queue, cp); err != nil {
+		d.lease.Failed(err)
 		return err
 	}
 	err := d.settle(ctx, op, func(ctx context.Context) error { return d.c.rcv.CompleteMessage(ctx, d.rm, nil) })
@@ -314,21 +331,19 @@ func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
 	if err := adapters.ValidateExtend(op, dur, d.c.info.lease); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.begin(op); err != nil {
+	if err := d.begin(ctx, op); err != nil {
 		return err
 	}
 	if err := d.c.rcv.RenewMessageLock(ctx, d.rm, nil); err != nil {
 		err = mapErrCtx(ctx, op, err)
-		if errors.Is(err, adapters.ErrLeaseLost) {
-			d.settled = true
-		}
+		d.lease.Failed(err)
 		return err
 	}
+	until := time.Now().Add(d.c.info.lease)
 	if d.rm.LockedUntil != nil {
-		d.deadline = *d.rm.LockedUntil
+		until = *d.rm.LockedUntil
 	}
+	d.lease.Extended(until)
 	return nil
 }
 
@@ -336,9 +351,7 @@ func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
 // in DeadLetterReason (cut to 4096 bytes).
 func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
 	op := d.op("dead-letter")
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.begin(op); err != nil {
+	if err := d.begin(ctx, op); err != nil {
 		return err
 	}
 	if len(reason) > maxDeadLetterLen {

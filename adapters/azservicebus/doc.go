@@ -39,7 +39,8 @@
 // broker's locked-until. The lock is not renewed in the background: Extend
 // calls RenewMessageLock (Service Bus renews by the full lock duration), and
 // an unextended lock expires, which makes the message available again with
-// its delivery count + 1. Ack completes; DeadLetter dead-letters natively with
+// its delivery count + 1; settling or extending a delivery after its
+// locked-until fails with adapters.ErrLeaseLost without asking the broker. Ack completes; DeadLetter dead-letters natively with
 // DeadLetterReason = the reason (cut to 4096 bytes); Nack(0) abandons
 // (Service Bus counts a delivery and dead-letters at MaxDeliveryCount with
 // reason MaxDeliveryCountExceeded). Attempt is the message's DeliveryCount.
@@ -73,10 +74,11 @@
 // random UUID. Ordering by key is not supported (it would need Service Bus
 // sessions): QueueConfig.Ordered is refused with ErrUnsupported.
 //
-// Consumer.Close abandons the prefetched items it holds that Receive has not
-// returned (each counts as a delivery); delivered items, and items the SDK
-// received on outstanding link credit (Prefetch > 1) while closing, keep
-// their locks until they expire. Broker.Close closes
+// Consumer.Close abandons the items it holds (each counts as a delivery):
+// the deliveries Receive returned that are neither settled, being settled
+// nor past their lock, and the prefetched items Receive has not returned;
+// items the SDK received on outstanding link credit (Prefetch > 1) while
+// closing keep their locks until they expire. Broker.Close closes
 // everything; settling afterwards fails with ErrLeaseLost (matching ErrClosed
 // too).
 //

@@ -10,6 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/internal/driver"
 )
 
 // Consume opens a channel with basic.qos(opts.Prefetch) and a manual-ack
@@ -40,7 +41,6 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 		source: queueName(queue),
 		out:    make(chan *delivery, prefetch),
 		done:   make(chan struct{}), exited: make(chan struct{}), term: make(chan struct{}),
-		held: map[*delivery]struct{}{},
 	}
 	if c.dead {
 		c.source = dlqName(queue)
@@ -70,9 +70,15 @@ type consumer struct {
 	term     chan struct{} // closed when termErr is set
 	termErr  error
 	once     sync.Once
+}
 
-	mu   sync.Mutex
-	held map[*delivery]struct{}
+// consumerChannel is one channel of a consumer and the deliveries that
+// Receive handed out on it. The consumer opens a new one after a reconnect;
+// the deliveries of the old one are lost with it. (A driver.Held per
+// channel rather than per consumer: Held cannot be reopened once closed.)
+type consumerChannel struct {
+	ch   *amqp.Channel
+	held driver.Held[*delivery]
 }
 
 func (c *consumer) setup(ctx context.Context) (*amqp.Channel, chan *amqp.Error, <-chan amqp.Delivery, error) {
@@ -97,6 +103,7 @@ func (c *consumer) setup(ctx context.Context) (*amqp.Channel, chan *amqp.Error, 
 }
 
 func (c *consumer) run(ch *amqp.Channel, closes chan *amqp.Error, dch <-chan amqp.Delivery) {
+	cc := &consumerChannel{ch: ch}
 	defer c.b.wg.Done()
 	defer close(c.exited)
 	consuming := true
@@ -113,21 +120,21 @@ func (c *consumer) run(ch *amqp.Channel, closes chan *amqp.Error, dch <-chan amq
 				if !ok {
 					break consume
 				}
-				c.handle(ch, d)
+				c.handle(cc, d)
 			case <-c.done:
+				c.release(cc, 2*time.Second)
 				syncAcks(ch, c.prefetch)
 				ch.Close() // the broker requeues what the channel held
-				c.loseAll()
 				return
 			case <-c.b.done:
+				c.release(cc, 2*time.Second)
 				syncAcks(ch, c.prefetch)
 				consuming = false
 				c.b.consumers.Done() // Broker.Close may close the connection now
-				c.loseAll()
 				return
 			}
 		}
-		c.loseAll()
+		c.release(cc, 0)
 		c.drain()
 		// The delivery channel also ends when the broker cancels the
 		// consumer (queue deleted, quorum leader moved) with the channel
@@ -173,6 +180,7 @@ func (c *consumer) run(ch *amqp.Channel, closes chan *amqp.Error, dch <-chan amq
 			}
 		}
 		cancel()
+		cc = &consumerChannel{ch: ch}
 		c.b.log.Info("rabbitmq: consumer resumed", "queue", c.source)
 	}
 }
@@ -200,11 +208,11 @@ func (c *consumer) terminate(err error) {
 	close(c.term)
 }
 
-// handle wraps a broker delivery under a lease and queues it for Receive.
-func (c *consumer) handle(ch *amqp.Channel, d amqp.Delivery) {
+// handle wraps a broker delivery received on cc and queues it for Receive.
+func (c *consumer) handle(cc *consumerChannel, d amqp.Delivery) {
 	now := time.Now()
 	dl := &delivery{
-		c: c, ch: ch, tag: d.DeliveryTag, msg: fromDelivery(&d), firstAt: now,
+		c: c, cc: cc, tag: d.DeliveryTag, msg: fromDelivery(&d), firstAt: now,
 		attempt: intHeader(d.Headers, "x-delivery-count") + 1,
 	}
 	if c.dead {
@@ -219,24 +227,27 @@ func (c *consumer) handle(ch *amqp.Channel, d amqp.Delivery) {
 	} else {
 		dl.attempt += intHeader(d.Headers, headerAttempts)
 	}
-	c.mu.Lock()
-	c.held[dl] = struct{}{}
-	c.mu.Unlock()
 	if !c.dead && dl.attempt > c.cfg.MaxAttempts {
 		// Retries through a delay queue restart RabbitMQ's delivery
 		// count; the adapter enforces MaxAttempts over all of them.
-		dl.state = stateSettling
 		reason := "max attempts (" + strconv.Itoa(c.cfg.MaxAttempts) + ") exceeded"
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := dl.deadLetter(ctx, reason)
-		cancel()
+		defer cancel()
+		dl.lease.Start(now.Add(c.cfg.Lease), dl.hooks())
+		err := dl.lease.Begin(ctx, dl.op("dead-letter"))
+		if err == nil {
+			err = dl.deadLetter(ctx, reason)
+		}
 		if err != nil {
 			c.b.log.Warn("rabbitmq: dead-lettering an item over its attempts failed; it will come back", "queue", c.source, "err", err)
+			if dl.lease.Take() {
+				dl.requeue()
+			}
 		}
 		return
 	}
-	// The lease timer starts when Receive hands the item out; until then
-	// the item is held by the channel only (see the package doc).
+	// The lease starts when Receive hands the item out; until then the
+	// item is held by the channel only (see the package doc).
 	select {
 	case c.out <- dl:
 	case <-c.done:
@@ -244,22 +255,26 @@ func (c *consumer) handle(ch *amqp.Channel, d amqp.Delivery) {
 	}
 }
 
-// loseAll ends the leases of every delivery held on the dead channel.
-func (c *consumer) loseAll() {
-	c.mu.Lock()
-	held := c.held
-	c.held = map[*delivery]struct{}{}
-	c.mu.Unlock()
-	for dl := range held {
-		dl.mu.Lock()
-		dl.lost = true
-		if dl.state == stateHeld {
-			dl.state = stateDone
-		}
-		if dl.timer != nil {
-			dl.timer.Stop()
-		}
-		dl.mu.Unlock()
+// release ends the leases of the deliveries handed out on cc: the consumer
+// closes, or cc died (RabbitMQ requeues what a closed channel held, so
+// nothing is handed back here). With wait > 0 it then waits, at most that
+// long in all, for the operations already running on them to end, so that
+// an Ack that raced Close has been sent before the caller syncs and closes
+// the channel.
+func (c *consumer) release(cc *consumerChannel, wait time.Duration) {
+	held := cc.held.Close()
+	for _, dl := range held {
+		dl.lease.Take()
+	}
+	if wait <= 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	for _, dl := range held {
+		// Every lease is done now, so Begin only waits for a running
+		// operation to end and then fails.
+		_ = dl.lease.Begin(ctx, c.op+": close")
 	}
 }
 
@@ -272,12 +287,6 @@ func (c *consumer) drain() {
 			return
 		}
 	}
-}
-
-func (c *consumer) forget(dl *delivery) {
-	c.mu.Lock()
-	delete(c.held, dl)
-	c.mu.Unlock()
 }
 
 // Receive returns the next delivery whose lease still holds.
@@ -323,142 +332,96 @@ func (c *consumer) Close() error {
 	return nil
 }
 
-type dstate int
-
-const (
-	stateHeld     dstate = iota
-	stateSettling        // Ack/Nack/DeadLetter in progress
-	stateDone            // settled, expired or lost
-)
-
+// delivery is one item received on a consumer channel. Its lease starts
+// when Receive hands it out.
 type delivery struct {
 	c       *consumer
-	ch      *amqp.Channel
+	cc      *consumerChannel
 	tag     uint64
 	msg     adapters.Message
 	attempt int
 	firstAt time.Time
-
-	mu       sync.Mutex
-	state    dstate
-	lost     bool // the channel died
-	deadline time.Time
-	timer    *time.Timer
-	seq      uint64
+	lease   driver.Lease
 }
 
 func (d *delivery) Message() adapters.Message { return d.msg }
 func (d *delivery) Attempt() int              { return d.attempt }
 func (d *delivery) Queue() string             { return d.c.queue }
+func (d *delivery) LeaseDeadline() time.Time  { return d.lease.Deadline() }
 
-func (d *delivery) LeaseDeadline() time.Time {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.deadline
+// op names an operation on the delivery in errors, which say what was lost.
+func (d *delivery) op(verb string) string {
+	return d.c.op + ": " + verb + " message " + strconv.Quote(d.msg.ID) + " (attempt " + strconv.Itoa(d.attempt) + ")"
+}
+
+func (d *delivery) hooks() driver.Hooks {
+	return driver.Hooks{
+		Expire: d.requeue,
+		Done:   func() { d.cc.held.Remove(d) },
+		Valid: func() (bool, string) {
+			if d.cc.ch.IsClosed() {
+				return false, "its channel closed; RabbitMQ redelivers the item"
+			}
+			return true, ""
+		},
+	}
 }
 
 // start begins the lease when Receive hands the delivery out; it reports
-// false if the delivery was lost while buffered.
+// false if the delivery's channel was lost while it was buffered.
 func (d *delivery) start(lease time.Duration) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.state != stateHeld {
+	d.lease.Start(time.Now().Add(lease), d.hooks())
+	if !d.cc.held.Add(d) || d.cc.ch.IsClosed() {
+		d.lease.Take() // the broker requeues what the dead channel held
 		return false
 	}
-	d.deadline = time.Now().Add(lease)
-	d.arm(lease)
 	return true
 }
 
-// arm (re)starts the lease timer; d.mu is held.
-func (d *delivery) arm(after time.Duration) {
-	d.seq++
-	seq := d.seq
-	if d.timer != nil {
-		d.timer.Stop()
-	}
-	d.timer = time.AfterFunc(after, func() { d.expire(seq) })
-}
-
-// expire ends the lease: the adapter requeues the item, which RabbitMQ
-// counts as a delivery (x-delivery-count + 1).
-func (d *delivery) expire(seq uint64) {
-	d.mu.Lock()
-	if d.state != stateHeld || seq != d.seq {
-		d.mu.Unlock()
-		return
-	}
-	d.state = stateDone
-	d.mu.Unlock()
-	d.c.forget(d)
-	if err := d.ch.Nack(d.tag, false, true); err != nil {
-		d.c.b.log.Debug("rabbitmq: requeue on lease expiry failed (the channel is gone, so the broker requeues)", "err", err)
+// requeue hands the item back (the lease expired, or dead-lettering an item
+// over its attempts failed); RabbitMQ counts that as a delivery
+// (x-delivery-count + 1).
+func (d *delivery) requeue() {
+	if err := d.cc.ch.Nack(d.tag, false, true); err != nil {
+		d.c.b.log.Debug("rabbitmq: requeue failed (the channel is gone, so the broker requeues)", "err", err)
 	}
 }
 
-func (d *delivery) leaseLost(op string) error {
-	return adapters.Errorf(adapters.ErrLeaseLost, d.c.op+": "+op, "delivery %s (attempt %d) is no longer held", d.msg.ID, d.attempt)
-}
-
-// begin moves a held delivery to settling, stopping its timer.
-func (d *delivery) begin(op string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.state != stateHeld {
-		return d.leaseLost(op)
-	}
-	d.state = stateSettling
-	d.timer.Stop()
-	return nil
-}
-
-// finish ends settling: settled, or back to held if it failed.
-func (d *delivery) finish(settled bool) {
-	d.mu.Lock()
-	if settled || d.lost {
-		d.state = stateDone
-		d.mu.Unlock()
-		d.c.forget(d)
-		return
-	}
-	d.state = stateHeld
-	d.arm(max(time.Until(d.deadline), time.Millisecond))
-	d.mu.Unlock()
-}
-
+// ack acks the item and ends the operation; the lease is settling.
 func (d *delivery) ack(op string) error {
-	if err := d.ch.Ack(d.tag, false); err != nil {
-		d.finish(true)
-		return adapters.Wrap(adapters.ErrLeaseLost, d.c.op+": "+op, err)
+	err := d.cc.ch.Ack(d.tag, false)
+	d.lease.Settled()
+	if err != nil {
+		return adapters.Wrap(adapters.ErrLeaseLost, op, err)
 	}
-	d.finish(true)
 	return nil
 }
 
 func (d *delivery) Ack(ctx context.Context) error {
-	if err := d.begin("ack"); err != nil {
+	op := d.op("ack")
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
-	return d.ack("ack")
+	return d.ack(op)
 }
 
 func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
-	op := d.c.op + ": nack"
+	op := d.op("nack")
 	if err := adapters.ValidateDelay(op, delay, d.c.b.caps); err != nil {
 		return err
 	}
-	if err := d.begin("nack"); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
 	if !d.c.dead && d.attempt >= d.c.cfg.MaxAttempts {
 		return d.deadLetter(ctx, "max attempts ("+strconv.Itoa(d.c.cfg.MaxAttempts)+") used up; last attempt was nacked")
 	}
 	if delay == 0 {
-		if err := d.ch.Nack(d.tag, false, true); err != nil {
-			d.finish(true)
+		err := d.cc.ch.Nack(d.tag, false, true)
+		d.lease.Settled()
+		if err != nil {
 			return adapters.Wrap(adapters.ErrLeaseLost, op, err)
 		}
-		d.finish(true)
 		return nil
 	}
 	name := delayedName(d.c.source)
@@ -475,48 +438,49 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 		}
 	}
 	if err != nil {
-		d.finish(false)
-		return mapErr(op, err)
+		err = mapErr(op, err)
+		d.lease.Failed(err)
+		return err
 	}
 	// The copy is confirmed in the delay queue; only now give up the
 	// original. A failure from here on leaves a duplicate, never a loss.
-	return d.ack("nack")
+	return d.ack(op)
 }
 
 func (d *delivery) Extend(ctx context.Context, by time.Duration) error {
-	op := d.c.op + ": extend"
+	op := d.op("extend")
 	if err := adapters.ValidateExtend(op, by, d.c.cfg.Lease); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.state != stateHeld {
-		return d.leaseLost("extend")
+	if err := d.lease.Begin(ctx, op); err != nil {
+		return err
 	}
 	until := time.Now().Add(by)
 	if limit := d.firstAt.Add(d.c.b.opts.ConsumerTimeout); until.After(limit) {
-		return adapters.Errorf(adapters.ErrUnsupported, op,
+		err := adapters.Errorf(adapters.ErrUnsupported, op,
 			"extend to %s: RabbitMQ's consumer_timeout (%s) closes the channel of a delivery unacknowledged that long (limit %s)",
 			until.Format(time.RFC3339Nano), d.c.b.opts.ConsumerTimeout, limit.Format(time.RFC3339Nano))
+		d.lease.Failed(err)
+		return err
 	}
-	if until.After(d.deadline) {
-		d.deadline = until
-		d.arm(by)
+	if deadline := d.lease.Deadline(); deadline.After(until) {
+		until = deadline // Extend never shortens the lease
 	}
+	d.lease.Extended(until)
 	return nil
 }
 
 func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
-	if err := d.begin("dead-letter"); err != nil {
+	if err := d.lease.Begin(ctx, d.op("dead-letter")); err != nil {
 		return err
 	}
 	return d.deadLetter(ctx, reason)
 }
 
 // deadLetter publishes the item with the reason to the dead-letter queue,
-// then acks it; the delivery is settling.
+// then acks it; the lease is settling.
 func (d *delivery) deadLetter(ctx context.Context, reason string) error {
-	op := d.c.op + ": dead-letter"
+	op := d.op("dead-letter")
 	if reason == "" {
 		reason = "dead-lettered without a reason"
 	}
@@ -528,8 +492,9 @@ func (d *delivery) deadLetter(ctx context.Context, reason string) error {
 		err = adapters.Errorf(adapters.ErrNotFound, op, "dead-letter queue %q does not exist", dlqName(d.c.queue))
 	}
 	if err != nil {
-		d.finish(false)
-		return mapErr(op, err)
+		err = mapErr(op, err)
+		d.lease.Failed(err)
+		return err
 	}
-	return d.ack("dead-letter")
+	return d.ack(op)
 }

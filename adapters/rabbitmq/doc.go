@@ -96,11 +96,13 @@
 // with consumer_timeout=). Capabilities.MaxLease is consumer_timeout.
 //
 // Ack and Nack(0) are sent without waiting (AMQP has no reply to them).
-// Consumer.Close and Broker.Close first make one synchronous round trip on
-// each consumer channel (basic.qos, at most two seconds), so the
-// acknowledgements sent before have reached the broker when the channel
-// closes: RabbitMQ (seen on 3.10 with quorum queues) can requeue items acked
-// just before their channel closed.
+// Consumer.Close and Broker.Close first end the leases of the deliveries
+// handed out (settling one afterwards fails with adapters.ErrLeaseLost) and
+// wait, at most two seconds, for the Acks and Nacks already running on them;
+// then they make one synchronous round trip on each consumer channel
+// (basic.qos, at most two seconds), so the acknowledgements sent before have
+// reached the broker when the channel closes: RabbitMQ (seen on 3.10 with
+// quorum queues) can requeue items acked just before their channel closed.
 //
 // Attempts: Attempt is the quorum queue's x-delivery-count + 1, plus the
 // deliveries before any delayed nacks (carried in the cb-attempts header).
