@@ -169,17 +169,13 @@ func (c *consumer) newDelivery(rm *sb.ReceivedMessage) *delivery {
 	}
 	d.lease.Start(deadline, driver.Hooks{
 		// Service Bus makes the item available again itself when the
-		// lock expires; the hook has nothing to do, but with it the
-		// lease ends on time and Done drops the delivery from the held
-		// set, which would otherwise keep every delivery left to expire
-		// until Close.
-		Expire: func() {},
-		Done:   func() { c.held.Remove(d) },
-		Valid: func() (bool, string) {
+		// lock expires; Done drops the delivery from the held set then.
+		Done: func() { c.held.Remove(d) },
+		Valid: func() error {
 			if c.isClosed() {
-				return false, "the consumer or broker was closed"
+				return adapters.Errorf(adapters.ErrClosed, "azservicebus: settle", "the consumer or broker was closed; its unsettled items were abandoned")
 			}
-			return true, ""
+			return nil
 		},
 	})
 	return d
@@ -228,17 +224,6 @@ func (d *delivery) Attempt() int              { return d.attempt }
 func (d *delivery) Queue() string             { return d.c.queue }
 func (d *delivery) LeaseDeadline() time.Time  { return d.lease.Deadline() }
 
-// begin starts an operation on the lease. After Close or Broker.Close the
-// error matches ErrClosed as well as ErrLeaseLost, as the package doc says.
-func (d *delivery) begin(ctx context.Context, op string) error {
-	err := d.lease.Begin(ctx, op)
-	if errors.Is(err, adapters.ErrLeaseLost) && d.c.isClosed() {
-		return &adapters.Error{Code: adapters.ErrLeaseLost, Op: op,
-			Err: adapters.Errorf(adapters.ErrClosed, op, "the consumer or broker was closed; its unsettled items were abandoned")}
-	}
-	return err
-}
-
 // settle runs a settling call for an operation begun on the lease, retrying
 // it (up to three tries) while it fails with a transient error such as a
 // link being recovered, and ends the operation. A retry after an attempt
@@ -278,7 +263,7 @@ func (d *delivery) op(verb string) string {
 // Ack completes the message.
 func (d *delivery) Ack(ctx context.Context) error {
 	op := d.op("ack")
-	if err := d.begin(ctx, op); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
 	return d.settle(ctx, op, func(ctx context.Context) error { return d.c.rcv.CompleteMessage(ctx, d.rm, nil) })
@@ -295,7 +280,7 @@ func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	if delay > 0 && d.c.dead {
 		return adapters.Errorf(adapters.ErrUnsupported, op, "Nack with a delay on the dead-letter queue: Service Bus cannot send to a dead-letter sub-queue; use Nack(0)")
 	}
-	if err := d.begin(ctx, op); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
 	if !d.c.dead && d.attempt >= d.c.info.maxAttempts {
@@ -331,7 +316,7 @@ func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
 	if err := adapters.ValidateExtend(op, dur, d.c.info.lease); err != nil {
 		return err
 	}
-	if err := d.begin(ctx, op); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
 	if err := d.c.rcv.RenewMessageLock(ctx, d.rm, nil); err != nil {
@@ -351,7 +336,7 @@ func (d *delivery) Extend(ctx context.Context, dur time.Duration) error {
 // in DeadLetterReason (cut to 4096 bytes).
 func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
 	op := d.op("dead-letter")
-	if err := d.begin(ctx, op); err != nil {
+	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
 	if len(reason) > maxDeadLetterLen {

@@ -339,7 +339,12 @@ func (d *delivery) start() bool {
 	d.lease.Start(time.Now().Add(d.c.cfg.Lease), driver.Hooks{
 		Expire: d.expire,
 		Done:   func() { d.c.held.Remove(d) },
-		Valid:  func() (bool, string) { return d.ps.valid(d.epoch), lostWhy },
+		Valid: func() error {
+			if !d.ps.valid(d.epoch) {
+				return errors.New(lostWhy)
+			}
+			return nil
+		},
 	})
 	if !d.c.held.Add(d) {
 		d.lease.Take()

@@ -41,11 +41,11 @@ func (d *delivery) last() bool { return d.c.maxAttempts > 0 && d.attempt >= d.c.
 func (d *delivery) start(deadline time.Time) {
 	h := driver.Hooks{
 		Done: func() { d.c.held.Remove(d) },
-		Valid: func() (bool, string) {
+		Valid: func() error {
 			if d.c.b.isClosed() {
-				return false, "the broker was closed"
+				return errf(adapters.ErrClosed, d.c.op("settle"), "the broker was closed")
 			}
-			return true, ""
+			return nil
 		},
 	}
 	if d.last() {

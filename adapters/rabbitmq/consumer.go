@@ -272,9 +272,9 @@ func (c *consumer) release(cc *consumerChannel, wait time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	for _, dl := range held {
-		// Every lease is done now, so Begin only waits for a running
-		// operation to end and then fails.
-		_ = dl.lease.Begin(ctx, c.op+": close")
+		if dl.lease.Wait(ctx) != nil {
+			return
+		}
 	}
 }
 
@@ -358,11 +358,11 @@ func (d *delivery) hooks() driver.Hooks {
 	return driver.Hooks{
 		Expire: d.requeue,
 		Done:   func() { d.cc.held.Remove(d) },
-		Valid: func() (bool, string) {
+		Valid: func() error {
 			if d.cc.ch.IsClosed() {
-				return false, "its channel closed; RabbitMQ redelivers the item"
+				return errors.New("its channel closed; RabbitMQ redelivers the item")
 			}
-			return true, ""
+			return nil
 		},
 	}
 }

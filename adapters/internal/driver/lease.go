@@ -39,16 +39,17 @@ type Hooks struct {
 	// while the lease is held (not while an operation runs: a failed
 	// operation re-arms the timer). The lease is done when it runs; the
 	// hook does the broker side, such as requeueing the item or moving a
-	// last attempt to the dead-letter queue. Without it no timer is set
-	// and an expired lease is noticed by the next Begin.
+	// last attempt to the dead-letter queue. The timer is set when Expire
+	// or Done is, so an expired lease ends (and Done runs) on time.
 	Expire func()
 	// Done runs once, when the lease becomes done by any path (the
 	// consumer forgets the delivery).
 	Done func()
-	// Valid, if set, reports whether the broker still holds the item for
-	// this consumer (its channel or partition is still there), and if not
-	// why; Begin fails with ErrLeaseLost when it does not.
-	Valid func() (bool, string)
+	// Valid, if set, returns nil while the broker still holds the item for
+	// this consumer (its channel or partition is still there), else why
+	// not; Begin then fails with an error that matches ErrLeaseLost and
+	// whatever that error matches (ErrClosed, say).
+	Valid func() error
 }
 
 // Lease is the state of one delivery's lease. The zero value is not
@@ -78,9 +79,11 @@ func (l *Lease) Start(deadline time.Time, h Hooks) {
 	l.arm()
 }
 
-// arm sets the expiry timer for the current deadline; l.mu is held.
+// arm sets the expiry timer for the current deadline; l.mu is held. A
+// lease with neither an Expire nor a Done hook needs none: its expiry is
+// noticed by the next Begin.
 func (l *Lease) arm() {
-	if l.hooks.Expire == nil {
+	if l.hooks.Expire == nil && l.hooks.Done == nil {
 		return
 	}
 	wait := max(time.Until(l.deadline), 0)
@@ -112,7 +115,9 @@ func (l *Lease) expire() {
 	l.state = StateDone
 	l.mu.Unlock()
 	l.done()
-	l.hooks.Expire()
+	if l.hooks.Expire != nil {
+		l.hooks.Expire()
+	}
 }
 
 func (l *Lease) done() {
@@ -176,8 +181,8 @@ func (l *Lease) Begin(ctx context.Context, op string) error {
 		after = l.lapse()
 	default:
 		if l.hooks.Valid != nil {
-			if ok, why := l.hooks.Valid(); !ok {
-				err = adapters.Errorf(adapters.ErrLeaseLost, op, "%s", why)
+			if why := l.hooks.Valid(); why != nil {
+				err = &adapters.Error{Code: adapters.ErrLeaseLost, Op: op, Err: why}
 				l.state = StateDone
 				l.stopTimer()
 				after = l.done
@@ -248,6 +253,18 @@ func (l *Lease) Extended(deadline time.Time) {
 	}
 	l.mu.Unlock()
 	<-l.sem
+}
+
+// Wait returns once no operation runs on the lease (at most until ctx
+// ends), such as before Close syncs what running Acks sent.
+func (l *Lease) Wait(ctx context.Context) error {
+	select {
+	case l.sem <- struct{}{}:
+		<-l.sem
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Take ends a held lease outside an operation (Consumer.Close releasing

@@ -191,10 +191,10 @@ func TestValidHookLosesTheLease(t *testing.T) {
 	var c counts
 	var l Lease
 	h := c.hooks()
-	h.Valid = func() (bool, string) { return false, "its channel closed" }
+	h.Valid = func() error { return adapters.Errorf(adapters.ErrClosed, "consume", "its channel closed") }
 	l.Start(time.Now().Add(time.Hour), h)
 	err := l.Begin(context.Background(), "ack")
-	if !errors.Is(err, adapters.ErrLeaseLost) || !strings.Contains(err.Error(), "its channel closed") {
+	if !errors.Is(err, adapters.ErrLeaseLost) || !errors.Is(err, adapters.ErrClosed) || !strings.Contains(err.Error(), "its channel closed") {
 		t.Fatalf("Begin = %v", err)
 	}
 	if c.done.Load() != 1 || c.expired.Load() != 0 {
@@ -255,5 +255,39 @@ func TestEndSettlesOrFails(t *testing.T) {
 	}
 	if err := l.End(nil); err != nil || l.State() != StateDone || c.done.Load() != 1 {
 		t.Fatalf("End(nil) = %v, state %s, done %d", err, l.State(), c.done.Load())
+	}
+}
+
+func TestWaitWaitsForTheRunningOperation(t *testing.T) {
+	var l Lease
+	l.Start(time.Now().Add(time.Hour), Hooks{})
+	ctx := context.Background()
+	if err := l.Wait(ctx); err != nil {
+		t.Fatalf("Wait with nothing running: %v", err)
+	}
+	if err := l.Begin(ctx, "ack"); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if err := l.Wait(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait during an operation with a short ctx = %v", err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- l.Wait(ctx) }()
+	time.Sleep(10 * time.Millisecond)
+	l.Settled()
+	if err := <-waited; err != nil {
+		t.Fatalf("Wait after the operation ended: %v", err)
+	}
+}
+
+func TestDoneAloneEndsAnExpiredLeaseOnTime(t *testing.T) {
+	var done atomic.Int32
+	var l Lease
+	l.Start(time.Now().Add(20*time.Millisecond), Hooks{Done: func() { done.Add(1) }})
+	eventually(t, "Done at the deadline", func() bool { return done.Load() == 1 })
+	if l.State() != StateDone {
+		t.Fatalf("state %s after the deadline", l.State())
 	}
 }
