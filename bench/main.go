@@ -16,10 +16,12 @@
 // to the last ack). Each system runs -runs times per mode, interleaved; the
 // table shows medians in items/s and each system's ratio to its base system.
 //
-// Systems: raw, watermill, adapter (Enqueue per item, Prefetch -prefetch),
+// Systems: raw, raw-sync (raw nats.go, each producer waiting for its own
+// PubAck: the adapter's guarantee, shown for diagnosis), watermill, adapter (Enqueue per item, Prefetch -prefetch),
 // adapter-batch (adapters.EnqueueBatch of -batch items), workqueue (one
 // Worker per consumer, Concurrency 8, Prefetch default = Concurrency),
-// workqueue-p64 (the same with Prefetch 64), rabbit-raw, rabbit-adapter,
+// workqueue-p64 (the same with Prefetch 64), rabbit-raw, rabbit-raw-sync
+// (each producer waiting for every confirm), rabbit-adapter,
 // rabbit-adapter-batch, river (Client.Insert per job; one Client per
 // consumer, each with its own pool and the default queue at MaxWorkers 8,
 // FetchCooldown -river-cooldown; the time ends when every client has
@@ -114,7 +116,12 @@ func main() {
 type system func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error)
 
 var allSystems = map[string]system{
-	"raw":       runRaw,
+	"raw": runRaw,
+	// raw nats.go with the adapter's guarantee: each producer waits for
+	// its own PubAck before its next publish (a diagnostic, not a base).
+	"raw-sync": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+		return runRawWith(ctx, url, cfg, drain, true)
+	},
 	"watermill": runWatermill,
 	"adapter":   runAdapter,
 	"workqueue": runWorkqueue,
@@ -125,7 +132,10 @@ var allSystems = map[string]system{
 	// The adapter with producers enqueueing -batch items per call.
 	"adapter-batch": runAdapterBatch,
 	// RabbitMQ (-rabbit); the fsync setting does not apply.
-	"rabbit-raw":     runRabbitRaw,
+	"rabbit-raw": runRabbitRaw,
+	"rabbit-raw-sync": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+		return runRabbitRawWith(ctx, url, cfg, drain, 1)
+	},
 	"rabbit-adapter": runRabbitAdapter,
 	"rabbit-adapter-batch": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
 		return runRabbitAdapterWith(ctx, url, cfg, drain, cfg.batch)
@@ -405,6 +415,13 @@ func measureWith(ctx context.Context, cfg config, drain bool, start func() error
 // awaited before the producers count as done), one Consume per consumer
 // pulling rawBatch, plain Ack.
 func runRaw(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+	return runRawWith(ctx, url, cfg, drain, false)
+}
+
+// runRawWith is runRaw; with perCall each producer waits for the PubAck of
+// every publish before its next one, as an adapter Enqueue does (durable
+// once it returns).
+func runRawWith(ctx context.Context, url string, cfg config, drain, perCall bool) (time.Duration, error) {
 	pc, err := natsgo.Connect(url)
 	if err != nil {
 		return 0, err
@@ -461,8 +478,18 @@ func runRaw(ctx context.Context, url string, cfg config, drain bool) (time.Durat
 		msg := natsgo.NewMsg(subject)
 		msg.Header.Set("cb-id", fmt.Sprint(i))
 		msg.Data = body
-		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute)); err != nil {
+		paf, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute))
+		if err != nil {
 			return err
+		}
+		if perCall {
+			select {
+			case <-paf.Ok():
+			case err := <-paf.Err():
+				return err
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 		if published.Add(1) == int64(cfg.items) {
 			select {

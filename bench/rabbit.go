@@ -21,7 +21,14 @@ var rabbitURL = "amqp://guest:guest@127.0.0.1:5672/"
 // quorum queue, every producer on its own confirm channel with up to 64
 // publishes awaiting their confirms (all awaited before it counts as done),
 // consumers with basic.qos(prefetch) and one ack per delivery.
-func runRabbitRaw(ctx context.Context, _ string, cfg config, drain bool) (time.Duration, error) {
+func runRabbitRaw(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+	return runRabbitRawWith(ctx, url, cfg, drain, 64)
+}
+
+// runRabbitRawWith is runRabbitRaw with up to window publishes per producer
+// awaiting their confirms; window 1 is the adapter's guarantee (each call
+// waits for its own confirm), shown for diagnosis as rabbit-raw-sync.
+func runRabbitRawWith(ctx context.Context, _ string, cfg config, drain bool, window int) (time.Duration, error) {
 	conn, err := amqp.Dial(rabbitURL)
 	if err != nil {
 		return 0, err
@@ -124,7 +131,7 @@ func runRabbitRaw(ctx context.Context, _ string, cfg config, drain bool) (time.D
 			return err
 		}
 		p.pending = append(p.pending, dc)
-		if len(p.pending) >= 64 {
+		if len(p.pending) >= window {
 			if err := flush(p); err != nil {
 				return err
 			}

@@ -175,6 +175,13 @@ func (l *Lease) Begin(ctx context.Context, op string) error {
 	var after func()
 	switch {
 	case l.state != StateHeld:
+		// Released by a Close, say: the Valid hook tells that apart.
+		if l.hooks.Valid != nil {
+			if why := l.hooks.Valid(); why != nil {
+				err = &adapters.Error{Code: adapters.ErrLeaseLost, Op: op, Err: why}
+				break
+			}
+		}
 		err = adapters.Errorf(adapters.ErrLeaseLost, op, "already settled, released or expired")
 	case !time.Now().Before(l.deadline):
 		err = adapters.Errorf(adapters.ErrLeaseLost, op, "lease expired at %s", l.deadline.Format(time.RFC3339Nano))

@@ -291,3 +291,20 @@ func TestDoneAloneEndsAnExpiredLeaseOnTime(t *testing.T) {
 		t.Fatalf("state %s after the deadline", l.State())
 	}
 }
+
+func TestBeginOnAnEndedLeaseSaysWhyWhenInvalid(t *testing.T) {
+	closed := false
+	var l Lease
+	l.Start(time.Now().Add(time.Hour), Hooks{Valid: func() error {
+		if closed {
+			return adapters.Errorf(adapters.ErrClosed, "consume", "the consumer was closed")
+		}
+		return nil
+	}})
+	l.Take() // the consumer's Close releases it
+	closed = true
+	err := l.Begin(context.Background(), "ack")
+	if !errors.Is(err, adapters.ErrLeaseLost) || !errors.Is(err, adapters.ErrClosed) {
+		t.Fatalf("Begin after a Close = %v, want ErrLeaseLost and ErrClosed", err)
+	}
+}
