@@ -77,7 +77,10 @@ type Consumer interface {
 
 // Delivery is one item received under a lease. Exactly one of Ack, Nack and
 // DeadLetter settles it; after that, or after the lease is lost, every
-// method returns ErrLeaseLost.
+// method returns ErrLeaseLost. Its methods are safe for concurrent use and
+// the operations run one at a time: an Ack called while an Extend is in
+// flight waits for it, and of two racing Acks one settles the item and the
+// other returns ErrLeaseLost (conformance ConcurrentOperationsOnOneDelivery).
 type Delivery interface {
 	// Message is the item as enqueued.
 	Message() Message

@@ -59,7 +59,9 @@
 //     LeaseDeadline checked and an empty ID replaced; duplicate IDs dropped
 //     on a Dedupe queue; per-key order on an Ordered queue; declaring twice
 //     with the same config keeps the items; closing a consumer releases its
-//     items; Receive on a closed consumer is ErrClosed.
+//     items; Receive on a closed consumer is ErrClosed; operations on one
+//     delivery run one at a time (an Ack racing an Extend succeeds, of two
+//     racing Acks exactly one does, acked items stay acked).
 //   - DeadLetter: DeadLetter(reason), and MaxAttempts used up by Nack or by
 //     lease expiry, move the item to the dead-letter queue
 //     (ConsumeOptions.DeadLetters) intact, with the reason in

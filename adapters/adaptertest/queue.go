@@ -20,6 +20,7 @@ func (s *suite) queueCases() []testCase {
 		{"NackZeroReturnsPromptly", s.testNackZero},
 		{"AckedItemNeverReturns", s.testAckedNeverReturns},
 		{"AckedBeforeCloseStaysAcked", s.testAckedBeforeClose},
+		{"ConcurrentOperationsOnOneDelivery", s.testConcurrentOperations},
 		{"EnqueueBatchStoresEveryItem", s.testEnqueueBatch},
 		{"ConcurrentConsumersAckEachItemOnce", s.testConcurrentConsumers},
 		{"HeadersAndBinaryBodyRoundTrip", s.testQueueRoundTrip},
@@ -254,6 +255,53 @@ func (s *suite) testAckedBeforeClose(t *testing.T) {
 	}
 	c2 := s.consume(t, s.open(t), q.Name, adapters.ConsumeOptions{})
 	s.expectNone(t, c2, q.Lease+q.Lease/2, "a new client after the acks and Close")
+}
+
+// Operations on one delivery may be called concurrently and run one at a
+// time: an Ack racing an Extend of the same delivery succeeds whichever goes
+// first (the Extend then succeeds too, or finds the item settled:
+// ErrLeaseLost); of two racing Acks exactly one succeeds and the other is
+// ErrLeaseLost; and every acked item stays acked.
+func (s *suite) testConcurrentOperations(t *testing.T) {
+	const n = 5
+	b := s.open(t)
+	q := s.declare(t, b, adapters.QueueConfig{Lease: s.queueLease(2 * s.lease)})
+	for i := range 2 * n {
+		s.enqueue(t, b, q.Name, adapters.Message{ID: fmt.Sprintf("race-%02d", i), Body: []byte("x")})
+	}
+	c := s.consume(t, b, q.Name, adapters.ConsumeOptions{})
+	for i := range n {
+		d := s.receive(t, c, fmt.Sprintf("item %d for Extend and Ack", i+1))
+		errs := make(chan error, 1)
+		go func() { errs <- d.Extend(s.ctx(t), q.Lease) }()
+		if err := d.Ack(s.ctx(t)); err != nil {
+			t.Fatalf("Ack racing an Extend of %s: %v", d.Message().ID, err)
+		}
+		if err := <-errs; err != nil && !errors.Is(err, adapters.ErrLeaseLost) {
+			t.Fatalf("Extend racing an Ack of %s: %v, want nil or ErrLeaseLost", d.Message().ID, err)
+		}
+	}
+	for i := range n {
+		d := s.receive(t, c, fmt.Sprintf("item %d for two Acks", i+1))
+		errs := make(chan error, 2)
+		for range 2 {
+			go func() { errs <- d.Ack(s.ctx(t)) }()
+		}
+		e1, e2 := <-errs, <-errs
+		ok := 0
+		for _, err := range []error{e1, e2} {
+			switch {
+			case err == nil:
+				ok++
+			case !errors.Is(err, adapters.ErrLeaseLost):
+				t.Fatalf("racing Acks of %s: %v, want nil or ErrLeaseLost", d.Message().ID, err)
+			}
+		}
+		if ok != 1 {
+			t.Fatalf("racing Acks of %s: %d succeeded (%v, %v), want exactly 1", d.Message().ID, ok, e1, e2)
+		}
+	}
+	s.expectNone(t, c, q.Lease+q.Lease/2, "after every item was acked")
 }
 
 // adapters.EnqueueBatch (the broker's BatchEnqueuer, or Enqueue per item)
