@@ -33,7 +33,13 @@
 // workqueue rows also show their ratio to river when it ran (compare with
 // -fsync always: both durable on every acknowledged write).
 //
+// CPU: after each table, CPU time per item (whole runs, including drain's
+// producers). With -server-bin the NATS server runs as its own process and
+// the client's CPU (this process) and the server's are shown apart, with the
+// server's ratio to raw's.
+//
 //	cd bench && go run . -runs 3
+//	cd bench && go build -o /tmp/nats-server github.com/nats-io/nats-server/v2 && go run . -runs 3 -fsync default -server-bin /tmp/nats-server
 //	cd bench && go run . -runs 3 -fsync default -systems rabbit-raw,rabbit-adapter
 //	cd bench && go run . -runs 3 -fsync always -systems river,river-batch,workqueue,workqueue-p64
 package main

@@ -188,7 +188,10 @@ func startNodeOf(t *testing.T, bin string, port int, brokerURL, cluster, id stri
 	args := append([]string{"node", "--broker", brokerURL, "--http", fmt.Sprintf("127.0.0.1:%d", port),
 		"--cluster", cluster, "--node-id", id, "--drain-timeout", "10s"}, extra...)
 	n := &node{proc: startProcOf(t, bin, id, args...), id: id, addr: fmt.Sprintf("http://127.0.0.1:%d", port)}
-	waitUntil(t, 30*time.Second, id+" answers HTTP", func() bool {
+	// A node waits for its broker before it serves; in the cluster chaos
+	// tests its RabbitMQ node may itself be restarting (26 s seen here),
+	// and the node's retry backoff adds up to ~5 s.
+	waitUntil(t, 60*time.Second, id+" answers HTTP", func() bool {
 		if !n.running() {
 			t.Fatalf("%s exited: %v\n%s", id, n.err, n.log())
 		}
