@@ -113,6 +113,7 @@ func (c *natsProcCluster) start(i int) {
 		c.t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = f, f
+	dieWithTest(cmd)
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
 	}

@@ -66,6 +66,7 @@ func startProcOf(t *testing.T, bin, name string, args ...string) *proc {
 	cmd := exec.Command(bin, args...)
 	cmd.Env = nodeEnv()
 	cmd.Stdout, cmd.Stderr = f, f
+	dieWithTest(cmd)
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		t.Fatalf("start %s: %v", name, err)
