@@ -34,10 +34,11 @@ func (d *delivery) LeaseDeadline() time.Time  { return d.lease.Deadline() }
 // last reports whether this is the item's last attempt.
 func (d *delivery) last() bool { return d.c.maxAttempts > 0 && d.attempt >= d.c.maxAttempts }
 
-// start starts the lease until deadline. Only a last attempt gets an expiry
-// timer: when its lease runs out unsettled the adapter dead-letters it at
-// once, rather than when some consumer next pulls it; any other item comes
-// back by itself (the server's AckWait).
+// start starts the lease until deadline. Every lease ends at its deadline
+// (Done drops it from the held set). Only a last attempt has an Expire hook:
+// when its lease runs out unsettled the adapter dead-letters it at once,
+// rather than when some consumer next pulls it; any other item comes back by
+// itself (the server's AckWait).
 func (d *delivery) start(deadline time.Time) {
 	h := driver.Hooks{
 		Done: func() { d.c.held.Remove(d) },
