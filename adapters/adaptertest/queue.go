@@ -260,7 +260,8 @@ func (s *suite) testAckedBeforeClose(t *testing.T) {
 // Operations on one delivery may be called concurrently and run one at a
 // time: an Ack racing an Extend of the same delivery succeeds whichever goes
 // first (the Extend then succeeds too, or finds the item settled:
-// ErrLeaseLost); of two racing Acks exactly one succeeds and the other is
+// ErrLeaseLost; skipped where LeaseExtension is unsupported); of two racing
+// Acks exactly one succeeds and the other is
 // ErrLeaseLost; and every acked item stays acked.
 func (s *suite) testConcurrentOperations(t *testing.T) {
 	const n = 5
@@ -272,6 +273,11 @@ func (s *suite) testConcurrentOperations(t *testing.T) {
 	c := s.consume(t, b, q.Name, adapters.ConsumeOptions{})
 	for i := range n {
 		d := s.receive(t, c, fmt.Sprintf("item %d for Extend and Ack", i+1))
+		if !s.caps.LeaseExtension.Available() {
+			// No Extend to race: the item is acked on its own.
+			s.ack(t, d)
+			continue
+		}
 		errs := make(chan error, 1)
 		go func() { errs <- d.Extend(s.ctx(t), q.Lease) }()
 		if err := d.Ack(s.ctx(t)); err != nil {
