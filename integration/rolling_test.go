@@ -436,9 +436,15 @@ steps:
 		}
 	}
 	// Never a younger lead while an older member is live and active (as
-	// the reporting node saw its members).
+	// the reporting node saw its members). A node still starting is not
+	// asked: it is hearing the cluster (a member heard once is listed but
+	// not yet live, so for a heartbeat interval its view can name a younger
+	// lead), and it claims nothing meanwhile (package bus, "Lead").
 	var younger []string
 	for _, s := range samples {
+		if s.view.State == bus.StateStarting {
+			continue
+		}
 		var lead *bus.NodeJSON
 		for i := range s.view.Nodes {
 			if s.view.Nodes[i].ID == s.view.Lead {
