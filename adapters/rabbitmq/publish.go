@@ -359,10 +359,3 @@ func (b *Broker) publishBatch(ctx context.Context, exchange, key string, mandato
 	}
 	return noRoute
 }
-
-// confirmerCount is the number of confirmers in the pool (for tests).
-func (b *Broker) confirmerCount() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.confirmers)
-}

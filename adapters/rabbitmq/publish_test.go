@@ -76,3 +76,10 @@ func TestConcurrentEnqueuesGetTheirOwnOutcome(t *testing.T) {
 		t.Fatal("no shared confirm channel was used")
 	}
 }
+
+// confirmerCount is the number of confirmers in the pool (for tests).
+func (b *Broker) confirmerCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.confirmers)
+}

@@ -31,13 +31,6 @@ func (h *Held[T]) Remove(t T) {
 	h.mu.Unlock()
 }
 
-// Len is the number of deliveries held.
-func (h *Held[T]) Len() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.m)
-}
-
 // Close closes the set and returns what it held, for the caller to release.
 // Later calls return nothing.
 func (h *Held[T]) Close() []T {
