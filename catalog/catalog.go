@@ -146,6 +146,12 @@ type Catalog struct {
 	answerWindow    time.Time
 	answersInWindow int
 
+	// again holds the keys whose retained value this node must write once
+	// more (see retainAgainLoop); wakeAgain wakes that loop.
+	againMu   sync.Mutex
+	again     map[string]bool
+	wakeAgain chan struct{}
+
 	sub    adapters.Subscription
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -218,6 +224,7 @@ func Open(b adapters.Broker, cfg Config) (*Catalog, error) {
 		syncs:    map[string]*syncWait{},
 		answered: map[string]string{},
 		pending:  map[string]bool{},
+		again:    map[string]bool{},
 		rng:      rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
 	if r, ok := adapters.RetainerOf(b); ok {
@@ -288,8 +295,10 @@ func (c *Catalog) Start(ctx context.Context) error {
 	go c.receiveLoop(runCtx, sub)
 	go c.tickLoop(runCtx)
 	if c.retain != nil {
-		c.wg.Add(1)
+		c.wakeAgain = make(chan struct{}, 1)
+		c.wg.Add(2)
 		go c.repairRetained(runCtx, rc)
+		go c.retainAgainLoop(runCtx)
 	}
 	if _, err := c.sendSyncRequest(ctx, false, false); err != nil {
 		c.log.Warn("catalog: asking the other nodes for their entries failed; the digest exchange will retry", "err", err)
@@ -513,9 +522,10 @@ func (c *Catalog) applyLocked(e Entry, had bool, old Entry) {
 
 // mergeLocal merges validated entries from a peer, the data dir or the
 // broker's retained copy; it returns those that changed the local copy and,
-// if persist, journals them. Entries past MaxEntries are rejected (full).
-func (c *Catalog) mergeLocal(es []Entry, persist bool) []Entry {
-	var changed []Entry
+// if persist, journals them, and the keys of the entries this node wrote
+// that beat an incoming one (outranked). Entries past MaxEntries are
+// rejected (full).
+func (c *Catalog) mergeLocal(es []Entry, persist bool) (changed []Entry, outranked []string) {
 	full := 0
 	c.mu.Lock()
 	for _, e := range es {
@@ -524,6 +534,9 @@ func (c *Catalog) mergeLocal(es []Entry, persist bool) []Entry {
 		}
 		old, had := c.entries[e.Key]
 		if had && !c.wins(e, old) {
+			if old.Rev != e.Rev && old.Rev.Node == c.cfg.NodeID {
+				outranked = append(outranked, e.Key)
+			}
 			continue
 		}
 		if !had && len(c.entries) >= c.cfg.MaxEntries {
@@ -544,7 +557,7 @@ func (c *Catalog) mergeLocal(es []Entry, persist bool) []Entry {
 			c.log.Warn("catalog: persisting merged entries failed", "err", err)
 		}
 	}
-	return changed
+	return changed, outranked
 }
 
 // expire drops the entries Expire returns true for.

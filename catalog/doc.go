@@ -67,7 +67,12 @@
 // whole-cluster restart with empty data dirs keeps every entry. After
 // Start the node retains the local entries the broker lacks (or holds
 // older), and forgets retained values that are invalid or expired; the
-// writer of an entry that expires forgets it in the broker.
+// writer of an entry that expires forgets it in the broker. The broker
+// keeps the last value retained for a key, not the winning one: when a put
+// message (sent after its entry was retained) loses against an entry this
+// node wrote, the node retains its entry again, so that two writes of one
+// key at nearly the same time do not leave the loser in the broker
+// (clusterbus_catalog_retained_again_total).
 //
 // # Hostile input
 //

@@ -13,6 +13,7 @@ type metrics struct {
 	syncs         *prometheus.CounterVec // catalog, kind (requested, answered)
 	publishErrors *prometheus.CounterVec // catalog
 	entries       prometheus.Gauge
+	retainedAgain prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, name string) *metrics {
@@ -29,12 +30,16 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 	entries := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: "catalog", Name: "entries",
 		Help: "Entries in this node's copy of the catalog, tombstones included."},
 		[]string{"catalog"})
+	again := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: "catalog", Name: "retained_again_total",
+		Help: "Entries this node retained in the broker once more because a concurrent, losing write of the same key was retained after its own, by catalog."},
+		[]string{"catalog"})
 	m := &metrics{
 		rejected:      promreg.Register(reg, rejected),
 		syncs:         promreg.Register(reg, syncs),
 		publishErrors: promreg.Register(reg, pubErr),
 	}
 	m.entries = promreg.Register(reg, entries).WithLabelValues(name)
+	m.retainedAgain = promreg.Register(reg, again).WithLabelValues(name)
 	for _, r := range reasons {
 		m.rejected.WithLabelValues(name, r)
 	}

@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/clusterbus/clusterbus/adapters"
 )
@@ -64,7 +65,7 @@ func (c *Catalog) loadRetained(ctx context.Context) (retainedCopy, error) {
 // that are invalid or expired, and retains the local entries that win over
 // the retained copy (a node's data dir may hold writes the broker never
 // kept: a Put whose Retain failed, a stream deleted by hand, a cluster that
-// moved brokers).
+// moved brokers). Each entry it retains is published as a put.
 func (c *Catalog) repairRetained(ctx context.Context, rc retainedCopy) {
 	defer c.wg.Done()
 	for _, k := range rc.forget {
@@ -85,6 +86,11 @@ func (c *Catalog) repairRetained(ctx context.Context, rc retainedCopy) {
 			c.log.Warn("catalog: retaining local entries the broker lacks failed; the next start tries again", "err", err)
 			return
 		}
+		// Published like a Put's entry, so that a node holding a newer
+		// write of the key retains it again (see retainAgain).
+		if err := c.publish(ctx, kindPut, wireMsg{Entries: []Entry{e}}); err != nil {
+			c.log.Debug("catalog: publishing a repaired entry failed", "key", e.Key, "err", err)
+		}
 		n++
 	}
 	if n > 0 || len(rc.forget) > 0 {
@@ -103,6 +109,81 @@ func (c *Catalog) forgetExpired(ctx context.Context, es []Entry) {
 		if err := c.retain.Forget(ctx, c.retainedLog(), e.Key); err != nil {
 			c.log.Debug("catalog: forgetting an expired entry failed", "key", e.Key, "err", err)
 			return
+		}
+	}
+}
+
+// maxAgain bounds the keys waiting to be retained again; past it, keys are
+// dropped (and counted): the next start's repair retains what wins.
+const maxAgain = 10000
+
+// retainAgain queues keys whose retained value may be stale. The broker
+// keeps the last value retained for a key, not the one with the highest
+// Rev: when two nodes write a key at nearly the same time, the loser's
+// Retain can land after the winner's. A put message is published after its
+// entries were retained, so when a put loses against an entry this node
+// wrote, the broker may now hold the loser: this node retains its entry
+// again, after the loser's Retain. (If the winner's writer is gone, the
+// broker keeps the loser until a node whose data dir holds the winner
+// starts and repairs it.)
+func (c *Catalog) retainAgain(keys []string) {
+	if c.retain == nil || len(keys) == 0 {
+		return
+	}
+	c.againMu.Lock()
+	dropped := 0
+	for _, k := range keys {
+		if len(c.again) >= maxAgain && !c.again[k] {
+			dropped++
+			continue
+		}
+		c.again[k] = true
+	}
+	c.againMu.Unlock()
+	if dropped > 0 {
+		c.met.rejected.WithLabelValues(c.cfg.Name, reasonFull).Add(float64(dropped))
+	}
+	select {
+	case c.wakeAgain <- struct{}{}:
+	default:
+	}
+}
+
+// retainAgainLoop retains the queued keys' entries while this node still
+// holds its own write as their winner.
+func (c *Catalog) retainAgainLoop(ctx context.Context) {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.wakeAgain:
+		}
+		c.againMu.Lock()
+		keys := c.again
+		c.again = map[string]bool{}
+		c.againMu.Unlock()
+		for k := range keys {
+			c.mu.Lock()
+			e, ok := c.entries[k]
+			c.mu.Unlock()
+			if !ok || e.Rev.Node != c.cfg.NodeID {
+				continue
+			}
+			if err := c.retainEntry(ctx, cloneEntry(e)); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				c.log.Warn("catalog: retaining an entry again after a concurrent write failed; retrying", "key", k, "err", err)
+				c.retainAgain([]string{k})
+				select {
+				case <-ctx.Done():
+					return
+				case <-c.clock.After(time.Second):
+				}
+				continue
+			}
+			c.met.retainedAgain.Inc()
 		}
 	}
 }

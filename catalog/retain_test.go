@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -260,5 +261,61 @@ func TestSignedCatalogIgnoresForgedSyncRequestsAndPuts(t *testing.T) {
 	case <-control:
 	case <-time.After(5 * time.Second):
 		t.Fatal("no answer to a signed sync request: the check above proves nothing")
+	}
+}
+
+// slowRetain holds the first Retain of key until release is closed.
+type slowRetain struct {
+	*mem.Broker
+	key     string
+	once    sync.Once
+	held    chan struct{} // closed when that Retain waits
+	release chan struct{}
+}
+
+func (s *slowRetain) Retain(ctx context.Context, log, key string, value []byte) error {
+	if key == s.key {
+		s.once.Do(func() {
+			close(s.held)
+			<-s.release
+		})
+	}
+	return s.Broker.Retain(ctx, log, key, value)
+}
+
+// Two nodes write one key at nearly the same time and the losing write's
+// Retain reaches the broker last: the winner's writer retains its entry
+// again, so a whole-cluster restart with empty data dirs gets the winner,
+// not the value every live node had already replaced.
+func TestConcurrentWriteRetainedLastDoesNotWin(t *testing.T) {
+	srv := mem.NewServer()
+	log := cluster + "-catalog-settings"
+	slow := &slowRetain{Broker: srv.Client(), key: "k", held: make(chan struct{}), release: make(chan struct{})}
+	a := start(t, srv.Client(), "a", nil)
+	b := start(t, slow, "b", nil)
+	done := make(chan catalog.Entry)
+	go func() { done <- put(t, b, "k", "old") }()
+	<-slow.held
+	time.Sleep(5 * time.Millisecond) // a's clock passes b's
+	won := put(t, a, "k", "new")
+	close(slow.release)
+	lost := <-done
+	if !lost.Rev.Less(won.Rev) {
+		t.Fatalf("b's write %s should lose to a's %s", lost.Rev, won.Rev)
+	}
+	waitFor(t, "both nodes to hold a's value", 5*time.Second, func() bool { return hasValue(a, "k", "new") && hasValue(b, "k", "new") })
+	raw := srv.Client()
+	waitFor(t, "the broker to hold a's value again", 5*time.Second, func() bool {
+		m, _ := raw.Retained(context.Background(), log)
+		return strings.Contains(string(m["k"]), won.Rev.Node) && strings.Contains(string(m["k"]), fmt.Sprint(won.Rev.Clock))
+	})
+	if got := metricValue(a.reg, "clusterbus_catalog_retained_again_total", "catalog", "settings"); got != 1 {
+		t.Errorf("a retained again %v times, want 1", got)
+	}
+	_ = a.Stop(context.Background())
+	_ = b.Stop(context.Background())
+	c := start(t, srv.Client(), "c", func(cfg *catalog.Config) { cfg.DigestInterval = time.Hour })
+	if !hasValue(c, "k", "new") {
+		t.Fatalf("a new node after every node stopped holds %s", dump(c))
 	}
 }

@@ -307,13 +307,13 @@ func (c *Catalog) handle(ctx context.Context, m adapters.Message) {
 	}
 	switch kind {
 	case kindPut:
-		c.mergeRemote(w.From, w.Entries)
+		c.mergeRemote(w.From, w.Entries, true)
 	case kindSyncRep:
 		if w.ID == "" || w.Parts < 1 || w.Parts > maxParts || w.Part < 1 || w.Part > w.Parts || w.Digest == nil {
 			c.reject(w.From, reasonMalformed, "bad sync reply framing")
 			return
 		}
-		c.mergeRemote(w.From, w.Entries)
+		c.mergeRemote(w.From, w.Entries, false)
 		c.noteReply(w)
 	case kindSyncReq:
 		if w.ID == "" || w.Digest == nil || len(w.Entries) > 0 {
@@ -343,8 +343,9 @@ func truncate(s string) string {
 }
 
 // mergeRemote validates entries from a peer, drops and counts bad ones and
-// merges the rest.
-func (c *Catalog) mergeRemote(from string, es []Entry) {
+// merges the rest. put says they come in a put message, which its sender
+// published after it retained them (see retainAgain).
+func (c *Catalog) mergeRemote(from string, es []Entry, put bool) {
 	if len(es) == 0 {
 		return
 	}
@@ -360,7 +361,9 @@ func (c *Catalog) mergeRemote(from string, es []Entry) {
 		}
 		good = append(good, e)
 	}
-	c.mergeLocal(good, true)
+	if _, outranked := c.mergeLocal(good, true); put {
+		c.retainAgain(outranked)
+	}
 }
 
 // noteReply records a sync reply for suppression and completes the waiting

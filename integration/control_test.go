@@ -114,11 +114,18 @@ func TestFlowCancelAndHistoryAcrossRestart(t *testing.T) {
 	a, bn = start("a"), start("b")
 	waitUntil(t, 30*time.Second, "a and b answer again", func() bool { return a.health() == http.StatusOK && bn.health() == http.StatusOK })
 	for _, n := range []*node{a, bn} {
-		waitUntil(t, 10*time.Second, n.id+" has the records back", func() bool {
+		var seen string
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 			s1, err1 := flowStatus(n, stuck)
 			s2, err2 := flowStatus(n, quick)
-			return err1 == nil && err2 == nil && s1.State == flows.StateCancelled && s2.State == flows.StateCompleted
-		})
+			if err1 == nil && err2 == nil && s1.State == flows.StateCancelled && s2.State == flows.StateCompleted {
+				break
+			}
+			seen = fmt.Sprintf("cancelled one: %+v (err %v); quick one: %+v (err %v)", s1, err1, s2, err2)
+			if time.Now().After(deadline) {
+				t.Fatalf("%s does not have the records back within 10s; last seen: %s", n.id, seen)
+			}
+		}
 		if after := history(n); after != before {
 			t.Errorf("history on %s after the restart differs:\n%s\nbefore:\n%s", n.id, after, before)
 		}
