@@ -20,6 +20,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/internal/driver"
 )
 
 // Application properties the adapter sets on messages. They start with
@@ -672,10 +673,7 @@ func (b *Broker) drop(c *consumer, s *subscription) {
 // operations while recovering a link) and is reported as ErrUnavailable, not
 // as the caller's cancellation.
 func mapErrCtx(ctx context.Context, op string, err error) error {
-	if err != nil && ctx.Err() == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		return adapters.Errorf(adapters.ErrUnavailable, op, "the SDK abandoned the operation while recovering its link (%v); its outcome is unknown", err)
-	}
-	return mapErr(op, err)
+	return driver.MapCtx(ctx, op, err, "the SDK abandoned the operation while recovering its link; its outcome is unknown", mapErr)
 }
 
 // mapErr classifies an SDK or management error into the adapters codes.

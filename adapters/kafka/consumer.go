@@ -60,7 +60,7 @@ func (b *Broker) Consume(ctx context.Context, q string, opts adapters.ConsumeOpt
 	b.mu.Unlock()
 	if c.retry, err = b.startGroup(b.retryTopic(q), b.retryTopic(q), c.handleRetry, nil, 0); err != nil {
 		_ = c.Close()
-		return nil, mapErr(op, err)
+		return nil, mapCtxErr(ctx, op, err)
 	}
 	return c, nil
 }
@@ -184,7 +184,7 @@ func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 		return nil, adapters.Errorf(adapters.ErrClosed, op, "consumer is closed")
 	}
 	if err := c.join(); err != nil {
-		return nil, mapErr(op, err)
+		return nil, mapCtxErr(ctx, op, err)
 	}
 	for {
 		if err := ctx.Err(); err != nil {

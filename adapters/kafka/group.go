@@ -459,7 +459,7 @@ func (ps *partState) commit(ctx context.Context, op string, epoch int, off int64
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return mapErr(op, fmt.Errorf("commit offsets: %w", err))
+		return mapCtxErr(ctx, op, fmt.Errorf("commit offsets: %w", err))
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/internal/driver"
 )
 
 // Scheme is the URL scheme this adapter registers.
@@ -440,7 +441,7 @@ func (b *Broker) createTopics(ctx context.Context, op string, topics ...kafkago.
 	}
 	resp, err := b.client.CreateTopics(ctx, &kafkago.CreateTopicsRequest{Topics: topics})
 	if err != nil {
-		return mapErr(op, err)
+		return mapCtxErr(ctx, op, err)
 	}
 	var existed []string
 	for _, t := range topics {
@@ -450,13 +451,13 @@ func (b *Broker) createTopics(ctx context.Context, op string, topics ...kafkago.
 		case errors.Is(e, kafkago.TopicAlreadyExists):
 			existed = append(existed, t.Topic)
 		default:
-			return mapErr(op, fmt.Errorf("create topic %q: %w", t.Topic, e))
+			return mapCtxErr(ctx, op, fmt.Errorf("create topic %q: %w", t.Topic, e))
 		}
 	}
 	// kafka-go refreshes its cached metadata for the topics it created,
 	// not for those another client created.
 	if err := b.refresh(ctx, existed...); err != nil {
-		return mapErr(op, err)
+		return mapCtxErr(ctx, op, err)
 	}
 	b.mu.Lock()
 	for _, t := range topics {
@@ -562,7 +563,14 @@ func (b *Broker) write(ctx context.Context, op string, msgs ...kafkago.Message) 
 			}
 		}
 	}
-	return mapErr(op, err)
+	return mapCtxErr(ctx, op, err)
+}
+
+// mapCtxErr is mapErr for calls made with the caller's ctx: a context
+// error while ctx is live comes from kafka-go's own timeouts (Client.Timeout,
+// the writer's) and is reported as ErrUnavailable.
+func mapCtxErr(ctx context.Context, op string, err error) error {
+	return driver.MapCtx(ctx, op, err, "no answer from the brokers in time", mapErr)
 }
 
 // mapErr wraps a kafka-go error with the matching adapters code.

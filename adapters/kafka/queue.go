@@ -117,7 +117,7 @@ func (b *Broker) readMeta(ctx context.Context, op, q string) (queueMeta, error) 
 			return m, ctx.Err()
 		}
 		if attempt >= 10 {
-			return m, mapErr(op, err)
+			return m, mapCtxErr(ctx, op, err)
 		}
 		if !sleepCtx(ctx, 100*time.Millisecond) {
 			return m, ctx.Err()
@@ -127,15 +127,15 @@ func (b *Broker) readMeta(ctx context.Context, op, q string) (queueMeta, error) 
 		return m, adapters.Errorf(adapters.ErrNotFound, op, "queue %q is not declared (no declaration record)", q)
 	}
 	if err := b.refresh(ctx, topic, b.mainTopic(q), b.retryTopic(q), b.deadTopic(q)); err != nil {
-		return m, mapErr(op, err)
+		return m, mapCtxErr(ctx, op, err)
 	}
 	resp, err := b.client.Fetch(ctx, &kafkago.FetchRequest{Topic: topic, Partition: 0, Offset: end - 1,
 		MinBytes: 1, MaxBytes: 1 << 20, MaxWait: time.Second})
 	if err != nil {
-		return m, mapErr(op, err)
+		return m, mapCtxErr(ctx, op, err)
 	}
 	if resp.Error != nil {
-		return m, mapErr(op, resp.Error)
+		return m, mapCtxErr(ctx, op, resp.Error)
 	}
 	var last []byte
 	for {
@@ -148,7 +148,7 @@ func (b *Broker) readMeta(ctx context.Context, op, q string) (queueMeta, error) 
 		}
 		buf := make([]byte, rec.Value.Len())
 		if _, err := readFull(rec.Value, buf); err != nil {
-			return m, mapErr(op, err)
+			return m, mapCtxErr(ctx, op, err)
 		}
 		last = buf
 	}
@@ -189,7 +189,7 @@ func (b *Broker) DeleteQueue(ctx context.Context, q string) error {
 	topics := []string{b.mainTopic(q), b.retryTopic(q), b.deadTopic(q), b.metaTopic(q)}
 	resp, err := b.client.DeleteTopics(ctx, &kafkago.DeleteTopicsRequest{Topics: topics})
 	if err != nil {
-		return mapErr(op, err)
+		return mapCtxErr(ctx, op, err)
 	}
 	b.mu.Lock()
 	delete(b.queues, q)
@@ -205,7 +205,7 @@ func (b *Broker) DeleteQueue(ctx context.Context, q string) error {
 		case errors.Is(e, kafkago.UnknownTopicOrPartition):
 			missing++
 		default:
-			return mapErr(op, fmt.Errorf("delete topic %q: %w", t, e))
+			return mapCtxErr(ctx, op, fmt.Errorf("delete topic %q: %w", t, e))
 		}
 	}
 	// Committed offsets of a deleted topic would point past the end of a

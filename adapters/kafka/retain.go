@@ -59,7 +59,7 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 		return out, nil
 	}
 	if err != nil {
-		return nil, mapErr(op, err)
+		return nil, mapCtxErr(ctx, op, err)
 	}
 	var first, end int64 = -1, -1
 	for _, po := range resp.Topics[topic] {
@@ -67,7 +67,7 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 			return out, nil
 		}
 		if po.Error != nil {
-			return nil, mapErr(op, po.Error)
+			return nil, mapCtxErr(ctx, op, po.Error)
 		}
 		if po.Partition == 0 {
 			first, end = po.FirstOffset, po.LastOffset
@@ -83,7 +83,7 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 		return out, nil
 	}
 	if err := b.refresh(ctx, topic); err != nil {
-		return nil, mapErr(op, err)
+		return nil, mapCtxErr(ctx, op, err)
 	}
 	off, empty := first, 0
 	for off < end {
@@ -93,10 +93,10 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 		fr, err := b.client.Fetch(ctx, &kafkago.FetchRequest{Topic: topic, Partition: 0, Offset: off,
 			MinBytes: 1, MaxBytes: 4 << 20, MaxWait: time.Second})
 		if err != nil {
-			return nil, mapErr(op, err)
+			return nil, mapCtxErr(ctx, op, err)
 		}
 		if fr.Error != nil {
-			return nil, mapErr(op, fr.Error)
+			return nil, mapCtxErr(ctx, op, fr.Error)
 		}
 		got := 0
 		for {
@@ -114,7 +114,7 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 			}
 			k := make([]byte, rec.Key.Len())
 			if _, err := readFull(rec.Key, k); err != nil {
-				return nil, mapErr(op, err)
+				return nil, mapCtxErr(ctx, op, err)
 			}
 			if rec.Value == nil {
 				delete(out, string(k))
@@ -122,7 +122,7 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 			}
 			v := make([]byte, rec.Value.Len())
 			if _, err := readFull(rec.Value, v); err != nil {
-				return nil, mapErr(op, err)
+				return nil, mapCtxErr(ctx, op, err)
 			}
 			out[string(k)] = v
 		}

@@ -63,7 +63,7 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (adapters.Subscrip
 			return nil, ctx.Err()
 		}
 		if attempt >= 20 {
-			return nil, mapErr(op, err)
+			return nil, mapCtxErr(ctx, op, err)
 		}
 		if !sleepCtx(ctx, 100*time.Millisecond) {
 			return nil, ctx.Err()
@@ -102,7 +102,7 @@ func (b *Broker) Subscribe(ctx context.Context, topic string) (adapters.Subscrip
 		if err := r.SetOffset(ends[p]); err != nil {
 			_ = r.Close()
 			_ = s.Close()
-			return nil, mapErr(op, err)
+			return nil, mapCtxErr(ctx, op, err)
 		}
 		s.wg.Go(func() { s.read(r) })
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/internal/driver"
 )
 
 // Scheme is the URL scheme this package registers with adapters.Register.
@@ -520,10 +521,7 @@ func (b *Broker) mapErr(op string, err error) error {
 // mapCtxErr is mapErr for calls made with ctx: a timeout that is not the
 // caller's (nats.go's own default timeout) is reported as ErrUnavailable.
 func (b *Broker) mapCtxErr(ctx context.Context, op string, err error) error {
-	if err != nil && ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
-		return &adapters.Error{Code: adapters.ErrUnavailable, Op: "nats: " + op, Err: errors.New("no reply from the server in time")}
-	}
-	return b.mapErr(op, err)
+	return driver.MapCtx(ctx, "nats: "+op, err, "no reply from the server in time", func(string, error) error { return b.mapErr(op, err) })
 }
 
 func (b *Broker) topicSubject(topic string) string { return b.opts.Prefix + ".topic." + topic }
