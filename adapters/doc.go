@@ -20,7 +20,11 @@
 //
 // A broker may also implement BatchEnqueuer, which stores several items
 // with one wait for the broker; the function EnqueueBatch uses it where it
-// exists and falls back to Enqueue per item.
+// exists and falls back to Enqueue per item. A broker may implement
+// AsyncEnqueuer, which sends an item and lets the producer wait for its
+// acknowledgement later (Pending.Wait), so that one producer keeps many
+// items in flight; nothing is durable until Wait returns nil. The function
+// EnqueueAsync uses it or runs Enqueue on its own goroutine.
 //
 // A broker may implement Retainer, which keeps the last value per key of a
 // named log durably (NATS: a JetStream stream per log; Kafka: a compacted

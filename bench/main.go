@@ -18,7 +18,9 @@
 //
 // Systems: raw, raw-sync (raw nats.go, each producer waiting for its own
 // PubAck: the adapter's guarantee, shown for diagnosis), watermill, adapter (Enqueue per item, Prefetch -prefetch),
-// adapter-batch (adapters.EnqueueBatch of -batch items), workqueue (one
+// adapter-batch (adapters.EnqueueBatch of -batch items), adapter-async
+// (adapters.EnqueueAsync per item, every Pending waited for after the last
+// send, as raw awaits PublishAsyncComplete), workqueue (one
 // Worker per consumer, Concurrency 8, Prefetch default = Concurrency),
 // workqueue-p64 (the same with Prefetch 64), rabbit-raw, rabbit-raw-sync
 // (each producer waiting for every confirm), rabbit-adapter,
@@ -90,7 +92,7 @@ func main() {
 	flag.IntVar(&cfg.rawBatch, "raw-batch", 500, "pull batch (PullMaxMessages) of raw nats.go and Watermill")
 	flag.IntVar(&cfg.window, "window", 4000, "PublishAsync window of raw nats.go")
 	flag.IntVar(&cfg.batch, "batch", 100, "items per adapters.EnqueueBatch call of adapter-batch")
-	flag.StringVar(&systems, "systems", "raw,watermill,adapter,adapter-batch,workqueue,workqueue-p64", "systems to run")
+	flag.StringVar(&systems, "systems", "raw,watermill,adapter,adapter-batch,adapter-async,workqueue,workqueue-p64", "systems to run")
 	flag.StringVar(&modes, "modes", "concurrent,drain", "modes to run")
 	flag.StringVar(&fsyncs, "fsync", "default,always", "server fsync settings to run")
 	flag.StringVar(&rabbitURL, "rabbit", rabbitURL, "RabbitMQ URL of the rabbit-* systems")
@@ -137,6 +139,7 @@ var allSystems = map[string]system{
 	},
 	// The adapter with producers enqueueing -batch items per call.
 	"adapter-batch": runAdapterBatch,
+	"adapter-async": runAdapterAsync,
 	// RabbitMQ (-rabbit); the fsync setting does not apply.
 	"rabbit-raw": runRabbitRaw,
 	"rabbit-raw-sync": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
@@ -595,6 +598,16 @@ func runAdapterBatch(ctx context.Context, url string, cfg config, drain bool) (t
 	return runAdapterWith(ctx, url, cfg, drain, cfg.batch)
 }
 
+// runAdapterAsync is runAdapter with the producers calling
+// adapters.EnqueueAsync per item, as raw calls PublishMsgAsync: the adapter's
+// publish window bounds what is in flight, and every item's Pending is
+// waited for after the last one is sent (the time includes that wait).
+func runAdapterAsync(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+	return runAdapterWith(ctx, url, cfg, drain, 0)
+}
+
+// runAdapterWith runs the adapter with batch items per EnqueueBatch call (1:
+// Enqueue; 0: EnqueueAsync).
 func runAdapterWith(ctx context.Context, url string, cfg config, drain bool, batch int) (time.Duration, error) {
 	pb, err := openAdapter(ctx, url)
 	if err != nil {
@@ -646,8 +659,31 @@ func runAdapterWith(ctx context.Context, url string, cfg config, drain bool, bat
 		}
 		return nil
 	}
+	var pmu sync.Mutex
+	var pending []adapters.Pending
+	var produced func() error
+	if batch == 0 {
+		produced = func() error {
+			for _, p := range pending {
+				if err := p.Wait(ctx); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
 	enqueue := func(i int) error {
-		if batch <= 1 {
+		if batch == 0 {
+			p, err := adapters.EnqueueAsync(ctx, pb, q, adapters.Message{ID: fmt.Sprint(i), Body: body})
+			if err != nil {
+				return err
+			}
+			pmu.Lock()
+			pending = append(pending, p)
+			pmu.Unlock()
+			return nil
+		}
+		if batch == 1 {
 			return pb.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint(i), Body: body})
 		}
 		if i%batch != 0 {
@@ -659,7 +695,7 @@ func runAdapterWith(ctx context.Context, url string, cfg config, drain bool, bat
 		}
 		return adapters.EnqueueBatch(ctx, pb, q, ms)
 	}
-	t0, err := measure(ctx, cfg, drain, start, enqueue, c)
+	t0, err := measureWith(ctx, cfg, drain, start, enqueue, produced, c)
 	return time.Since(t0), err
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ func (s *suite) queueCases() []testCase {
 		{"AckedBeforeCloseStaysAcked", s.testAckedBeforeClose},
 		{"ConcurrentOperationsOnOneDelivery", s.testConcurrentOperations},
 		{"EnqueueBatchStoresEveryItem", s.testEnqueueBatch},
+		{"EnqueueAsyncStoresEveryItem", s.testEnqueueAsync},
 		{"ConcurrentConsumersAckEachItemOnce", s.testConcurrentConsumers},
 		{"HeadersAndBinaryBodyRoundTrip", s.testQueueRoundTrip},
 		{"DuplicateIDsDropped", s.testDedupe},
@@ -350,6 +352,65 @@ func (s *suite) testEnqueueBatch(t *testing.T) {
 		s.ack(t, d)
 	}
 	s.expectNone(t, c, s.lease/2, "after the batch")
+}
+
+// adapters.EnqueueAsync (the broker's AsyncEnqueuer, or Enqueue on a
+// goroutine) stores every item once its Pending's Wait returned nil, with
+// its message intact, the waits taken in any order; a message over the size
+// limit and a queue never declared fail with ErrTooLarge and ErrNotFound,
+// from the call or from Wait, and store nothing.
+func (s *suite) testEnqueueAsync(t *testing.T) {
+	const n = 50
+	b := s.open(t)
+	q := s.declare(t, b, adapters.QueueConfig{})
+	outcome := func(queue string, m adapters.Message) error {
+		p, err := adapters.EnqueueAsync(s.ctx(t), b, queue, m)
+		if err != nil {
+			return err
+		}
+		return p.Wait(s.ctx(t))
+	}
+	if s.caps.MaxMessageSize > 0 {
+		if err := outcome(q.Name, adapters.Message{ID: "too-large", Body: make([]byte, s.caps.MaxMessageSize+1)}); !errors.Is(err, adapters.ErrTooLarge) {
+			t.Fatalf("EnqueueAsync of a message over the limit: %v, want ErrTooLarge", err)
+		}
+	}
+	if err := outcome(fmt.Sprintf("never-declared-%d", time.Now().UnixNano()%1e9), adapters.Message{ID: "lost", Body: []byte("x")}); !errors.Is(err, adapters.ErrNotFound) {
+		t.Fatalf("EnqueueAsync on an undeclared queue: %v, want ErrNotFound", err)
+	}
+	want := richMessage()
+	pending := make([]adapters.Pending, n)
+	for i := range pending {
+		m := want
+		m.ID = fmt.Sprintf("async-%02d", i)
+		p, err := adapters.EnqueueAsync(s.ctx(t), b, q.Name, m)
+		if err != nil {
+			t.Fatalf("EnqueueAsync %d: %v", i, err)
+		}
+		pending[i] = p
+	}
+	for i := n - 1; i >= 0; i-- { // the last first: each has its own outcome
+		if err := pending[i].Wait(s.ctx(t)); err != nil {
+			t.Fatalf("Wait of item %d: %v", i, err)
+		}
+	}
+	c := s.consume(t, b, q.Name, adapters.ConsumeOptions{})
+	seen := map[string]bool{}
+	for range n {
+		d := s.receive(t, c, fmt.Sprintf("%d of %d async items", len(seen)+1, n))
+		got := d.Message()
+		if seen[got.ID] {
+			t.Errorf("item %q delivered twice", got.ID)
+		}
+		seen[got.ID] = true
+		w := want
+		w.ID = got.ID
+		if diff := diffMessage(got, w); diff != "" || !strings.HasPrefix(got.ID, "async-") {
+			t.Errorf("item %q: %s", got.ID, diff)
+		}
+		s.ack(t, d)
+	}
+	s.expectNone(t, c, s.lease/2, "after the async items")
 }
 
 // Eight consumers, each on its own client, share 1,000 items: every item is

@@ -36,39 +36,24 @@ func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) 
 	return b.EnqueueBatch(ctx, queue, []adapters.Message{m})
 }
 
-var _ adapters.BatchEnqueuer = (*Broker)(nil)
+var (
+	_ adapters.BatchEnqueuer = (*Broker)(nil)
+	_ adapters.AsyncEnqueuer = (*Broker)(nil)
+)
 
 // EnqueueBatch implements adapters.BatchEnqueuer: it sends every message
 // through the asynchronous publisher, then waits for all their
 // acknowledgements.
 func (b *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.Message) error {
 	op := "enqueue " + queue
-	if err := b.checkQueue(ctx, op); err != nil {
-		return err
-	}
-	if err := adapters.ValidateName("queue", queue); err != nil {
-		return err
-	}
-	for _, m := range ms {
-		if err := adapters.ValidateMessage("nats: "+op, m, b.caps); err != nil {
-			return err
-		}
-	}
-	qi, err := b.info(ctx, op, queue)
+	qi, err := b.prepareEnqueue(ctx, op, queue, ms)
 	if err != nil {
 		return err
 	}
 	futures := make([]jetstream.PubAckFuture, 0, len(ms))
 	var first error
 	for _, m := range ms {
-		if m.ID == "" {
-			m.ID = nuid.Next()
-		}
-		msg := encode(b.queueSubject(queue), m)
-		if qi.dedupe {
-			msg.Header[jetstream.MsgIDHeader] = []string{m.ID}
-		}
-		paf, err := b.publishAsync(ctx, msg, b.queueStream(queue))
+		paf, err := b.sendEnqueue(ctx, queue, qi, m)
 		if err != nil {
 			first = err
 			break
@@ -76,25 +61,95 @@ func (b *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.M
 		futures = append(futures, paf)
 	}
 	for i, paf := range futures {
-		ack, err := awaitAck(ctx, paf)
-		if err == nil && ack.Duplicate {
-			b.log.Debug("nats: duplicate dropped", "queue", queue, "id", ms[i].ID)
-		}
-		if err != nil && first == nil {
+		if err := b.awaitEnqueue(ctx, queue, ms[i].ID, paf); err != nil && first == nil {
 			first = err
 		}
 	}
-	if first != nil {
-		if errors.Is(first, jetstream.ErrNoStreamResponse) || errors.Is(first, nats.ErrNoResponders) {
-			// Either the queue was deleted or JetStream is not ready.
-			b.forget(queue)
-			if _, serr := b.js.Stream(ctx, b.queueStream(queue)); errors.Is(serr, jetstream.ErrStreamNotFound) {
-				return errf(adapters.ErrNotFound, op, "queue %q does not exist", queue)
-			}
-		}
-		return b.mapCtxErr(ctx, op, first)
+	return b.enqueueErr(ctx, op, queue, first)
+}
+
+// EnqueueAsync implements adapters.AsyncEnqueuer: the message goes through
+// the asynchronous publisher (waiting only for room in its window) and
+// Pending.Wait waits for its acknowledgement.
+func (b *Broker) EnqueueAsync(ctx context.Context, queue string, m adapters.Message) (adapters.Pending, error) {
+	op := "enqueue " + queue
+	qi, err := b.prepareEnqueue(ctx, op, queue, []adapters.Message{m})
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	paf, err := b.sendEnqueue(ctx, queue, qi, m)
+	if err != nil {
+		return nil, b.enqueueErr(ctx, op, queue, err)
+	}
+	return &pendingEnqueue{b: b, op: op, queue: queue, id: m.ID, paf: paf}, nil
+}
+
+// pendingEnqueue is the adapters.Pending of EnqueueAsync.
+type pendingEnqueue struct {
+	b             *Broker
+	op, queue, id string
+	paf           jetstream.PubAckFuture
+}
+
+func (p *pendingEnqueue) Wait(ctx context.Context) error {
+	return p.b.enqueueErr(ctx, p.op, p.queue, p.b.awaitEnqueue(ctx, p.queue, p.id, p.paf))
+}
+
+// prepareEnqueue validates the queue's name and the messages and returns
+// the queue's settings.
+func (b *Broker) prepareEnqueue(ctx context.Context, op, queue string, ms []adapters.Message) (queueInfo, error) {
+	if err := b.checkQueue(ctx, op); err != nil {
+		return queueInfo{}, err
+	}
+	if err := adapters.ValidateName("queue", queue); err != nil {
+		return queueInfo{}, err
+	}
+	for _, m := range ms {
+		if err := adapters.ValidateMessage("nats: "+op, m, b.caps); err != nil {
+			return queueInfo{}, err
+		}
+	}
+	return b.info(ctx, op, queue)
+}
+
+// sendEnqueue sends m to the queue's stream through the asynchronous
+// publisher (an empty ID is given one; with Dedupe the ID is sent as
+// Nats-Msg-Id and a duplicate within the window is dropped by the server).
+func (b *Broker) sendEnqueue(ctx context.Context, queue string, qi queueInfo, m adapters.Message) (jetstream.PubAckFuture, error) {
+	if m.ID == "" {
+		m.ID = nuid.Next()
+	}
+	msg := encode(b.queueSubject(queue), m)
+	if qi.dedupe {
+		msg.Header[jetstream.MsgIDHeader] = []string{m.ID}
+	}
+	return b.publishAsync(ctx, msg, b.queueStream(queue))
+}
+
+// awaitEnqueue waits for one enqueue's acknowledgement; its error is the
+// client's, unmapped.
+func (b *Broker) awaitEnqueue(ctx context.Context, queue, id string, paf jetstream.PubAckFuture) error {
+	ack, err := awaitAck(ctx, paf)
+	if err == nil && ack.Duplicate {
+		b.log.Debug("nats: duplicate dropped", "queue", queue, "id", id)
+	}
+	return err
+}
+
+// enqueueErr maps the client's error of an enqueue: "no stream response"
+// and "no responders" are ErrNotFound once the queue's stream is gone.
+func (b *Broker) enqueueErr(ctx context.Context, op, queue string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+		// Either the queue was deleted or JetStream is not ready.
+		b.forget(queue)
+		if _, serr := b.js.Stream(ctx, b.queueStream(queue)); errors.Is(serr, jetstream.ErrStreamNotFound) {
+			return errf(adapters.ErrNotFound, op, "queue %q does not exist", queue)
+		}
+	}
+	return b.mapCtxErr(ctx, op, err)
 }
 
 // publishAsync sends msg to stream through the asynchronous publisher,

@@ -257,12 +257,7 @@ func (s *Broker) Publish(ctx context.Context, topic string, m adapters.Message) 
 // Enqueue signs m for queue and enqueues it. An empty m.ID is replaced by a
 // random one first, so that the ID is signed too.
 func (s *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) error {
-	if m.ID == "" {
-		var b [16]byte
-		_, _ = rand.Read(b[:])
-		m.ID = hex.EncodeToString(b[:])
-	}
-	out, err := s.seal(fmt.Sprintf("signed: enqueue %q", queue), kindQueue, queue, m)
+	out, err := s.sealItem(fmt.Sprintf("signed: enqueue %q", queue), queue, m)
 	if err != nil {
 		return err
 	}
@@ -276,18 +271,35 @@ func (s *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.M
 	op := fmt.Sprintf("signed: enqueue %q", queue)
 	out := make([]adapters.Message, len(ms))
 	for i, m := range ms {
-		if m.ID == "" {
-			var b [16]byte
-			_, _ = rand.Read(b[:])
-			m.ID = hex.EncodeToString(b[:])
-		}
-		sealed, err := s.seal(op, kindQueue, queue, m)
+		sealed, err := s.sealItem(op, queue, m)
 		if err != nil {
 			return err
 		}
 		out[i] = sealed
 	}
 	return adapters.EnqueueBatch(ctx, s.inner, queue, out)
+}
+
+// EnqueueAsync implements adapters.AsyncEnqueuer: m is signed as Enqueue
+// signs it, then the inner broker's EnqueueAsync (or its Enqueue on a
+// goroutine) carries it.
+func (s *Broker) EnqueueAsync(ctx context.Context, queue string, m adapters.Message) (adapters.Pending, error) {
+	out, err := s.sealItem(fmt.Sprintf("signed: enqueue %q", queue), queue, m)
+	if err != nil {
+		return nil, err
+	}
+	return adapters.EnqueueAsync(ctx, s.inner, queue, out)
+}
+
+// sealItem signs a queue item, giving it a random ID first if it has none,
+// so that the ID is signed too.
+func (s *Broker) sealItem(op, queue string, m adapters.Message) (adapters.Message, error) {
+	if m.ID == "" {
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		m.ID = hex.EncodeToString(b[:])
+	}
+	return s.seal(op, kindQueue, queue, m)
 }
 
 // DeclareQueue passes through.

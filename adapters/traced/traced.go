@@ -120,6 +120,19 @@ func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) 
 	return b.send(ctx, queue, m, func(ctx context.Context, m adapters.Message) error { return b.inner.Enqueue(ctx, queue, m) })
 }
 
+// EnqueueAsync implements adapters.AsyncEnqueuer: the producer span covers
+// the sending (not the wait for the broker's acknowledgement), then the
+// inner broker's EnqueueAsync (or its Enqueue on a goroutine) carries the
+// message with the span's context.
+func (b *Broker) EnqueueAsync(ctx context.Context, queue string, m adapters.Message) (adapters.Pending, error) {
+	var p adapters.Pending
+	err := b.send(ctx, queue, m, func(ctx context.Context, m adapters.Message) (err error) {
+		p, err = adapters.EnqueueAsync(ctx, b.inner, queue, m)
+		return err
+	})
+	return p, err
+}
+
 // Subscribe implements adapters.Broker.
 func (b *Broker) Subscribe(ctx context.Context, topic string) (adapters.Subscription, error) {
 	return b.inner.Subscribe(ctx, topic)
