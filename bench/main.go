@@ -24,7 +24,8 @@
 // Worker per consumer, Concurrency 8, Prefetch default = Concurrency),
 // workqueue-p64 (the same with Prefetch 64), rabbit-raw, rabbit-raw-sync
 // (each producer waiting for every confirm), rabbit-adapter,
-// rabbit-adapter-batch, river (Client.Insert per job; one Client per
+// rabbit-adapter-batch, rabbit-adapter-async (adapters.EnqueueAsync, which
+// RabbitMQ runs as Enqueue on a goroutine), river (Client.Insert per job; one Client per
 // consumer, each with its own pool and the default queue at MaxWorkers 8,
 // FetchCooldown -river-cooldown; the time ends when every client has
 // stopped, i.e. every completion is written), river-batch (Client.InsertMany
@@ -148,6 +149,9 @@ var allSystems = map[string]system{
 	"rabbit-adapter": runRabbitAdapter,
 	"rabbit-adapter-batch": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
 		return runRabbitAdapterWith(ctx, url, cfg, drain, cfg.batch)
+	},
+	"rabbit-adapter-async": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+		return runRabbitAdapterWith(ctx, url, cfg, drain, 0)
 	},
 	// River on PostgreSQL (-pg); the fsync setting does not apply.
 	"river":       runRiver,
@@ -659,9 +663,18 @@ func runAdapterWith(ctx context.Context, url string, cfg config, drain bool, bat
 		}
 		return nil
 	}
-	var pmu sync.Mutex
+	enqueue, produced := adapterProducer(ctx, pb, q, cfg, body, batch)
+	t0, err := measureWith(ctx, cfg, drain, start, enqueue, produced, c)
+	return time.Since(t0), err
+}
+
+// adapterProducer returns the producers' enqueue of item i through an
+// adapter, batch items per adapters.EnqueueBatch call (1: Enqueue per item;
+// 0: adapters.EnqueueAsync per item), and what to run after the last
+// enqueue (with EnqueueAsync, waiting for every Pending).
+func adapterProducer(ctx context.Context, pb adapters.Broker, q string, cfg config, body []byte, batch int) (enqueue func(i int) error, produced func() error) {
+	var mu sync.Mutex
 	var pending []adapters.Pending
-	var produced func() error
 	if batch == 0 {
 		produced = func() error {
 			for _, p := range pending {
@@ -672,21 +685,20 @@ func runAdapterWith(ctx context.Context, url string, cfg config, drain bool, bat
 			return nil
 		}
 	}
-	enqueue := func(i int) error {
-		if batch == 0 {
+	enqueue = func(i int) error {
+		switch {
+		case batch == 0:
 			p, err := adapters.EnqueueAsync(ctx, pb, q, adapters.Message{ID: fmt.Sprint(i), Body: body})
 			if err != nil {
 				return err
 			}
-			pmu.Lock()
+			mu.Lock()
 			pending = append(pending, p)
-			pmu.Unlock()
+			mu.Unlock()
 			return nil
-		}
-		if batch == 1 {
+		case batch == 1:
 			return pb.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint(i), Body: body})
-		}
-		if i%batch != 0 {
+		case i%batch != 0:
 			return nil // enqueued by the call for the first index of its batch
 		}
 		ms := make([]adapters.Message, 0, batch)
@@ -695,8 +707,7 @@ func runAdapterWith(ctx context.Context, url string, cfg config, drain bool, bat
 		}
 		return adapters.EnqueueBatch(ctx, pb, q, ms)
 	}
-	t0, err := measureWith(ctx, cfg, drain, start, enqueue, produced, c)
-	return time.Since(t0), err
+	return enqueue, produced
 }
 
 // runWorkqueue is the clusterbus workqueue: one Worker per consumer

@@ -213,19 +213,7 @@ func runRabbitAdapterWith(ctx context.Context, _ string, cfg config, drain bool,
 		}
 		return nil
 	}
-	enqueue := func(i int) error {
-		if batch <= 1 {
-			return pb.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint(i), Body: body})
-		}
-		if i%batch != 0 {
-			return nil // enqueued by the call for the first index of its batch
-		}
-		ms := make([]adapters.Message, 0, batch)
-		for j := i; j < min(i+batch, cfg.items); j++ {
-			ms = append(ms, adapters.Message{ID: fmt.Sprint(j), Body: body})
-		}
-		return adapters.EnqueueBatch(ctx, pb, q, ms)
-	}
-	t0, err := measure(ctx, cfg, drain, start, enqueue, c)
+	enqueue, produced := adapterProducer(ctx, pb, q, cfg, body, batch)
+	t0, err := measureWith(ctx, cfg, drain, start, enqueue, produced, c)
 	return time.Since(t0), err
 }
