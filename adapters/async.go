@@ -29,7 +29,8 @@ type AsyncEnqueuer interface {
 // EnqueueAsync stores m in the queue without waiting for the broker:
 // nothing is durable until the returned Pending's Wait returns nil. It uses
 // b's AsyncEnqueuer if it has one, else, once m passes ValidateMessage, an
-// Enqueue on its own goroutine. A producer that keeps a window of Pendings
+// Enqueue on its own goroutine (at most 4,096 at a time in the process;
+// past that EnqueueAsync waits for one to end, or for ctx). A producer that keeps a window of Pendings
 // and waits for the oldest sends at the broker's pace instead of one round
 // trip at a time.
 func EnqueueAsync(ctx context.Context, b Broker, queue string, m Message) (Pending, error) {
@@ -40,13 +41,24 @@ func EnqueueAsync(ctx context.Context, b Broker, queue string, m Message) (Pendi
 	if err := ValidateMessage(caps.Name+": enqueue "+queue, m, caps); err != nil {
 		return nil, err
 	}
+	select {
+	case fallbackSlots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	p := &enqueueing{done: make(chan struct{})}
 	go func() {
 		p.err = b.Enqueue(ctx, queue, m)
+		<-fallbackSlots
 		close(p.done)
 	}()
 	return p, nil
 }
+
+// fallbackSlots bounds the Enqueue calls EnqueueAsync runs on goroutines of
+// their own, process-wide: past it, EnqueueAsync waits for room, as a
+// native publisher waits for room in its window.
+var fallbackSlots = make(chan struct{}, 4096)
 
 // enqueueing is the Pending of an Enqueue running on its own goroutine.
 type enqueueing struct {

@@ -13,9 +13,10 @@ import (
 // Concurrent Enqueues share confirm channels: each must get its own
 // outcome. Half go to a declared queue and half to one never declared,
 // interleaved from many goroutines, so returns (unroutable) and confirms of
-// stored items cross on the same channels. Every enqueue to the missing
-// queue is ErrNotFound, every other one succeeds, and the declared queue
-// holds exactly the items that succeeded.
+// stored items cross on the same channels; half of each go through
+// EnqueueAsync, all sent before the first Pending is waited for. Every
+// enqueue to the missing queue is ErrNotFound, every other one succeeds, and
+// the declared queue holds exactly the items that succeeded.
 func TestConcurrentEnqueuesGetTheirOwnOutcome(t *testing.T) {
 	requireBroker(t)
 	b := openTest(t, testURL())
@@ -24,6 +25,7 @@ func TestConcurrentEnqueuesGetTheirOwnOutcome(t *testing.T) {
 	const n, workers = 400, 32
 	var wg sync.WaitGroup
 	errs := make([]error, n)
+	pending := make([]adapters.Pending, n) // every other pair goes through EnqueueAsync
 	next := make(chan int)
 	for range workers {
 		wg.Add(1)
@@ -34,7 +36,14 @@ func TestConcurrentEnqueuesGetTheirOwnOutcome(t *testing.T) {
 				if i%2 == 1 {
 					to = missing
 				}
-				errs[i] = b.Enqueue(testCtx(t), to, adapters.Message{ID: fmt.Sprint(i), Body: []byte("x")})
+				m := adapters.Message{ID: fmt.Sprint(i), Body: []byte("x")}
+				if i%4 < 2 {
+					errs[i] = b.Enqueue(testCtx(t), to, m)
+					continue
+				}
+				if pending[i], errs[i] = b.EnqueueAsync(testCtx(t), to, m); errs[i] != nil {
+					pending[i] = nil
+				}
 			}
 		}()
 	}
@@ -43,6 +52,11 @@ func TestConcurrentEnqueuesGetTheirOwnOutcome(t *testing.T) {
 	}
 	close(next)
 	wg.Wait()
+	for i, p := range pending { // every send is out before the first Wait
+		if p != nil {
+			errs[i] = p.Wait(testCtx(t))
+		}
+	}
 	for i, err := range errs {
 		if i%2 == 1 && !errors.Is(err, adapters.ErrNotFound) {
 			t.Errorf("enqueue %d to the undeclared queue: %v, want ErrNotFound", i, err)

@@ -243,23 +243,105 @@ func isRetryOf(name, queue string) bool {
 // undeclared queue makes the publish unroutable: ErrNotFound.
 func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) error {
 	op := "rabbitmq: enqueue " + queue
+	p, err := b.prepareEnqueue(op, queue, m)
+	if err != nil {
+		return err
+	}
+	return enqueueErr(op, queue, b.publish(ctx, "", queueName(queue), true, p))
+}
+
+// prepareEnqueue validates an enqueue of m and returns its publishing.
+func (b *Broker) prepareEnqueue(op, queue string, m adapters.Message) (amqp.Publishing, error) {
 	if b.isClosed() {
-		return adapters.Errorf(adapters.ErrClosed, op, "broker closed")
+		return amqp.Publishing{}, adapters.Errorf(adapters.ErrClosed, op, "broker closed")
 	}
 	if err := adapters.ValidateName("queue", queue); err != nil {
-		return adapters.Wrap(adapters.ErrInvalidArgument, op, err)
+		return amqp.Publishing{}, adapters.Wrap(adapters.ErrInvalidArgument, op, err)
 	}
 	if err := adapters.ValidateMessage(op, m, b.caps); err != nil {
-		return err
+		return amqp.Publishing{}, err
 	}
 	if m.ID == "" {
 		m.ID = newID()
 	}
-	err := b.publish(ctx, "", queueName(queue), true, toPublishing(m, true))
+	return toPublishing(m, true), nil
+}
+
+// enqueueErr maps the outcome of an enqueue's publish.
+func enqueueErr(op, queue string, err error) error {
 	if errors.Is(err, errNoRoute) {
 		return adapters.Errorf(adapters.ErrNotFound, op, "queue %q was never declared", queue)
 	}
 	return mapErr(op, err)
+}
+
+var _ adapters.AsyncEnqueuer = (*Broker)(nil)
+
+// EnqueueAsync implements adapters.AsyncEnqueuer: the message is published
+// at once on a shared confirm channel, and Pending.Wait waits for its
+// confirm. One that the broker nacked, or that a lost connection cut off, is
+// sent again by Wait as Enqueue would send it (so it may be stored twice).
+func (b *Broker) EnqueueAsync(ctx context.Context, queue string, m adapters.Message) (adapters.Pending, error) {
+	op := "rabbitmq: enqueue " + queue
+	p, err := b.prepareEnqueue(op, queue, m)
+	if err != nil {
+		return nil, err
+	}
+	pe := &pendingEnqueue{b: b, op: op, queue: queue, p: p, turn: make(chan struct{}, 1)}
+	if cf, err := b.confirmer(ctx); err == nil {
+		if waits, err := cf.send(ctx, "", queueName(queue), true, []amqp.Publishing{p}); err == nil {
+			pe.w = waits[0]
+		}
+	}
+	if pe.w == nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return pe, nil // not sent (no channel now): Wait sends it
+}
+
+// pendingEnqueue is the adapters.Pending of EnqueueAsync.
+type pendingEnqueue struct {
+	b         *Broker
+	op, queue string
+	p         amqp.Publishing
+	w         *pubWait      // the first send's confirm; nil if it was not sent
+	turn      chan struct{} // one Wait at a time
+	done      bool
+	err       error
+}
+
+func (pe *pendingEnqueue) Wait(ctx context.Context) error {
+	select {
+	case pe.turn <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-pe.turn }()
+	if pe.done {
+		return pe.err
+	}
+	if w := pe.w; w != nil {
+		select {
+		case <-w.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		switch {
+		case w.returned != nil:
+			pe.done, pe.err = true, enqueueErr(pe.op, pe.queue, fmt.Errorf("%w: %d %s", errNoRoute, w.returned.ReplyCode, w.returned.ReplyText))
+			return pe.err
+		case w.acked:
+			pe.done = true
+			return nil
+		}
+		pe.w = nil // nacked or lost: sent again below
+	}
+	err := enqueueErr(pe.op, pe.queue, pe.b.publish(ctx, "", queueName(pe.queue), true, pe.p))
+	if ctx.Err() != nil && err != nil {
+		return err // the outcome is unknown; a later Wait sends it again
+	}
+	pe.done, pe.err = true, err
+	return err
 }
 
 var _ adapters.BatchEnqueuer = (*Broker)(nil)
