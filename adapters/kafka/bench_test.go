@@ -33,6 +33,9 @@ const (
 //     stricter about (Ack returns after its commit).
 //   - adapter: 8 producers calling Enqueue, one item each call.
 //   - adapter-batch: 8 producers calling adapters.EnqueueBatch with 64.
+//   - adapter-async: 8 producers calling adapters.EnqueueAsync per item
+//     (Kafka runs it as Enqueue on a goroutine), every Pending waited for
+//     after the last send.
 //
 // Both adapter cases receive with 8 goroutines on one Consumer (Prefetch 8)
 // and Ack each item. Each adapter case reports its ratio to raw ("x-raw").
@@ -59,13 +62,13 @@ func benchPair(b *testing.B, prefill bool) {
 	srv := startServer(b)
 	var raw float64
 	b.Run("raw-kafka-go", func(b *testing.B) { raw = benchRaw(b, srv, prefill) })
-	for _, batch := range []int{1, benchBatch} {
-		name := "adapter"
-		if batch > 1 {
-			name = "adapter-batch"
-		}
-		b.Run(name, func(b *testing.B) {
-			if rate := benchAdapter(b, srv, prefill, batch); raw > 0 {
+	for _, c := range []struct {
+		name  string
+		batch int
+		async bool
+	}{{"adapter", 1, false}, {"adapter-batch", benchBatch, false}, {"adapter-async", 1, true}} {
+		b.Run(c.name, func(b *testing.B) {
+			if rate := benchAdapter(b, srv, prefill, c.batch, c.async); raw > 0 {
 				b.ReportMetric(rate/raw, "x-raw")
 			}
 		})
@@ -95,7 +98,10 @@ func produce(b *testing.B, n int64, batch int, send func(k int) error) {
 	wg.Wait()
 }
 
-func benchAdapter(b *testing.B, srv *server, prefill bool, batch int) float64 {
+// benchAdapter enqueues batch items per EnqueueBatch call (1: Enqueue), or
+// with async, one adapters.EnqueueAsync per item, every Pending waited for
+// once all are sent.
+func benchAdapter(b *testing.B, srv *server, prefill bool, batch int, async bool) float64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	br, err := srv.open(ctx, b)
@@ -115,7 +121,18 @@ func benchAdapter(b *testing.B, srv *server, prefill bool, batch int) float64 {
 	defer c.Close()
 	body := make([]byte, benchBody)
 	n := int64(b.N)
+	var pmu sync.Mutex
+	var pending []adapters.Pending
 	send := func(k int) error {
+		if async {
+			p, err := adapters.EnqueueAsync(ctx, br, q, adapters.Message{Body: body})
+			if err == nil {
+				pmu.Lock()
+				pending = append(pending, p)
+				pmu.Unlock()
+			}
+			return err
+		}
 		if batch == 1 {
 			return br.Enqueue(ctx, q, adapters.Message{Body: body})
 		}
@@ -125,15 +142,24 @@ func benchAdapter(b *testing.B, srv *server, prefill bool, batch int) float64 {
 		}
 		return adapters.EnqueueBatch(ctx, br, q, ms)
 	}
-	if prefill {
+	produceAll := func() {
 		produce(b, n, batch, send)
+		for _, p := range pending {
+			if err := p.Wait(ctx); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	}
+	if prefill {
+		produceAll()
 	}
 	b.ResetTimer()
 	start := time.Now()
 	var acked atomic.Int64
 	var wg sync.WaitGroup
 	if !prefill {
-		wg.Go(func() { produce(b, n, batch, send) })
+		wg.Go(produceAll)
 	}
 	for range benchWorkers {
 		wg.Go(func() {
