@@ -160,10 +160,13 @@ func (c *Catalog) retainAgainLoop(ctx context.Context) {
 		case <-c.wakeAgain:
 		}
 		c.againMu.Lock()
-		keys := c.again
+		keys := make([]string, 0, len(c.again))
+		for k := range c.again {
+			keys = append(keys, k)
+		}
 		c.again = map[string]bool{}
 		c.againMu.Unlock()
-		for k := range keys {
+		for i, k := range keys {
 			c.mu.Lock()
 			e, ok := c.entries[k]
 			c.mu.Unlock()
@@ -174,14 +177,16 @@ func (c *Catalog) retainAgainLoop(ctx context.Context) {
 				if ctx.Err() != nil {
 					return
 				}
-				c.log.Warn("catalog: retaining an entry again after a concurrent write failed; retrying", "key", k, "err", err)
-				c.retainAgain([]string{k})
+				// The broker is failing: keep this key and the rest for
+				// the next round, a second from now.
+				c.log.Warn("catalog: retaining entries again after concurrent writes failed; retrying in a second", "keys", len(keys)-i, "err", err)
+				c.retainAgain(keys[i:])
 				select {
 				case <-ctx.Done():
 					return
 				case <-c.clock.After(time.Second):
 				}
-				continue
+				break
 			}
 			c.met.retainedAgain.Inc()
 		}
