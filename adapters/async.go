@@ -7,7 +7,8 @@ type Pending interface {
 	// Wait returns nil once the message is durable, which is what Enqueue
 	// returning nil means, or the error Enqueue would have returned. If ctx
 	// ends first it returns ctx's error and the message may or may not be
-	// stored; Wait may be called again. Wait is safe for concurrent use.
+	// stored; Wait may be called again, and returns the same outcome
+	// every time once it is known. Wait is safe for concurrent use.
 	Wait(ctx context.Context) error
 }
 
@@ -30,9 +31,9 @@ type AsyncEnqueuer interface {
 // nothing is durable until the returned Pending's Wait returns nil. It uses
 // b's AsyncEnqueuer if it has one, else, once m passes ValidateMessage, an
 // Enqueue on its own goroutine (at most 4,096 at a time in the process;
-// past that EnqueueAsync waits for one to end, or for ctx). A producer that keeps a window of Pendings
-// and waits for the oldest sends at the broker's pace instead of one round
-// trip at a time.
+// past that EnqueueAsync waits for one to end, or for ctx). A producer that
+// keeps a window of Pendings and waits for the oldest sends at the broker's
+// pace instead of one round trip at a time.
 func EnqueueAsync(ctx context.Context, b Broker, queue string, m Message) (Pending, error) {
 	if ae, ok := b.(AsyncEnqueuer); ok {
 		return ae.EnqueueAsync(ctx, queue, m)

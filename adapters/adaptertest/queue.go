@@ -401,6 +401,11 @@ func (s *suite) testEnqueueAsync(t *testing.T) {
 			t.Fatalf("Wait of item %d: %v", i, err)
 		}
 	}
+	again, cancel := context.WithTimeout(context.Background(), s.wait)
+	defer cancel()
+	if err := pending[0].Wait(again); err != nil {
+		t.Fatalf("a second Wait of item 0: %v, want its outcome (nil) again", err)
+	}
 	s.receiveEach(t, b, q.Name, n, want, "async-")
 }
 

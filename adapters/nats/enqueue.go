@@ -81,18 +81,36 @@ func (b *Broker) EnqueueAsync(ctx context.Context, queue string, m adapters.Mess
 	if err != nil {
 		return nil, b.enqueueErr(ctx, op, queue, err)
 	}
-	return &pendingEnqueue{b: b, op: op, queue: queue, id: m.ID, paf: paf}, nil
+	return &pendingEnqueue{b: b, op: op, queue: queue, id: m.ID, paf: paf, turn: make(chan struct{}, 1)}, nil
 }
 
-// pendingEnqueue is the adapters.Pending of EnqueueAsync.
+// pendingEnqueue is the adapters.Pending of EnqueueAsync. The future hands
+// its outcome over once, so the outcome is kept for later Waits.
 type pendingEnqueue struct {
 	b             *Broker
 	op, queue, id string
 	paf           jetstream.PubAckFuture
+	turn          chan struct{} // one Wait at a time
+	done          bool
+	err           error
 }
 
 func (p *pendingEnqueue) Wait(ctx context.Context) error {
-	return p.b.enqueueErr(ctx, p.op, p.queue, p.b.awaitEnqueue(ctx, p.queue, p.id, p.paf))
+	select {
+	case p.turn <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-p.turn }()
+	if p.done {
+		return p.err
+	}
+	err := p.b.awaitEnqueue(ctx, p.queue, p.id, p.paf)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err() // the outcome is still to come
+	}
+	p.done, p.err = true, p.b.enqueueErr(ctx, p.op, p.queue, err)
+	return p.err
 }
 
 // prepareEnqueue validates the queue's name and the messages and returns
