@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/internal/driver"
 )
 
 // Asynchronous publishing: Enqueue sends through nats.go's asynchronous
@@ -81,7 +82,7 @@ func (b *Broker) EnqueueAsync(ctx context.Context, queue string, m adapters.Mess
 	if err != nil {
 		return nil, b.enqueueErr(ctx, op, queue, err)
 	}
-	return &pendingEnqueue{b: b, op: op, queue: queue, id: m.ID, paf: paf, turn: make(chan struct{}, 1)}, nil
+	return &pendingEnqueue{b: b, op: op, queue: queue, id: m.ID, paf: paf, out: driver.NewOutcome()}, nil
 }
 
 // pendingEnqueue is the adapters.Pending of EnqueueAsync. The future hands
@@ -90,27 +91,17 @@ type pendingEnqueue struct {
 	b             *Broker
 	op, queue, id string
 	paf           jetstream.PubAckFuture
-	turn          chan struct{} // one Wait at a time
-	done          bool
-	err           error
+	out           *driver.Outcome
 }
 
 func (p *pendingEnqueue) Wait(ctx context.Context) error {
-	select {
-	case p.turn <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-p.turn }()
-	if p.done {
-		return p.err
-	}
-	err := p.b.awaitEnqueue(ctx, p.queue, p.id, p.paf)
-	if err != nil && ctx.Err() != nil {
-		return ctx.Err() // the outcome is still to come
-	}
-	p.done, p.err = true, p.b.enqueueErr(ctx, p.op, p.queue, err)
-	return p.err
+	return p.out.Wait(ctx, func(ctx context.Context) (bool, error) {
+		err := p.b.awaitEnqueue(ctx, p.queue, p.id, p.paf)
+		if err != nil && ctx.Err() != nil {
+			return false, ctx.Err() // the outcome is still to come
+		}
+		return true, p.b.enqueueErr(ctx, p.op, p.queue, err)
+	})
 }
 
 // prepareEnqueue validates the queue's name and the messages and returns

@@ -10,6 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/clusterbus/clusterbus/adapters"
+	"github.com/clusterbus/clusterbus/adapters/internal/driver"
 )
 
 // Broker-side names of a queue. User names cannot contain '.', so these
@@ -287,7 +288,7 @@ func (b *Broker) EnqueueAsync(ctx context.Context, queue string, m adapters.Mess
 	if err != nil {
 		return nil, err
 	}
-	pe := &pendingEnqueue{b: b, op: op, queue: queue, p: p, turn: make(chan struct{}, 1)}
+	pe := &pendingEnqueue{b: b, op: op, queue: queue, p: p, out: driver.NewOutcome()}
 	if cf, err := b.confirmer(ctx); err == nil {
 		if waits, err := cf.send(ctx, "", queueName(queue), true, []amqp.Publishing{p}); err == nil {
 			pe.w = waits[0]
@@ -304,44 +305,36 @@ type pendingEnqueue struct {
 	b         *Broker
 	op, queue string
 	p         amqp.Publishing
-	w         *pubWait      // the first send's confirm; nil if it was not sent
-	turn      chan struct{} // one Wait at a time
-	done      bool
-	err       error
+	w         *pubWait // the first send's confirm; nil if it was not sent
+	out       *driver.Outcome
 }
 
 func (pe *pendingEnqueue) Wait(ctx context.Context) error {
-	select {
-	case pe.turn <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-pe.turn }()
-	if pe.done {
-		return pe.err
-	}
+	return pe.out.Wait(ctx, pe.resolve)
+}
+
+// resolve waits for the first send's confirm; what was nacked, cut off or
+// never sent is sent again as Enqueue sends it.
+func (pe *pendingEnqueue) resolve(ctx context.Context) (bool, error) {
 	if w := pe.w; w != nil {
 		select {
 		case <-w.done:
 		case <-ctx.Done():
-			return ctx.Err()
+			return false, ctx.Err()
 		}
 		switch {
 		case w.returned != nil:
-			pe.done, pe.err = true, enqueueErr(pe.op, pe.queue, fmt.Errorf("%w: %d %s", errNoRoute, w.returned.ReplyCode, w.returned.ReplyText))
-			return pe.err
+			return true, enqueueErr(pe.op, pe.queue, fmt.Errorf("%w: %d %s", errNoRoute, w.returned.ReplyCode, w.returned.ReplyText))
 		case w.acked:
-			pe.done = true
-			return nil
+			return true, nil
 		}
 		pe.w = nil // nacked or lost: sent again below
 	}
 	err := enqueueErr(pe.op, pe.queue, pe.b.publish(ctx, "", queueName(pe.queue), true, pe.p))
 	if ctx.Err() != nil && err != nil {
-		return err // the outcome is unknown; a later Wait sends it again
+		return false, err // the outcome is unknown; a later Wait sends it again
 	}
-	pe.done, pe.err = true, err
-	return err
+	return true, err
 }
 
 var _ adapters.BatchEnqueuer = (*Broker)(nil)

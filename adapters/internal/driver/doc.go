@@ -1,7 +1,8 @@
 // Package driver is the part every broker adapter shares: the state machine
 // of one delivery's lease, a consumer's set of held deliveries, and the
 // mapping of a client's own context errors (MapCtx: a timeout the caller's
-// ctx did not cause is ErrUnavailable, not the caller's cancellation).
+// ctx did not cause is ErrUnavailable, not the caller's cancellation), and
+// the kept outcome of an asynchronous enqueue (Outcome).
 //
 // An adapter (adapters/nats, rabbitmq, kafka, sqs, azservicebus) speaks its
 // broker's protocol; what a delivery may do and when it is lost is the same
