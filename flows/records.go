@@ -529,6 +529,12 @@ func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*
 		r.sums[en.Key] = summaryEntry{rev: en.Rev, at: en.At, s: st} // the watch need not decode it
 	}
 	r.sumMu.Unlock()
+	// The catalog applied this write before it retained and published it;
+	// another node's write that replaced it meanwhile reached watched while
+	// mine did not hold it yet, so it is checked here.
+	if cur, ok := r.cat.Get(en.Key); ok && cur.Rev != en.Rev {
+		r.watched(id, cur)
+	}
 	return rec, nil
 }
 
@@ -639,8 +645,9 @@ func (r *recorder) prune() int {
 	return drop
 }
 
-// watched is called for every change of a record: if it lost something
-// this node wrote, the recorder writes the union again.
+// watched is called for every change of a record (and by write, for a
+// change while its write was in flight): if it lost something this node
+// wrote, the recorder writes the union again.
 func (r *recorder) watched(id string, en catalog.Entry) {
 	if en.Deleted || en.Rev.Node == r.e.opts.NodeID {
 		return

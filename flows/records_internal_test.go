@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/mem"
 	"github.com/clusterbus/clusterbus/catalog"
 )
@@ -179,6 +181,90 @@ func TestALateLowerRecordIsRepaired(t *testing.T) {
 	waitFor("both have seq 5 with both writes' steps", func(r *record) bool {
 		return r.Seq == 5 && r.Step == "s5" && len(r.Steps) == 2 && r.Steps[0].Step == "s2" && r.Steps[1].Step == "s4"
 	})
+}
+
+// heldRetain holds the first Retain of key until release is closed.
+type heldRetain struct {
+	*mem.Broker
+	key     string
+	once    sync.Once
+	held    chan struct{} // closed when that Retain waits
+	release chan struct{}
+}
+
+func (h *heldRetain) Retain(ctx context.Context, log, key string, value []byte) error {
+	if key == h.key {
+		h.once.Do(func() {
+			close(h.held)
+			<-h.release
+		})
+	}
+	return h.Broker.Retain(ctx, log, key, value)
+}
+
+// A write of a lower record by another node that replaces this node's
+// write while it is still being retained and published (so before the
+// recorder knows it as its own) is repaired too: the recorder checks, once
+// its write returns, whether the local copy is still its write.
+func TestARecordReplacedWhileItsWriteIsInFlightIsRepaired(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv := mem.NewServer()
+	defer srv.Close()
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	held := &heldRetain{Broker: srv.Client(), key: keyOf(prefixRecord, "x1"), held: make(chan struct{}), release: make(chan struct{})}
+	defer held.Close()
+	b2 := srv.Client()
+	defer b2.Close()
+	var es []*Engine
+	for i, b := range []adapters.Broker{held, b2} {
+		e, err := New(b, Config{Queue: "inflight"}, Options{NodeID: fmt.Sprintf("n%d", i+1), Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer e.Stop(context.Background())
+		es = append(es, e)
+	}
+	n1, n2 := es[0], es[1]
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := n1.rec.updateNow(ctx, "x1", func(r *record) {
+			r.Flow, r.State, r.Step, r.Seq, r.Ended = "f", StateDeadLettered, "s5", 5, time.Now()
+		})
+		wrote <- err
+	}()
+	<-held.held // n1's write is applied on n1, not yet retained nor published
+	time.Sleep(2 * time.Millisecond)
+	late, _ := json.Marshal(record{Status: Status{Execution: "x1", Flow: "f", State: StateRunning, Step: "s3", Seq: 3}})
+	if _, err := n2.cat.Put(ctx, keyOf(prefixRecord, "x1"), late); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if en, ok := n1.cat.Get(keyOf(prefixRecord, "x1")); ok && en.Rev.Node == "n2" {
+			break // n2's later revision replaced n1's write on n1
+		}
+		if ctx.Err() != nil {
+			t.Fatal("n2's write never reached n1")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(held.release)
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	for {
+		r1, r2 := n1.rec.get("x1"), n2.rec.get("x1")
+		if r1 != nil && r2 != nil && r1.Seq == 5 && r2.Seq == 5 && r1.State == StateDeadLettered && r2.State == StateDeadLettered {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("n1's dead-lettered record was lost to n2's lower write: n1 %+v, n2 %+v", r1, r2)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func TestMergeKeepsTheHighestGenerationThenSequence(t *testing.T) {
