@@ -357,15 +357,28 @@ func (c *Catalog) usable(op string) error {
 // an error from the broker the write stays applied locally and reaches the
 // other nodes through the digest exchange.
 func (c *Catalog) Put(ctx context.Context, key string, value []byte) (Entry, error) {
-	return c.write(ctx, key, value, false)
+	return c.write(ctx, key, value, false, nil)
 }
+
+// PutIf is Put if this node's copy of key is still at prev, the Rev of the
+// entry a read-modify-write read (Get), or the zero Rev if Get found
+// nothing; otherwise it writes nothing and returns ErrChanged with the
+// entry that is there now. A write from another node can land between a
+// Get and a Put; with Put, the later Rev of the write built on the older
+// read would replace it.
+func (c *Catalog) PutIf(ctx context.Context, key string, value []byte, prev Rev) (Entry, error) {
+	return c.write(ctx, key, value, false, &prev)
+}
+
+// ErrChanged: PutIf found key changed since the read it was given.
+var ErrChanged = errors.New("catalog: changed since read")
 
 // Delete writes a tombstone for key (whether or not it holds a value).
 func (c *Catalog) Delete(ctx context.Context, key string) (Entry, error) {
-	return c.write(ctx, key, nil, true)
+	return c.write(ctx, key, nil, true, nil)
 }
 
-func (c *Catalog) write(ctx context.Context, key string, value []byte, del bool) (Entry, error) {
+func (c *Catalog) write(ctx context.Context, key string, value []byte, del bool, prev *Rev) (Entry, error) {
 	op := "catalog " + c.cfg.Name + ": put " + key
 	if del {
 		op = "catalog " + c.cfg.Name + ": delete " + key
@@ -385,6 +398,16 @@ func (c *Catalog) write(ctx context.Context, key string, value []byte, del bool)
 	now := c.clock.Now()
 	c.mu.Lock()
 	old, had := c.entries[key]
+	if prev != nil {
+		var cur Rev
+		if had && !old.Deleted {
+			cur = old.Rev
+		}
+		if cur != *prev {
+			c.mu.Unlock()
+			return cloneEntry(old), fmt.Errorf("%s: %w: rev %s, read at %s", op, ErrChanged, cur, *prev)
+		}
+	}
 	if c.cfg.FirstWriteWins(key) && had {
 		switch {
 		case del && old.Deleted, !del && !old.Deleted && string(old.Value) == string(value):

@@ -660,3 +660,40 @@ func TestGapTriggersSync(t *testing.T) {
 	waitFor(t, "b to get the put missed in the gap", 3*time.Second, func() bool { return hasValue(b, "lost", "v") })
 	t.Logf("repaired %s after the gap (digest interval 1h)", time.Since(began).Round(10*time.Millisecond))
 }
+
+// PutIf writes only over the entry its read saw: after another node's write
+// lands, it returns ErrChanged with that entry and leaves it in place; the
+// zero Rev stands for "no entry" (absent or deleted).
+func TestPutIfWritesOnlyOverWhatWasRead(t *testing.T) {
+	srv := mem.NewServer()
+	t.Cleanup(srv.Close)
+	a := start(t, srv.Client(), "a", nil)
+	b := start(t, srv.Client(), "b", nil)
+	ctx := context.Background()
+	first, err := a.PutIf(ctx, "k", []byte("1"), catalog.Rev{})
+	if err != nil {
+		t.Fatalf("PutIf on a missing key with the zero Rev: %v", err)
+	}
+	if _, err := a.PutIf(ctx, "k", []byte("x"), catalog.Rev{}); !errors.Is(err, catalog.ErrChanged) {
+		t.Fatalf("PutIf with the zero Rev on a key that holds a value = %v, want ErrChanged", err)
+	}
+	waitFor(t, "b to hold a's write", 5*time.Second, func() bool { return hasValue(b, "k", "1") })
+	other := put(t, b, "k", "2")
+	waitFor(t, "a to hold b's write", 5*time.Second, func() bool { return hasValue(a, "k", "2") })
+	cur, err := a.PutIf(ctx, "k", []byte("built on 1"), first.Rev)
+	if !errors.Is(err, catalog.ErrChanged) || cur.Rev != other.Rev {
+		t.Fatalf("PutIf over a stale read = %v, %v; want ErrChanged and b's entry %v", cur, err, other.Rev)
+	}
+	if !hasValue(a, "k", "2") {
+		t.Fatalf("a's failed PutIf changed the entry: %s", dump(a))
+	}
+	if e, err := a.PutIf(ctx, "k", []byte("built on 2"), other.Rev); err != nil || !other.Rev.Less(e.Rev) {
+		t.Fatalf("PutIf over the current entry = %v, %v", e, err)
+	}
+	if _, err := a.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.PutIf(ctx, "k", []byte("after delete"), catalog.Rev{}); err != nil {
+		t.Fatalf("PutIf with the zero Rev on a deleted key: %v", err)
+	}
+}

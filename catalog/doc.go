@@ -18,6 +18,13 @@
 // (Entry.Deleted) that merge like values, so a delete is not undone by a
 // node that missed it.
 //
+// Because a Put wins over everything its node has seen, a read-modify-write
+// (Get, change, Put) replaces a write that landed between its Get and its
+// Put. PutIf closes that gap: it writes only if the local copy is still the
+// one read, and returns ErrChanged otherwise, so the caller reads and
+// merges again. (It does not order the write against writes the node has
+// not seen yet; those are concurrent and merge by Rev.)
+//
 // Keys for which Config.FirstWriteWins returns true (immutable flow
 // versions) merge the other way: a tombstone beats a value, and among two
 // values (or two tombstones) the LOWEST Rev wins, so that every node keeps

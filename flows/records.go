@@ -303,6 +303,10 @@ type recorder struct {
 	// decode every record.
 	sumMu sync.Mutex
 	sums  map[string]summaryEntry
+
+	// beforePut, if set (by tests), runs between a write's read and its
+	// put.
+	beforePut func(id string)
 }
 
 // summaryEntry is a record's summary and the catalog revision it is from.
@@ -461,18 +465,31 @@ func (r *recorder) requeue(id string, fns []func(*record)) {
 	}
 }
 
-// write reads, merges, applies fns and puts the record.
-func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*record, error) {
-	r.wmu.Lock()
-	defer r.wmu.Unlock()
+// maxWriteRounds bounds the reads a write makes while other nodes' writes
+// keep landing between its read and its put.
+const maxWriteRounds = 20
+
+// build reads the local copy of the record, merges what this node wrote
+// last and applies fns; it returns the record (its rev the read's, the
+// zero Rev if there was none) and its encoding.
+func (r *recorder) build(id string, fns []func(*record)) (*record, []byte, error) {
 	var rec *record
 	r.mmu.Lock()
 	m := r.mine[id]
 	r.mmu.Unlock()
-	if en, ok := r.cat.Get(keyOf(prefixRecord, id)); ok && m != nil && en.Rev == m.rev {
+	en, ok := r.cat.Get(keyOf(prefixRecord, id))
+	switch {
+	case ok && m != nil && en.Rev == m.rev:
 		rec = m // the local copy is this node's last write: no need to decode it
-	} else {
-		rec = merge(r.get(id), m)
+	case ok:
+		var got record
+		if json.Unmarshal(en.Value, &got) == nil {
+			rec = merge(&got, m)
+		} else {
+			rec = m
+		}
+	default:
+		rec = m
 	}
 	if rec == nil {
 		rec = &record{Status: Status{Execution: id, State: StateRunning}}
@@ -481,6 +498,7 @@ func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*
 		c.Steps = slices.Clone(rec.Steps)
 		rec = &c
 	}
+	rec.rev = en.Rev // zero if !ok
 	for _, fn := range fns {
 		if fn != nil {
 			fn(rec)
@@ -502,14 +520,42 @@ func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("flows: encode the record of %s: %w", id, err)
+		return nil, nil, fmt.Errorf("flows: encode the record of %s: %w", id, err)
 	}
-	en, err := r.cat.Put(ctx, keyOf(prefixRecord, id), body)
-	if err != nil {
-		if errors.Is(err, catalog.ErrFull) {
-			r.prune() // room within the catalog's next expiry pass
+	return rec, body, nil
+}
+
+// write reads, merges, applies fns and puts the record. The put is made
+// only if the local copy is still the one read (catalog.PutIf): a write
+// from another node that lands in between is read and merged in a new
+// round, so a record built on an older read never replaces it.
+func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*record, error) {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	key := keyOf(prefixRecord, id)
+	var rec *record
+	var en catalog.Entry
+	for round := 1; ; round++ {
+		var body []byte
+		var err error
+		rec, body, err = r.build(id, fns)
+		if err != nil {
+			return nil, err
 		}
-		return nil, fmt.Errorf("flows: record execution %s: %w", id, err)
+		if r.beforePut != nil {
+			r.beforePut(id)
+		}
+		en, err = r.cat.PutIf(ctx, key, body, rec.rev)
+		if errors.Is(err, catalog.ErrChanged) && round < maxWriteRounds {
+			continue
+		}
+		if err != nil {
+			if errors.Is(err, catalog.ErrFull) {
+				r.prune() // room within the catalog's next expiry pass
+			}
+			return nil, fmt.Errorf("flows: record execution %s: %w", id, err)
+		}
+		break
 	}
 	rec.rev = en.Rev
 	r.mmu.Lock()

@@ -267,6 +267,69 @@ func TestARecordReplacedWhileItsWriteIsInFlightIsRepaired(t *testing.T) {
 	}
 }
 
+// Another node's write that lands between a write's read and its put is
+// not replaced by the record built on the older read (whose Rev is later):
+// the put finds the copy changed and the write reads and merges again. The
+// other node stops right after its write, so nobody repairs the record
+// afterwards: the write itself must not lose it.
+func TestAWriteLandingBetweenReadAndPutIsMerged(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv := mem.NewServer()
+	defer srv.Close()
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var es []*Engine
+	for _, id := range []string{"n1", "n2"} {
+		b := srv.Client()
+		defer b.Close()
+		e, err := New(b, Config{Queue: "readput"}, Options{NodeID: id, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer e.Stop(context.Background())
+		es = append(es, e)
+	}
+	n1, n2 := es[0], es[1]
+	var once sync.Once
+	n1.rec.beforePut = func(string) {
+		once.Do(func() {
+			if _, err := n2.rec.updateNow(ctx, "x1", func(r *record) {
+				r.Flow, r.State, r.Step, r.Seq, r.Ended = "f", StateCompleted, "s3", 3, time.Now()
+			}); err != nil {
+				t.Error(err)
+			}
+			for {
+				if en, ok := n1.cat.Get(keyOf(prefixRecord, "x1")); ok && en.Rev.Node == "n2" {
+					break
+				}
+				if ctx.Err() != nil {
+					t.Error("n2's write never reached n1")
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+			if err := n2.Stop(ctx); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	// What Submit records: fills in an empty record, keeps what is there.
+	if _, err := n1.rec.updateNow(ctx, "x1", func(r *record) {
+		if r.Flow == "" {
+			r.Flow, r.Step, r.Node = "f", "s0", "n1"
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // anything queued that would repair it
+	if r := n1.rec.get("x1"); r == nil || r.State != StateCompleted || r.Seq != 3 {
+		t.Fatalf("n1 holds %+v: the completed record n2 wrote between n1's read and put was replaced", r)
+	}
+}
+
 func TestMergeKeepsTheHighestGenerationThenSequence(t *testing.T) {
 	at := time.Unix(100, 0)
 	mk := func(name string, gen, seq int, state string, updated int) *record {
