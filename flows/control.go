@@ -2,6 +2,7 @@ package flows
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -82,11 +83,14 @@ func (e *Engine) Cancel(ctx context.Context, id, reason string) (Status, error) 
 	}
 	e.cancelRunning(id, reason) // the watch does it too, a moment later
 	if r.State != StateRunning {
-		if p := e.getPark(id); p != nil && p.Winner == "" {
-			p.Winner, p.At = "cancel", now
-			if err := e.putJSON(ctx, keyOf(prefixAwait, id), p); err != nil {
-				return Status{}, fmt.Errorf("flows: cancel %s: resolve its await: %w", id, err)
+		if err := e.updatePark(ctx, id, func(p *park) (*park, error) {
+			if p == nil || p.Winner != "" {
+				return nil, nil
 			}
+			p.Winner, p.At = "cancel", now
+			return p, nil
+		}); err != nil {
+			return Status{}, fmt.Errorf("flows: cancel %s: resolve its await: %w", id, err)
 		}
 		nr, err := e.rec.updateNow(ctx, id, func(r *record) {
 			if r.State != StateCompleted && r.State != StateCancelled && r.State != StateRunning {
@@ -151,36 +155,42 @@ func (e *Engine) Retry(ctx context.Context, id string) (Status, error) {
 // for that signal (not there yet, signalled already, timed out or
 // cancelled), ErrExecutionNotFound if there is no record of it.
 func (e *Engine) Signal(ctx context.Context, id, name string, data any) (Status, error) {
-	p := e.getPark(id)
-	if p == nil {
+	if e.getPark(id) == nil {
+		// Not known here: the record (asking the other nodes) says
+		// whether the execution exists; updatePark says if it is parked.
 		if _, err := e.record(ctx, id); err != nil {
 			return Status{}, err
 		}
-		if p = e.getPark(id); p == nil {
-			return Status{}, errorf(ErrNotAwaiting, "flows: signal", "execution %s is not parked at an await step", id)
-		}
-	}
-	switch {
-	case p.Winner != "":
-		return Status{}, errorf(ErrNotAwaiting, "flows: signal", "execution %s: the await at step %q was resolved by %s", id, p.Step, p.Winner)
-	case p.Signal != name:
-		return Status{}, errorf(ErrNotAwaiting, "flows: signal", "execution %s awaits signal %q at step %q, not %q", id, p.Signal, p.Step, name)
 	}
 	if ok, _ := e.cancelRequested(id); ok {
 		return Status{}, errorf(ErrNotAwaiting, "flows: signal", "execution %s was cancelled", id)
 	}
 	now := e.opts.Clock.Now()
-	next := *p.Next
-	next.Vars = map[string]any{}
-	for k, v := range p.Next.Vars {
-		next.Vars[k] = v
-	}
-	next.Vars[p.SaveAs] = data
-	next.Await = awaitSignal
-	p.Winner, p.At = awaitSignal, now
+	var next item
 	// Resolved first, so that a timeout that arrives from now on is
 	// dropped; then the continuation.
-	if err := e.putJSON(ctx, keyOf(prefixAwait, id), p); err != nil {
+	if err := e.updatePark(ctx, id, func(p *park) (*park, error) {
+		switch {
+		case p == nil:
+			return nil, errorf(ErrNotAwaiting, "flows: signal", "execution %s is not parked at an await step", id)
+		case p.Winner != "":
+			return nil, errorf(ErrNotAwaiting, "flows: signal", "execution %s: the await at step %q was resolved by %s", id, p.Step, p.Winner)
+		case p.Signal != name:
+			return nil, errorf(ErrNotAwaiting, "flows: signal", "execution %s awaits signal %q at step %q, not %q", id, p.Signal, p.Step, name)
+		}
+		next = *p.Next
+		next.Vars = map[string]any{}
+		for k, v := range p.Next.Vars {
+			next.Vars[k] = v
+		}
+		next.Vars[p.SaveAs] = data
+		next.Await = awaitSignal
+		p.Winner, p.At = awaitSignal, now
+		return p, nil
+	}); err != nil {
+		if errors.Is(err, ErrNotAwaiting) {
+			return Status{}, err
+		}
 		return Status{}, fmt.Errorf("flows: signal %s: %w", id, err)
 	}
 	if err := e.enqueue(ctx, &next); err != nil {

@@ -201,6 +201,11 @@ type Engine struct {
 	cat  *catalog.Catalog // the executions catalog
 	rec  *recorder
 
+	// beforePut, if set (by tests), runs between the read and the put of
+	// a read-modify-write of the executions catalog (recorder.write,
+	// updatePark).
+	beforePut func(key string)
+
 	mu    sync.RWMutex
 	flows map[string]map[int]*Flow
 	rules map[string]*Rule
@@ -727,8 +732,14 @@ func (e *Engine) handle(ctx context.Context, job *workqueue.Job) error {
 	case admitCancel:
 		return e.settle(ctx, &it, job, decision{Kind: decCancel, State: StateCancelled}, stepTimes{})
 	case admitClaim:
-		if err := e.claimTimeout(ctx, &it); err != nil {
+		winner, err := e.claimTimeout(ctx, &it)
+		if err != nil {
 			return err
+		}
+		if winner != awaitTimeout {
+			e.log.Info("flows: dropping an item", "item", it.id(), "attempt", job.Attempt,
+				"why", "the await was resolved by "+winner+" before its timeout")
+			return nil
 		}
 	}
 	// The step continues the trace of whoever enqueued it: the submission
@@ -828,22 +839,71 @@ func (e *Engine) boundary(it *item) boundary {
 }
 
 // claimTimeout resolves an await by its timeout, before the timeout's step
-// runs (a signal that comes later is refused).
-func (e *Engine) claimTimeout(ctx context.Context, it *item) error {
-	p := e.getPark(it.Exec)
-	if p == nil {
-		p = &park{Seq: it.Seq, Gen: it.Gen, Next: it}
+// runs (a signal that comes later is refused). It returns the await's
+// winner: awaitTimeout, or the path that resolved it first.
+func (e *Engine) claimTimeout(ctx context.Context, it *item) (string, error) {
+	winner := awaitTimeout
+	err := e.updatePark(ctx, it.Exec, func(p *park) (*park, error) {
+		if p == nil {
+			p = &park{Seq: it.Seq, Gen: it.Gen, Next: it}
+		}
+		if p.Seq == it.Seq && p.Gen == it.Gen && p.Winner != "" && p.Winner != awaitTimeout {
+			winner = p.Winner
+			return nil, nil
+		}
+		winner = awaitTimeout
+		p.Winner, p.At = awaitTimeout, e.opts.Clock.Now()
+		return p, nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("flows: %s: resolve the await by its timeout: %w", it.id(), err)
 	}
-	p.Winner, p.At = awaitTimeout, e.opts.Clock.Now()
-	if err := e.putJSON(ctx, keyOf(prefixAwait, it.Exec), p); err != nil {
-		return fmt.Errorf("flows: %s: resolve the await by its timeout: %w", it.id(), err)
+	if winner != awaitTimeout {
+		return winner, nil
 	}
 	e.rec.update(it.Exec, func(r *record) {
 		if r.State == StateAwaiting {
 			r.State, r.Await = StateRunning, nil
 		}
 	})
-	return nil
+	return winner, nil
+}
+
+// updatePark is a read-modify-write of execution id's await park: fn gets
+// the park (nil if none) and returns the park to write, or nil to write
+// nothing. The write is made only over the park fn saw (catalog.PutIf):
+// when another path's resolution lands in between, fn runs again on it, so
+// that a signal, a timeout and a cancel never overwrite one another on a
+// node that has seen the first.
+func (e *Engine) updatePark(ctx context.Context, id string, fn func(*park) (*park, error)) error {
+	key := keyOf(prefixAwait, id)
+	for round := 1; ; round++ {
+		var cur *park
+		var prev catalog.Rev
+		if en, ok := e.cat.Get(key); ok {
+			prev = en.Rev
+			var p park
+			if json.Unmarshal(en.Value, &p) == nil && p.Next != nil {
+				cur = &p
+			}
+		}
+		next, err := fn(cur)
+		if err != nil || next == nil {
+			return err
+		}
+		body, err := json.Marshal(next)
+		if err != nil {
+			return err
+		}
+		if e.beforePut != nil {
+			e.beforePut(key)
+		}
+		_, err = e.cat.PutIf(ctx, key, body, prev)
+		if errors.Is(err, catalog.ErrChanged) && round < maxWriteRounds {
+			continue
+		}
+		return err
+	}
 }
 
 func (e *Engine) putJSON(ctx context.Context, key string, v any) error {
@@ -933,11 +993,18 @@ func (e *Engine) settle(ctx context.Context, it *item, job *workqueue.Job, d dec
 		if d.Timeout != nil {
 			p.Deadline = d.Timeout.NotBefore
 		}
-		if old := e.getPark(it.Exec); old != nil && old.Seq == p.Seq && old.Gen == p.Gen && old.Winner != "" {
-			return nil // a repeat of a park that was resolved already
-		}
-		if err := e.putJSON(ctx, keyOf(prefixAwait, it.Exec), p); err != nil {
+		resolved := false
+		if err := e.updatePark(ctx, it.Exec, func(old *park) (*park, error) {
+			resolved = old != nil && old.Seq == p.Seq && old.Gen == p.Gen && old.Winner != ""
+			if resolved {
+				return nil, nil
+			}
+			return &p, nil
+		}); err != nil {
 			return fmt.Errorf("flows: %s: park the execution: %w", it.id(), err)
+		}
+		if resolved {
+			return nil // a repeat of a park that was resolved already
 		}
 		if _, err := e.rec.updateNow(ctx, it.Exec, func(r *record) {
 			base(r)

@@ -303,10 +303,6 @@ type recorder struct {
 	// decode every record.
 	sumMu sync.Mutex
 	sums  map[string]summaryEntry
-
-	// beforePut, if set (by tests), runs between a write's read and its
-	// put.
-	beforePut func(id string)
 }
 
 // summaryEntry is a record's summary and the catalog revision it is from.
@@ -542,8 +538,8 @@ func (r *recorder) write(ctx context.Context, id string, fns []func(*record)) (*
 		if err != nil {
 			return nil, err
 		}
-		if r.beforePut != nil {
-			r.beforePut(id)
+		if r.e.beforePut != nil {
+			r.e.beforePut(key)
 		}
 		en, err = r.cat.PutIf(ctx, key, body, rec.rev)
 		if errors.Is(err, catalog.ErrChanged) && round < maxWriteRounds {

@@ -294,7 +294,7 @@ func TestAWriteLandingBetweenReadAndPutIsMerged(t *testing.T) {
 	}
 	n1, n2 := es[0], es[1]
 	var once sync.Once
-	n1.rec.beforePut = func(string) {
+	n1.beforePut = func(string) {
 		once.Do(func() {
 			if _, err := n2.rec.updateNow(ctx, "x1", func(r *record) {
 				r.Flow, r.State, r.Step, r.Seq, r.Ended = "f", StateCompleted, "s3", 3, time.Now()
@@ -327,6 +327,79 @@ func TestAWriteLandingBetweenReadAndPutIsMerged(t *testing.T) {
 	time.Sleep(50 * time.Millisecond) // anything queued that would repair it
 	if r := n1.rec.get("x1"); r == nil || r.State != StateCompleted || r.Seq != 3 {
 		t.Fatalf("n1 holds %+v: the completed record n2 wrote between n1's read and put was replaced", r)
+	}
+}
+
+// A signal that lands between a timeout claim's read of the park and its
+// put wins: the claim reads the park again, finds it resolved and gives
+// way, instead of overwriting the signal's resolution with its later Rev
+// (which would run both paths of the await).
+func TestASignalLandingBetweenAClaimsReadAndPutWins(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	srv := mem.NewServer()
+	defer srv.Close()
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var es []*Engine
+	for _, id := range []string{"n1", "n2"} {
+		b := srv.Client()
+		defer b.Close()
+		e, err := New(b, Config{Queue: "claim"}, Options{NodeID: id, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer e.Stop(context.Background())
+		es = append(es, e)
+	}
+	n1, n2 := es[0], es[1]
+	next := &item{V: 1, Exec: "x1", Flow: "f", Version: 1, Step: "after", Seq: 2}
+	if err := n1.putJSON(ctx, keyOf(prefixAwait, "x1"), park{Seq: 2, Step: "wait", Signal: "go", SaveAs: "wait", Next: next}); err != nil {
+		t.Fatal(err)
+	}
+	for n2.getPark("x1") == nil {
+		if ctx.Err() != nil {
+			t.Fatal("the park never reached n2")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var once sync.Once
+	n1.beforePut = func(key string) {
+		if key != keyOf(prefixAwait, "x1") {
+			return
+		}
+		once.Do(func() {
+			if _, err := n2.Signal(ctx, "x1", "go", "data"); err != nil {
+				t.Errorf("signal: %v", err)
+			}
+			for {
+				if p := n1.getPark("x1"); p != nil && p.Winner == awaitSignal {
+					return
+				}
+				if ctx.Err() != nil {
+					t.Error("the signal's resolution never reached n1")
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	timeout := *next
+	timeout.Await = awaitTimeout
+	winner, err := n1.claimTimeout(ctx, &timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if winner != awaitSignal {
+		t.Fatalf("claimTimeout = %q, want %q: the timeout overwrote the signal that resolved the await first", winner, awaitSignal)
+	}
+	time.Sleep(50 * time.Millisecond)
+	for _, e := range es {
+		if p := e.getPark("x1"); p == nil || p.Winner != awaitSignal {
+			t.Fatalf("%s's park %+v, want resolved by the signal", e.opts.NodeID, p)
+		}
 	}
 }
 
