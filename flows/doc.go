@@ -168,8 +168,10 @@
 //     finds the park unresolved resolves it ("timeout") and runs
 //     on-timeout. Whichever resolves it first wins and the other is
 //     dropped: a signal after the timeout is refused (ErrNotAwaiting), a
-//     timeout after the signal is acknowledged without running. The catalog
-//     has no compare-and-set: a signal and a timeout within the moment it
+//     timeout after the signal is acknowledged without running. On one
+//     node the park is read and written with catalog.PutIf, so a resolution
+//     that node has seen is never overwritten. Across nodes the catalog has
+//     no compare-and-set: a signal and a timeout within the moment it
 //     takes a write to reach the other node can both resolve it, and then
 //     the write that wins the catalog's merge decides which continuation
 //     runs; the other is dropped where the winner's write has arrived, but
