@@ -123,6 +123,23 @@ func TestKeyOfEveryExecutionIDIsAValidCatalogKey(t *testing.T) {
 	}
 }
 
+// startEngine starts an engine on b (closed at the end of the test) with
+// no flows; it is stopped at the end of the test.
+func startEngine(ctx context.Context, t *testing.T, b adapters.Broker, queue, id string) *Engine {
+	t.Helper()
+	t.Cleanup(func() { b.Close() })
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	e, err := New(b, Config{Queue: queue}, Options{NodeID: id, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Stop(context.Background()) })
+	return e
+}
+
 // TestALateLowerRecordIsRepaired: the catalog keeps the last write of a
 // key; when another node's late write of a record with a lower sequence
 // (a step write delayed past the next step's) replaces this node's, this
@@ -132,22 +149,8 @@ func TestALateLowerRecordIsRepaired(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	srv := mem.NewServer()
-	defer srv.Close()
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	var es []*Engine
-	for _, id := range []string{"n1", "n2"} {
-		b := srv.Client()
-		defer b.Close()
-		e, err := New(b, Config{Queue: "repair"}, Options{NodeID: id, Logger: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := e.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		defer e.Stop(context.Background())
-		es = append(es, e)
-	}
+	t.Cleanup(srv.Close)
+	es := []*Engine{startEngine(ctx, t, srv.Client(), "repair", "n1"), startEngine(ctx, t, srv.Client(), "repair", "n2")}
 	n1, n2 := es[0], es[1]
 	now := time.Now()
 	if _, err := n1.rec.updateNow(ctx, "x1", func(r *record) {
@@ -210,25 +213,9 @@ func TestARecordReplacedWhileItsWriteIsInFlightIsRepaired(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	srv := mem.NewServer()
-	defer srv.Close()
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	t.Cleanup(srv.Close)
 	held := &heldRetain{Broker: srv.Client(), key: keyOf(prefixRecord, "x1"), held: make(chan struct{}), release: make(chan struct{})}
-	defer held.Close()
-	b2 := srv.Client()
-	defer b2.Close()
-	var es []*Engine
-	for i, b := range []adapters.Broker{held, b2} {
-		e, err := New(b, Config{Queue: "inflight"}, Options{NodeID: fmt.Sprintf("n%d", i+1), Logger: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := e.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		defer e.Stop(context.Background())
-		es = append(es, e)
-	}
-	n1, n2 := es[0], es[1]
+	n1, n2 := startEngine(ctx, t, held, "inflight", "n1"), startEngine(ctx, t, srv.Client(), "inflight", "n2")
 	wrote := make(chan error, 1)
 	go func() {
 		_, err := n1.rec.updateNow(ctx, "x1", func(r *record) {
@@ -276,22 +263,8 @@ func TestAWriteLandingBetweenReadAndPutIsMerged(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	srv := mem.NewServer()
-	defer srv.Close()
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	var es []*Engine
-	for _, id := range []string{"n1", "n2"} {
-		b := srv.Client()
-		defer b.Close()
-		e, err := New(b, Config{Queue: "readput"}, Options{NodeID: id, Logger: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := e.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		defer e.Stop(context.Background())
-		es = append(es, e)
-	}
+	t.Cleanup(srv.Close)
+	es := []*Engine{startEngine(ctx, t, srv.Client(), "readput", "n1"), startEngine(ctx, t, srv.Client(), "readput", "n2")}
 	n1, n2 := es[0], es[1]
 	var once sync.Once
 	n1.beforePut = func(string) {
@@ -338,22 +311,8 @@ func TestASignalLandingBetweenAClaimsReadAndPutWins(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	srv := mem.NewServer()
-	defer srv.Close()
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	var es []*Engine
-	for _, id := range []string{"n1", "n2"} {
-		b := srv.Client()
-		defer b.Close()
-		e, err := New(b, Config{Queue: "claim"}, Options{NodeID: id, Logger: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := e.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		defer e.Stop(context.Background())
-		es = append(es, e)
-	}
+	t.Cleanup(srv.Close)
+	es := []*Engine{startEngine(ctx, t, srv.Client(), "claim", "n1"), startEngine(ctx, t, srv.Client(), "claim", "n2")}
 	n1, n2 := es[0], es[1]
 	next := &item{V: 1, Exec: "x1", Flow: "f", Version: 1, Step: "after", Seq: 2}
 	if err := n1.putJSON(ctx, keyOf(prefixAwait, "x1"), park{Seq: 2, Step: "wait", Signal: "go", SaveAs: "wait", Next: next}); err != nil {
