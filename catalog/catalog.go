@@ -273,6 +273,7 @@ func (c *Catalog) Start(ctx context.Context) error {
 		c.log.Debug("catalog loaded from data dir", "entries", len(good))
 	}
 	var rc retainedCopy
+	var stale []Entry
 	if c.retain != nil {
 		var err error
 		rc, err = c.loadRetained(ctx)
@@ -281,6 +282,8 @@ func (c *Catalog) Start(ctx context.Context) error {
 			c.retain = nil
 		} else if err != nil {
 			return err
+		} else {
+			stale = c.staleRetained(rc)
 		}
 	}
 	sub, err := c.b.Subscribe(ctx, c.topic)
@@ -297,7 +300,7 @@ func (c *Catalog) Start(ctx context.Context) error {
 	if c.retain != nil {
 		c.wakeAgain = make(chan struct{}, 1)
 		c.wg.Add(2)
-		go c.repairRetained(runCtx, rc)
+		go c.repairRetained(runCtx, rc.forget, stale)
 		go c.retainAgainLoop(runCtx)
 	}
 	if _, err := c.sendSyncRequest(ctx, false, false); err != nil {

@@ -61,24 +61,36 @@ func (c *Catalog) loadRetained(ctx context.Context) (retainedCopy, error) {
 	return rc, nil
 }
 
+// staleRetained returns the local entries that win over the retained copy
+// Start read (a node's data dir may hold writes the broker never kept: a
+// Put whose Retain failed, a stream deleted by hand, a cluster that moved
+// brokers). Start calls it before the catalog takes writes: an entry
+// written or merged later was retained by its own writer.
+func (c *Catalog) staleRetained(rc retainedCopy) []Entry {
+	var out []Entry
+	for _, e := range c.snapshot() {
+		if old, ok := rc.entries[e.Key]; ok && !c.wins(e, old) {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
 // repairRetained runs once after Start: it forgets the retained values
-// that are invalid or expired, and retains the local entries that win over
-// the retained copy (a node's data dir may hold writes the broker never
-// kept: a Put whose Retain failed, a stream deleted by hand, a cluster that
-// moved brokers). Each entry it retains is published as a put.
-func (c *Catalog) repairRetained(ctx context.Context, rc retainedCopy) {
+// that are invalid or expired (forget) and retains the local entries that
+// won over the retained copy when Start read it (stale). Each entry it
+// retains is published as a put.
+func (c *Catalog) repairRetained(ctx context.Context, forget []string, stale []Entry) {
 	defer c.wg.Done()
-	for _, k := range rc.forget {
+	for _, k := range forget {
 		if err := c.retain.Forget(ctx, c.retainedLog(), k); err != nil {
 			c.log.Debug("catalog: forgetting a retained value failed", "key", k, "err", err)
 			return
 		}
 	}
 	n := 0
-	for _, e := range c.snapshot() {
-		if old, ok := rc.entries[e.Key]; ok && !c.wins(e, old) {
-			continue
-		}
+	for _, e := range stale {
 		if ctx.Err() != nil {
 			return
 		}
@@ -93,8 +105,8 @@ func (c *Catalog) repairRetained(ctx context.Context, rc retainedCopy) {
 		}
 		n++
 	}
-	if n > 0 || len(rc.forget) > 0 {
-		c.log.Info("catalog: broker copy repaired", "retained", n, "forgotten", len(rc.forget))
+	if n > 0 || len(forget) > 0 {
+		c.log.Info("catalog: broker copy repaired", "retained", n, "forgotten", len(forget))
 	}
 }
 
