@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,13 +14,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/clusterbus/clusterbus/adapters/mem"
 	"github.com/clusterbus/clusterbus/flows"
-	"net/http/httptest"
 )
 
 func runCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
+	resetFlags(rootCmd)
 	var out bytes.Buffer
 	rootCmd.SetOut(&out)
 	rootCmd.SetErr(&out)
@@ -27,6 +31,30 @@ func runCLI(t *testing.T, args ...string) (string, error) {
 	err := rootCmd.ExecuteContext(context.Background())
 	t.Logf("clusterbus %s\n%s(err %v)", strings.Join(args, " "), out.String(), err)
 	return out.String(), err
+}
+
+// resetFlags puts every flag of c and its subcommands back to its default:
+// rootCmd is one value for the whole test binary, and a flag one command
+// line set (-o json) would otherwise stay set for the next (so the tests
+// passed in file order only, not with -count 2 or -shuffle).
+func resetFlags(c *cobra.Command) {
+	reset := func(f *pflag.Flag) {
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			var def []string
+			if d := strings.Trim(f.DefValue, "[]"); d != "" {
+				def = strings.Split(d, ",")
+			}
+			_ = sv.Replace(def)
+		} else {
+			_ = f.Value.Set(f.DefValue)
+		}
+		f.Changed = false
+	}
+	c.Flags().VisitAll(reset)
+	c.PersistentFlags().VisitAll(reset)
+	for _, sub := range c.Commands() {
+		resetFlags(sub)
+	}
 }
 
 func TestFlowSubmitAndStatusTalkToTheNodeAPI(t *testing.T) {
