@@ -79,8 +79,9 @@ func (c *Catalog) staleRetained(rc retainedCopy) []Entry {
 
 // repairRetained runs once after Start: it forgets the retained values
 // that are invalid or expired (forget) and retains the local entries that
-// won over the retained copy when Start read it (stale). Each entry it
-// retains is published as a put.
+// won over the retained copy when Start read it (stale) and are still
+// this node's entries for their keys. Each entry it retains is published
+// as a put.
 func (c *Catalog) repairRetained(ctx context.Context, forget []string, stale []Entry) {
 	defer c.wg.Done()
 	for _, k := range forget {
@@ -94,9 +95,23 @@ func (c *Catalog) repairRetained(ctx context.Context, forget []string, stale []E
 		if ctx.Err() != nil {
 			return
 		}
+		c.mu.Lock()
+		cur, ok := c.entries[e.Key]
+		c.mu.Unlock()
+		if !ok || cur.Rev != e.Rev {
+			continue // replaced since Start: the newer entry's writer retained it
+		}
 		if err := c.retainEntry(ctx, e); err != nil {
 			c.log.Warn("catalog: retaining local entries the broker lacks failed; the next start tries again", "err", err)
 			return
+		}
+		c.mu.Lock()
+		cur, ok = c.entries[e.Key]
+		c.mu.Unlock()
+		if ok && cur.Rev != e.Rev && cur.Rev.Node == c.cfg.NodeID {
+			// This node wrote the key while e was being retained: its
+			// own Retain may have landed first.
+			c.retainAgain([]string{e.Key})
 		}
 		// Published like a Put's entry, so that a node holding a newer
 		// write of the key retains it again (see retainAgain).

@@ -319,3 +319,53 @@ func TestConcurrentWriteRetainedLastDoesNotWin(t *testing.T) {
 		t.Fatalf("a new node after every node stopped holds %s", dump(c))
 	}
 }
+
+// heldForget holds the first Forget until release is closed.
+type heldForget struct {
+	*mem.Broker
+	once    sync.Once
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (h *heldForget) Forget(ctx context.Context, log, key string) error {
+	h.once.Do(func() {
+		close(h.held)
+		<-h.release
+	})
+	return h.Broker.Forget(ctx, log, key)
+}
+
+// The start-up repair retains an entry from the data dir only while it is
+// still the node's entry for its key: a node that writes the key before
+// the repair gets to it keeps its newer write in the broker, instead of
+// the repair retaining the older one over it (which a whole-cluster
+// restart with empty data dirs would then read back).
+func TestRepairSkipsAnEntryWrittenAgainSinceStart(t *testing.T) {
+	dir := t.TempDir()
+	a := start(t, struct{ adapters.Broker }{mem.New()}, "a", func(cfg *catalog.Config) { cfg.Dir = dir })
+	put(t, a, "k", "old") // only in the data dir
+	_ = a.Stop(context.Background())
+
+	srv := mem.NewServer()
+	t.Cleanup(srv.Close)
+	log := cluster + "-catalog-settings"
+	raw := srv.Client()
+	if err := raw.Retain(context.Background(), log, "junk", []byte("not json")); err != nil {
+		t.Fatal(err) // gives the repair a Forget to wait in
+	}
+	held := &heldForget{Broker: srv.Client(), held: make(chan struct{}), release: make(chan struct{})}
+	a2 := start(t, held, "a", func(cfg *catalog.Config) { cfg.Dir = dir; cfg.DigestInterval = time.Hour })
+	<-held.held // the repair has its list (k: old) and waits
+	newer := put(t, a2, "k", "new")
+	close(held.release)
+	waitFor(t, "the junk forgotten (the repair ran)", 5*time.Second, func() bool {
+		m, _ := raw.Retained(context.Background(), log)
+		return m["junk"] == nil
+	})
+	_ = a2.Stop(context.Background()) // waits for the repair's goroutine
+	m, _ := raw.Retained(context.Background(), log)
+	if !strings.Contains(string(m["k"]), fmt.Sprint(newer.Rev.Clock)) {
+		t.Fatalf("the broker holds %s for k, want the newer write %s", m["k"], newer.Rev)
+	}
+}
