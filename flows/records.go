@@ -501,6 +501,12 @@ func (r *recorder) build(id string, fns []func(*record)) (*record, []byte, error
 		}
 	}
 	rec.Updated = r.e.opts.Clock.Now()
+	// Wall clock only, as the record reads back from the catalog: a record
+	// this node returns from memory then equals its copy on every node.
+	rec.Started, rec.Updated, rec.Ended = rec.Started.Round(0), rec.Updated.Round(0), rec.Ended.Round(0)
+	for i := range rec.Steps {
+		rec.Steps[i].Started, rec.Steps[i].Ended = rec.Steps[i].Started.Round(0), rec.Steps[i].Ended.Round(0)
+	}
 	body, err := json.Marshal(rec)
 	if err == nil && len(body) > r.cat.MaxValueSize() {
 		// Too large to record whole: without the output, the resume

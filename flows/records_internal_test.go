@@ -386,3 +386,26 @@ func TestMergeKeepsTheHighestGenerationThenSequence(t *testing.T) {
 		}
 	}
 }
+
+// A record a write returns (what Status gives while updates are queued)
+// equals the record as it reads back from the catalog on any node: no
+// monotonic clock readings that the catalog's copy cannot have.
+func TestAWrittenRecordEqualsItsCatalogCopy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv := mem.NewServer()
+	t.Cleanup(srv.Close)
+	n1 := startEngine(ctx, t, srv.Client(), "wall", "n1")
+	start := time.Now()
+	rec, err := n1.rec.updateNow(ctx, "x1", func(r *record) {
+		r.Flow, r.Step, r.Started = "f", "s1", start
+		r.Steps = []StepRecord{{Step: "s0", Node: "n1", Outcome: StepDone, Started: start, Ended: time.Now()}}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := n1.rec.get("x1")
+	if got == nil || fmt.Sprintf("%+v", got.Status) != fmt.Sprintf("%+v", rec.Status) {
+		t.Fatalf("written  %+v\nread back %+v", rec.Status, got)
+	}
+}
