@@ -165,6 +165,11 @@ func (e *Engine) Signal(ctx context.Context, id, name string, data any) (Status,
 	if ok, _ := e.cancelRequested(id); ok {
 		return Status{}, errorf(ErrNotAwaiting, "flows: signal", "execution %s was cancelled", id)
 	}
+	// An ended execution is not awaiting, whatever this node's copy of its
+	// park says yet (the park's resolution and the record travel apart).
+	if state, _, _, ok := e.rec.summary(id); ok && ended(state) {
+		return Status{}, errorf(ErrNotAwaiting, "flows: signal", "execution %s has ended (%s)", id, state)
+	}
 	now := e.opts.Clock.Now()
 	var next item
 	// Resolved first, so that a timeout that arrives from now on is
