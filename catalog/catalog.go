@@ -478,6 +478,15 @@ func (c *Catalog) Get(key string) (Entry, bool) {
 	return cloneEntry(e), true
 }
 
+// entry returns key's entry as this node holds it, tombstones included
+// (Get hides them).
+func (c *Catalog) entry(key string) (Entry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[key]
+	return e, ok
+}
+
 // List returns the live entries whose key starts with prefix, sorted by key.
 func (c *Catalog) List(prefix string) []Entry {
 	c.mu.Lock()

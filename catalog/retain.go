@@ -95,20 +95,14 @@ func (c *Catalog) repairRetained(ctx context.Context, forget []string, stale []E
 		if ctx.Err() != nil {
 			return
 		}
-		c.mu.Lock()
-		cur, ok := c.entries[e.Key]
-		c.mu.Unlock()
-		if !ok || cur.Rev != e.Rev {
+		if cur, ok := c.entry(e.Key); !ok || cur.Rev != e.Rev {
 			continue // replaced since Start: the newer entry's writer retained it
 		}
 		if err := c.retainEntry(ctx, e); err != nil {
 			c.log.Warn("catalog: retaining local entries the broker lacks failed; the next start tries again", "err", err)
 			return
 		}
-		c.mu.Lock()
-		cur, ok = c.entries[e.Key]
-		c.mu.Unlock()
-		if ok && cur.Rev != e.Rev && cur.Rev.Node == c.cfg.NodeID {
+		if cur, ok := c.entry(e.Key); ok && cur.Rev != e.Rev && cur.Rev.Node == c.cfg.NodeID {
 			// This node wrote the key while e was being retained: its
 			// own Retain may have landed first.
 			c.retainAgain([]string{e.Key})
@@ -194,9 +188,7 @@ func (c *Catalog) retainAgainLoop(ctx context.Context) {
 		c.again = map[string]bool{}
 		c.againMu.Unlock()
 		for i, k := range keys {
-			c.mu.Lock()
-			e, ok := c.entries[k]
-			c.mu.Unlock()
+			e, ok := c.entry(k)
 			if !ok || e.Rev.Node != c.cfg.NodeID {
 				continue
 			}

@@ -368,4 +368,9 @@ func TestRepairSkipsAnEntryWrittenAgainSinceStart(t *testing.T) {
 	if !strings.Contains(string(m["k"]), fmt.Sprint(newer.Rev.Clock)) {
 		t.Fatalf("the broker holds %s for k, want the newer write %s", m["k"], newer.Rev)
 	}
+	// Skipped, not retained and then put right again: the older entry never
+	// reached the broker after the newer one.
+	if got := metricValue(a2.reg, "clusterbus_catalog_retained_again_total", "catalog", "settings"); got != 0 {
+		t.Errorf("a retained again %v times, want 0: the repair retained the older entry over the newer one", got)
+	}
 }

@@ -330,6 +330,11 @@ func (r *recorder) get(id string) *record {
 	if !ok {
 		return nil
 	}
+	return decodeRecord(en)
+}
+
+// decodeRecord decodes a record entry; nil if it does not decode.
+func decodeRecord(en catalog.Entry) *record {
 	var rec record
 	if err := json.Unmarshal(en.Value, &rec); err != nil {
 		return nil
@@ -478,12 +483,7 @@ func (r *recorder) build(id string, fns []func(*record)) (*record, []byte, error
 	case ok && m != nil && en.Rev == m.rev:
 		rec = m // the local copy is this node's last write: no need to decode it
 	case ok:
-		var got record
-		if json.Unmarshal(en.Value, &got) == nil {
-			rec = merge(&got, m)
-		} else {
-			rec = m
-		}
+		rec = merge(decodeRecord(en), m)
 	default:
 		rec = m
 	}

@@ -140,6 +140,17 @@ func startEngine(ctx context.Context, t *testing.T, b adapters.Broker, queue, id
 	return e
 }
 
+// waitUntil polls cond until it holds (true) or ctx ends (false).
+func waitUntil(ctx context.Context, cond func() bool) bool {
+	for !cond() {
+		if ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
+}
+
 // TestALateLowerRecordIsRepaired: the catalog keeps the last write of a
 // key; when another node's late write of a record with a lower sequence
 // (a step write delayed past the next step's) replaces this node's, this
@@ -161,15 +172,11 @@ func TestALateLowerRecordIsRepaired(t *testing.T) {
 	}
 	waitFor := func(what string, ok func(*record) bool) {
 		t.Helper()
-		for {
+		if !waitUntil(ctx, func() bool {
 			r1, r2 := n1.rec.get("x1"), n2.rec.get("x1")
-			if r1 != nil && r2 != nil && ok(r1) && ok(r2) {
-				return
-			}
-			if ctx.Err() != nil {
-				t.Fatalf("%s: n1 %+v, n2 %+v", what, r1, r2)
-			}
-			time.Sleep(5 * time.Millisecond)
+			return r1 != nil && r2 != nil && ok(r1) && ok(r2)
+		}) {
+			t.Fatalf("%s: n1 %+v, n2 %+v", what, n1.rec.get("x1"), n2.rec.get("x1"))
 		}
 	}
 	waitFor("both have seq 5", func(r *record) bool { return r.Seq == 5 })
@@ -224,33 +231,27 @@ func TestARecordReplacedWhileItsWriteIsInFlightIsRepaired(t *testing.T) {
 		wrote <- err
 	}()
 	<-held.held // n1's write is applied on n1, not yet retained nor published
-	time.Sleep(2 * time.Millisecond)
+	// n2's write comes later: its Rev is at least n1's, and n2 > n1 breaks
+	// a tie.
 	late, _ := json.Marshal(record{Status: Status{Execution: "x1", Flow: "f", State: StateRunning, Step: "s3", Seq: 3}})
 	if _, err := n2.cat.Put(ctx, keyOf(prefixRecord, "x1"), late); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		if en, ok := n1.cat.Get(keyOf(prefixRecord, "x1")); ok && en.Rev.Node == "n2" {
-			break // n2's later revision replaced n1's write on n1
-		}
-		if ctx.Err() != nil {
-			t.Fatal("n2's write never reached n1")
-		}
-		time.Sleep(time.Millisecond)
+	if !waitUntil(ctx, func() bool {
+		en, ok := n1.cat.Get(keyOf(prefixRecord, "x1"))
+		return ok && en.Rev.Node == "n2" // n2's later revision replaced n1's write on n1
+	}) {
+		t.Fatal("n2's write never reached n1")
 	}
 	close(held.release)
 	if err := <-wrote; err != nil {
 		t.Fatal(err)
 	}
-	for {
+	if !waitUntil(ctx, func() bool {
 		r1, r2 := n1.rec.get("x1"), n2.rec.get("x1")
-		if r1 != nil && r2 != nil && r1.Seq == 5 && r2.Seq == 5 && r1.State == StateDeadLettered && r2.State == StateDeadLettered {
-			return
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("n1's dead-lettered record was lost to n2's lower write: n1 %+v, n2 %+v", r1, r2)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return r1 != nil && r2 != nil && r1.Seq == 5 && r2.Seq == 5 && r1.State == StateDeadLettered && r2.State == StateDeadLettered
+	}) {
+		t.Fatalf("n1's dead-lettered record was lost to n2's lower write: n1 %+v, n2 %+v", n1.rec.get("x1"), n2.rec.get("x1"))
 	}
 }
 
@@ -274,15 +275,12 @@ func TestAWriteLandingBetweenReadAndPutIsMerged(t *testing.T) {
 			}); err != nil {
 				t.Error(err)
 			}
-			for {
-				if en, ok := n1.cat.Get(keyOf(prefixRecord, "x1")); ok && en.Rev.Node == "n2" {
-					break
-				}
-				if ctx.Err() != nil {
-					t.Error("n2's write never reached n1")
-					return
-				}
-				time.Sleep(time.Millisecond)
+			if !waitUntil(ctx, func() bool {
+				en, ok := n1.cat.Get(keyOf(prefixRecord, "x1"))
+				return ok && en.Rev.Node == "n2"
+			}) {
+				t.Error("n2's write never reached n1")
+				return
 			}
 			if err := n2.Stop(ctx); err != nil {
 				t.Error(err)
@@ -297,7 +295,8 @@ func TestAWriteLandingBetweenReadAndPutIsMerged(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond) // anything queued that would repair it
+	// Right after the write: no repair may be needed (n2, which could
+	// repair, is stopped).
 	if r := n1.rec.get("x1"); r == nil || r.State != StateCompleted || r.Seq != 3 {
 		t.Fatalf("n1 holds %+v: the completed record n2 wrote between n1's read and put was replaced", r)
 	}
@@ -318,11 +317,8 @@ func TestASignalLandingBetweenAClaimsReadAndPutWins(t *testing.T) {
 	if err := n1.putJSON(ctx, keyOf(prefixAwait, "x1"), park{Seq: 2, Step: "wait", Signal: "go", SaveAs: "wait", Next: next}); err != nil {
 		t.Fatal(err)
 	}
-	for n2.getPark("x1") == nil {
-		if ctx.Err() != nil {
-			t.Fatal("the park never reached n2")
-		}
-		time.Sleep(time.Millisecond)
+	if !waitUntil(ctx, func() bool { return n2.getPark("x1") != nil }) {
+		t.Fatal("the park never reached n2")
 	}
 	var once sync.Once
 	n1.beforePut = func(key string) {
@@ -333,15 +329,8 @@ func TestASignalLandingBetweenAClaimsReadAndPutWins(t *testing.T) {
 			if _, err := n2.Signal(ctx, "x1", "go", "data"); err != nil {
 				t.Errorf("signal: %v", err)
 			}
-			for {
-				if p := n1.getPark("x1"); p != nil && p.Winner == awaitSignal {
-					return
-				}
-				if ctx.Err() != nil {
-					t.Error("the signal's resolution never reached n1")
-					return
-				}
-				time.Sleep(time.Millisecond)
+			if !waitUntil(ctx, func() bool { p := n1.getPark("x1"); return p != nil && p.Winner == awaitSignal }) {
+				t.Error("the signal's resolution never reached n1")
 			}
 		})
 	}
@@ -354,7 +343,10 @@ func TestASignalLandingBetweenAClaimsReadAndPutWins(t *testing.T) {
 	if winner != awaitSignal {
 		t.Fatalf("claimTimeout = %q, want %q: the timeout overwrote the signal that resolved the await first", winner, awaitSignal)
 	}
-	time.Sleep(50 * time.Millisecond)
+	// n1 wrote nothing: its copy is n2's write, resolved by the signal.
+	if en, ok := n1.cat.Get(keyOf(prefixAwait, "x1")); !ok || en.Rev.Node != "n2" {
+		t.Fatalf("n1's park entry %+v, want n2's write and nothing of n1's after it", en)
+	}
 	for _, e := range es {
 		if p := e.getPark("x1"); p == nil || p.Winner != awaitSignal {
 			t.Fatalf("%s's park %+v, want resolved by the signal", e.opts.NodeID, p)
