@@ -111,10 +111,28 @@ start() {
 
 stop() {
   for n in 1 2 3; do
-    if [ -s "$DIR/cb$n/pid" ] && kill -0 "$(cat "$DIR/cb$n/pid")" 2>/dev/null; then
-      ctl "$n" -q shutdown >/dev/null 2>&1 || kill "$(cat "$DIR/cb$n/pid")" 2>/dev/null || true
+    if answers "$n" || [ -s "$DIR/cb$n/pid" ]; then
+      ctl "$n" -q shutdown >/dev/null 2>&1 || { p=$(node_pid "$n" 2>/dev/null) && kill "$p" 2>/dev/null; } || true
     fi
   done
+}
+
+# node_pid N: the OS pid of node N, from its pid file when that names a
+# live process, else from the node itself (CI saw cb1 running with its pid
+# file gone).
+node_pid() {
+  local n=$1 f="$DIR/cb$1/pid" p
+  if [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
+    cat "$f"
+    return
+  fi
+  p=$(ctl "$n" -q status --formatter json 2>/dev/null | grep -o '"pid":[0-9]*' | head -1 | cut -d: -f2)
+  if [ -z "$p" ]; then
+    log "$(name "$n") is not running (no pid file, no answer)"
+    return 1
+  fi
+  echo "$p" >"$f"
+  echo "$p"
 }
 
 case "${1:-start}" in
@@ -122,6 +140,6 @@ case "${1:-start}" in
   stop) stop ;;
   start-node) start_node "$2" ;;
   ctl) shift; ctl "$@" ;;
-  pid) cat "$DIR/cb$2/pid" ;;
+  pid) node_pid "$2" ;;
   *) echo "usage: $0 start|stop|start-node N|ctl N ARGS…|pid N" >&2; exit 2 ;;
 esac
