@@ -539,28 +539,40 @@ func errf(code error, op, format string, args ...any) error {
 }
 
 // transientBudget bounds how long retryTransient tries again.
-const transientBudget = 10 * time.Second
+const transientBudget = 30 * time.Second
+
+// apiTimeout bounds one try of a JetStream API request or a publish made
+// through retryTransient. JetStream answers those in milliseconds; a request
+// sent while the meta or stream group is between leaders can go unanswered
+// (every server subscribes to the API subjects, so there is no "no
+// responders", and no server answers), and without a bound the call would
+// wait out the caller's whole context (CI: a DeclareQueue on a 3-server
+// cluster right after its meta leader restarted timed out after 16 s).
+var apiTimeout = 5 * time.Second
 
 // transientJS reports whether a JetStream API call failed only because the
 // cluster is between leaders: "no responders" (a meta or stream leader
-// being elected, or the client's server just restarted) or "no suitable
-// peers" (a replica's server offline or not caught up after a restart).
-func transientJS(err error) bool {
+// being elected, or the client's server just restarted), "no suitable
+// peers" (a replica's server offline or not caught up after a restart), or
+// no answer within its own apiTimeout while the caller's ctx is still live.
+func transientJS(ctx context.Context, err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.Is(err, nats.ErrNoResponders) ||
-		errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrCodeNoSuitablePeers
+		errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrCodeNoSuitablePeers ||
+		ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout))
 }
 
 // retryTransient runs an idempotent JetStream API call again, with a
 // backoff from 50 ms doubling to 1 s, while it fails with a transientJS
 // error (CI saw Retained fail with "no responders" on a 3-server cluster
-// whose Retains had just succeeded). Other errors, the end of ctx, or
-// transientBudget end it.
-func retryTransient(ctx context.Context, call func() error) error {
+// whose Retains had just succeeded). Each try gets a context bounded by
+// perTry (0: ctx itself, for a call that bounds its own requests). Other
+// errors, the end of ctx, or transientBudget end it.
+func retryTransient(ctx context.Context, perTry time.Duration, call func(ctx context.Context) error) error {
 	wait, deadline := 50*time.Millisecond, time.Now().Add(transientBudget)
 	for {
-		err := call()
-		if err == nil || !transientJS(err) || time.Now().Add(wait).After(deadline) {
+		err := tryOnce(ctx, perTry, call)
+		if err == nil || !transientJS(ctx, err) || time.Now().Add(wait).After(deadline) {
 			return err
 		}
 		t := time.NewTimer(wait)
@@ -572,4 +584,21 @@ func retryTransient(ctx context.Context, call func() error) error {
 		}
 		wait = min(2*wait, time.Second)
 	}
+}
+
+// bounded makes one JetStream API request with its answer awaited for at
+// most apiTimeout (see there).
+func bounded[T any](ctx context.Context, call func(context.Context) (T, error)) (T, error) {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	return call(ctx)
+}
+
+func tryOnce(ctx context.Context, perTry time.Duration, call func(ctx context.Context) error) error {
+	if perTry <= 0 {
+		return call(ctx)
+	}
+	tctx, cancel := context.WithTimeout(ctx, perTry)
+	defer cancel()
+	return call(tctx)
 }

@@ -85,7 +85,7 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 		Duplicates: max(2*time.Minute, 2*cfg.Lease+time.Minute),
 	}
 	for _, sc := range []jetstream.StreamConfig{main, dlq} {
-		if err := retryTransient(ctx, func() error {
+		if err := retryTransient(ctx, apiTimeout, func(ctx context.Context) error {
 			_, err := b.js.CreateOrUpdateStream(ctx, sc)
 			return err
 		}); err != nil {
@@ -97,7 +97,7 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 			// every key's order, is the delivery order.
 			maxAckPending = 1
 		}
-		if err := retryTransient(ctx, func() error {
+		if err := retryTransient(ctx, apiTimeout, func(ctx context.Context) error {
 			_, err := b.js.CreateOrUpdateConsumer(ctx, sc.Name, jetstream.ConsumerConfig{
 				Durable:       durable,
 				Description:   "clusterbus workers",

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/clusterbus/clusterbus/adapters"
 )
@@ -33,7 +34,7 @@ func (b *Broker) ensureLog(ctx context.Context, op, log string) error {
 	if done {
 		return nil
 	}
-	err := retryTransient(ctx, func() error {
+	err := retryTransient(ctx, apiTimeout, func(ctx context.Context) error {
 		_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 			Name:              b.logStream(log),
 			Description:       "clusterbus retained log " + log + ": last value per key",
@@ -74,7 +75,18 @@ func (b *Broker) Retain(ctx context.Context, log, key string, value []byte) erro
 	if err := b.ensureLog(ctx, op, log); err != nil {
 		return err
 	}
-	_, err := b.js.Publish(ctx, b.logSubject(log, key), value)
+	// A try whose acknowledgement does not come within apiTimeout is sent
+	// again under the same message ID: if the first one was stored, the
+	// stream drops the second as a duplicate, so a later Retain of the key
+	// by another node that landed in between is not overwritten.
+	id := nuid.Next()
+	publish := func() error {
+		return retryTransient(ctx, apiTimeout, func(ctx context.Context) error {
+			_, err := b.js.Publish(ctx, b.logSubject(log, key), value, jetstream.WithMsgID(id))
+			return err
+		})
+	}
+	err := publish()
 	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
 		// The stream was deleted behind our back: create it again once.
 		b.mu.Lock()
@@ -83,7 +95,7 @@ func (b *Broker) Retain(ctx context.Context, log, key string, value []byte) erro
 		if err := b.ensureLog(ctx, op, log); err != nil {
 			return err
 		}
-		_, err = b.js.Publish(ctx, b.logSubject(log, key), value)
+		err = publish()
 	}
 	return b.mapCtxErr(ctx, op, err)
 }
@@ -100,7 +112,9 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 		return nil, err
 	}
 	var out map[string][]byte
-	err := retryTransient(ctx, func() error {
+	// No bound on the whole try: a long log takes many fetches. readLog
+	// bounds each of its requests instead.
+	err := retryTransient(ctx, 0, func(ctx context.Context) error {
 		var err error
 		out, err = b.readLog(ctx, op, log)
 		return err
@@ -119,7 +133,7 @@ func (b *Broker) Retained(ctx context.Context, log string) (map[string][]byte, e
 // so that Retained can tell "no responders" from the rest.
 func (b *Broker) readLog(ctx context.Context, op, log string) (map[string][]byte, error) {
 	out := map[string][]byte{}
-	st, err := b.js.Stream(ctx, b.logStream(log))
+	st, err := bounded(ctx, func(ctx context.Context) (jetstream.Stream, error) { return b.js.Stream(ctx, b.logStream(log)) })
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return out, nil
 	}
@@ -129,7 +143,9 @@ func (b *Broker) readLog(ctx context.Context, op, log string) (map[string][]byte
 	if st.CachedInfo().State.Msgs == 0 {
 		return out, nil
 	}
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
+	cons, err := bounded(ctx, func(ctx context.Context) (jetstream.Consumer, error) {
+		return st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +155,7 @@ func (b *Broker) readLog(ctx context.Context, op, log string) (map[string][]byte
 	// for a log of a few keys).
 	const maxFetch = 1000
 	want := maxFetch
-	if info, err := cons.Info(ctx); err == nil && info.NumPending > 0 && info.NumPending < maxFetch {
+	if info, err := bounded(ctx, cons.Info); err == nil && info.NumPending > 0 && info.NumPending < maxFetch {
 		want = int(info.NumPending)
 	}
 	for {
@@ -183,7 +199,7 @@ func (b *Broker) Forget(ctx context.Context, log, key string) error {
 	if err := b.checkQueue(ctx, op); err != nil {
 		return err
 	}
-	err := retryTransient(ctx, func() error {
+	err := retryTransient(ctx, apiTimeout, func(ctx context.Context) error {
 		st, err := b.js.Stream(ctx, b.logStream(log))
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			return nil
