@@ -75,6 +75,15 @@ type Consumer interface {
 	Close() error
 }
 
+// Pauser is a Consumer that can stop fetching ahead on request (optional).
+type Pauser interface {
+	// Pause gives back at once the items fetched ahead and not yet returned
+	// by Receive, and fetches nothing more until the next Receive.
+	// Deliveries Receive returned are not affected. A given-back item's
+	// next attempt may count one more, as with Consumer.Close.
+	Pause()
+}
+
 // Delivery is one item received under a lease. Exactly one of Ack, Nack and
 // DeadLetter settles it; after that, or after the lease is lost, every
 // method returns ErrLeaseLost. Its methods are safe for concurrent use and
@@ -158,6 +167,14 @@ type ConsumeOptions struct {
 	// Prefetch bounds the deliveries the consumer holds before they are
 	// returned by Receive. Zero means 1. Prefetched items are leased.
 	Prefetch int
+	// MaxPrefetch, if above Prefetch, lets the consumer fetch ahead more
+	// than Prefetch, up to MaxPrefetch, while Receive takes items fast: an
+	// adaptive consumer sizes its fetch-ahead so that an item waits in its
+	// buffer for about a tenth of the lease at most, at the rate Receive has
+	// been taking items, and shrinks it again when items wait longer. Zero
+	// means Prefetch. Adapters that cannot resize what they fetch ahead use
+	// Prefetch; each adapter's doc says which it does.
+	MaxPrefetch int
 	// DeadLetters reads the queue's dead-letter queue instead of the queue.
 	DeadLetters bool
 }

@@ -16,6 +16,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// DefaultMaxPrefetch is Config.MaxPrefetch's default: as many items as
+// nats.go pulls at a time by default, which the fetch-ahead reaches only
+// while handlers empty it within a tenth of the lease.
+const DefaultMaxPrefetch = 500
+
 // ErrDraining is the cause of a handler context cancelled by Stop.
 var ErrDraining = errors.New("workqueue: draining")
 
@@ -54,6 +59,13 @@ type Config struct {
 	// More saves broker round trips with short handlers; each item fetched
 	// ahead waits with its lease running (see the package doc).
 	Prefetch int
+	// MaxPrefetch lets an adapter that can resize what it fetches ahead
+	// (NATS) fetch more than Prefetch, up to MaxPrefetch, while the handlers
+	// take items fast enough that none waits in its buffer for more than
+	// about a tenth of the lease (adapters.ConsumeOptions.MaxPrefetch).
+	// Default DefaultMaxPrefetch, or Prefetch if that is larger; set it to
+	// Prefetch for a fixed fetch-ahead. Below Prefetch is refused.
+	MaxPrefetch int
 	// Retry picks the delay after a failed attempt. Default DefaultBackoff().
 	Retry RetryPolicy
 	// Lease tunes renewal; Lease.Length is taken from Queue.Lease.
@@ -136,6 +148,12 @@ func New(b adapters.Broker, cfg Config, h Handler, opts Options) (*Worker, error
 	}
 	if cfg.Prefetch < 0 {
 		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "workqueue: config", "Prefetch %d: want >= 1 (0 means Concurrency)", cfg.Prefetch)
+	}
+	if cfg.MaxPrefetch < 0 || cfg.MaxPrefetch > 0 && cfg.MaxPrefetch < cfg.Prefetch {
+		return nil, adapters.Errorf(adapters.ErrInvalidArgument, "workqueue: config", "MaxPrefetch %d: want at least Prefetch (%d); 0 means %d or Prefetch, if larger", cfg.MaxPrefetch, cfg.Prefetch, DefaultMaxPrefetch)
+	}
+	if cfg.MaxPrefetch == 0 {
+		cfg.MaxPrefetch = max(DefaultMaxPrefetch, cfg.Prefetch)
 	}
 	if cfg.Retry == nil {
 		cfg.Retry = DefaultBackoff()
@@ -244,9 +262,10 @@ func (w *Worker) Stop(ctx context.Context) error {
 }
 
 // consumeOptions asks the adapter to fetch ahead Prefetch items (by default
-// one per handler), so a handler that finishes finds the next item waiting.
+// one per handler), so a handler that finishes finds the next item waiting,
+// and lets it fetch up to MaxPrefetch while handlers keep up.
 func (w *Worker) consumeOptions() adapters.ConsumeOptions {
-	return adapters.ConsumeOptions{Prefetch: w.cfg.Prefetch}
+	return adapters.ConsumeOptions{Prefetch: w.cfg.Prefetch, MaxPrefetch: w.cfg.MaxPrefetch}
 }
 
 func (w *Worker) consumer() adapters.Consumer {
@@ -296,7 +315,12 @@ func (w *Worker) receive(ctx context.Context, jobs chan<- adapters.Delivery) {
 		case <-ctx.Done():
 			return
 		}
-		for w.cfg.Gate != nil && !w.cfg.Gate() {
+		for closed := false; w.cfg.Gate != nil && !w.cfg.Gate(); closed = true {
+			if p, ok := w.consumer().(adapters.Pauser); ok && !closed {
+				// Nothing fetched ahead waits out its lease here while
+				// the gate is closed: other nodes can take it.
+				p.Pause()
+			}
 			if !pause(w.cfg.GatePoll) {
 				return
 			}

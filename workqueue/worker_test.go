@@ -401,9 +401,29 @@ func TestConcurrencyLimitsHandlersPerQueue(t *testing.T) {
 	}
 }
 
+// pausingBroker's consumers count their Pause calls (adapters.Pauser).
+type pausingBroker struct {
+	adapters.Broker
+	pauses atomic.Int64
+}
+
+func (b *pausingBroker) Consume(ctx context.Context, queue string, opts adapters.ConsumeOptions) (adapters.Consumer, error) {
+	c, err := b.Broker.Consume(ctx, queue, opts)
+	return pausingConsumer{c, b}, err
+}
+
+type pausingConsumer struct {
+	adapters.Consumer
+	b *pausingBroker
+}
+
+func (c pausingConsumer) Pause() { c.b.pauses.Add(1) }
+
+// While the gate is closed nothing is received, and a consumer that can
+// give back what it fetched ahead (adapters.Pauser) is asked to, once.
 func TestClosedGateReceivesNothingUntilItOpens(t *testing.T) {
 	r := newRig(t)
-	b := r.srv.Client()
+	b := &pausingBroker{Broker: r.srv.Client()}
 	cfg := r.config(5)
 	var open atomic.Bool
 	var asked atomic.Int64
@@ -421,6 +441,9 @@ func TestClosedGateReceivesNothingUntilItOpens(t *testing.T) {
 	})
 	if st := r.stats(); st.Ready != 1 {
 		t.Fatalf("item taken while the gate was closed: %+v", st)
+	}
+	if n := b.pauses.Load(); n != 1 {
+		t.Fatalf("consumer paused %d times while the gate stayed closed, want once", n)
 	}
 	open.Store(true)
 	r.eventually("handled after the gate opened", func() bool {
@@ -463,24 +486,37 @@ func (c *consumeRecorder) Consume(ctx context.Context, queue string, opts adapte
 }
 
 // The worker opens one consumer that fetches ahead one item per handler by
-// default, Config.Prefetch when set; a negative Prefetch is refused.
+// default, Config.Prefetch when set, and may grow that up to MaxPrefetch
+// (default DefaultMaxPrefetch, never below Prefetch); a negative Prefetch is
+// refused.
 func TestPrefetchFollowsConcurrency(t *testing.T) {
 	r := newRig(t)
-	for _, c := range []struct{ concurrency, prefetch, want int }{{4, 0, 4}, {4, 32, 32}} {
+	for _, c := range []struct{ concurrency, prefetch, maxPrefetch, want, wantMax int }{
+		{4, 0, 0, 4, workqueue.DefaultMaxPrefetch},
+		{4, 32, 0, 32, workqueue.DefaultMaxPrefetch},
+		{4, 0, 100, 4, 100},      // MaxPrefetch as set
+		{4, 1000, 0, 1000, 1000}, // Prefetch above the default maximum
+	} {
 		rec := &consumeRecorder{Broker: r.srv.Client()}
 		cfg := r.config(3)
-		cfg.Concurrency, cfg.Prefetch = c.concurrency, c.prefetch
+		cfg.Concurrency, cfg.Prefetch, cfg.MaxPrefetch = c.concurrency, c.prefetch, c.maxPrefetch
 		w := r.start(rec, cfg, func(context.Context, *workqueue.Job) error { return nil })
 		if err := w.Stop(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		rec.mu.Lock()
-		if len(rec.opts) != 1 || rec.opts[0].Prefetch != c.want {
-			t.Errorf("Concurrency %d, Prefetch %d: consumed with %+v, want one consumer with Prefetch %d", c.concurrency, c.prefetch, rec.opts, c.want)
+		if len(rec.opts) != 1 || rec.opts[0].Prefetch != c.want || rec.opts[0].MaxPrefetch != c.wantMax {
+			t.Errorf("Concurrency %d, Prefetch %d, MaxPrefetch %d: consumed with %+v, want one consumer with Prefetch %d, MaxPrefetch %d",
+				c.concurrency, c.prefetch, c.maxPrefetch, rec.opts, c.want, c.wantMax)
 		}
 		rec.mu.Unlock()
 	}
 	cfg := r.config(3)
+	cfg.Prefetch, cfg.MaxPrefetch = 32, 16
+	if _, err := workqueue.New(r.srv.Client(), cfg, func(context.Context, *workqueue.Job) error { return nil }, workqueue.Options{}); !errors.Is(err, adapters.ErrInvalidArgument) {
+		t.Errorf("MaxPrefetch 16 below Prefetch 32: %v, want ErrInvalidArgument", err)
+	}
+	cfg = r.config(3)
 	cfg.Prefetch = -1
 	if _, err := workqueue.New(r.srv.Client(), cfg, func(context.Context, *workqueue.Job) error { return nil }, workqueue.Options{}); !errors.Is(err, adapters.ErrInvalidArgument) {
 		t.Errorf("Prefetch -1: %v, want ErrInvalidArgument", err)

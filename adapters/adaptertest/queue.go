@@ -24,7 +24,10 @@ func (s *suite) queueCases() []testCase {
 		{"ConcurrentOperationsOnOneDelivery", s.testConcurrentOperations},
 		{"EnqueueBatchStoresEveryItem", s.testEnqueueBatch},
 		{"EnqueueAsyncStoresEveryItem", s.testEnqueueAsync},
-		{"ConcurrentConsumersAckEachItemOnce", s.testConcurrentConsumers},
+		{"ConcurrentConsumersAckEachItemOnce", s.testConcurrentConsumers(1000, adapters.ConsumeOptions{})},
+		// An adapter that resizes what it fetches ahead (NATS) does so
+		// here, from 1 item up, while every item is taken at once.
+		{"AdaptivePrefetchAcksEachItemOnce", s.testConcurrentConsumers(400, adapters.ConsumeOptions{Prefetch: 1, MaxPrefetch: 256})},
 		{"HeadersAndBinaryBodyRoundTrip", s.testQueueRoundTrip},
 		{"DuplicateIDsDropped", s.testDedupe},
 		{"OrderedByKey", s.testOrdered},
@@ -409,12 +412,16 @@ func (s *suite) testEnqueueAsync(t *testing.T) {
 	s.receiveEach(t, b, q.Name, n, want, "async-")
 }
 
-// Eight consumers, each on its own client, share 1,000 items: every item is
-// acked exactly once (an Ack that fails with ErrLeaseLost after a lease
+// Eight consumers, each on its own client and opened with opts, share items:
+// every item is acked exactly once (an Ack that fails with ErrLeaseLost after a lease
 // expired under load is not counted), none is missing, and nothing comes
 // back afterwards.
-func (s *suite) testConcurrentConsumers(t *testing.T) {
-	const consumers, items = 8, 1000
+func (s *suite) testConcurrentConsumers(items int, opts adapters.ConsumeOptions) func(t *testing.T) {
+	return func(t *testing.T) { s.concurrentConsumers(t, items, opts) }
+}
+
+func (s *suite) concurrentConsumers(t *testing.T, items int, opts adapters.ConsumeOptions) {
+	const consumers = 8
 	b := s.open(t)
 	q := s.declare(t, b, adapters.QueueConfig{Lease: s.queueLease(2 * s.lease)})
 	// Enqueue from a few goroutines to keep the case fast on remote brokers.
@@ -446,6 +453,7 @@ func (s *suite) testConcurrentConsumers(t *testing.T) {
 		acked     = map[string]int{}
 		lost      int
 		delivered int
+		again     int // deliveries with Attempt > 1
 		all       = make(chan struct{})
 		allOnce   sync.Once
 	)
@@ -454,7 +462,7 @@ func (s *suite) testConcurrentConsumers(t *testing.T) {
 	var wg sync.WaitGroup
 	cons := make([]adapters.Consumer, consumers)
 	for i := range cons {
-		cons[i] = s.consume(t, s.open(t), q.Name, adapters.ConsumeOptions{})
+		cons[i] = s.consume(t, s.open(t), q.Name, opts)
 	}
 	start := time.Now()
 	for i, c := range cons {
@@ -472,6 +480,9 @@ func (s *suite) testConcurrentConsumers(t *testing.T) {
 				err = d.Ack(ctx)
 				mu.Lock()
 				delivered++
+				if d.Attempt() > 1 {
+					again++
+				}
 				switch {
 				case err == nil:
 					acked[d.Message().ID]++
@@ -516,7 +527,7 @@ func (s *suite) testConcurrentConsumers(t *testing.T) {
 	if len(missing) > 0 {
 		t.Errorf("%d items never acked: %v", len(missing), missing)
 	}
-	t.Logf("deliveries %d, acks that lost their lease %d", delivered, lost)
+	t.Logf("deliveries %d (%d of them attempts after the first), acks that lost their lease %d", delivered, again, lost)
 }
 
 // ID, key, headers and a binary body arrive unchanged on a queue; the

@@ -34,6 +34,7 @@
 // them in Service Bus message batches (one transfer per batch, as many
 // messages as the link's batch size allows) and returns once every batch
 // was accepted. A Consumer receives up to ConsumeOptions.Prefetch messages
+// (fixed: MaxPrefetch is not used)
 // per ReceiveMessages call and hands them out one by one. Receive
 // hands out a message under its Service Bus lock; LeaseDeadline is the
 // broker's locked-until. The lock is not renewed in the background: Extend

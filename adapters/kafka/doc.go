@@ -57,7 +57,7 @@
 // consumer that never receives owns no partitions).
 //
 // Leases are emulated. Receive starts a timer of QueueConfig.Lease (items
-// prefetched under ConsumeOptions.Prefetch wait in memory, unleased but out
+// prefetched under ConsumeOptions.Prefetch, fixed (MaxPrefetch is not used), wait in memory, unleased but out
 // of other consumers' reach because their partition is owned); Extend
 // restarts it (LeaseExtension Emulated). When it fires, the adapter appends
 // a copy of the item with attempt+1 to the queue (in a partition another

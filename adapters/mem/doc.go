@@ -65,7 +65,7 @@
 // # What is not guaranteed
 //
 // It does not model a real broker's timing, batching, redelivery delays,
-// prefetch (ConsumeOptions.Prefetch is accepted and ignored), message size
+// prefetch (ConsumeOptions.Prefetch and MaxPrefetch are accepted and ignored), message size
 // accounting beyond adapters.Size, or durability across the process. A test
 // that passes on mem shows the logic above the broker is right, not that a
 // real broker behaves the same; the adaptertest suite and the integration

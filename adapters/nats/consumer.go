@@ -27,6 +27,17 @@ const (
 	// starts) and the adapter seeing it: lease/20, at most a second.
 	transitShareDiv = 20
 	transitMax      = time.Second
+
+	// Adaptive fetch-ahead (ConsumeOptions.MaxPrefetch above Prefetch): an
+	// item may wait in the buffer for waitShareDiv-th of the lease; the
+	// rate Receive takes items is measured over rateWindow; what is
+	// fetched ahead stays under bufferedBytesMax at the items' mean size.
+	waitShareDiv     = 10
+	rateWindow       = 50 * time.Millisecond
+	bufferedBytesMax = 64 << 20
+	// prefetchCeiling is the largest MaxPrefetch: the queue's consumer
+	// lets no more than its MaxAckPending (see DeclareQueue) be unacked.
+	prefetchCeiling = 10000
 )
 
 // Consume implements adapters.Broker. It starts the consumer's pull
@@ -40,8 +51,11 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 	if err := adapters.ValidateName("queue", queue); err != nil {
 		return nil, err
 	}
-	if opts.Prefetch < 0 {
-		return nil, errf(adapters.ErrInvalidArgument, op, "ConsumeOptions.Prefetch %d: want >= 0", opts.Prefetch)
+	if opts.Prefetch < 0 || opts.Prefetch > prefetchCeiling {
+		return nil, errf(adapters.ErrInvalidArgument, op, "ConsumeOptions.Prefetch %d: want 0 to %d", opts.Prefetch, prefetchCeiling)
+	}
+	if opts.MaxPrefetch != 0 && (opts.MaxPrefetch < opts.Prefetch || opts.MaxPrefetch > prefetchCeiling) {
+		return nil, errf(adapters.ErrInvalidArgument, op, "ConsumeOptions.MaxPrefetch %d: want 0 (Prefetch) or from Prefetch (%d) to %d", opts.MaxPrefetch, opts.Prefetch, prefetchCeiling)
 	}
 	qi, err := b.info(ctx, op, queue)
 	if err != nil {
@@ -59,18 +73,22 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 		return nil, b.mapCtxErr(ctx, op, err)
 	}
 	prefetch := max(opts.Prefetch, 1)
+	maxPrefetch := max(opts.MaxPrefetch, prefetch)
 	lease := cons.CachedInfo().Config.AckWait
 	c := &consumer{
-		b:        b,
-		queue:    queue,
-		dlq:      opts.DeadLetters,
-		lease:    lease,
-		transit:  min(lease/transitShareDiv, transitMax),
-		prefetch: prefetch,
-		cons:     cons,
-		ready:    make(chan fetched, prefetch),
-		closed:   make(chan struct{}),
-		failed:   make(chan struct{}),
+		b:           b,
+		queue:       queue,
+		dlq:         opts.DeadLetters,
+		lease:       lease,
+		transit:     min(lease/transitShareDiv, transitMax),
+		prefetch:    prefetch,
+		maxPrefetch: maxPrefetch,
+		size:        prefetch,
+		cons:        cons,
+		ready:       make(chan fetched, maxPrefetch),
+		closed:      make(chan struct{}),
+		failed:      make(chan struct{}),
+		retired:     map[*pullGen]struct{}{},
 	}
 	if !c.dlq {
 		c.maxAttempts = qi.maxAttempts
@@ -82,7 +100,7 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 	}
 	b.consumers[c] = struct{}{}
 	b.mu.Unlock()
-	if prefetch > 1 {
+	if maxPrefetch > 1 {
 		c.lastRecv.Store(time.Now().UnixNano())
 		go c.idleLoop()
 	}
@@ -105,18 +123,25 @@ type consumer struct {
 	lease       time.Duration
 	transit     time.Duration
 	maxAttempts int // 0 on a dead-letter queue: no limit
-	prefetch    int
+	prefetch    int // ConsumeOptions.Prefetch, at least 1
+	maxPrefetch int // ConsumeOptions.MaxPrefetch, at least prefetch
 
-	// ready is the buffer between the pull subscription and Receive
-	// (Prefetch > 1).
+	// ready is the buffer between the pull subscriptions and Receive
+	// (MaxPrefetch > 1).
 	ready chan fetched
 	// lastRecv (unix nanoseconds) and waiting tell whether Receive is
 	// being called; an idle consumer stops pulling (see idleLoop).
 	lastRecv atomic.Int64
 	waiting  atomic.Int32
 
-	mu       sync.Mutex
-	pull     *pullGen // nil while paused (Prefetch > 1)
+	mu   sync.Mutex
+	pull *pullGen // nil while paused (MaxPrefetch > 1)
+	// size is the current pull's PullMaxMessages, from prefetch to
+	// maxPrefetch (see adapt); retired are earlier pulls still handing
+	// over what they had fetched when they were resized away.
+	size     int
+	retired  map[*pullGen]struct{}
+	win      rateWin
 	isClosed bool
 	closed   chan struct{}
 	failErr  error
@@ -139,6 +164,7 @@ func (c *consumer) closedErr() error {
 // first Receive and ends when the consumer pauses or closes.
 type pullGen struct {
 	c       *consumer
+	size    int // its PullMaxMessages
 	cc      jetstream.ConsumeContext
 	stopped atomic.Bool
 	quit    chan struct{} // closed by stop
@@ -156,12 +182,12 @@ type floor struct {
 	until int64 // applies to items handled up to this count
 }
 
-// startPull starts a pull subscription. c.mu must be held.
+// startPull starts a pull subscription of c.size items. c.mu must be held.
 func (c *consumer) startPull() error {
-	g := &pullGen{c: c, lastStart: time.Now(), quit: make(chan struct{})}
+	g := &pullGen{c: c, size: c.size, lastStart: time.Now(), quit: make(chan struct{})}
 	expiry := max(min(pullExpiryMax, c.lease/4), time.Second)
 	cc, err := c.cons.Consume(g.onMsg,
-		jetstream.PullMaxMessages(c.prefetch),
+		jetstream.PullMaxMessages(c.size),
 		jetstream.PullExpiry(expiry),
 		jetstream.PullHeartbeat(expiry/2),
 		jetstream.ConsumeErrHandler(c.onErr))
@@ -170,7 +196,92 @@ func (c *consumer) startPull() error {
 	}
 	g.cc = cc
 	c.pull = g
+	c.win = rateWin{start: time.Now()}
 	return nil
+}
+
+// rateWin counts what Receive handed out since start (see adapt).
+type rateWin struct {
+	start time.Time
+	n     int
+	bytes int
+}
+
+// adapt runs after Receive hands out an item that arrived at at, when
+// MaxPrefetch is above Prefetch. Over each rateWindow it measures the rate
+// Receive takes items and, when a pull twice as large (or more) would still
+// empty within the wait budget (lease/waitShareDiv) at that rate, resizes
+// the pull to that (up to MaxPrefetch and bufferedBytesMax). An item that
+// waited longer than the budget shrinks the pull to a quarter (at least
+// Prefetch). A pull resized away is retired, not stopped: it hands over
+// what it had fetched, so resizing gives nothing back and counts no
+// delivery twice.
+func (c *consumer) adapt(now, at time.Time, size int) {
+	budget := c.lease / waitShareDiv
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pull == nil || c.isClosed || c.failErr != nil {
+		return
+	}
+	if now.Sub(at) > c.transit+budget && c.size > c.prefetch {
+		c.resize(max(c.prefetch, c.size/4))
+		return
+	}
+	c.win.n++
+	c.win.bytes += size
+	el := now.Sub(c.win.start)
+	if el < rateWindow {
+		return
+	}
+	want := int(float64(c.win.n) / el.Seconds() * budget.Seconds())
+	if mean := c.win.bytes / c.win.n; mean > 0 {
+		want = min(want, bufferedBytesMax/mean)
+	}
+	want = min(want, c.maxPrefetch)
+	c.win = rateWin{start: now}
+	if want >= 2*c.size {
+		c.resize(want)
+	}
+}
+
+// resize replaces the pull with one of n items and retires the old one.
+// c.mu is held.
+func (c *consumer) resize(n int) {
+	old, oldSize := c.pull, c.size
+	c.size = n
+	if err := c.startPull(); err != nil {
+		c.pull, c.size = old, oldSize
+		c.b.log.Debug("nats: resizing the pull failed; keeping it", "queue", c.queue, "err", err)
+		return
+	}
+	c.b.log.Debug("nats: pull resized", "queue", c.queue, "from", oldSize, "to", n)
+	c.retired[old] = struct{}{}
+	go func() {
+		old.cc.Drain()
+		select {
+		case <-old.cc.Closed():
+		case <-old.quit: // stopped by a pause or Close
+		}
+		c.mu.Lock()
+		delete(c.retired, old)
+		c.mu.Unlock()
+	}()
+}
+
+// takePulls removes the pull and the retired ones for stopping and resets
+// the size to Prefetch. c.mu is held.
+func (c *consumer) takePulls() []*pullGen {
+	var gs []*pullGen
+	if c.pull != nil {
+		gs = append(gs, c.pull)
+		c.pull = nil
+	}
+	for g := range c.retired {
+		gs = append(gs, g)
+		delete(c.retired, g)
+	}
+	c.size = c.prefetch
+	return gs
 }
 
 // stop ends the pull subscription and waits (briefly) until nats.go has
@@ -219,7 +330,7 @@ func (g *pullGen) onMsg(msg jetstream.Msg) {
 		return
 	default:
 	}
-	g.floors = append(g.floors, floor{at: prev, until: g.handled + 2*int64(c.prefetch)})
+	g.floors = append(g.floors, floor{at: prev, until: g.handled + 2*int64(g.size)})
 	select {
 	case c.ready <- f:
 	case <-g.quit:
@@ -245,16 +356,24 @@ func (c *consumer) idleLoop() {
 		if c.waiting.Load() > 0 || time.Since(time.Unix(0, c.lastRecv.Load())) < idle {
 			continue
 		}
-		c.mu.Lock()
-		g := c.pull
-		c.pull = nil
-		c.mu.Unlock()
-		if g == nil {
-			continue
-		}
-		g.stop()
-		c.nakBuffered()
+		c.Pause()
 	}
+}
+
+// Pause implements adapters.Pauser: the pull subscriptions stop, what they
+// fetched ahead is negatively acknowledged, and the next Receive starts
+// pulling again at Prefetch.
+func (c *consumer) Pause() {
+	c.mu.Lock()
+	gs := c.takePulls()
+	c.mu.Unlock()
+	if len(gs) == 0 {
+		return
+	}
+	for _, g := range gs {
+		g.stop()
+	}
+	c.nakBuffered()
 }
 
 func (c *consumer) nakBuffered() {
@@ -296,12 +415,12 @@ func (c *consumer) fail(err error) {
 	}
 }
 
-// Receive implements adapters.Consumer. With Prefetch > 1 it hands out the
-// next buffered item, (re)starting the pull subscription if it is paused;
-// with Prefetch 1 it pulls one item itself. Connection trouble is retried
-// until ctx is done.
+// Receive implements adapters.Consumer. With MaxPrefetch > 1 it hands out
+// the next buffered item, (re)starting the pull subscription if it is
+// paused; with MaxPrefetch 1 it pulls one item itself. Connection trouble is
+// retried until ctx is done.
 func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
-	if c.prefetch <= 1 {
+	if c.maxPrefetch <= 1 {
 		return c.receiveOne(ctx)
 	}
 	c.waiting.Add(1)
@@ -325,6 +444,9 @@ func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 		c.mu.Unlock()
 		select {
 		case f := <-c.ready:
+			if c.maxPrefetch > c.prefetch {
+				c.adapt(time.Now(), f.at, len(f.msg.Data()))
+			}
 			if d, err := c.accept(f); d != nil || err != nil {
 				return d, err
 			}
@@ -467,10 +589,9 @@ func (c *consumer) Close() error {
 	}
 	c.isClosed = true
 	close(c.closed)
-	g := c.pull
-	c.pull = nil
+	gs := c.takePulls()
 	c.mu.Unlock()
-	if g != nil {
+	for _, g := range gs {
 		g.stop()
 	}
 	c.nakBuffered()

@@ -51,9 +51,9 @@
 //
 // Leases: AckWait of the queue's consumer is QueueConfig.Lease; the server
 // starts it when it sends an item. How items are pulled depends on
-// ConsumeOptions.Prefetch:
+// ConsumeOptions.Prefetch and MaxPrefetch:
 //
-//   - Prefetch 0 or 1: Receive sends one pull request for one item and waits
+//   - Prefetch and MaxPrefetch 0 or 1: Receive sends one pull request for one item and waits
 //     (a quarter of the lease at most, then asks again), so a consumer holds
 //     nothing it was not asked for. The lease deadline is the time the
 //     request was sent plus the lease: never past the server's.
@@ -71,8 +71,20 @@
 //     whose Receive has not been called for half a lease stops pulling and
 //     gives back what it fetched ahead (negatively acknowledged: JetStream
 //     counts the delivery, so the item's next attempt number is one higher)
-//     until Receive is called again. Use a Prefetch no larger than the
-//     number of goroutines calling Receive.
+//     until Receive is called again (or at once on Pause). Use a Prefetch
+//     no larger than the number of goroutines calling Receive.
+//   - MaxPrefetch M above Prefetch P (the workqueue's default: P is its
+//     concurrency, M 500): the same, with P as the starting size of the
+//     pull. Every 50 ms the consumer measures the rate Receive takes items
+//     and, when a pull twice as large or more would still empty within a
+//     tenth of the lease at that rate, replaces the pull with one of that
+//     size (at most M, and at most 64 MiB at the items' mean size). An
+//     item that waited in the buffer longer than that shrinks the pull to
+//     a quarter (at least P). A replaced pull is drained, not stopped: what
+//     it fetched is handed out, nothing is negatively acknowledged, and no
+//     delivery is counted twice. A pause starts again at P. On this
+//     machine a drain of 20,000 items by 8 consumers went from 57k items/s
+//     (P = M = 8) to 99k (P 8, M 500), raw nats.go 131k-143k.
 //
 // An item whose lease ran out while buffered is not handed out (it comes
 // back by itself). After the local deadline every method returns

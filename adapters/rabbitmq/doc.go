@@ -84,7 +84,8 @@
 // Receive has not handed out yet are held by the channel without a timer:
 // they cost no attempts while they wait, stay invisible to other consumers
 // until this consumer takes them, closes or dies, and are bounded by
-// ConsumeOptions.Prefetch (basic.qos). The lease also ends,
+// ConsumeOptions.Prefetch (basic.qos; MaxPrefetch is not used: the
+// prefetch stays fixed). The lease also ends,
 // earlier, when the channel or connection dies: a crashed process is noticed
 // by the AMQP heartbeat (amqp091-go's default 10s) or at once when its TCP
 // connection closes, and RabbitMQ redelivers at once with Redelivered set,

@@ -597,6 +597,13 @@ func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 
 func (c *consumer) Close() error { return c.inner.Close() }
 
+// Pause implements adapters.Pauser when the inner consumer does.
+func (c *consumer) Pause() {
+	if p, ok := c.inner.(adapters.Pauser); ok {
+		p.Pause()
+	}
+}
+
 type delivery struct {
 	adapters.Delivery
 	m adapters.Message

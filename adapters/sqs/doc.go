@@ -67,6 +67,7 @@
 // so others get them at once; a long poll still waiting at the server when
 // its consumer closed is left to finish, and what it gets is released the
 // same way (with an attempt counted), rather than hidden for a lease.
+// Prefetch is fixed (ConsumeOptions.MaxPrefetch is not used).
 // Prefetched items are leased from the moment
 // they are received; one whose lease ran out in the buffer is dropped and
 // comes back with the next attempt.

@@ -172,6 +172,13 @@ type consumer struct {
 	queue string
 }
 
+// Pause implements adapters.Pauser when the inner consumer does.
+func (c *consumer) Pause() {
+	if p, ok := c.Consumer.(adapters.Pauser); ok {
+		p.Pause()
+	}
+}
+
 func (c *consumer) Receive(ctx context.Context) (adapters.Delivery, error) {
 	d, err := c.Consumer.Receive(ctx)
 	if err != nil {
