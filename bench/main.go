@@ -75,10 +75,10 @@ import (
 )
 
 type config struct {
-	items, size, consumers, producers, runs int
-	prefetch, rawBatch, window, batch       int
-	systems, modes, fsyncs                  []string
-	serverBin                               string
+	items, size, consumers, producers, runs        int
+	prefetch, maxPrefetch, rawBatch, window, batch int
+	systems, modes, fsyncs                         []string
+	serverBin                                      string
 }
 
 func main() {
@@ -90,6 +90,7 @@ func main() {
 	flag.IntVar(&cfg.producers, "producers", 64, "concurrent producers")
 	flag.IntVar(&cfg.runs, "runs", 3, "runs per system and mode (the median is shown)")
 	flag.IntVar(&cfg.prefetch, "prefetch", 64, "ConsumeOptions.Prefetch of the clusterbus adapter consumers")
+	flag.IntVar(&cfg.maxPrefetch, "max-prefetch", 0, "ConsumeOptions.MaxPrefetch of the clusterbus adapter consumers (0: Prefetch, fixed)")
 	flag.IntVar(&cfg.rawBatch, "raw-batch", 500, "pull batch (PullMaxMessages) of raw nats.go and Watermill")
 	flag.IntVar(&cfg.window, "window", 4000, "PublishAsync window of raw nats.go")
 	flag.IntVar(&cfg.batch, "batch", 100, "items per adapters.EnqueueBatch call of adapter-batch")
@@ -100,6 +101,7 @@ func main() {
 	flag.StringVar(&pgURL, "pg", pgURL, "PostgreSQL URL of the river systems")
 	flag.DurationVar(&riverFetchCooldown, "river-cooldown", riverFetchCooldown, "Config.FetchCooldown of the river consumers (River's default: 100ms)")
 	flag.StringVar(&cfg.serverBin, "server-bin", "", "run this nats-server binary as its own process instead of the embedded server, and report server and client CPU per item apart (build it at the embedded version: go build -o /tmp/nats-server github.com/nats-io/nats-server/v2)")
+	flag.IntVar(&serverProfPort, "server-prof-port", 0, "with -server-bin, serve the server's pprof on this port (e.g. go tool pprof http://127.0.0.1:PORT/debug/pprof/profile?seconds=5)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -121,6 +123,9 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// serverProfPort is -server-prof-port.
+var serverProfPort int
 
 type system func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error)
 
@@ -642,7 +647,7 @@ func runAdapterWith(ctx context.Context, url string, cfg config, drain bool, bat
 				return err
 			}
 			brokers = append(brokers, b)
-			cons, err := b.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: cfg.prefetch})
+			cons, err := b.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: cfg.prefetch, MaxPrefetch: cfg.maxPrefetch})
 			if err != nil {
 				return err
 			}
@@ -712,8 +717,8 @@ func adapterProducer(ctx context.Context, pb adapters.Broker, q string, cfg conf
 
 // runWorkqueue is the clusterbus workqueue: one Worker per consumer
 // Broker, Concurrency 8 (so the adapter prefetches 8), a handler that does
-// nothing; the time ends when every worker has stopped, i.e. when every
-// item is settled.
+// nothing; the time ends when the last item's Ack has returned, as for the
+// other systems (the Workers are stopped after that, untimed).
 func runWorkqueue(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
 	return runWorkqueueWith(ctx, url, cfg, drain, 0)
 }
@@ -734,6 +739,9 @@ func runWorkqueueWith(ctx context.Context, url string, cfg config, drain bool, p
 	var workers []*workqueue.Worker
 	var brokers []*cbnats.Broker
 	defer func() {
+		for _, w := range workers {
+			_ = w.Stop(context.Background())
+		}
 		for _, b := range brokers {
 			b.Close()
 		}
@@ -746,8 +754,8 @@ func runWorkqueueWith(ctx context.Context, url string, cfg config, drain bool, p
 				return err
 			}
 			brokers = append(brokers, b)
-			w, err := workqueue.New(b, workqueue.Config{Queue: qc, Concurrency: 8, Prefetch: prefetch},
-				func(context.Context, *workqueue.Job) error { c.add(); return nil }, workqueue.Options{Logger: log})
+			w, err := workqueue.New(countingBroker{b, c}, workqueue.Config{Queue: qc, Concurrency: 8, Prefetch: prefetch},
+				func(context.Context, *workqueue.Job) error { return nil }, workqueue.Options{Logger: log})
 			if err != nil {
 				return err
 			}
@@ -764,12 +772,6 @@ func runWorkqueueWith(ctx context.Context, url string, cfg config, drain bool, p
 	t0, err := measure(ctx, cfg, drain, start, enqueue, c)
 	if err != nil {
 		return 0, err
-	}
-	// The handlers have run; the time counts until their items are acked.
-	for _, w := range workers {
-		if err := w.Stop(ctx); err != nil {
-			return 0, err
-		}
 	}
 	return time.Since(t0), nil
 }

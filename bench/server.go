@@ -34,6 +34,9 @@ func startNATSProc(bin, dir string, sync bool) (*natsProc, error) {
 		conf += "\n  sync_interval: always"
 	}
 	conf += "\n}\n"
+	if serverProfPort > 0 {
+		conf += fmt.Sprintf("prof_port: %d\n", serverProfPort)
+	}
 	cf := filepath.Join(dir, "nats.conf")
 	if err := os.WriteFile(cf, []byte(conf), 0o600); err != nil {
 		return nil, err
