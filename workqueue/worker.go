@@ -101,9 +101,9 @@ type Worker struct {
 	hctx     context.Context
 	hcancel  context.CancelCauseFunc
 	handlers sync.WaitGroup // the worker goroutines
+	recvMu   sync.Mutex     // held by the handler that is receiving
 	consMu   sync.Mutex
 	cons     adapters.Consumer
-	free     chan struct{} // handler slots; receive takes one per item
 	draining atomic.Bool
 	inFlight atomic.Int64
 	m        queueMetrics
@@ -211,14 +211,10 @@ func (w *Worker) Start(ctx context.Context) error {
 	rctx, rcancel := context.WithCancel(context.Background())
 	w.recvStop = rcancel
 	w.hctx, w.hcancel = context.WithCancelCause(context.Background())
-	jobs := make(chan adapters.Delivery)
-	w.free = make(chan struct{}, w.cfg.Concurrency)
 	for range w.cfg.Concurrency {
 		w.handlers.Add(1)
-		go w.work(jobs)
+		go w.work(rctx)
 	}
-	w.handlers.Add(1)
-	go w.receive(rctx, jobs)
 	return nil
 }
 
@@ -289,15 +285,28 @@ func (w *Worker) reopen(ctx context.Context, old adapters.Consumer) {
 	}
 }
 
-// receive is the one goroutine that receives: it takes a free handler slot,
-// asks the gate, receives one item and hands it to a handler goroutine. So,
-// as with one receive at a time, at most one item is received after the gate
-// closes (the one whose Receive was already waiting), however many handlers
-// run. It closes jobs when ctx ends.
-func (w *Worker) receive(ctx context.Context, jobs chan<- adapters.Delivery) {
+// work is one of Concurrency handler goroutines: it receives an item (see
+// next), runs the handler on it and settles it, until ctx ends.
+func (w *Worker) work(ctx context.Context) {
 	defer w.handlers.Done()
-	defer close(jobs)
-	slots := w.free
+	for {
+		d, ok := w.next(ctx)
+		if !ok {
+			return
+		}
+		w.handle(d)
+	}
+}
+
+// next receives one item for a free handler. Handlers receive one at a
+// time (recvMu), each after asking the gate, so at most one item is
+// received after the gate closes (the one whose Receive was already
+// waiting), however many handlers run; the handler that received an item
+// runs it, with no hand-off to another goroutine. It returns false when
+// ctx ends.
+func (w *Worker) next(ctx context.Context) (adapters.Delivery, bool) {
+	w.recvMu.Lock()
+	defer w.recvMu.Unlock()
 	clock := w.opts.Clock
 	pause := func(d time.Duration) bool {
 		t := clock.NewTimer(d)
@@ -309,12 +318,7 @@ func (w *Worker) receive(ctx context.Context, jobs chan<- adapters.Delivery) {
 			return true
 		}
 	}
-	for {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return
-		}
+	for ctx.Err() == nil {
 		for closed := false; w.cfg.Gate != nil && !w.cfg.Gate(); closed = true {
 			if p, ok := w.consumer().(adapters.Pauser); ok && !closed {
 				// Nothing fetched ahead waits out its lease here while
@@ -322,42 +326,26 @@ func (w *Worker) receive(ctx context.Context, jobs chan<- adapters.Delivery) {
 				p.Pause()
 			}
 			if !pause(w.cfg.GatePoll) {
-				return
+				return nil, false
 			}
 		}
 		cons := w.consumer()
 		d, err := cons.Receive(ctx)
-		if err != nil {
-			<-slots
-			if ctx.Err() != nil {
-				return
-			}
-			if errors.Is(err, adapters.ErrClosed) {
-				w.log.Warn("workqueue: consumer closed; reopening", "err", err)
-				if !pause(time.Second) {
-					return
-				}
+		switch {
+		case err == nil:
+			return d, true
+		case ctx.Err() != nil:
+		case errors.Is(err, adapters.ErrClosed):
+			w.log.Warn("workqueue: consumer closed; reopening", "err", err)
+			if pause(time.Second) {
 				w.reopen(ctx, cons)
-				continue
 			}
+		default:
 			w.log.Warn("workqueue: receive failed; retrying", "err", err)
-			if !pause(500 * time.Millisecond) {
-				return
-			}
-			continue
+			pause(500 * time.Millisecond)
 		}
-		jobs <- d // a handler is free: this goroutine holds its slot
 	}
-}
-
-// work is one of Concurrency handler goroutines: it runs the handler on
-// each item receive hands it and settles the item, until jobs is closed.
-func (w *Worker) work(jobs <-chan adapters.Delivery) {
-	defer w.handlers.Done()
-	for d := range jobs {
-		w.handle(d)
-		<-w.free
-	}
+	return nil, false
 }
 
 func (w *Worker) handle(d adapters.Delivery) {
