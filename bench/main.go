@@ -17,12 +17,14 @@
 // table shows medians in items/s and each system's ratio to its base system.
 //
 // Systems: raw, raw-sync (raw nats.go, each producer waiting for its own
-// PubAck: the adapter's guarantee, shown for diagnosis), watermill, adapter (Enqueue per item, Prefetch -prefetch),
+// PubAck: the adapter's guarantee, shown for diagnosis), watermill, adapter (Enqueue per item, Prefetch -prefetch growing to -max-prefetch),
 // adapter-batch (adapters.EnqueueBatch of -batch items), adapter-async
 // (adapters.EnqueueAsync per item, every Pending waited for after the last
 // send, as raw awaits PublishAsyncComplete), workqueue (one
-// Worker per consumer, Concurrency 8, Prefetch default = Concurrency),
-// workqueue-p64 (the same with Prefetch 64), rabbit-raw, rabbit-raw-sync
+// Worker per consumer, Concurrency 8, Prefetch and MaxPrefetch at their
+// defaults: Concurrency, 500; producers Enqueue per item, as river's Insert
+// per job), workqueue-async (the same, producers as adapter-async: the
+// producer raw is measured with), workqueue-p64 (Prefetch 64), rabbit-raw, rabbit-raw-sync
 // (each producer waiting for every confirm), rabbit-adapter,
 // rabbit-adapter-batch, rabbit-adapter-async (adapters.EnqueueAsync, which
 // RabbitMQ runs as Enqueue on a goroutine), river (Client.Insert per job; one Client per
@@ -89,12 +91,12 @@ func main() {
 	flag.IntVar(&cfg.consumers, "consumers", 8, "consumers, each on its own connection")
 	flag.IntVar(&cfg.producers, "producers", 64, "concurrent producers")
 	flag.IntVar(&cfg.runs, "runs", 3, "runs per system and mode (the median is shown)")
-	flag.IntVar(&cfg.prefetch, "prefetch", 64, "ConsumeOptions.Prefetch of the clusterbus adapter consumers")
-	flag.IntVar(&cfg.maxPrefetch, "max-prefetch", 0, "ConsumeOptions.MaxPrefetch of the clusterbus adapter consumers (0: Prefetch, fixed)")
+	flag.IntVar(&cfg.prefetch, "prefetch", 8, "ConsumeOptions.Prefetch of the clusterbus adapter consumers")
+	flag.IntVar(&cfg.maxPrefetch, "max-prefetch", 500, "ConsumeOptions.MaxPrefetch of the clusterbus adapter consumers (0: Prefetch, fixed); 8 and 500 are what a workqueue.Worker of Concurrency 8 asks for")
 	flag.IntVar(&cfg.rawBatch, "raw-batch", 500, "pull batch (PullMaxMessages) of raw nats.go and Watermill")
 	flag.IntVar(&cfg.window, "window", 4000, "PublishAsync window of raw nats.go")
 	flag.IntVar(&cfg.batch, "batch", 100, "items per adapters.EnqueueBatch call of adapter-batch")
-	flag.StringVar(&systems, "systems", "raw,watermill,adapter,adapter-batch,adapter-async,workqueue,workqueue-p64", "systems to run")
+	flag.StringVar(&systems, "systems", "raw,watermill,adapter,adapter-batch,adapter-async,workqueue,workqueue-async,workqueue-p64", "systems to run")
 	flag.StringVar(&modes, "modes", "concurrent,drain", "modes to run")
 	flag.StringVar(&fsyncs, "fsync", "default,always", "server fsync settings to run")
 	flag.StringVar(&rabbitURL, "rabbit", rabbitURL, "RabbitMQ URL of the rabbit-* systems")
@@ -139,9 +141,13 @@ var allSystems = map[string]system{
 	"watermill": runWatermill,
 	"adapter":   runAdapter,
 	"workqueue": runWorkqueue,
+	// The workqueue fed as adapter-async feeds the adapter.
+	"workqueue-async": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+		return runWorkqueueWith(ctx, url, cfg, drain, 0, true)
+	},
 	// The workqueue with Config.Prefetch 64 (default: Concurrency, 8).
 	"workqueue-p64": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
-		return runWorkqueueWith(ctx, url, cfg, drain, 64)
+		return runWorkqueueWith(ctx, url, cfg, drain, 64, false)
 	},
 	// The adapter with producers enqueueing -batch items per call.
 	"adapter-batch": runAdapterBatch,
@@ -720,10 +726,12 @@ func adapterProducer(ctx context.Context, pb adapters.Broker, q string, cfg conf
 // nothing; the time ends when the last item's Ack has returned, as for the
 // other systems (the Workers are stopped after that, untimed).
 func runWorkqueue(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
-	return runWorkqueueWith(ctx, url, cfg, drain, 0)
+	return runWorkqueueWith(ctx, url, cfg, drain, 0, false)
 }
 
-func runWorkqueueWith(ctx context.Context, url string, cfg config, drain bool, prefetch int) (time.Duration, error) {
+// runWorkqueueWith runs the workqueue with Config.Prefetch prefetch, its
+// producers calling EnqueueAsync (async) or Enqueue.
+func runWorkqueueWith(ctx context.Context, url string, cfg config, drain bool, prefetch int, async bool) (time.Duration, error) {
 	pb, err := openAdapter(ctx, url)
 	if err != nil {
 		return 0, err
@@ -766,10 +774,12 @@ func runWorkqueueWith(ctx context.Context, url string, cfg config, drain bool, p
 		}
 		return nil
 	}
-	enqueue := func(i int) error {
-		return pb.Enqueue(ctx, qc.Name, adapters.Message{ID: fmt.Sprint(i), Body: body})
+	batch := 1
+	if async {
+		batch = 0
 	}
-	t0, err := measure(ctx, cfg, drain, start, enqueue, c)
+	enqueue, produced := adapterProducer(ctx, pb, qc.Name, cfg, body, batch)
+	t0, err := measureWith(ctx, cfg, drain, start, enqueue, produced, c)
 	if err != nil {
 		return 0, err
 	}
