@@ -289,12 +289,52 @@ func (w *Worker) reopen(ctx context.Context, old adapters.Consumer) {
 // next), runs the handler on it and settles it, until ctx ends.
 func (w *Worker) work(ctx context.Context) {
 	defer w.handlers.Done()
+	// The handler contexts of this goroutine derive from its own child of
+	// hctx, so creating and cancelling one per item does not contend with
+	// the other handlers for hctx's lock.
+	hctx, cancel := context.WithCancel(w.hctx)
+	defer cancel()
+	var s settleCtx
+	defer s.release()
 	for {
 		d, ok := w.next(ctx)
 		if !ok {
 			return
 		}
-		w.handle(d)
+		w.handle(hctx, &s, d)
+	}
+}
+
+// settleTimeout bounds settling one item; settleCtx reuses one context for
+// the items one handler settles in settleTimeout - settleReuse.
+const (
+	settleTimeout = 30 * time.Second
+	settleReuse   = 10 * time.Second
+)
+
+// settleCtx is a handler goroutine's context for settling: a new one with
+// settleTimeout is made only when the current one has less than
+// settleTimeout - settleReuse left, so each settle has at least that long
+// and a short handler does not pay for a timer per item.
+type settleCtx struct {
+	ctx      context.Context
+	cancel   context.CancelFunc
+	deadline time.Time
+}
+
+func (s *settleCtx) get() context.Context {
+	now := time.Now()
+	if s.ctx == nil || s.deadline.Sub(now) < settleTimeout-settleReuse {
+		s.release()
+		s.deadline = now.Add(settleTimeout)
+		s.ctx, s.cancel = context.WithDeadline(context.Background(), s.deadline)
+	}
+	return s.ctx
+}
+
+func (s *settleCtx) release() {
+	if s.cancel != nil {
+		s.cancel()
 	}
 }
 
@@ -348,7 +388,7 @@ func (w *Worker) next(ctx context.Context) (adapters.Delivery, bool) {
 	return nil, false
 }
 
-func (w *Worker) handle(d adapters.Delivery) {
+func (w *Worker) handle(hctx context.Context, s *settleCtx, d adapters.Delivery) {
 	q := w.cfg.Queue.Name
 	m := &w.m
 	m.received.Inc()
@@ -356,7 +396,7 @@ func (w *Worker) handle(d adapters.Delivery) {
 	w.inFlight.Add(1)
 	defer func() { m.inFlight.Dec(); w.inFlight.Add(-1) }()
 
-	ctx, lease := leasing.Hold(w.hctx, d, w.cfg.Lease, leasing.Options{
+	ctx, lease := leasing.Hold(hctx, d, w.cfg.Lease, leasing.Options{
 		Clock: w.opts.Clock, Logger: w.log,
 		OnRenew: m.renewals.Inc,
 		OnLost:  func(error) { m.losses.Inc() },
@@ -364,7 +404,7 @@ func (w *Worker) handle(d adapters.Delivery) {
 	job := &Job{Message: d.Message(), Attempt: d.Attempt(), MaxAttempts: w.cfg.Queue.MaxAttempts, Queue: q, Lease: lease}
 	err := w.run(ctx, job)
 	lease.Release()
-	w.settle(d, job, lease, err)
+	w.settle(s.get(), d, job, lease, err)
 }
 
 func (w *Worker) run(ctx context.Context, job *Job) (err error) {
@@ -379,10 +419,9 @@ func (w *Worker) run(ctx context.Context, job *Job) (err error) {
 	return w.h(ctx, job)
 }
 
-func (w *Worker) settle(d adapters.Delivery, job *Job, lease *leasing.Lease, herr error) {
+// settle settles d as herr asks, within sctx (see settleCtx).
+func (w *Worker) settle(sctx context.Context, d adapters.Delivery, job *Job, lease *leasing.Lease, herr error) {
 	m := &w.m
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	// Built only on the unhappy paths below.
 	log := func() *slog.Logger { return w.log.With("id", job.Message.ID, "attempt", job.Attempt) }
 	var err error
