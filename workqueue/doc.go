@@ -33,11 +33,16 @@
 //     lost lease. Use the fencing token (Job.Token) and idempotency keys.
 //   - The contract has no snooze: RetryAfter and drain hand-backs count as
 //     delivery attempts, like any nack.
-//   - Prefetch: one receiving goroutine feeds Concurrency handler goroutines
-//     (a fixed pool, no goroutine per item) from one consumer opened
-//     with Config.Prefetch (default Concurrency), so the adapter may hold up
-//     to that many items ahead of free handlers; their leases run, unrenewed, until a
-//     handler takes them (leasing then renews at once if the item waited),
-//     and an adapter may give back items fetched ahead when no handler asked
-//     for half a lease (the NATS adapter does; the attempt then counts).
+//   - Prefetch: Concurrency handler goroutines (a fixed pool, no goroutine
+//     per item) take turns to receive from one consumer and each runs what
+//     it received. The consumer is opened with Config.Prefetch (default
+//     Concurrency) and MaxPrefetch (default 500), so the adapter may hold
+//     items ahead of free handlers: Prefetch of them, or on an adapter that
+//     adapts (NATS) up to MaxPrefetch while the handlers empty its buffer
+//     within a tenth of the lease. Their leases run, unrenewed, until a
+//     handler takes them (leasing then renews at once if the item waited).
+//     An adapter may give back items fetched ahead when no handler asked
+//     for half a lease, and the worker asks it to (adapters.Pauser) when
+//     its gate closes; the NATS adapter does both, and the attempt then
+//     counts.
 package workqueue
