@@ -354,7 +354,7 @@ func (b *Broker) ensureKeepalive(ctx context.Context) {
 		b.log.Warn("nats: JetStream is not enabled on the server: topics work, queues fail with ErrUnsupported", "err", err)
 		return
 	}
-	_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	err := b.ensureStream(ctx, jetstream.StreamConfig{
 		Name:        b.streamBase + "_KEEPALIVE",
 		Description: "clusterbus: keeps the account's JetStream store alive; holds nothing",
 		Subjects:    []string{b.opts.Prefix + ".keepalive"},

@@ -3,6 +3,7 @@ package nats
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -89,8 +90,7 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 	// side by side: four requests in the time of two.
 	declare := func(sc jetstream.StreamConfig) error {
 		if err := retryTransient(ctx, apiTimeout, func(ctx context.Context) error {
-			_, err := b.js.CreateOrUpdateStream(ctx, sc)
-			return err
+			return b.ensureStream(ctx, sc)
 		}); err != nil {
 			return b.mapCtxErr(ctx, op, err)
 		}
@@ -101,7 +101,7 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 			maxAckPending = 1
 		}
 		if err := retryTransient(ctx, apiTimeout, func(ctx context.Context) error {
-			_, err := b.js.CreateOrUpdateConsumer(ctx, sc.Name, jetstream.ConsumerConfig{
+			return b.ensureConsumer(ctx, sc.Name, jetstream.ConsumerConfig{
 				Durable:       durable,
 				Description:   "clusterbus workers",
 				AckPolicy:     jetstream.AckExplicitPolicy,
@@ -110,7 +110,6 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 				MaxAckPending: maxAckPending,
 				MaxWaiting:    1024,
 			})
-			return err
 		}); err != nil {
 			return b.mapCtxErr(ctx, op, err)
 		}
@@ -131,6 +130,58 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 	b.queues[cfg.Name] = queueInfo{lease: cfg.Lease, maxAttempts: cfg.MaxAttempts, dedupe: cfg.Dedupe}
 	b.mu.Unlock()
 	return nil
+}
+
+// ensureStream creates sc's stream, or updates it where it differs from sc
+// in a field sc sets. A stream already as declared costs one info request
+// and no write: every node re-declares its queues when it starts, and in a
+// cluster each update is a proposal to the meta group.
+func (b *Broker) ensureStream(ctx context.Context, sc jetstream.StreamConfig) error {
+	st, err := b.js.Stream(ctx, sc.Name)
+	switch {
+	case err == nil && streamAsDeclared(st.CachedInfo().Config, sc):
+		return nil
+	case err != nil && !errors.Is(err, jetstream.ErrStreamNotFound):
+		return err
+	}
+	_, err = b.js.CreateOrUpdateStream(ctx, sc)
+	return err
+}
+
+// streamAsDeclared reports whether have matches want in every field the
+// adapter sets (a zero number in want is the server's default: any value).
+func streamAsDeclared(have, want jetstream.StreamConfig) bool {
+	for k, v := range want.Metadata {
+		if have.Metadata[k] != v {
+			return false
+		}
+	}
+	return slices.Equal(have.Subjects, want.Subjects) && have.Description == want.Description &&
+		have.Retention == want.Retention && have.Storage == want.Storage && have.Discard == want.Discard &&
+		max(have.Replicas, 1) == max(want.Replicas, 1) &&
+		(want.Duplicates == 0 || have.Duplicates == want.Duplicates) &&
+		(want.MaxMsgs == 0 || have.MaxMsgs == want.MaxMsgs) &&
+		(want.MaxMsgsPerSubject == 0 || have.MaxMsgsPerSubject == want.MaxMsgsPerSubject)
+}
+
+// ensureConsumer is ensureStream for a durable consumer of stream.
+func (b *Broker) ensureConsumer(ctx context.Context, stream string, cc jetstream.ConsumerConfig) error {
+	c, err := b.js.Consumer(ctx, stream, cc.Durable)
+	switch {
+	case err == nil && consumerAsDeclared(c.CachedInfo().Config, cc):
+		return nil
+	case err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound):
+		return err
+	}
+	_, err = b.js.CreateOrUpdateConsumer(ctx, stream, cc)
+	return err
+}
+
+func consumerAsDeclared(have, want jetstream.ConsumerConfig) bool {
+	return have.Durable == want.Durable && have.Description == want.Description &&
+		have.AckPolicy == want.AckPolicy && have.AckWait == want.AckWait &&
+		have.MaxDeliver == want.MaxDeliver && have.MaxAckPending == want.MaxAckPending &&
+		have.MaxWaiting == want.MaxWaiting
 }
 
 // DeleteQueue implements adapters.Broker.

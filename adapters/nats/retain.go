@@ -35,7 +35,7 @@ func (b *Broker) ensureLog(ctx context.Context, op, log string) error {
 		return nil
 	}
 	err := retryTransient(ctx, apiTimeout, func(ctx context.Context) error {
-		_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		return b.ensureStream(ctx, jetstream.StreamConfig{
 			Name:              b.logStream(log),
 			Description:       "clusterbus retained log " + log + ": last value per key",
 			Subjects:          []string{b.opts.Prefix + ".log." + log + ".>"},
@@ -44,7 +44,6 @@ func (b *Broker) ensureLog(ctx context.Context, op, log string) error {
 			MaxMsgsPerSubject: 1,
 			Discard:           jetstream.DiscardOld,
 		})
-		return err
 	})
 	if err != nil {
 		return b.mapCtxErr(ctx, op, err)
