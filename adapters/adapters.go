@@ -173,7 +173,7 @@ type ConsumeOptions struct {
 	// buffer for about a tenth of the lease at most, at the rate Receive has
 	// been taking items, and shrinks it again when items wait longer. Zero
 	// means Prefetch. Adapters that cannot resize what they fetch ahead use
-	// Prefetch; each adapter's doc says which it does.
+	// Prefetch (Capabilities.AdaptivePrefetch is Unsupported).
 	MaxPrefetch int
 	// DeadLetters reads the queue's dead-letter queue instead of the queue.
 	DeadLetters bool
@@ -225,6 +225,9 @@ type Capabilities struct {
 	// QueueStats: the broker reports queue counts (QueueStatter; see
 	// Stats). Emulated means some counts are Unknown.
 	QueueStats Support
+	// AdaptivePrefetch: ConsumeOptions.MaxPrefetch resizes what a consumer
+	// fetches ahead; Unsupported means it fetches Prefetch.
+	AdaptivePrefetch Support
 	// MaxMessageSize is the largest Message accepted, as counted by Size.
 	MaxMessageSize int
 	// MaxHeaders is the largest number of Message.Headers accepted; zero

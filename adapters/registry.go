@@ -140,7 +140,7 @@ func Redact(rawURL string) string { return redact(rawURL) }
 
 // String describes caps on one line.
 func (c Capabilities) String() string {
-	return fmt.Sprintf("%s: extend=%s delayed-nack=%s dead-letter=%s dedupe=%s ordering=%s restart=%s queue-stats=%s max-message=%dB max-headers=%d lease=%s..%s",
-		c.Name, c.LeaseExtension, c.DelayedNack, c.DeadLetter, c.Dedupe, c.Ordering, c.Restart, c.QueueStats,
+	return fmt.Sprintf("%s: extend=%s delayed-nack=%s dead-letter=%s dedupe=%s ordering=%s restart=%s queue-stats=%s adaptive-prefetch=%s max-message=%dB max-headers=%d lease=%s..%s",
+		c.Name, c.LeaseExtension, c.DelayedNack, c.DeadLetter, c.Dedupe, c.Ordering, c.Restart, c.QueueStats, c.AdaptivePrefetch,
 		c.MaxMessageSize, c.MaxHeaders, c.MinLease, c.MaxLease)
 }

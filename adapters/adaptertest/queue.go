@@ -27,7 +27,7 @@ func (s *suite) queueCases() []testCase {
 		{"ConcurrentConsumersAckEachItemOnce", s.testConcurrentConsumers(1000, adapters.ConsumeOptions{})},
 		// An adapter that resizes what it fetches ahead (NATS) does so
 		// here, from 1 item up, while every item is taken at once.
-		{"AdaptivePrefetchAcksEachItemOnce", s.testConcurrentConsumers(400, adapters.ConsumeOptions{Prefetch: 1, MaxPrefetch: 256})},
+		{"AdaptivePrefetchAcksEachItemOnce", s.testAdaptivePrefetch},
 		{"HeadersAndBinaryBodyRoundTrip", s.testQueueRoundTrip},
 		{"DuplicateIDsDropped", s.testDedupe},
 		{"OrderedByKey", s.testOrdered},
@@ -416,6 +416,14 @@ func (s *suite) testEnqueueAsync(t *testing.T) {
 // every item is acked exactly once (an Ack that fails with ErrLeaseLost after a lease
 // expired under load is not counted), none is missing, and nothing comes
 // back afterwards.
+// With Capabilities.AdaptivePrefetch, the same with each consumer opened at
+// Prefetch 1 and MaxPrefetch 256: resizing what is fetched ahead while every
+// item is taken at once loses and repeats nothing.
+func (s *suite) testAdaptivePrefetch(t *testing.T) {
+	s.skipUnless(t, "AdaptivePrefetch", s.caps.AdaptivePrefetch)
+	s.concurrentConsumers(t, 400, adapters.ConsumeOptions{Prefetch: 1, MaxPrefetch: 256})
+}
+
 func (s *suite) testConcurrentConsumers(items int, opts adapters.ConsumeOptions) func(t *testing.T) {
 	return func(t *testing.T) { s.concurrentConsumers(t, items, opts) }
 }

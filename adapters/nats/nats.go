@@ -315,10 +315,12 @@ func capabilities(maxPayload int) adapters.Capabilities {
 		Ordering:       adapters.Emulated, // one item in flight per Ordered queue; see doc.go
 		Restart:        adapters.Native,
 		QueueStats:     adapters.Native,
-		MaxMessageSize: max(maxPayload-reservedBytes, 1024),
-		MaxHeaders:     MaxHeaders,
-		MinLease:       MinLease,
-		MaxLease:       MaxLease,
+		// The consumer resizes its pull subscription (see doc.go).
+		AdaptivePrefetch: adapters.Emulated,
+		MaxMessageSize:   max(maxPayload-reservedBytes, 1024),
+		MaxHeaders:       MaxHeaders,
+		MinLease:         MinLease,
+		MaxLease:         MaxLease,
 	}
 }
 

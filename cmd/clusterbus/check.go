@@ -153,6 +153,7 @@ func printCapabilities(w io.Writer, c adapters.Capabilities) {
 	fmt.Fprintf(tw, "  ordering by key\t%s\n", c.Ordering)
 	fmt.Fprintf(tw, "  survives restart\t%s\n", c.Restart)
 	fmt.Fprintf(tw, "  queue counts\t%s\n", c.QueueStats)
+	fmt.Fprintf(tw, "  adaptive prefetch\t%s\n", c.AdaptivePrefetch)
 	fmt.Fprintf(tw, "  max message size\t%d bytes\n", c.MaxMessageSize)
 	if c.MaxHeaders > 0 {
 		fmt.Fprintf(tw, "  max headers\t%d\n", c.MaxHeaders)
