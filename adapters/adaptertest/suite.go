@@ -175,7 +175,16 @@ func (s *suite) consume(t *testing.T, b adapters.Broker, queue string, opts adap
 	if err != nil {
 		t.Fatalf("Consume(%q, %+v): %v", queue, opts, err)
 	}
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() {
+		// Close hands back what it holds and returns: it must not wait
+		// on the broker for long, even after a restart (ci15: a RabbitMQ
+		// consumer's Close waited 3.5 minutes on a hung basic.consume).
+		start := time.Now()
+		c.Close()
+		if d := time.Since(start); d > s.wait {
+			t.Errorf("Consumer.Close took %s, want at most %s", d.Round(time.Millisecond), s.wait)
+		}
+	})
 	return c
 }
 

@@ -132,6 +132,12 @@ func (b *Broker) moveOnce(ctx context.Context, source string) error {
 		return err
 	}
 	defer conn.Close()
+	// amqp091's calls do not take a context: closing the connection is
+	// what ends one that hangs when ctx ends, with a deadline since the
+	// close handshake can hang as well (ci15: a basic.consume on the delay
+	// queue went unanswered for 3.5 minutes after a cluster node came back,
+	// and Consumer.Close waited on it).
+	defer context.AfterFunc(ctx, func() { _ = conn.CloseDeadline(time.Now().Add(time.Second)) })()
 	ch, err := conn.Channel()
 	if err != nil {
 		return err
