@@ -34,7 +34,7 @@ const (
 //   - adapter: 8 producers calling Enqueue, one item each call.
 //   - adapter-batch: 8 producers calling adapters.EnqueueBatch with 64.
 //   - adapter-async: 8 producers calling adapters.EnqueueAsync per item
-//     (Kafka runs it as Enqueue on a goroutine), every Pending waited for
+//     (the adapter's asynchronous writer), every Pending waited for
 //     after the last send.
 //
 // Both adapter cases receive with 8 goroutines on one Consumer (Prefetch 8)

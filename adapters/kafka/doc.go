@@ -52,7 +52,12 @@
 // only for the batch that holds its record. EnqueueBatch
 // (adapters.BatchEnqueuer) validates every message, then hands them all to
 // the writer in one call and returns once every one has all in-sync
-// replicas. Every consumer of a queue, on every node, is a
+// replicas. EnqueueAsync (adapters.AsyncEnqueuer) hands the item to a
+// second writer with the same settings in kafka-go's asynchronous mode and
+// returns; its Pending is settled by the writer's Completion when the
+// produce request is answered (acks=all) or failed after the writer's
+// retries. At most 4,096 such items are in flight per Broker; Close
+// flushes them. Every consumer of a queue, on every node, is a
 // member of the same consumer group and joins at its first Receive (a
 // consumer that never receives owns no partitions).
 //

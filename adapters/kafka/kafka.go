@@ -267,6 +267,11 @@ type Broker struct {
 	client    *kafkago.Client
 	dialer    *kafkago.Dialer
 	writer    *kafkago.Writer
+	// async is the writer of EnqueueAsync: the same settings, Async, and
+	// a Completion that settles each message's Pending (see enqueue.go);
+	// asyncSlots bounds the messages it has in flight.
+	async      *kafkago.Writer
+	asyncSlots chan struct{}
 
 	mu        sync.Mutex
 	closed    bool
@@ -280,6 +285,7 @@ type Broker struct {
 var (
 	_ adapters.Broker        = (*Broker)(nil)
 	_ adapters.BatchEnqueuer = (*Broker)(nil)
+	_ adapters.AsyncEnqueuer = (*Broker)(nil)
 )
 
 // Open connects to the Kafka cluster of cfg and checks that it answers.
@@ -341,6 +347,15 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		WriteBackoffMax: time.Second,
 		ErrorLogger:     kafkago.LoggerFunc(func(f string, a ...any) { log.Debug("writer: " + fmt.Sprintf(f, a...)) }),
 	}
+	b.async = &kafkago.Writer{
+		Addr: b.writer.Addr, Transport: transport, Balancer: b.writer.Balancer,
+		RequiredAcks: b.writer.RequiredAcks, BatchTimeout: b.writer.BatchTimeout,
+		BatchSize: b.writer.BatchSize, BatchBytes: b.writer.BatchBytes,
+		MaxAttempts: b.writer.MaxAttempts, WriteBackoffMin: b.writer.WriteBackoffMin,
+		WriteBackoffMax: b.writer.WriteBackoffMax, ErrorLogger: b.writer.ErrorLogger,
+		Async: true, Completion: b.completed,
+	}
+	b.asyncSlots = make(chan struct{}, asyncWindow)
 	if _, err := b.client.Metadata(ctx, &kafkago.MetadataRequest{}); err != nil {
 		transport.CloseIdleConnections()
 		if ctx.Err() != nil {
@@ -402,7 +417,8 @@ func (b *Broker) Close() error {
 		wg.Go(func() { _ = s.Close() })
 	}
 	wg.Wait()
-	err := b.writer.Close()
+	// Close flushes what EnqueueAsync queued; every Pending is settled.
+	err := errors.Join(b.writer.Close(), b.async.Close())
 	b.transport.CloseIdleConnections()
 	if err != nil {
 		return adapters.Wrap(adapters.ErrUnavailable, "kafka: close", err)

@@ -237,22 +237,31 @@ func (b *Broker) EnqueueBatch(ctx context.Context, q string, ms []adapters.Messa
 }
 
 func (b *Broker) enqueue(ctx context.Context, op, q string, ms []adapters.Message) error {
-	if err := b.checkOpen(op); err != nil {
+	kms, err := b.prepareEnqueue(ctx, op, q, ms)
+	if err != nil || len(kms) == 0 {
 		return err
 	}
+	err = b.write(ctx, op, kms...)
+	b.forgetIfGone(q, err)
+	return err
+}
+
+// prepareEnqueue checks the broker, the queue and every message and
+// encodes them for the queue's main topic.
+func (b *Broker) prepareEnqueue(ctx context.Context, op, q string, ms []adapters.Message) ([]kafkago.Message, error) {
+	if err := b.checkOpen(op); err != nil {
+		return nil, err
+	}
 	if err := adapters.ValidateName("queue", q); err != nil {
-		return err
+		return nil, err
 	}
 	for _, m := range ms {
 		if err := adapters.ValidateMessage(op, m, capabilities); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if _, err := b.queueConfig(ctx, op, q); err != nil {
-		return err
-	}
-	if len(ms) == 0 {
-		return nil
+		return nil, err
 	}
 	topic := b.mainTopic(q)
 	kms := make([]kafkago.Message, len(ms))
@@ -262,12 +271,92 @@ func (b *Broker) enqueue(ctx context.Context, op, q string, ms []adapters.Messag
 		}
 		kms[i] = encode(topic, m)
 	}
-	err := b.write(ctx, op, kms...)
+	return kms, nil
+}
+
+// forgetIfGone forgets a queue whose topic a write found missing: another
+// node deleted it since this one learned of it.
+func (b *Broker) forgetIfGone(q string, err error) {
 	if errors.Is(err, adapters.ErrNotFound) {
-		// Deleted by another node since this one learned of it.
 		b.mu.Lock()
 		delete(b.queues, q)
 		b.mu.Unlock()
 	}
-	return err
+}
+
+// asyncWindow bounds the messages EnqueueAsync has in flight in one
+// Broker; past it, EnqueueAsync waits for one to settle, or for ctx.
+const asyncWindow = 4096
+
+// EnqueueAsync implements adapters.AsyncEnqueuer. The message goes to the
+// asynchronous writer, which batches it with others as Enqueue's writer
+// does (200 µs or 256 records per partition) and settles its Pending when
+// the produce request is answered with every in-sync replica's ack, or has
+// failed after the writer's retries: Wait returning nil means what
+// Enqueue returning nil means. Close flushes what is queued.
+func (b *Broker) EnqueueAsync(ctx context.Context, q string, m adapters.Message) (adapters.Pending, error) {
+	op := fmt.Sprintf("kafka: enqueue %q", q)
+	kms, err := b.prepareEnqueue(ctx, op, q, []adapters.Message{m})
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case b.asyncSlots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-b.done:
+		return nil, adapters.Errorf(adapters.ErrClosed, op, "broker is closed")
+	}
+	p := &pending{b: b, op: op, queue: q, done: make(chan struct{})}
+	kms[0].WriterData = p
+	if err := b.async.WriteMessages(ctx, kms[0]); err != nil {
+		// Refused before it was queued (its topic's partitions unknown,
+		// the writer closed): Completion will not see it.
+		<-b.asyncSlots
+		if cerr := b.checkOpen(op); cerr != nil {
+			return nil, cerr
+		}
+		err = mapCtxErr(ctx, op, err)
+		b.forgetIfGone(q, err)
+		return nil, err
+	}
+	return p, nil
+}
+
+// completed is the asynchronous writer's Completion: it settles the
+// Pending of every message of a batch.
+func (b *Broker) completed(msgs []kafkago.Message, err error) {
+	for _, m := range msgs {
+		if p, ok := m.WriterData.(*pending); ok {
+			p.settle(err)
+			<-b.asyncSlots
+		}
+	}
+}
+
+// pending is the Pending of one EnqueueAsync.
+type pending struct {
+	b     *Broker
+	op    string
+	queue string
+	done  chan struct{}
+	err   error
+}
+
+func (p *pending) settle(err error) {
+	if err != nil {
+		p.err = mapErr(p.op, err)
+		p.b.forgetIfGone(p.queue, p.err)
+	}
+	close(p.done)
+}
+
+// Wait implements adapters.Pending.
+func (p *pending) Wait(ctx context.Context) error {
+	select {
+	case <-p.done:
+		return p.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
