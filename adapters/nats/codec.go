@@ -13,7 +13,7 @@ import (
 func encode(subject string, m adapters.Message) *nats.Msg {
 	msg := nats.NewMsg(subject)
 	for k, v := range m.Headers {
-		if strings.HasPrefix(strings.ToLower(k), "nats") {
+		if hasPrefixFold(k, "nats") {
 			// The server acts on Nats-* headers; keep user ones apart.
 			k = hdrUserPrefix + k
 		}
@@ -60,13 +60,33 @@ func decode(raw any, keepReason bool) adapters.Message {
 			setHeader(&m, k[len(hdrUserPrefix):], v)
 		case k == adapters.HeaderDeadLetterReason && keepReason:
 			setHeader(&m, k, v)
-		case strings.HasPrefix(strings.ToLower(k), adapters.ReservedHeaderPrefix),
+		case hasPrefixFold(k, adapters.ReservedHeaderPrefix),
 			strings.HasPrefix(k, "Nats-"), strings.HasPrefix(k, "NATS-"):
 		default:
 			setHeader(&m, k, v)
 		}
 	}
 	return m
+}
+
+// hasPrefixFold reports whether s starts with the lower-case ASCII prefix
+// in any case, as strings.HasPrefix(strings.ToLower(s), prefix) does for
+// the prefixes used here, without the copy ToLower makes (decode runs it
+// on every header of every item).
+func hasPrefixFold(s, prefix string) bool {
+	if len(s) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func setHeader(m *adapters.Message, k, v string) {

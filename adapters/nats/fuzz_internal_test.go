@@ -1,10 +1,12 @@
 package nats
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/adaptertest"
 )
 
@@ -26,5 +28,20 @@ func FuzzCodec(f *testing.F) {
 		raw.Header[hdrID] = []string{id}
 		raw.Data = body
 		_ = decode(raw, true)
+	})
+}
+
+// FuzzHasPrefixFold: hasPrefixFold agrees with strings.HasPrefix on
+// strings.ToLower for the prefixes the codec uses, whatever the header.
+func FuzzHasPrefixFold(f *testing.F) {
+	for _, s := range []string{"Nats-Msg-Id", "NATS", "nat", "CB-id", "cB-", "Ǌats", "\u212aats", "İnats", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, p := range []string{"nats", adapters.ReservedHeaderPrefix} {
+			if got, want := hasPrefixFold(s, p), strings.HasPrefix(strings.ToLower(s), p); got != want {
+				t.Fatalf("hasPrefixFold(%q, %q) = %v, want %v", s, p, got, want)
+			}
+		}
 	})
 }
