@@ -209,7 +209,7 @@ type rateWin struct {
 
 // adapt runs after Receive hands out an item that arrived at at, when
 // MaxPrefetch is above Prefetch. Over each rateWindow (or four pulls' worth
-// of items, if sooner) it measures the rate
+// of items, if sooner but not under rateWindow/10) it measures the rate
 // Receive takes items and, when a pull twice as large (or more) would still
 // empty within the wait budget (lease/waitShareDiv) at that rate, resizes
 // the pull to that (up to MaxPrefetch and bufferedBytesMax). An item that
@@ -231,9 +231,11 @@ func (c *consumer) adapt(now, at time.Time, size int) {
 	c.win.n++
 	c.win.bytes += size
 	el := now.Sub(c.win.start)
-	if el < rateWindow && (c.win.n < 4*c.size || el <= 0) {
-		// A window ends after rateWindow, or sooner once four pulls' worth
-		// went out: a fast consumer grows within milliseconds.
+	if el < rateWindow && (c.win.n < 4*c.size || el < rateWindow/10) {
+		// A window ends after rateWindow, or once four pulls' worth went
+		// out in at least a tenth of that: a fast consumer grows within
+		// milliseconds, and a few items taken at once (handlers that
+		// finished together) are not read as a rate.
 		return
 	}
 	want := int(float64(c.win.n) / el.Seconds() * budget.Seconds())

@@ -75,8 +75,9 @@
 //     no larger than the number of goroutines calling Receive.
 //   - MaxPrefetch M above Prefetch P (the workqueue's default: P is its
 //     concurrency, M 500): the same, with P as the starting size of the
-//     pull. Every 50 ms the consumer measures the rate Receive takes items
-//     and, when a pull twice as large or more would still empty within a
+//     pull. Every 50 ms (or after four pulls' worth of items, if that
+//     comes sooner but after 5 ms) the consumer measures the rate Receive
+//     takes items and, when a pull twice as large or more would still empty within a
 //     tenth of the lease at that rate, replaces the pull with one of that
 //     size (at most M, and at most 64 MiB at the items' mean size). An
 //     item that waited in the buffer longer than that shrinks the pull to
