@@ -306,7 +306,8 @@ func (w *Worker) work(ctx context.Context) {
 }
 
 // settleTimeout bounds settling one item; settleCtx reuses one context for
-// the items one handler settles in settleTimeout - settleReuse.
+// the items one handler settles within settleReuse, so each still has at
+// least settleTimeout - settleReuse.
 const (
 	settleTimeout = 30 * time.Second
 	settleReuse   = 10 * time.Second
