@@ -330,31 +330,31 @@ func Open(ctx context.Context, cfg Config) (*Broker, error) {
 		subs:      map[*subscription]struct{}{},
 		consumers: map[*consumer]struct{}{},
 	}
-	b.writer = &kafkago.Writer{
-		Addr:         kafkago.TCP(cfg.Brokers...),
-		Transport:    transport,
-		Balancer:     &balancer{},
-		RequiredAcks: kafkago.RequireAll,
-		// The default of 1 s makes every synchronous send take a second, and
-		// each Enqueue waits out the window: 2 ms capped 8 producers at
-		// 2.8k items/s in BenchmarkQueueThroughput, 200 µs gives 7.9k.
-		// Concurrent sends share batches within this window.
-		BatchTimeout:    200 * time.Microsecond,
-		BatchSize:       256,
-		BatchBytes:      maxBatchBytes,
-		MaxAttempts:     5,
-		WriteBackoffMin: 50 * time.Millisecond,
-		WriteBackoffMax: time.Second,
-		ErrorLogger:     kafkago.LoggerFunc(func(f string, a ...any) { log.Debug("writer: " + fmt.Sprintf(f, a...)) }),
+	// The synchronous writer of Enqueue and EnqueueBatch, and the
+	// asynchronous one of EnqueueAsync, whose Completion settles each
+	// message's Pending (see queue.go); both with these settings.
+	newWriter := func() *kafkago.Writer {
+		return &kafkago.Writer{
+			Addr:         kafkago.TCP(cfg.Brokers...),
+			Transport:    transport,
+			Balancer:     &balancer{},
+			RequiredAcks: kafkago.RequireAll,
+			// The default of 1 s makes every synchronous send take a
+			// second, and each Enqueue waits out the window: 2 ms capped 8
+			// producers at 2.8k items/s in BenchmarkQueueThroughput, 200 µs
+			// gives 7.9k. Concurrent sends share batches within it.
+			BatchTimeout:    200 * time.Microsecond,
+			BatchSize:       256,
+			BatchBytes:      maxBatchBytes,
+			MaxAttempts:     5,
+			WriteBackoffMin: 50 * time.Millisecond,
+			WriteBackoffMax: time.Second,
+			ErrorLogger:     kafkago.LoggerFunc(func(f string, a ...any) { log.Debug("writer: " + fmt.Sprintf(f, a...)) }),
+		}
 	}
-	b.async = &kafkago.Writer{
-		Addr: b.writer.Addr, Transport: transport, Balancer: b.writer.Balancer,
-		RequiredAcks: b.writer.RequiredAcks, BatchTimeout: b.writer.BatchTimeout,
-		BatchSize: b.writer.BatchSize, BatchBytes: b.writer.BatchBytes,
-		MaxAttempts: b.writer.MaxAttempts, WriteBackoffMin: b.writer.WriteBackoffMin,
-		WriteBackoffMax: b.writer.WriteBackoffMax, ErrorLogger: b.writer.ErrorLogger,
-		Async: true, Completion: b.completed,
-	}
+	b.writer = newWriter()
+	b.async = newWriter()
+	b.async.Async, b.async.Completion = true, b.completed
 	b.asyncSlots = make(chan struct{}, asyncWindow)
 	if _, err := b.client.Metadata(ctx, &kafkago.MetadataRequest{}); err != nil {
 		transport.CloseIdleConnections()
