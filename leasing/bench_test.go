@@ -40,3 +40,20 @@ func BenchmarkHoldRelease(b *testing.B) {
 		}
 	})
 }
+
+// The same with a Keeper per goroutine, as each workqueue handler has: one
+// timer re-armed per item instead of one made per item.
+func BenchmarkKeeperHoldRelease(b *testing.B) {
+	cfg := leasing.Config{Length: 30 * time.Second}.WithDefaults()
+	parent, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := fixedDelivery{deadline: time.Now().Add(time.Hour)}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		k := leasing.NewKeeper(cfg, leasing.Options{})
+		for pb.Next() {
+			_, l := k.Hold(parent, d)
+			l.Release()
+		}
+	})
+}

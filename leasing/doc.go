@@ -2,8 +2,10 @@
 // on it, and stops the work when the lease cannot be kept.
 //
 // Hold arms a timer (no goroutine per held item) that calls
-// Delivery.Extend well inside the lease (every Config.RenewEvery, a third of the lease by default) and
-// returns a context for the work. The context is cancelled, with a cause
+// Delivery.Extend well inside the lease (every Config.RenewEvery, a third of
+// the lease by default) and returns a context for the work. A Keeper holds
+// the leases of one goroutine that runs item after item (a workqueue
+// handler) on one timer it re-arms, instead of a timer per item. The context is cancelled, with a cause
 // matching ErrLost (and adapters.ErrLeaseLost), when a renewal is refused,
 // or when renewals keep failing until Config.Margin before the deadline. The
 // margin exists so that the work stops before the broker can hand the item

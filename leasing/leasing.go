@@ -95,24 +95,18 @@ type Options struct {
 
 // Lease is a held delivery. Its methods are safe for concurrent use.
 //
-// Renewals are driven by one timer per lease (clock.AfterFunc), not by a
-// goroutine per lease: between renewals a held item costs a timer.
+// Renewals are driven by a timer (clock.AfterFunc), not by a goroutine per
+// lease; the leases a Keeper holds one after another share one timer.
 type Lease struct {
 	d      adapters.Delivery
-	cfg    Config
-	opts   Options
+	k      *Keeper
 	ctx    context.Context // the work context
 	cancel context.CancelCauseFunc
-
-	stop     chan struct{} // closed by Release; cancels a running Extend
-	lost     chan struct{}
-	stopOnce sync.Once
 
 	// run is held while a renewal step runs and by Release, so no step
 	// runs after Release returns.
 	run      sync.Mutex
 	released bool
-	timer    clockwork.Timer
 	retryAt  time.Time // set after a failed renewal
 	lastErr  error
 
@@ -120,12 +114,29 @@ type Lease struct {
 	deadline time.Time
 	epoch    int64
 	err      error
+	lost     chan struct{} // made by the first Lost call or by a loss
+	// renewing cancels the Extend in progress; releasing is set by
+	// Release, which uses renewing to cut that Extend short.
+	renewing  context.CancelFunc
+	releasing bool
 }
 
-// Hold starts keeping the lease on d and returns the context for the work
-// on it, derived from parent. Call Release when the work is over and before
-// settling d. cfg must be valid (see Config.Validate after WithDefaults).
-func Hold(parent context.Context, d adapters.Delivery, cfg Config, opts Options) (context.Context, *Lease) {
+// Keeper holds leases one after another for one goroutine, on one timer, so
+// a goroutine that runs item after item pays for no timer per item. A Hold
+// while the Keeper's last lease is not yet released still works: that lease
+// gets a timer of its own.
+type Keeper struct {
+	cfg  Config
+	opts Options
+
+	mu    sync.Mutex
+	cur   *Lease // the lease the timer is for; nil when none is held
+	timer clockwork.Timer
+}
+
+// NewKeeper returns a Keeper that holds leases with cfg and opts. cfg must
+// be valid (see Config.Validate after WithDefaults).
+func NewKeeper(cfg Config, opts Options) *Keeper {
 	cfg = cfg.WithDefaults()
 	if opts.Clock == nil {
 		opts.Clock = clockwork.NewRealClock()
@@ -133,16 +144,68 @@ func Hold(parent context.Context, d adapters.Delivery, cfg Config, opts Options)
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	return &Keeper{cfg: cfg, opts: opts}
+}
+
+// Hold starts keeping the lease on d and returns the context for the work
+// on it, derived from parent. Call Release when the work is over and before
+// settling d. cfg must be valid (see Config.Validate after WithDefaults).
+func Hold(parent context.Context, d adapters.Delivery, cfg Config, opts Options) (context.Context, *Lease) {
+	return NewKeeper(cfg, opts).Hold(parent, d)
+}
+
+// Hold is the package's Hold with the Keeper's Config and Options.
+func (k *Keeper) Hold(parent context.Context, d adapters.Delivery) (context.Context, *Lease) {
 	ctx, cancel := context.WithCancelCause(parent)
-	l := &Lease{
-		d: d, cfg: cfg, opts: opts, ctx: ctx, cancel: cancel,
-		stop: make(chan struct{}), lost: make(chan struct{}),
-		deadline: d.LeaseDeadline(),
+	l := &Lease{d: d, k: k, ctx: ctx, cancel: cancel, deadline: d.LeaseDeadline()}
+	k.mu.Lock()
+	if k.cur != nil {
+		k.mu.Unlock()
+		l.k = &Keeper{cfg: k.cfg, opts: k.opts, cur: l}
+	} else {
+		k.cur = l
+		k.mu.Unlock()
 	}
 	l.run.Lock()
 	l.schedule()
 	l.run.Unlock()
 	return ctx, l
+}
+
+// arm sets the timer to run the current lease's step after wait.
+func (k *Keeper) arm(wait time.Duration) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.timer == nil {
+		k.timer = k.opts.Clock.AfterFunc(wait, k.fire)
+		return
+	}
+	k.timer.Reset(wait)
+}
+
+// fire runs the step of the lease held now. A timer armed for an earlier
+// lease that fires late runs the step of the next one early, which only
+// arms the timer again.
+func (k *Keeper) fire() {
+	k.mu.Lock()
+	l := k.cur
+	k.mu.Unlock()
+	if l != nil {
+		l.step()
+	}
+}
+
+// disarm stops the timer if it is l's.
+func (k *Keeper) disarm(l *Lease) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.cur != l {
+		return
+	}
+	k.cur = nil
+	if k.timer != nil {
+		k.timer.Stop()
+	}
 }
 
 // Token returns the current fencing token.
@@ -165,7 +228,7 @@ func (l *Lease) Deadline() time.Time {
 func (l *Lease) WorkDeadline() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.deadline.Add(-l.cfg.Margin)
+	return l.deadline.Add(-l.k.cfg.Margin)
 }
 
 // Valid reports whether the lease is neither lost nor within Margin of its
@@ -173,11 +236,21 @@ func (l *Lease) WorkDeadline() time.Time {
 func (l *Lease) Valid() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.err == nil && l.opts.Clock.Now().Before(l.deadline.Add(-l.cfg.Margin))
+	return l.err == nil && l.k.opts.Clock.Now().Before(l.deadline.Add(-l.k.cfg.Margin))
 }
 
 // Lost is closed when the lease is lost.
-func (l *Lease) Lost() <-chan struct{} { return l.lost }
+func (l *Lease) Lost() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lost == nil {
+		l.lost = make(chan struct{})
+		if l.err != nil {
+			close(l.lost)
+		}
+	}
+	return l.lost
+}
 
 // Err returns nil while the lease holds, else the cause (matching ErrLost).
 func (l *Lease) Err() error {
@@ -190,12 +263,15 @@ func (l *Lease) Err() error {
 // cancels the work context. It does not settle the delivery. It is
 // idempotent.
 func (l *Lease) Release() {
-	l.stopOnce.Do(func() { close(l.stop) })
+	l.mu.Lock()
+	l.releasing = true
+	if l.renewing != nil {
+		l.renewing()
+	}
+	l.mu.Unlock()
 	l.run.Lock()
 	l.released = true
-	if l.timer != nil {
-		l.timer.Stop()
-	}
+	l.k.disarm(l)
 	l.run.Unlock()
 	l.cancel(errReleased)
 }
@@ -207,13 +283,15 @@ func (l *Lease) lose(cause error) {
 		return
 	}
 	l.err = cause
+	if l.lost != nil {
+		close(l.lost)
+	}
 	l.mu.Unlock()
-	close(l.lost)
 	l.cancel(cause)
-	l.opts.Logger.Warn("leasing: lease lost; cancelling work", "queue", l.d.Queue(), "id", l.d.Message().ID,
+	l.k.opts.Logger.Warn("leasing: lease lost; cancelling work", "queue", l.d.Queue(), "id", l.d.Message().ID,
 		"attempt", l.d.Attempt(), "err", cause)
-	if l.opts.OnLost != nil {
-		l.opts.OnLost(cause)
+	if l.k.opts.OnLost != nil {
+		l.k.opts.OnLost(cause)
 	}
 }
 
@@ -225,8 +303,8 @@ func (l *Lease) times() (deadline, cutoff, next time.Time) {
 	l.mu.Lock()
 	deadline = l.deadline
 	l.mu.Unlock()
-	cutoff = deadline.Add(-l.cfg.Margin)
-	next = deadline.Add(l.cfg.RenewEvery - l.cfg.Length)
+	cutoff = deadline.Add(-l.k.cfg.Margin)
+	next = deadline.Add(l.k.cfg.RenewEvery - l.k.cfg.Length)
 	if !l.retryAt.IsZero() {
 		next = l.retryAt
 	}
@@ -241,7 +319,7 @@ func (l *Lease) schedule() {
 	if cutoff.Before(wake) {
 		wake = cutoff
 	}
-	l.timer = l.opts.Clock.AfterFunc(l.opts.Clock.Until(wake), l.step)
+	l.k.arm(l.k.opts.Clock.Until(wake))
 }
 
 // step runs when the timer fires: it gives the lease up at the cutoff,
@@ -252,7 +330,7 @@ func (l *Lease) step() {
 	if l.released || l.ctx.Err() != nil {
 		return
 	}
-	clock := l.opts.Clock
+	clock := l.k.opts.Clock
 	deadline, cutoff, next := l.times()
 	now := clock.Now()
 	if !now.Before(cutoff) {
@@ -271,29 +349,31 @@ func (l *Lease) step() {
 	// and cut short by Release. (A real-time timeout: a fake clock's timer
 	// would count as one more waiter in tests.)
 	ectx, ecancel := context.WithTimeout(l.ctx, clock.Until(cutoff))
-	go func() {
-		select {
-		case <-l.stop:
-			ecancel()
-		case <-ectx.Done():
-		}
-	}()
-	err := l.d.Extend(ectx, l.cfg.Length)
-	ecancel()
-	select {
-	case <-l.stop:
+	defer ecancel()
+	l.mu.Lock()
+	if l.releasing {
+		l.mu.Unlock()
 		return
-	default:
+	}
+	l.renewing = ecancel
+	l.mu.Unlock()
+	err := l.d.Extend(ectx, l.k.cfg.Length)
+	l.mu.Lock()
+	l.renewing = nil
+	releasing := l.releasing
+	l.mu.Unlock()
+	if releasing {
+		return
 	}
 	switch {
 	case err == nil:
 		l.mu.Lock()
-		l.deadline = now.Add(l.cfg.Length)
+		l.deadline = now.Add(l.k.cfg.Length)
 		l.epoch++
 		l.mu.Unlock()
 		l.lastErr, l.retryAt = nil, time.Time{}
-		if l.opts.OnRenew != nil {
-			l.opts.OnRenew()
+		if l.k.opts.OnRenew != nil {
+			l.k.opts.OnRenew()
 		}
 	case errors.Is(err, adapters.ErrLeaseLost) || errors.Is(err, adapters.ErrClosed):
 		l.lose(fmt.Errorf("%w: renewal refused: %v", ErrLost, err))
@@ -303,8 +383,8 @@ func (l *Lease) step() {
 	default:
 		// Transient: try again soon, while the cutoff allows.
 		l.lastErr = err
-		l.opts.Logger.Debug("leasing: renewal failed; retrying", "queue", l.d.Queue(), "id", l.d.Message().ID, "err", err)
-		l.retryAt = clock.Now().Add(l.cfg.RenewEvery / 4)
+		l.k.opts.Logger.Debug("leasing: renewal failed; retrying", "queue", l.d.Queue(), "id", l.d.Message().ID, "err", err)
+		l.retryAt = clock.Now().Add(l.k.cfg.RenewEvery / 4)
 	}
 	l.schedule()
 }

@@ -236,3 +236,55 @@ func TestItemThatWaitedBeforeHoldIsRenewedAtOnce(t *testing.T) {
 		t.Fatalf("lease not valid after renewal: %v", context.Cause(ctx))
 	}
 }
+
+func TestKeeperRenewsTheLeasesItHoldsInTurnAndAnOverlappingOne(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	for _, id := range []string{"item-2", "item-3"} {
+		if err := r.b.Enqueue(ctx, r.queue, adapters.Message{ID: id, Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var renewals atomic.Int64
+	k := leasing.NewKeeper(leasing.Config{Length: lease},
+		leasing.Options{Clock: r.clock, Logger: logger(t), OnRenew: func() { renewals.Add(1) }})
+
+	_, l1 := k.Hold(ctx, r.receive(t, r.b))
+	waitTimer(t, r.clock, 1)
+	r.clock.Advance(time.Second)
+	waitTimer(t, r.clock, 1)
+	l1.Release()
+	if got := l1.Token().Epoch; got != 1 {
+		t.Fatalf("first lease renewed %d times in 1s of a 3s lease, want 1", got)
+	}
+
+	// The next lease re-uses the timer; one taken while it is still held
+	// (a Keeper shared by mistake) gets a timer of its own.
+	ctx2, l2 := k.Hold(ctx, r.receive(t, r.b))
+	t.Cleanup(l2.Release)
+	ctx3, l3 := k.Hold(ctx, r.receive(t, r.b))
+	t.Cleanup(l3.Release)
+	for range 6 {
+		waitTimer(t, r.clock, 2)
+		r.clock.Advance(time.Second)
+	}
+	waitTimer(t, r.clock, 2)
+	for i, c := range []context.Context{ctx2, ctx3} {
+		if c.Err() != nil {
+			t.Fatalf("lease %d lost although renewals succeed: %v", i+2, context.Cause(c))
+		}
+	}
+	if e1, e2, e3 := l1.Token().Epoch, l2.Token().Epoch, l3.Token().Epoch; e1 != 1 || e2 != 6 || e3 != 6 {
+		t.Fatalf("epochs %d, %d, %d: want 1 (released), 6, 6", e1, e2, e3)
+	}
+	if got := renewals.Load(); got != 13 {
+		t.Fatalf("renewals = %d, want 13", got)
+	}
+	st, err := r.srv.Stats(r.queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Leased != 2 || st.Ready != 1 {
+		t.Fatalf("stats %+v: want the two held items leased and the released one back", st)
+	}
+}

@@ -107,6 +107,8 @@ type Worker struct {
 	draining atomic.Bool
 	inFlight atomic.Int64
 	m        queueMetrics
+	// leaseOpts are the Options of every lease the worker holds.
+	leaseOpts leasing.Options
 }
 
 // queueMetrics are the worker's children of Metrics, looked up once.
@@ -181,8 +183,14 @@ func New(b adapters.Broker, cfg Config, h Handler, opts Options) (*Worker, error
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics(nil)
 	}
-	return &Worker{b: b, cfg: cfg, h: h, opts: opts, log: opts.Logger.With("queue", cfg.Queue.Name),
-		m: opts.Metrics.forQueue(cfg.Queue.Name)}, nil
+	w := &Worker{b: b, cfg: cfg, h: h, opts: opts, log: opts.Logger.With("queue", cfg.Queue.Name),
+		m: opts.Metrics.forQueue(cfg.Queue.Name)}
+	w.leaseOpts = leasing.Options{
+		Clock: opts.Clock, Logger: w.log,
+		OnRenew: w.m.renewals.Inc,
+		OnLost:  func(error) { w.m.losses.Inc() },
+	}
+	return w, nil
 }
 
 // Queue is the name of the worker's queue.
@@ -296,12 +304,14 @@ func (w *Worker) work(ctx context.Context) {
 	defer cancel()
 	var s settleCtx
 	defer s.release()
+	// The leases of this goroutine's items, one at a time, on one timer.
+	keeper := leasing.NewKeeper(w.cfg.Lease, w.leaseOpts)
 	for {
 		d, ok := w.next(ctx)
 		if !ok {
 			return
 		}
-		w.handle(hctx, &s, d)
+		w.handle(hctx, &s, keeper, d)
 	}
 }
 
@@ -389,7 +399,7 @@ func (w *Worker) next(ctx context.Context) (adapters.Delivery, bool) {
 	return nil, false
 }
 
-func (w *Worker) handle(hctx context.Context, s *settleCtx, d adapters.Delivery) {
+func (w *Worker) handle(hctx context.Context, s *settleCtx, keeper *leasing.Keeper, d adapters.Delivery) {
 	q := w.cfg.Queue.Name
 	m := &w.m
 	m.received.Inc()
@@ -397,11 +407,7 @@ func (w *Worker) handle(hctx context.Context, s *settleCtx, d adapters.Delivery)
 	w.inFlight.Add(1)
 	defer func() { m.inFlight.Dec(); w.inFlight.Add(-1) }()
 
-	ctx, lease := leasing.Hold(hctx, d, w.cfg.Lease, leasing.Options{
-		Clock: w.opts.Clock, Logger: w.log,
-		OnRenew: m.renewals.Inc,
-		OnLost:  func(error) { m.losses.Inc() },
-	})
+	ctx, lease := keeper.Hold(hctx, d)
 	job := &Job{Message: d.Message(), Attempt: d.Attempt(), MaxAttempts: w.cfg.Queue.MaxAttempts, Queue: q, Lease: lease}
 	err := w.run(ctx, job)
 	lease.Release()
