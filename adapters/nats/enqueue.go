@@ -46,15 +46,14 @@ var (
 // through the asynchronous publisher, then waits for all their
 // acknowledgements.
 func (b *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.Message) error {
-	op := "enqueue " + queue
-	qi, err := b.prepareEnqueue(ctx, op, queue, ms)
+	qi, err := b.prepareEnqueue(ctx, queue, ms)
 	if err != nil {
 		return err
 	}
 	futures := make([]jetstream.PubAckFuture, 0, len(ms))
 	var first error
 	for _, m := range ms {
-		paf, err := b.sendEnqueue(ctx, queue, qi, m)
+		paf, err := b.sendEnqueue(ctx, qi, m)
 		if err != nil {
 			first = err
 			break
@@ -66,23 +65,22 @@ func (b *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.M
 			first = err
 		}
 	}
-	return b.enqueueErr(ctx, op, queue, first)
+	return b.enqueueErr(ctx, qi.enqueueOp, queue, first)
 }
 
 // EnqueueAsync implements adapters.AsyncEnqueuer: the message goes through
 // the asynchronous publisher (waiting only for room in its window) and
 // Pending.Wait waits for its acknowledgement.
 func (b *Broker) EnqueueAsync(ctx context.Context, queue string, m adapters.Message) (adapters.Pending, error) {
-	op := "enqueue " + queue
-	qi, err := b.prepareEnqueue(ctx, op, queue, []adapters.Message{m})
+	qi, err := b.prepareEnqueue(ctx, queue, []adapters.Message{m})
 	if err != nil {
 		return nil, err
 	}
-	paf, err := b.sendEnqueue(ctx, queue, qi, m)
+	paf, err := b.sendEnqueue(ctx, qi, m)
 	if err != nil {
-		return nil, b.enqueueErr(ctx, op, queue, err)
+		return nil, b.enqueueErr(ctx, qi.enqueueOp, queue, err)
 	}
-	return &pendingEnqueue{b: b, op: op, queue: queue, id: m.ID, paf: paf, out: driver.NewOutcome()}, nil
+	return &pendingEnqueue{b: b, op: qi.enqueueOp, queue: queue, id: m.ID, paf: paf, out: driver.NewOutcome()}, nil
 }
 
 // pendingEnqueue is the adapters.Pending of EnqueueAsync. The future hands
@@ -105,34 +103,43 @@ func (p *pendingEnqueue) Wait(ctx context.Context) error {
 }
 
 // prepareEnqueue validates the queue's name and the messages and returns
-// the queue's settings.
-func (b *Broker) prepareEnqueue(ctx context.Context, op, queue string, ms []adapters.Message) (queueInfo, error) {
-	if err := b.checkQueue(ctx, op); err != nil {
-		return queueInfo{}, err
-	}
-	if err := adapters.ValidateName("queue", queue); err != nil {
-		return queueInfo{}, err
-	}
-	for _, m := range ms {
-		if err := adapters.ValidateMessage("nats: "+op, m, b.caps); err != nil {
+// the queue's settings. It builds no string unless something is wrong.
+func (b *Broker) prepareEnqueue(ctx context.Context, queue string, ms []adapters.Message) (queueInfo, error) {
+	if b.isClosed() || ctx.Err() != nil || b.noJetStream != nil {
+		if err := b.checkQueue(ctx, "enqueue "+queue); err != nil {
 			return queueInfo{}, err
 		}
 	}
-	return b.info(ctx, op, queue)
+	qi, ok := b.cachedInfo(queue)
+	if !ok {
+		if err := adapters.ValidateName("queue", queue); err != nil {
+			return queueInfo{}, err
+		}
+		var err error
+		if qi, err = b.info(ctx, "enqueue "+queue, queue); err != nil {
+			return queueInfo{}, err
+		}
+	}
+	for _, m := range ms {
+		if err := adapters.ValidateMessage(qi.validateOp, m, b.caps); err != nil {
+			return queueInfo{}, err
+		}
+	}
+	return qi, nil
 }
 
 // sendEnqueue sends m to the queue's stream through the asynchronous
 // publisher (an empty ID is given one; with Dedupe the ID is sent as
 // Nats-Msg-Id and a duplicate within the window is dropped by the server).
-func (b *Broker) sendEnqueue(ctx context.Context, queue string, qi queueInfo, m adapters.Message) (jetstream.PubAckFuture, error) {
+func (b *Broker) sendEnqueue(ctx context.Context, qi queueInfo, m adapters.Message) (jetstream.PubAckFuture, error) {
 	if m.ID == "" {
 		m.ID = nuid.Next()
 	}
-	msg := encode(b.queueSubject(queue), m)
+	msg := encode(qi.subject, m)
 	if qi.dedupe {
 		msg.Header[jetstream.MsgIDHeader] = []string{m.ID}
 	}
-	return b.publishAsync(ctx, msg, b.queueStream(queue))
+	return b.publishAsync(ctx, msg, qi.pubOpts)
 }
 
 // awaitEnqueue waits for one enqueue's acknowledgement; its error is the
@@ -161,18 +168,16 @@ func (b *Broker) enqueueErr(ctx context.Context, op, queue string, err error) er
 	return b.mapCtxErr(ctx, op, err)
 }
 
-// publishAsync sends msg to stream through the asynchronous publisher,
-// waiting for room in the window at most until ctx ends.
-func (b *Broker) publishAsync(ctx context.Context, msg *nats.Msg, stream string) (jetstream.PubAckFuture, error) {
-	stall := publishAckTimeout
+// publishAsync sends msg through the asynchronous publisher with opts (the
+// queue's, which wait publishAckTimeout for room in the window), waiting
+// for room at most until ctx ends.
+func (b *Broker) publishAsync(ctx context.Context, msg *nats.Msg, opts []jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
 	if dl, ok := ctx.Deadline(); ok {
-		stall = max(min(stall, time.Until(dl)), time.Millisecond)
+		if left := time.Until(dl); left < publishAckTimeout {
+			opts = append(opts[:len(opts):len(opts)], jetstream.WithStallWait(max(left, time.Millisecond)))
+		}
 	}
-	paf, err := b.js.PublishMsgAsync(msg,
-		jetstream.WithExpectStream(stream),
-		jetstream.WithRetryAttempts(publishRetries),
-		jetstream.WithRetryWait(publishRetryWait),
-		jetstream.WithStallWait(stall))
+	paf, err := b.js.PublishMsgAsync(msg, opts...)
 	if err != nil && errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() != nil {
 		return nil, ctx.Err()
 	}

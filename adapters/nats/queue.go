@@ -36,11 +36,33 @@ const (
 	mdOrdered     = "clusterbus.ordered"
 )
 
-// queueInfo is what Enqueue and Consume need to know about a queue.
+// queueInfo is what Enqueue and Consume need to know about a queue, and
+// what every Enqueue would otherwise build again: its subject, its error
+// prefixes and its publish options.
 type queueInfo struct {
 	lease       time.Duration
 	maxAttempts int
 	dedupe      bool
+
+	subject    string
+	enqueueOp  string // "enqueue <queue>"
+	validateOp string // "nats: enqueue <queue>"
+	pubOpts    []jetstream.PublishOpt
+}
+
+// newQueueInfo returns the queueInfo of queue with the given settings.
+func (b *Broker) newQueueInfo(queue string, lease time.Duration, maxAttempts int, dedupe bool) queueInfo {
+	op := "enqueue " + queue
+	return queueInfo{
+		lease: lease, maxAttempts: maxAttempts, dedupe: dedupe,
+		subject: b.queueSubject(queue), enqueueOp: op, validateOp: "nats: " + op,
+		pubOpts: []jetstream.PublishOpt{
+			jetstream.WithExpectStream(b.queueStream(queue)),
+			jetstream.WithRetryAttempts(publishRetries),
+			jetstream.WithRetryWait(publishRetryWait),
+			jetstream.WithStallWait(publishAckTimeout),
+		},
+	}
 }
 
 // DeclareQueue implements adapters.Broker. It creates (or updates in place)
@@ -127,7 +149,7 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 		return dlqErr
 	}
 	b.mu.Lock()
-	b.queues[cfg.Name] = queueInfo{lease: cfg.Lease, maxAttempts: cfg.MaxAttempts, dedupe: cfg.Dedupe}
+	b.queues[cfg.Name] = b.newQueueInfo(cfg.Name, cfg.Lease, cfg.MaxAttempts, cfg.Dedupe)
 	b.mu.Unlock()
 	return nil
 }
@@ -212,15 +234,21 @@ func (b *Broker) forget(queue string) {
 	b.mu.Unlock()
 }
 
+// cachedInfo returns the queueInfo of a queue already looked up.
+func (b *Broker) cachedInfo(queue string) (queueInfo, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	qi, ok := b.queues[queue]
+	return qi, ok
+}
+
 // info returns what the queue was declared with, from the cache or from the
 // stream's metadata.
 func (b *Broker) info(ctx context.Context, op, queue string) (queueInfo, error) {
-	b.mu.Lock()
-	qi, ok := b.queues[queue]
-	b.mu.Unlock()
-	if ok {
+	if qi, ok := b.cachedInfo(queue); ok {
 		return qi, nil
 	}
+	var qi queueInfo
 	s, err := b.js.Stream(ctx, b.queueStream(queue))
 	if err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -229,12 +257,13 @@ func (b *Broker) info(ctx context.Context, op, queue string) (queueInfo, error) 
 		return qi, b.mapCtxErr(ctx, op, err)
 	}
 	md := s.CachedInfo().Config.Metadata
-	qi.lease, _ = time.ParseDuration(md[mdLease])
-	qi.maxAttempts, _ = strconv.Atoi(md[mdMaxAttempts])
-	qi.dedupe, _ = strconv.ParseBool(md[mdDedupe])
-	if qi.lease <= 0 || qi.maxAttempts <= 0 {
+	lease, _ := time.ParseDuration(md[mdLease])
+	maxAttempts, _ := strconv.Atoi(md[mdMaxAttempts])
+	dedupe, _ := strconv.ParseBool(md[mdDedupe])
+	if lease <= 0 || maxAttempts <= 0 {
 		return qi, errf(adapters.ErrInvalidArgument, op, "stream %s was not declared by clusterbus (no %s metadata)", b.queueStream(queue), mdLease)
 	}
+	qi = b.newQueueInfo(queue, lease, maxAttempts, dedupe)
 	b.mu.Lock()
 	b.queues[queue] = qi
 	b.mu.Unlock()
