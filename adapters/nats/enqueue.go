@@ -3,6 +3,7 @@ package nats
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -61,7 +62,7 @@ func (b *Broker) EnqueueBatch(ctx context.Context, queue string, ms []adapters.M
 		futures = append(futures, paf)
 	}
 	for i, paf := range futures {
-		if err := b.awaitEnqueue(ctx, queue, ms[i].ID, paf); err != nil && first == nil {
+		if err := b.awaitEnqueue(ctx, qi, ms[i].ID, paf); err != nil && first == nil {
 			first = err
 		}
 	}
@@ -80,49 +81,50 @@ func (b *Broker) EnqueueAsync(ctx context.Context, queue string, m adapters.Mess
 	if err != nil {
 		return nil, b.enqueueErr(ctx, qi.enqueueOp, queue, err)
 	}
-	return &pendingEnqueue{b: b, op: qi.enqueueOp, queue: queue, id: m.ID, paf: paf, out: driver.NewOutcome()}, nil
+	return &pendingEnqueue{b: b, qi: qi, queue: queue, id: m.ID, paf: paf, out: driver.NewOutcome()}, nil
 }
 
 // pendingEnqueue is the adapters.Pending of EnqueueAsync. The future hands
 // its outcome over once, so the outcome is kept for later Waits.
 type pendingEnqueue struct {
-	b             *Broker
-	op, queue, id string
-	paf           jetstream.PubAckFuture
-	out           *driver.Outcome
+	b         *Broker
+	qi        *queueInfo
+	queue, id string
+	paf       jetstream.PubAckFuture
+	out       *driver.Outcome
 }
 
 func (p *pendingEnqueue) Wait(ctx context.Context) error {
 	return p.out.Wait(ctx, func(ctx context.Context) (bool, error) {
-		err := p.b.awaitEnqueue(ctx, p.queue, p.id, p.paf)
+		err := p.b.awaitEnqueue(ctx, p.qi, p.id, p.paf)
 		if err != nil && ctx.Err() != nil {
 			return false, ctx.Err() // the outcome is still to come
 		}
-		return true, p.b.enqueueErr(ctx, p.op, p.queue, err)
+		return true, p.b.enqueueErr(ctx, p.qi.enqueueOp, p.queue, err)
 	})
 }
 
 // prepareEnqueue validates the queue's name and the messages and returns
 // the queue's settings. It builds no string unless something is wrong.
-func (b *Broker) prepareEnqueue(ctx context.Context, queue string, ms []adapters.Message) (queueInfo, error) {
+func (b *Broker) prepareEnqueue(ctx context.Context, queue string, ms []adapters.Message) (*queueInfo, error) {
 	if b.isClosed() || ctx.Err() != nil || b.noJetStream != nil {
 		if err := b.checkQueue(ctx, "enqueue "+queue); err != nil {
-			return queueInfo{}, err
+			return nil, err
 		}
 	}
 	qi, ok := b.cachedInfo(queue)
 	if !ok {
 		if err := adapters.ValidateName("queue", queue); err != nil {
-			return queueInfo{}, err
+			return nil, err
 		}
 		var err error
 		if qi, err = b.info(ctx, "enqueue "+queue, queue); err != nil {
-			return queueInfo{}, err
+			return nil, err
 		}
 	}
 	for _, m := range ms {
 		if err := adapters.ValidateMessage(qi.validateOp, m, b.caps); err != nil {
-			return queueInfo{}, err
+			return nil, err
 		}
 	}
 	return qi, nil
@@ -131,7 +133,7 @@ func (b *Broker) prepareEnqueue(ctx context.Context, queue string, ms []adapters
 // sendEnqueue sends m to the queue's stream through the asynchronous
 // publisher (an empty ID is given one; with Dedupe the ID is sent as
 // Nats-Msg-Id and a duplicate within the window is dropped by the server).
-func (b *Broker) sendEnqueue(ctx context.Context, qi queueInfo, m adapters.Message) (jetstream.PubAckFuture, error) {
+func (b *Broker) sendEnqueue(ctx context.Context, qi *queueInfo, m adapters.Message) (jetstream.PubAckFuture, error) {
 	if m.ID == "" {
 		m.ID = nuid.Next()
 	}
@@ -143,13 +145,28 @@ func (b *Broker) sendEnqueue(ctx context.Context, qi queueInfo, m adapters.Messa
 }
 
 // awaitEnqueue waits for one enqueue's acknowledgement; its error is the
-// client's, unmapped.
-func (b *Broker) awaitEnqueue(ctx context.Context, queue, id string, paf jetstream.PubAckFuture) error {
+// client's, unmapped, or errForeignStream.
+func (b *Broker) awaitEnqueue(ctx context.Context, qi *queueInfo, id string, paf jetstream.PubAckFuture) error {
 	ack, err := awaitAck(ctx, paf)
-	if err == nil && ack.Duplicate {
-		b.log.Debug("nats: duplicate dropped", "queue", queue, "id", id)
+	switch {
+	case err != nil:
+		return err
+	case ack.Stream != qi.stream:
+		// Another stream took the queue's subject (ours was deleted and
+		// an operator's stream captures it): the item is not in the queue.
+		return &foreignStreamError{subject: qi.subject, got: ack.Stream, want: qi.stream}
+	case ack.Duplicate:
+		b.log.Debug("nats: duplicate dropped", "queue", qi.name, "id", id)
 	}
-	return err
+	return nil
+}
+
+// foreignStreamError is an enqueue stored by a stream that is not the
+// queue's.
+type foreignStreamError struct{ subject, got, want string }
+
+func (e *foreignStreamError) Error() string {
+	return fmt.Sprintf("%s was stored by stream %s, not by the queue's stream %s", e.subject, e.got, e.want)
 }
 
 // enqueueErr maps the client's error of an enqueue: "no stream response"
@@ -157,6 +174,11 @@ func (b *Broker) awaitEnqueue(ctx context.Context, queue, id string, paf jetstre
 func (b *Broker) enqueueErr(ctx context.Context, op, queue string, err error) error {
 	if err == nil {
 		return nil
+	}
+	var foreign *foreignStreamError
+	if errors.As(err, &foreign) {
+		b.forget(queue)
+		return &adapters.Error{Code: adapters.ErrNotFound, Op: "nats: " + op, Err: err}
 	}
 	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
 		// Either the queue was deleted or JetStream is not ready.

@@ -212,8 +212,8 @@ type Broker struct {
 	reconnect chan struct{} // closed and replaced on every reconnect
 	subs      map[*subscription]struct{}
 	consumers map[*consumer]struct{}
-	queues    map[string]queueInfo // cache of declared queues
-	logs      map[string]bool      // retained logs whose stream exists (Retainer)
+	queues    map[string]*queueInfo // cache of declared queues
+	logs      map[string]bool       // retained logs whose stream exists (Retainer)
 }
 
 var _ adapters.Broker = (*Broker)(nil)
@@ -234,7 +234,7 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 		reconnect:  make(chan struct{}),
 		subs:       map[*subscription]struct{}{},
 		consumers:  map[*consumer]struct{}{},
-		queues:     map[string]queueInfo{},
+		queues:     map[string]*queueInfo{},
 	}
 	nopts := []nats.Option{
 		nats.Name(opts.Name),

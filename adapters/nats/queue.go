@@ -38,26 +38,30 @@ const (
 
 // queueInfo is what Enqueue and Consume need to know about a queue, and
 // what every Enqueue would otherwise build again: its subject, its error
-// prefixes and its publish options.
+// prefixes and its publish options. It is not changed once made.
 type queueInfo struct {
 	lease       time.Duration
 	maxAttempts int
 	dedupe      bool
 
+	name       string
 	subject    string
+	stream     string
 	enqueueOp  string // "enqueue <queue>"
 	validateOp string // "nats: enqueue <queue>"
 	pubOpts    []jetstream.PublishOpt
 }
 
 // newQueueInfo returns the queueInfo of queue with the given settings.
-func (b *Broker) newQueueInfo(queue string, lease time.Duration, maxAttempts int, dedupe bool) queueInfo {
+func (b *Broker) newQueueInfo(queue string, lease time.Duration, maxAttempts int, dedupe bool) *queueInfo {
 	op := "enqueue " + queue
-	return queueInfo{
-		lease: lease, maxAttempts: maxAttempts, dedupe: dedupe,
-		subject: b.queueSubject(queue), enqueueOp: op, validateOp: "nats: " + op,
+	return &queueInfo{
+		lease: lease, maxAttempts: maxAttempts, dedupe: dedupe, name: queue,
+		subject: b.queueSubject(queue), stream: b.queueStream(queue),
+		enqueueOp: op, validateOp: "nats: " + op,
+		// No WithExpectStream: the server would store its header with
+		// every item. awaitEnqueue checks the stream the ack names.
 		pubOpts: []jetstream.PublishOpt{
-			jetstream.WithExpectStream(b.queueStream(queue)),
 			jetstream.WithRetryAttempts(publishRetries),
 			jetstream.WithRetryWait(publishRetryWait),
 			jetstream.WithStallWait(publishAckTimeout),
@@ -235,7 +239,7 @@ func (b *Broker) forget(queue string) {
 }
 
 // cachedInfo returns the queueInfo of a queue already looked up.
-func (b *Broker) cachedInfo(queue string) (queueInfo, bool) {
+func (b *Broker) cachedInfo(queue string) (*queueInfo, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	qi, ok := b.queues[queue]
@@ -244,26 +248,25 @@ func (b *Broker) cachedInfo(queue string) (queueInfo, bool) {
 
 // info returns what the queue was declared with, from the cache or from the
 // stream's metadata.
-func (b *Broker) info(ctx context.Context, op, queue string) (queueInfo, error) {
+func (b *Broker) info(ctx context.Context, op, queue string) (*queueInfo, error) {
 	if qi, ok := b.cachedInfo(queue); ok {
 		return qi, nil
 	}
-	var qi queueInfo
 	s, err := b.js.Stream(ctx, b.queueStream(queue))
 	if err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return qi, errf(adapters.ErrNotFound, op, "queue %q was never declared", queue)
+			return nil, errf(adapters.ErrNotFound, op, "queue %q was never declared", queue)
 		}
-		return qi, b.mapCtxErr(ctx, op, err)
+		return nil, b.mapCtxErr(ctx, op, err)
 	}
 	md := s.CachedInfo().Config.Metadata
 	lease, _ := time.ParseDuration(md[mdLease])
 	maxAttempts, _ := strconv.Atoi(md[mdMaxAttempts])
 	dedupe, _ := strconv.ParseBool(md[mdDedupe])
 	if lease <= 0 || maxAttempts <= 0 {
-		return qi, errf(adapters.ErrInvalidArgument, op, "stream %s was not declared by clusterbus (no %s metadata)", b.queueStream(queue), mdLease)
+		return nil, errf(adapters.ErrInvalidArgument, op, "stream %s was not declared by clusterbus (no %s metadata)", b.queueStream(queue), mdLease)
 	}
-	qi = b.newQueueInfo(queue, lease, maxAttempts, dedupe)
+	qi := b.newQueueInfo(queue, lease, maxAttempts, dedupe)
 	b.mu.Lock()
 	b.queues[queue] = qi
 	b.mu.Unlock()
