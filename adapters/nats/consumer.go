@@ -93,6 +93,14 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 	if !c.dlq {
 		c.maxAttempts = qi.maxAttempts
 	}
+	c.ackOp = c.op("ack")
+	c.ackBeginOp = "nats: " + c.ackOp
+	c.valid = func() error {
+		if b.isClosed() {
+			return errf(adapters.ErrClosed, c.op("settle"), "the broker was closed")
+		}
+		return nil
+	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -147,6 +155,11 @@ type consumer struct {
 	failErr  error
 	failed   chan struct{} // closed when failErr is set
 	held     driver.Held[*delivery]
+
+	// Built once, for every delivery: the Ack's error prefixes and the
+	// lease's Valid hook.
+	ackOp, ackBeginOp string
+	valid             func() error
 }
 
 func (c *consumer) op(verb string) string {

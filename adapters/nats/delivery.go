@@ -41,13 +41,8 @@ func (d *delivery) last() bool { return d.c.maxAttempts > 0 && d.attempt >= d.c.
 // itself (the server's AckWait).
 func (d *delivery) start(deadline time.Time) {
 	h := driver.Hooks{
-		Done: func() { d.c.held.Remove(d) },
-		Valid: func() error {
-			if d.c.b.isClosed() {
-				return errf(adapters.ErrClosed, d.c.op("settle"), "the broker was closed")
-			}
-			return nil
-		},
+		Done:  func() { d.c.held.Remove(d) },
+		Valid: d.c.valid,
 	}
 	if d.last() {
 		h.Expire = d.expireLast
@@ -106,11 +101,10 @@ func (d *delivery) send(ctx context.Context, op string, body []byte) error {
 // not wait for the server's reply; see the package doc for what a nil
 // return promises.
 func (d *delivery) Ack(ctx context.Context) error {
-	op := d.c.op("ack")
-	if err := d.begin(ctx, op); err != nil {
+	if err := d.lease.Begin(ctx, d.c.ackBeginOp); err != nil {
 		return err
 	}
-	return d.lease.End(d.send(ctx, op, ackBody))
+	return d.lease.End(d.send(ctx, d.c.ackOp, ackBody))
 }
 
 var (
