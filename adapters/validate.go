@@ -163,3 +163,26 @@ func ValidateDelay(op string, d time.Duration, caps Capabilities) error {
 	}
 	return nil
 }
+
+// Validate checks o for an adapter that fetches at most ceiling items ahead
+// (0: no limit of its own): Prefetch from 0 to ceiling, and MaxPrefetch 0
+// (Prefetch) or from Prefetch to ceiling. Adapters that cannot resize what
+// they fetch ahead ignore MaxPrefetch but refuse a value no adapter would
+// accept, so a configuration that is wrong is wrong on every broker.
+func (o ConsumeOptions) Validate(op string, ceiling int) error {
+	if o.Prefetch < 0 || ceiling > 0 && o.Prefetch > ceiling {
+		want := ">= 0"
+		if ceiling > 0 {
+			want = fmt.Sprintf("0 to %d", ceiling)
+		}
+		return Errorf(ErrInvalidArgument, op, "ConsumeOptions.Prefetch %d: want %s (0 means 1)", o.Prefetch, want)
+	}
+	if o.MaxPrefetch != 0 && (o.MaxPrefetch < o.Prefetch || ceiling > 0 && o.MaxPrefetch > ceiling) {
+		want := fmt.Sprintf("at least Prefetch (%d)", o.Prefetch)
+		if ceiling > 0 {
+			want = fmt.Sprintf("from Prefetch (%d) to %d", o.Prefetch, ceiling)
+		}
+		return Errorf(ErrInvalidArgument, op, "ConsumeOptions.MaxPrefetch %d: want 0 (Prefetch) or %s", o.MaxPrefetch, want)
+	}
+	return nil
+}

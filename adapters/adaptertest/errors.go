@@ -15,6 +15,7 @@ func (s *suite) errorCases() []testCase {
 		{"SettleTwiceIsLeaseLost", s.testSettleTwice},
 		{"ExtendOutOfRangeIsInvalidArgument", s.testExtendRange},
 		{"NackDelayOutOfRangeIsInvalidArgument", s.testNackRange},
+		{"ConsumeOptionsOutOfRangeAreInvalidArgument", s.testConsumeOptionsRange},
 		{"InvalidQueueConfigIsInvalidArgument", s.testInvalidQueueConfig},
 		{"InvalidMessagesAreInvalidArgument", s.testInvalidMessages},
 		{"UnsupportedFeaturesAreRefused", s.testUnsupportedRefused},
@@ -66,6 +67,39 @@ func (s *suite) testSettleTwice(t *testing.T) {
 			d := s.receive(t, c, "nacked item")
 			s.ack(t, d)
 		}
+	}
+}
+
+// Consume refuses a negative Prefetch or MaxPrefetch, and a MaxPrefetch
+// below Prefetch, on every adapter (whether or not it resizes what it
+// fetches ahead), naming the option; MaxPrefetch above Prefetch is accepted
+// everywhere.
+func (s *suite) testConsumeOptionsRange(t *testing.T) {
+	b := s.open(t)
+	q := s.declare(t, b, adapters.QueueConfig{})
+	for _, bad := range []adapters.ConsumeOptions{
+		{Prefetch: -1},
+		{MaxPrefetch: -1},
+		{Prefetch: 4, MaxPrefetch: 2},
+	} {
+		c, err := b.Consume(s.ctx(t), q.Name, bad)
+		if err == nil {
+			c.Close()
+		}
+		if !errors.Is(err, adapters.ErrInvalidArgument) {
+			t.Errorf("Consume with %+v: %v, want ErrInvalidArgument", bad, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), "ConsumeOptions.") {
+			t.Errorf("Consume with %+v: %q does not name the option", bad, err)
+		}
+	}
+	c, err := b.Consume(s.ctx(t), q.Name, adapters.ConsumeOptions{Prefetch: 2, MaxPrefetch: 4})
+	if err != nil {
+		t.Fatalf("Consume with Prefetch 2, MaxPrefetch 4: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("Close: %v", err)
 	}
 }
 

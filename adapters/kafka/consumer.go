@@ -33,8 +33,8 @@ func (b *Broker) Consume(ctx context.Context, q string, opts adapters.ConsumeOpt
 	if err := adapters.ValidateName("queue", q); err != nil {
 		return nil, err
 	}
-	if opts.Prefetch < 0 {
-		return nil, adapters.Errorf(adapters.ErrInvalidArgument, op, "ConsumeOptions.Prefetch %d: want >= 0", opts.Prefetch)
+	if err := opts.Validate(op, 0); err != nil {
+		return nil, err
 	}
 	if opts.Prefetch == 0 {
 		opts.Prefetch = 1

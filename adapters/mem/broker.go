@@ -238,8 +238,8 @@ func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) 
 // Prefetch is accepted and ignored: every Receive leases one item.
 func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.ConsumeOptions) (adapters.Consumer, error) {
 	op := fmt.Sprintf("mem: consume %q", queue)
-	if opts.Prefetch < 0 {
-		return nil, adapters.Errorf(adapters.ErrInvalidArgument, op, "ConsumeOptions.Prefetch %d: want >= 0", opts.Prefetch)
+	if err := opts.Validate(op, 0); err != nil {
+		return nil, err
 	}
 	if err := b.start(ctx, op, "queue", queue); err != nil {
 		return nil, err

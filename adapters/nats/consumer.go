@@ -51,11 +51,8 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 	if err := adapters.ValidateName("queue", queue); err != nil {
 		return nil, err
 	}
-	if opts.Prefetch < 0 || opts.Prefetch > prefetchCeiling {
-		return nil, errf(adapters.ErrInvalidArgument, op, "ConsumeOptions.Prefetch %d: want 0 to %d", opts.Prefetch, prefetchCeiling)
-	}
-	if opts.MaxPrefetch != 0 && (opts.MaxPrefetch < opts.Prefetch || opts.MaxPrefetch > prefetchCeiling) {
-		return nil, errf(adapters.ErrInvalidArgument, op, "ConsumeOptions.MaxPrefetch %d: want 0 (Prefetch) or from Prefetch (%d) to %d", opts.MaxPrefetch, opts.Prefetch, prefetchCeiling)
+	if err := opts.Validate("nats: "+op, prefetchCeiling); err != nil {
+		return nil, err
 	}
 	qi, err := b.info(ctx, op, queue)
 	if err != nil {

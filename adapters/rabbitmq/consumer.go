@@ -28,8 +28,8 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 	if err := adapters.ValidateName("queue", queue); err != nil {
 		return nil, adapters.Wrap(adapters.ErrInvalidArgument, op, err)
 	}
-	if opts.Prefetch < 0 || opts.Prefetch > 65535 {
-		return nil, adapters.Errorf(adapters.ErrInvalidArgument, op, "ConsumeOptions.Prefetch %d: want 0 to 65535", opts.Prefetch)
+	if err := opts.Validate(op, 65535); err != nil { // basic.qos's prefetch-count is 16 bits
+		return nil, err
 	}
 	prefetch := max(opts.Prefetch, 1)
 	cfg, err := b.queueConfig(ctx, queue)

@@ -26,8 +26,8 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 	if err := b.checkOpen(op); err != nil {
 		return nil, err
 	}
-	if opts.Prefetch < 0 {
-		return nil, adapters.Errorf(adapters.ErrInvalidArgument, op, "ConsumeOptions.Prefetch %d: want >= 0", opts.Prefetch)
+	if err := opts.Validate(op, 0); err != nil {
+		return nil, err
 	}
 	q, err := b.queue(ctx, op, queue)
 	if err != nil {
