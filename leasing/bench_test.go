@@ -24,7 +24,8 @@ func (d fixedDelivery) DeadLetter(context.Context, string) error    { return nil
 
 // The cost a short handler pays for its lease: Hold then Release, as the
 // workqueue does around every item, from parallel workers sharing one
-// parent context.
+// parent context; "hold" makes a timer per lease, "keeper" re-arms one
+// Keeper's timer per goroutine, as each workqueue handler does.
 //
 //	go test -run '^$' -bench HoldRelease -benchmem ./leasing
 func BenchmarkHoldRelease(b *testing.B) {
@@ -32,28 +33,26 @@ func BenchmarkHoldRelease(b *testing.B) {
 	parent, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	d := fixedDelivery{deadline: time.Now().Add(time.Hour)}
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			_, l := leasing.Hold(parent, d, cfg, leasing.Options{})
-			l.Release()
-		}
-	})
-}
-
-// The same with a Keeper per goroutine, as each workqueue handler has: one
-// timer re-armed per item instead of one made per item.
-func BenchmarkKeeperHoldRelease(b *testing.B) {
-	cfg := leasing.Config{Length: 30 * time.Second}.WithDefaults()
-	parent, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	d := fixedDelivery{deadline: time.Now().Add(time.Hour)}
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		k := leasing.NewKeeper(cfg, leasing.Options{})
-		for pb.Next() {
-			_, l := k.Hold(parent, d)
-			l.Release()
-		}
-	})
+	hold := map[string]func() func(context.Context, adapters.Delivery) (context.Context, *leasing.Lease){
+		"hold": func() func(context.Context, adapters.Delivery) (context.Context, *leasing.Lease) {
+			return func(ctx context.Context, d adapters.Delivery) (context.Context, *leasing.Lease) {
+				return leasing.Hold(ctx, d, cfg, leasing.Options{})
+			}
+		},
+		"keeper": func() func(context.Context, adapters.Delivery) (context.Context, *leasing.Lease) {
+			return leasing.NewKeeper(cfg, leasing.Options{}).Hold
+		},
+	}
+	for _, name := range []string{"hold", "keeper"} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				h := hold[name]() // one Keeper per goroutine
+				for pb.Next() {
+					_, l := h(parent, d)
+					l.Release()
+				}
+			})
+		})
+	}
 }
