@@ -3,13 +3,15 @@
 //
 // Hold arms a timer (no goroutine per held item) that calls
 // Delivery.Extend well inside the lease (every Config.RenewEvery, a third of
-// the lease by default) and returns a context for the work. A Keeper holds
-// the leases of one goroutine that runs item after item (a workqueue
-// handler) on one timer it re-arms, instead of a timer per item. The context is cancelled, with a cause
-// matching ErrLost (and adapters.ErrLeaseLost), when a renewal is refused,
-// or when renewals keep failing until Config.Margin before the deadline. The
-// margin exists so that the work stops before the broker can hand the item
-// to another consumer.
+// the lease by default) and returns a context for the work. The context is
+// cancelled, with a cause matching ErrLost (and adapters.ErrLeaseLost), when
+// a renewal is refused, or when renewals keep failing until Config.Margin
+// before the deadline. The margin exists so that the work stops before the
+// broker can hand the item to another consumer.
+//
+// A Keeper holds the leases of one goroutine that runs item after item (a
+// workqueue handler) on one timer it re-arms, instead of a timer per item:
+// a short handler pays for its lease with a timer reset, not a new timer.
 //
 // # Fencing tokens
 //
