@@ -377,15 +377,22 @@ func (d *delivery) Queue() string             { return d.c.queue }
 
 func (d *delivery) LeaseDeadline() time.Time { return d.lease.Deadline() }
 
-// Ack settles the item and commits its partition's low-water mark. The ack
-// is durable once every earlier record of the partition is settled too;
-// until then a crash re-delivers it.
+// Ack settles the item and moves its partition's low-water mark; the mark
+// is committed in the background, shared with the acks around it (see the
+// package doc). The ack is durable once that commit lands and every earlier
+// record of the partition is settled too; until then a crash re-delivers it.
 func (d *delivery) Ack(ctx context.Context) error {
-	op := fmt.Sprintf("kafka: ack %q", d.c.queue)
+	op := "kafka: ack " + strconv.Quote(d.c.queue)
 	if err := d.lease.Begin(ctx, op); err != nil {
 		return err
 	}
-	return d.settle(ctx, op)
+	err := d.ps.markDone(op, d.epoch, d.km.Offset)
+	d.lease.Settled()
+	d.signal(outcome{settled: true})
+	if err == nil {
+		d.ps.r.commitSoon()
+	}
+	return err
 }
 
 // Nack re-queues the item with attempt + 1: at once to the back of the

@@ -93,12 +93,18 @@
 // adapter tracks every offset it hands out and commits the contiguous
 // low-water mark: the offset below which everything is settled. Ack marks
 // its offset settled at once, whatever else is outstanding, and returns
-// after committing the mark; concurrent acks share one commit. While an
-// earlier item of the same partition is unsettled the mark cannot pass the
-// acked one, so that ack is durable only once the earlier items settle:
-// after a crash or a partition move, every unsettled item and every settled
-// item above the first unsettled one in its partition is delivered again.
-// Delivery is therefore at-least-once.
+// without waiting for the commit (adapters.Delivery.Ack allows that): one
+// committer per consumer commits the marks that moved, every partition in
+// one request, so acks that come faster than a commit round trip share
+// commits. The end of a generation (a rebalance) and Consumer.Close and
+// Broker.Close commit what was acked before the group moves on. Nack,
+// DeadLetter and the re-queueing of an expired lease still wait for their
+// commit. While an earlier item of the same partition is unsettled the mark
+// cannot pass the acked one, so that ack is durable only once the earlier
+// items settle and the mark is committed: after a crash or a partition
+// move, every unsettled item, every settled item above the first unsettled
+// one in its partition and every ack whose commit had not landed is
+// delivered again. Delivery is therefore at-least-once.
 //
 // # Where the contract holds differently
 //

@@ -47,9 +47,11 @@ type groupRunner struct {
 	group *kafkago.ConsumerGroup
 	// commitMu serialises commits; callers waiting for it share the next.
 	commitMu sync.Mutex
-	ctx      context.Context
-	cancel   context.CancelFunc
-	done     chan struct{}
+	// kick wakes commitLoop, which commits the marks that acks moved.
+	kick   chan struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
 
 	mu      sync.Mutex
 	parts   map[int]*partState
@@ -95,7 +97,8 @@ func (b *Broker) startGroup(groupID, topic string, handle func(context.Context, 
 	resume func(context.Context, *partState, int) bool, fence time.Duration) (*groupRunner, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &groupRunner{b: b, groupID: groupID, topic: topic, handle: handle, resume: resume, fence: fence, ctx: ctx, cancel: cancel,
-		done: make(chan struct{}), parts: map[int]*partState{}, ready: make(chan struct{}), lostHeld: map[int]time.Time{}}
+		done: make(chan struct{}), parts: map[int]*partState{}, ready: make(chan struct{}), lostHeld: map[int]time.Time{},
+		kick: make(chan struct{}, 1)}
 	cg, err := kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
 		ID:                groupID,
 		Brokers:           b.cfg.Brokers,
@@ -124,7 +127,57 @@ func (b *Broker) startGroup(groupID, topic string, handle func(context.Context, 
 	}
 	r.group = cg
 	go r.run()
+	go r.commitLoop()
 	return r, nil
+}
+
+// commitSoon asks commitLoop to commit the marks that moved.
+func (r *groupRunner) commitSoon() {
+	select {
+	case r.kick <- struct{}{}:
+	default: // a commit is already due; it takes this mark too
+	}
+}
+
+// commitLoop commits the marks that Ack moved, in the background: one
+// request for every partition that moved since the last, so acks coming
+// faster than a commit round trip share commits and do not wait for them.
+func (r *groupRunner) commitLoop() {
+	for {
+		select {
+		case <-r.kick:
+		case <-r.ctx.Done():
+			return
+		}
+		r.commitMarks(r.ctx)
+	}
+}
+
+// commitMarks commits the current generation's marks that moved. A failed
+// commit is tried again while the generation lasts (its end commits too:
+// see run); between generations there is nothing to do until the next one
+// starts, which commits what is left.
+func (r *groupRunner) commitMarks(ctx context.Context) {
+	for {
+		r.mu.Lock()
+		gs := r.cur
+		r.mu.Unlock()
+		if gs == nil {
+			return
+		}
+		err := r.commitGen(gs)
+		if err == nil || errors.Is(err, errGenEnded) {
+			return
+		}
+		r.b.log.Debug("kafka: committing offsets failed; retrying", "group", r.groupID, "err", err)
+		select {
+		case <-gs.ctx.Done():
+			return
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func (r *groupRunner) run() {
@@ -190,6 +243,7 @@ func (r *groupRunner) run() {
 		r.lastGen, r.hadGen = gen.ID, true
 		close(r.ready)
 		r.mu.Unlock()
+		r.commitSoon() // marks acked between generations
 		r.b.log.Debug("consumer group: generation started", "group", r.groupID, "generation", gen.ID,
 			"partitions", len(assigned), "kept", len(keep))
 		for _, ps := range run {
@@ -197,6 +251,9 @@ func (r *groupRunner) run() {
 		}
 		gen.Start(func(gctx context.Context) {
 			<-gctx.Done()
+			// The group rejoins only once this returns: commit what was
+			// acked, so a partition that moves carries its acks along.
+			_ = r.commitGen(gs)
 			r.mu.Lock()
 			if r.cur == gs {
 				r.cur = nil
@@ -378,10 +435,20 @@ func (ps *partState) whenLost(epoch int, fn func()) {
 // commits it. It waits through a rebalance for the next generation; if that
 // generation does not give the partition back, it fails with ErrLeaseLost.
 func (ps *partState) settle(ctx context.Context, op string, epoch int, off int64) error {
+	if err := ps.markDone(op, epoch, off); err != nil {
+		return err
+	}
+	return ps.commit(ctx, op, epoch, off)
+}
+
+// markDone marks one offset done and advances the partition's contiguous
+// mark; the mark is committed later (commitLoop, or a settle that waits).
+// It fails with ErrLeaseLost if the partition was lost since epoch.
+func (ps *partState) markDone(op string, epoch int, off int64) error {
 	r := ps.r
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	if ps.epoch != epoch {
-		r.mu.Unlock()
 		return lostErr(op)
 	}
 	ps.done[off] = true
@@ -390,8 +457,7 @@ func (ps *partState) settle(ctx context.Context, op string, epoch int, off int64
 		ps.mark = ps.pending[0] + 1
 		ps.pending = ps.pending[1:]
 	}
-	r.mu.Unlock()
-	return ps.commit(ctx, op, epoch, off)
+	return nil
 }
 
 func (ps *partState) commit(ctx context.Context, op string, epoch int, off int64) error {
@@ -541,11 +607,20 @@ func (r *groupRunner) owned() []int {
 }
 
 // close leaves the group and waits for the partition readers to stop.
+// close commits what was acked (at most closeCommitWait), then leaves the
+// group.
 func (r *groupRunner) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), closeCommitWait)
+	r.commitMarks(ctx)
+	cancel()
 	r.cancel()
 	_ = r.group.Close()
 	<-r.done
 }
+
+// closeCommitWait bounds how long close tries to commit the last acks; an
+// ack whose commit does not make it comes back (at-least-once).
+const closeCommitWait = 5 * time.Second
 
 // stickyBalancer keeps partitions with their owners across rebalances, so
 // that a member joining or leaving does not end the leases of items held

@@ -146,6 +146,88 @@ func TestCrashRedeliversOnlyUncommittedItems(t *testing.T) {
 	}
 }
 
+// Ack does not wait for its commit: with a commit of the group held up (its
+// commit lock taken, as by a slow coordinator), acks still return at once.
+// Close commits what was acked, so a new consumer receives none of it.
+func TestAckDoesNotWaitForItsCommitAndCloseCommitsIt(t *testing.T) {
+	addr := startKfake(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg, err := ParseURL("kafka://" + addr + "?session_timeout=6s&heartbeat_interval=300ms&partitions=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b1, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b1.Close()
+	q := fmt.Sprintf("async-ack-%d", time.Now().UnixNano())
+	if err := b1.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 5
+	for i := range n {
+		if err := b1.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c1, err := b1.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []adapters.Delivery
+	for range n {
+		d, err := c1.Receive(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+	}
+	r := c1.(*consumer).main
+	r.commitMu.Lock()
+	acked := make(chan error, 1)
+	go func() {
+		for _, d := range ds {
+			if err := d.Ack(ctx); err != nil {
+				acked <- fmt.Errorf("Ack %q: %w", d.Message().ID, err)
+				return
+			}
+		}
+		acked <- nil
+	}()
+	select {
+	case err := <-acked:
+		if err != nil {
+			r.commitMu.Unlock()
+			t.Fatalf("while a commit is held up: %v, want nil", err)
+		}
+	case <-time.After(3 * time.Second):
+		r.commitMu.Unlock()
+		t.Fatalf("%d Acks did not return within 3s while a commit was held up: they wait for it", n)
+	}
+	time.AfterFunc(200*time.Millisecond, r.commitMu.Unlock)
+	if err := c1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	b2, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	c2, err := b2.Consume(ctx, q, adapters.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer rcancel()
+	if d, err := c2.Receive(rctx); err == nil {
+		t.Errorf("%q delivered again after it was acked and its consumer closed", d.Message().ID)
+	}
+}
+
 // startKfake runs an in-process Kafka for the internal tests.
 func startKfake(t *testing.T) string {
 	t.Helper()
