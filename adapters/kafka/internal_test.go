@@ -63,32 +63,10 @@ func TestStickyAssignmentKeepsBusyPartitionsAndIsFair(t *testing.T) {
 // acked; the unsettled item and the acked item above it come back, with
 // their attempt counts unchanged (Kafka counts nothing).
 func TestCrashRedeliversOnlyUncommittedItems(t *testing.T) {
-	addr := startKfake(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg, err := ParseURL("kafka://" + addr + "?session_timeout=6s&heartbeat_interval=300ms&partitions=1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b1, err := Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b1.Close()
-	b2, err := Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b2.Close()
-	q := fmt.Sprintf("crash-%d", time.Now().UnixNano())
-	if err := b1.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range []string{"one", "two", "three"} {
-		if err := b1.Enqueue(ctx, q, adapters.Message{ID: id}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	open, q := onePartitionQueue(ctx, t, "crash", "one", "two", "three")
+	b1, b2 := open(), open()
 	c1, err := b1.Consume(ctx, q, adapters.ConsumeOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -150,28 +128,11 @@ func TestCrashRedeliversOnlyUncommittedItems(t *testing.T) {
 // commit lock taken, as by a slow coordinator), acks still return at once.
 // Close commits what was acked, so a new consumer receives none of it.
 func TestAckDoesNotWaitForItsCommitAndCloseCommitsIt(t *testing.T) {
-	addr := startKfake(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg, err := ParseURL("kafka://" + addr + "?session_timeout=6s&heartbeat_interval=300ms&partitions=1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b1, err := Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b1.Close()
-	q := fmt.Sprintf("async-ack-%d", time.Now().UnixNano())
-	if err := b1.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
-		t.Fatal(err)
-	}
 	const n = 5
-	for i := range n {
-		if err := b1.Enqueue(ctx, q, adapters.Message{ID: fmt.Sprint(i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	open, q := onePartitionQueue(ctx, t, "async-ack", "0", "1", "2", "3", "4")
+	b1 := open()
 	c1, err := b1.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: n})
 	if err != nil {
 		t.Fatal(err)
@@ -211,12 +172,7 @@ func TestAckDoesNotWaitForItsCommitAndCloseCommitsIt(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	b2, err := Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b2.Close()
-	c2, err := b2.Consume(ctx, q, adapters.ConsumeOptions{})
+	c2, err := open().Consume(ctx, q, adapters.ConsumeOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,6 +182,37 @@ func TestAckDoesNotWaitForItsCommitAndCloseCommitsIt(t *testing.T) {
 	if d, err := c2.Receive(rctx); err == nil {
 		t.Errorf("%q delivered again after it was acked and its consumer closed", d.Message().ID)
 	}
+}
+
+// onePartitionQueue starts an in-process Kafka and declares on it a queue
+// of one partition (lease one minute) holding the items ids, in order. open
+// opens another client on it, closed when the test ends.
+func onePartitionQueue(ctx context.Context, t *testing.T, name string, ids ...string) (open func() adapters.Broker, q string) {
+	t.Helper()
+	cfg, err := ParseURL("kafka://" + startKfake(t) + "?session_timeout=6s&heartbeat_interval=300ms&partitions=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	open = func() adapters.Broker {
+		t.Helper()
+		b, err := Open(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return b
+	}
+	b := open()
+	q = fmt.Sprintf("%s-%d", name, time.Now().UnixNano())
+	if err := b.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if err := b.Enqueue(ctx, q, adapters.Message{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return open, q
 }
 
 // startKfake runs an in-process Kafka for the internal tests.
