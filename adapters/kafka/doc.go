@@ -94,8 +94,8 @@
 // low-water mark: the offset below which everything is settled. Ack marks
 // its offset settled at once, whatever else is outstanding, and returns
 // without waiting for the commit (adapters.Delivery.Ack allows that): one
-// committer per consumer commits the marks that moved, every partition in
-// one request, so acks that come faster than a commit round trip share
+// committer per group membership of the consumer commits the marks that
+// moved, every partition in one request, so acks that come faster than a commit round trip share
 // commits. The end of a generation (a rebalance) and Consumer.Close and
 // Broker.Close commit what was acked before the group moves on. Nack,
 // DeadLetter and the re-queueing of an expired lease still wait for their

@@ -107,7 +107,7 @@ func (p *pendingEnqueue) Wait(ctx context.Context) error {
 // prepareEnqueue validates the queue's name and the messages and returns
 // the queue's settings. It builds no string unless something is wrong.
 func (b *Broker) prepareEnqueue(ctx context.Context, queue string, ms []adapters.Message) (*queueInfo, error) {
-	if b.isClosed() || ctx.Err() != nil || b.noJetStream != nil {
+	if !b.queueReady(ctx) {
 		if err := b.checkQueue(ctx, "enqueue "+queue); err != nil {
 			return nil, err
 		}

@@ -432,6 +432,12 @@ func (b *Broker) check(ctx context.Context, op string) error {
 	return ctx.Err()
 }
 
+// queueReady reports whether checkQueue passes, without building the op
+// string its errors need (Enqueue asks it first, on every call).
+func (b *Broker) queueReady(ctx context.Context) bool {
+	return !b.isClosed() && ctx.Err() == nil && b.noJetStream == nil
+}
+
 // checkQueue runs the checks every queue operation starts with.
 func (b *Broker) checkQueue(ctx context.Context, op string) error {
 	if err := b.check(ctx, op); err != nil {
