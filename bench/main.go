@@ -17,7 +17,9 @@
 // table shows medians in items/s and each system's ratio to its base system.
 //
 // Systems: raw, raw-sync (raw nats.go, each producer waiting for its own
-// PubAck: the adapter's guarantee, shown for diagnosis), watermill, adapter (Enqueue per item, Prefetch -prefetch growing to -max-prefetch),
+// PubAck: the adapter's guarantee, shown for diagnosis), raw-limits (raw on
+// a limits-retention stream nothing purges, as the adapter's queues are
+// between compactions: acks delete nothing; a diagnostic), watermill, adapter (Enqueue per item, Prefetch -prefetch growing to -max-prefetch),
 // adapter-batch (adapters.EnqueueBatch of -batch items), adapter-async
 // (adapters.EnqueueAsync per item, every Pending waited for after the last
 // send, as raw awaits PublishAsyncComplete), workqueue (one
@@ -136,7 +138,14 @@ var allSystems = map[string]system{
 	// raw nats.go with the adapter's guarantee: each producer waits for
 	// its own PubAck before its next publish (a diagnostic, not a base).
 	"raw-sync": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
-		return runRawWith(ctx, url, cfg, drain, true)
+		return runRawWith(ctx, url, cfg, drain, true, jetstream.WorkQueuePolicy)
+	},
+	// raw nats.go on a stream with limits retention that nothing purges:
+	// acks remove nothing (the adapter's queues are limits streams that
+	// their consumers purge below the ack floor once a second). The upper
+	// bound of that retention, a diagnostic, not a base.
+	"raw-limits": func(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
+		return runRawWith(ctx, url, cfg, drain, false, jetstream.LimitsPolicy)
 	},
 	"watermill": runWatermill,
 	"adapter":   runAdapter,
@@ -439,13 +448,13 @@ func measureWith(ctx context.Context, cfg config, drain bool, start func() error
 // awaited before the producers count as done), one Consume per consumer
 // pulling rawBatch, plain Ack.
 func runRaw(ctx context.Context, url string, cfg config, drain bool) (time.Duration, error) {
-	return runRawWith(ctx, url, cfg, drain, false)
+	return runRawWith(ctx, url, cfg, drain, false, jetstream.WorkQueuePolicy)
 }
 
 // runRawWith is runRaw; with perCall each producer waits for the PubAck of
 // every publish before its next one, as an adapter Enqueue does (durable
-// once it returns).
-func runRawWith(ctx context.Context, url string, cfg config, drain, perCall bool) (time.Duration, error) {
+// once it returns). The stream has the given retention.
+func runRawWith(ctx context.Context, url string, cfg config, drain, perCall bool, retention jetstream.RetentionPolicy) (time.Duration, error) {
 	pc, err := natsgo.Connect(url)
 	if err != nil {
 		return 0, err
@@ -458,7 +467,7 @@ func runRawWith(ctx context.Context, url string, cfg config, drain, perCall bool
 	name := uniqueName("RAW")
 	subject := "raw." + name
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subject},
-		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage}); err != nil {
+		Retention: retention, Storage: jetstream.FileStorage}); err != nil {
 		return 0, err
 	}
 	defer js.DeleteStream(context.Background(), name)

@@ -105,6 +105,9 @@ func (b *Broker) Consume(ctx context.Context, queue string, opts adapters.Consum
 	}
 	b.consumers[c] = struct{}{}
 	b.mu.Unlock()
+	if qi.compacted && !c.dlq {
+		c.comp = newCompactor(c, stream)
+	}
 	if maxPrefetch > 1 {
 		c.lastRecv.Store(time.Now().UnixNano())
 		go c.idleLoop()
@@ -152,6 +155,9 @@ type consumer struct {
 	failErr  error
 	failed   chan struct{} // closed when failErr is set
 	held     driver.Held[*delivery]
+	// comp purges the queue's stream below the ack floor; nil on a
+	// dead-letter queue and on a work-queue stream (see compact.go).
+	comp *compactor
 
 	// Built once, for every delivery: the Ack's error prefixes and the
 	// lease's Valid hook.
@@ -595,7 +601,8 @@ func (c *consumer) accept(f fetched) (*delivery, error) {
 // Close implements adapters.Consumer. It ends the pull subscription;
 // buffered and unsettled deliveries are negatively acknowledged, so they
 // come back at once (settling them afterwards returns ErrLeaseLost). It
-// returns once the acknowledgements sent so far have reached the server.
+// returns once the acknowledgements sent so far have reached the server and
+// the stream is compacted below the ack floor they moved.
 func (c *consumer) Close() error {
 	c.mu.Lock()
 	if c.isClosed {
@@ -617,5 +624,8 @@ func (c *consumer) Close() error {
 	delete(c.b.consumers, c)
 	c.b.mu.Unlock()
 	_ = c.b.nc.FlushTimeout(2 * time.Second)
+	if c.comp != nil {
+		c.comp.stop()
+	}
 	return nil
 }

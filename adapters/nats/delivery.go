@@ -104,7 +104,18 @@ func (d *delivery) Ack(ctx context.Context) error {
 	if err := d.lease.Begin(ctx, d.c.ackBeginOp); err != nil {
 		return err
 	}
-	return d.lease.End(d.send(ctx, d.c.ackOp, ackBody))
+	err := d.send(ctx, d.c.ackOp, ackBody)
+	if err == nil {
+		d.settled()
+	}
+	return d.lease.End(err)
+}
+
+// settled tells the compactor the item was acknowledged.
+func (d *delivery) settled() {
+	if d.c.comp != nil {
+		d.c.comp.settled(d.md.Sequence.Stream)
+	}
 }
 
 var (
@@ -188,7 +199,11 @@ func (d *delivery) moveToDLQ(ctx context.Context, reason string, attempts int) e
 	if _, err := b.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(b.dlqStream(d.c.queue))); err != nil {
 		return b.mapCtxErr(ctx, op, err)
 	}
-	return d.reply(ctx, op, []byte("+ACK"))
+	if err := d.reply(ctx, op, ackBody); err != nil {
+		return err
+	}
+	d.settled()
+	return nil
 }
 
 // release gives the item back at once (Consumer.Close); on its last attempt

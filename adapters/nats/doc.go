@@ -1,6 +1,6 @@
 // Package nats is the clusterbus adapter for NATS: core NATS subjects for
-// broadcast topics, JetStream work-queue streams with durable pull consumers
-// for leased queues.
+// broadcast topics, JetStream streams with durable pull consumers for leased
+// queues.
 //
 // It imports the NATS client only. The embedded server is in the
 // subpackage natsserver, so a program that connects to an external NATS does
@@ -104,6 +104,30 @@
 // acknowledgement came from, so an Ack sent just before the local deadline,
 // and delayed in flight past the server's, can still settle an item the
 // server had just redelivered.
+//
+// Retention and compaction: a queue's stream has limits retention, so an
+// acknowledgement only moves the durable consumer's state (written by the
+// server about ten times a second) and removes nothing. Each Consumer,
+// once a second after it acknowledged something and once more on Close,
+// reads the consumer's ack floor (every item at or below it is
+// acknowledged) and purges the stream below it: one request and one delete
+// record for all the items acknowledged in that second. A work-queue stream
+// would remove each acknowledged item with a delete record of its own,
+// fsynced under sync_interval always; on this machine, with fsync always,
+// a drain of 20,000 items went from 3.4k items/s (work-queue stream) to
+// 73k. Queue stats count items from the consumer (pending and ack-pending),
+// not from the stream. What the stream keeps above the floor is
+// acknowledged items after an item still held or delayed; past 100,000 of
+// them each acknowledgement also deletes its item until the floor moves
+// (logged when it starts and stops). Delivery stays at-least-once, with two
+// more ways to repeat an item: if the durable consumer is deleted and made
+// again, the items acknowledged since the last purge are delivered again;
+// and if a server process dies, the acknowledgements of its last tenth of a
+// second may not have been written, so those items come back after their
+// lease (a work-queue stream had written a delete record for each). A queue stream made with work-queue
+// retention by an earlier version stays one (the server cannot change a
+// stream's retention) and works as before, without compaction; to move it,
+// drain the queue, delete it and declare it again.
 //
 // Extend sends InProgress, which restarts the server's AckWait: the lease is
 // renewed by the full queue lease whatever duration is asked.

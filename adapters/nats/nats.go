@@ -356,14 +356,14 @@ func (b *Broker) ensureKeepalive(ctx context.Context) {
 		b.log.Warn("nats: JetStream is not enabled on the server: topics work, queues fail with ErrUnsupported", "err", err)
 		return
 	}
-	err := b.ensureStream(ctx, jetstream.StreamConfig{
+	_, err := b.ensureStream(ctx, jetstream.StreamConfig{
 		Name:        b.streamBase + "_KEEPALIVE",
 		Description: "clusterbus: keeps the account's JetStream store alive; holds nothing",
 		Subjects:    []string{b.opts.Prefix + ".keepalive"},
 		Storage:     jetstream.FileStorage,
 		Replicas:    b.opts.Replicas,
 		MaxMsgs:     1,
-	})
+	}, false)
 	if err != nil {
 		b.log.Warn("nats: cannot create the keepalive stream; queues may not work", "err", err)
 	}

@@ -43,6 +43,10 @@ type queueInfo struct {
 	lease       time.Duration
 	maxAttempts int
 	dedupe      bool
+	// compacted: the stream keeps acknowledged items until a consumer
+	// purges them below the ack floor (see compact.go); false for a
+	// work-queue stream an earlier version made, which removes each one.
+	compacted bool
 
 	name       string
 	subject    string
@@ -53,7 +57,7 @@ type queueInfo struct {
 }
 
 // newQueueInfo returns the queueInfo of queue with the given settings.
-func (b *Broker) newQueueInfo(queue string, lease time.Duration, maxAttempts int, dedupe bool) *queueInfo {
+func (b *Broker) newQueueInfo(queue string, lease time.Duration, maxAttempts int, dedupe bool, retention jetstream.RetentionPolicy) *queueInfo {
 	op := "enqueue " + queue
 	return &queueInfo{
 		lease: lease, maxAttempts: maxAttempts, dedupe: dedupe, name: queue,
@@ -66,11 +70,15 @@ func (b *Broker) newQueueInfo(queue string, lease time.Duration, maxAttempts int
 			jetstream.WithRetryWait(publishRetryWait),
 			jetstream.WithStallWait(publishAckTimeout),
 		},
+
+		compacted: retention == jetstream.LimitsPolicy,
 	}
 }
 
 // DeclareQueue implements adapters.Broker. It creates (or updates in place)
-// a work-queue stream "<prefix>_Q_<name>" on subject "<prefix>.queue.<name>",
+// a stream "<prefix>_Q_<name>" on subject "<prefix>.queue.<name>" (limits
+// retention: acknowledged items are purged below the ack floor, see
+// compact.go; a work-queue stream an earlier version made stays one),
 // its dead-letter stream "<prefix>_DLQ_<name>" on "<prefix>.dlq.<name>", and
 // a durable pull consumer on each with AckWait = cfg.Lease. A changed
 // Lease, MaxAttempts or DedupeWindow is applied in place; consumers opened
@@ -88,7 +96,7 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 		Name:        b.queueStream(cfg.Name),
 		Description: "clusterbus queue " + cfg.Name,
 		Subjects:    []string{b.queueSubject(cfg.Name)},
-		Retention:   jetstream.WorkQueuePolicy,
+		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    b.opts.Replicas,
 		Metadata: map[string]string{
@@ -114,9 +122,14 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 	}
 	// The queue's and the dead-letter queue's stream and consumer are made
 	// side by side: four requests in the time of two.
+	var retention jetstream.RetentionPolicy
 	declare := func(sc jetstream.StreamConfig) error {
 		if err := retryTransient(ctx, apiTimeout, func(ctx context.Context) error {
-			return b.ensureStream(ctx, sc)
+			r, err := b.ensureStream(ctx, sc, sc.Name == main.Name)
+			if sc.Name == main.Name {
+				retention = r
+			}
+			return err
 		}); err != nil {
 			return b.mapCtxErr(ctx, op, err)
 		}
@@ -153,25 +166,31 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 		return dlqErr
 	}
 	b.mu.Lock()
-	b.queues[cfg.Name] = b.newQueueInfo(cfg.Name, cfg.Lease, cfg.MaxAttempts, cfg.Dedupe)
+	b.queues[cfg.Name] = b.newQueueInfo(cfg.Name, cfg.Lease, cfg.MaxAttempts, cfg.Dedupe, retention)
 	b.mu.Unlock()
 	return nil
 }
 
 // ensureStream creates sc's stream, or updates it where it differs from sc
-// in a field sc sets. A stream already as declared costs one info request
-// and no write: every node re-declares its queues when it starts, and in a
-// cluster each update is a proposal to the meta group.
-func (b *Broker) ensureStream(ctx context.Context, sc jetstream.StreamConfig) error {
+// in a field sc sets, and returns the stream's retention. A stream already
+// as declared costs one info request and no write: every node re-declares
+// its queues when it starts, and in a cluster each update is a proposal to
+// the meta group. With keepWorkQueue, an existing work-queue stream keeps
+// that retention (the server cannot change it): queues made by versions
+// before compaction go on as they were.
+func (b *Broker) ensureStream(ctx context.Context, sc jetstream.StreamConfig, keepWorkQueue bool) (jetstream.RetentionPolicy, error) {
 	st, err := b.js.Stream(ctx, sc.Name)
+	if err == nil && keepWorkQueue && st.CachedInfo().Config.Retention == jetstream.WorkQueuePolicy {
+		sc.Retention = jetstream.WorkQueuePolicy
+	}
 	switch {
 	case err == nil && streamAsDeclared(st.CachedInfo().Config, sc):
-		return nil
+		return sc.Retention, nil
 	case err != nil && !errors.Is(err, jetstream.ErrStreamNotFound):
-		return err
+		return sc.Retention, err
 	}
 	_, err = b.js.CreateOrUpdateStream(ctx, sc)
-	return err
+	return sc.Retention, err
 }
 
 // streamAsDeclared reports whether have matches want in every field the
@@ -266,7 +285,7 @@ func (b *Broker) info(ctx context.Context, op, queue string) (*queueInfo, error)
 	if lease <= 0 || maxAttempts <= 0 {
 		return nil, errf(adapters.ErrInvalidArgument, op, "stream %s was not declared by clusterbus (no %s metadata)", b.queueStream(queue), mdLease)
 	}
-	qi := b.newQueueInfo(queue, lease, maxAttempts, dedupe)
+	qi := b.newQueueInfo(queue, lease, maxAttempts, dedupe, s.CachedInfo().Config.Retention)
 	b.mu.Lock()
 	b.queues[queue] = qi
 	b.mu.Unlock()

@@ -35,7 +35,7 @@ func (b *Broker) ensureLog(ctx context.Context, op, log string) error {
 		return nil
 	}
 	err := retryTransient(ctx, apiTimeout, func(ctx context.Context) error {
-		return b.ensureStream(ctx, jetstream.StreamConfig{
+		_, err := b.ensureStream(ctx, jetstream.StreamConfig{
 			Name:              b.logStream(log),
 			Description:       "clusterbus retained log " + log + ": last value per key",
 			Subjects:          []string{b.opts.Prefix + ".log." + log + ".>"},
@@ -43,7 +43,8 @@ func (b *Broker) ensureLog(ctx context.Context, op, log string) error {
 			Replicas:          b.opts.Replicas,
 			MaxMsgsPerSubject: 1,
 			Discard:           jetstream.DiscardOld,
-		})
+		}, false)
+		return err
 	})
 	if err != nil {
 		return b.mapCtxErr(ctx, op, err)

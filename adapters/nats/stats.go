@@ -11,9 +11,11 @@ import (
 )
 
 // QueueStats implements adapters.QueueStatter from JetStream stream and
-// consumer info: the work-queue stream holds every unacknowledged item, the
-// durable consumer's ack-pending count is what is leased, and the first
-// message's time is the oldest item's age.
+// consumer info. The durable consumer's ack-pending count is what is leased
+// and its pending count what waits. On a compacted stream (limits
+// retention, see compact.go) the oldest item is the one just above the ack
+// floor; on a work-queue stream (made by an earlier version) the stream
+// holds exactly the unacknowledged items and its first is the oldest.
 func (b *Broker) QueueStats(ctx context.Context, queue string) (adapters.QueueStats, error) {
 	op := "queue stats " + queue
 	if err := b.checkQueue(ctx, op); err != nil {
@@ -34,16 +36,37 @@ func (b *Broker) QueueStats(ctx context.Context, queue string) (adapters.QueueSt
 	if err != nil {
 		return st, b.mapCtxErr(ctx, op, err)
 	}
-	total := int64(info.State.Msgs)
-	if total > 0 && !info.State.FirstTime.IsZero() {
-		st.OldestAge = max(time.Since(info.State.FirstTime), 0)
-	}
+	var cinfo *jetstream.ConsumerInfo
 	if ci, err := s.Consumer(ctx, durable); err == nil {
-		if cinfo, err := ci.Info(ctx); err == nil {
+		cinfo, _ = ci.Info(ctx)
+	}
+	if info.Config.Retention == jetstream.WorkQueuePolicy {
+		total := int64(info.State.Msgs)
+		if total > 0 && !info.State.FirstTime.IsZero() {
+			st.OldestAge = max(time.Since(info.State.FirstTime), 0)
+		}
+		if cinfo != nil {
 			st.InFlight = int64(cinfo.NumAckPending)
 		}
+		st.Depth = max(total-st.InFlight, 0)
+	} else {
+		if cinfo == nil {
+			return st, errf(adapters.ErrUnavailable, op, "cannot read the consumer of queue %q", queue)
+		}
+		st.InFlight = int64(cinfo.NumAckPending)
+		st.Depth = int64(cinfo.NumPending)
+		if st.InFlight+st.Depth > 0 {
+			oldest := info.State.FirstTime
+			if next := cinfo.AckFloor.Stream + 1; next > info.State.FirstSeq {
+				if m, err := s.GetMsg(ctx, next); err == nil {
+					oldest = m.Time
+				}
+			}
+			if !oldest.IsZero() {
+				st.OldestAge = max(time.Since(oldest), 0)
+			}
+		}
 	}
-	st.Depth = max(total-st.InFlight, 0)
 	st.DeadLetters = adapters.Unknown
 	if d, err := b.js.Stream(ctx, b.dlqStream(queue)); err == nil {
 		if dinfo, err := d.Info(ctx); err == nil {
