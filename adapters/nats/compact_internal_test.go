@@ -3,6 +3,7 @@ package nats
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,6 +129,15 @@ func TestAcknowledgedItemsArePurgedBelowTheAckFloor(t *testing.T) {
 	if st.Depth != 0 || st.InFlight != 1 || st.OldestAge < 2*compactEvery || st.OldestAge > time.Minute {
 		t.Fatalf("stats %+v: want depth 0, one in flight, the oldest the held item (>= %s)", st, 2*compactEvery)
 	}
+	if st.Note != "" {
+		t.Fatalf("49 kept items (under keptNote) should not be noted: %q", st.Note)
+	}
+	defer func(n int64) { keptNote = n }(keptNote)
+	keptNote = 49
+	if st, err = b.QueueStats(ctx, q); err != nil || !strings.Contains(st.Note, "keeps 49 acknowledged items") {
+		t.Fatalf("stats %+v, %v: the note should say the stream keeps 49 acknowledged items", st, err)
+	}
+	keptNote = 50
 	enqueueN(ctx, t, b, q, 50, 5)
 	if st, err = b.QueueStats(ctx, q); err != nil || st.Depth != 5 || st.InFlight != 1 {
 		t.Fatalf("stats %+v, %v: want depth 5, one in flight", st, err)

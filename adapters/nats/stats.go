@@ -3,12 +3,17 @@ package nats
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/clusterbus/clusterbus/adapters"
 )
+
+// keptNote is how many acknowledged items a compacted stream keeps before
+// QueueStats says so in its Note.
+var keptNote int64 = 10_000
 
 // QueueStats implements adapters.QueueStatter from JetStream stream and
 // consumer info. The durable consumer's ack-pending count is what is leased
@@ -65,6 +70,11 @@ func (b *Broker) QueueStats(ctx context.Context, queue string) (adapters.QueueSt
 			if !oldest.IsZero() {
 				st.OldestAge = max(time.Since(oldest), 0)
 			}
+		}
+		// Acknowledged items kept because the oldest unacknowledged one
+		// stops the ack floor; a second's worth is normal.
+		if kept := int64(info.State.Msgs) - st.Depth - st.InFlight; kept >= keptNote {
+			st.Note = fmt.Sprintf("the stream also keeps %d acknowledged items until the oldest unacknowledged item is settled (see compaction in the nats adapter's doc)", kept)
 		}
 	}
 	st.DeadLetters = adapters.Unknown
