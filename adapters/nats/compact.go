@@ -30,6 +30,10 @@ const (
 	compactEvery      = time.Second
 	compactGarbageMax = 100_000
 	compactTimeout    = 5 * time.Second
+	// closeCompactTimeout bounds the last compaction in Consumer.Close, so
+	// that closing many consumers against a server that does not answer
+	// (JetStream without a leader) does not take compactTimeout each.
+	closeCompactTimeout = time.Second
 )
 
 // compactor purges one consumer's queue stream below the ack floor.
@@ -91,12 +95,12 @@ func (k *compactor) loop(every time.Duration) {
 			// A last compaction for what this consumer acknowledged,
 			// unless the connection is down (the next consumer does it).
 			if k.acked.Load() > 0 && k.c.b.nc.IsConnected() {
-				k.compact()
+				k.compact(closeCompactTimeout)
 			}
 			return
 		case <-t.C:
 			if k.acked.Load() > 0 {
-				k.compact()
+				k.compact(compactTimeout)
 			}
 		}
 	}
@@ -110,9 +114,9 @@ func (k *compactor) stop() {
 
 // compact reads the consumer's ack floor and purges the stream below it.
 // A failure is retried at the next tick.
-func (k *compactor) compact() {
+func (k *compactor) compact(timeout time.Duration) {
 	n := k.acked.Swap(0)
-	ctx, cancel := context.WithTimeout(context.Background(), compactTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := k.purge(ctx); err != nil {
 		k.acked.Add(n)

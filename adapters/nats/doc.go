@@ -127,7 +127,11 @@
 // lease (a work-queue stream had written a delete record for each). A queue stream made with work-queue
 // retention by an earlier version stays one (the server cannot change a
 // stream's retention) and works as before, without compaction; to move it,
-// drain the queue, delete it and declare it again.
+// drain the queue, delete it and declare it again. The reverse does not
+// hold: a version before compaction cannot declare a queue whose stream has
+// limits retention (the server refuses the change), so after an upgrade
+// has made new queues, going back to such a version needs those queues
+// drained and deleted first.
 //
 // Extend sends InProgress, which restarts the server's AckWait: the lease is
 // renewed by the full queue lease whatever duration is asked.
