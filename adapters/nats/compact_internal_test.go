@@ -14,9 +14,9 @@ import (
 	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
 )
 
-// compactSetup starts a server, opens a Broker and a raw JetStream handle on
-// it, and declares queue q.
-func compactSetup(t *testing.T, q string) (context.Context, *Broker, jetstream.JetStream) {
+// compactSetup starts a server and opens a Broker and a raw JetStream handle
+// on it.
+func compactSetup(t *testing.T) (context.Context, *Broker, jetstream.JetStream) {
 	t.Helper()
 	srv, err := natsserver.Start(natsserver.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
 	if err != nil {
@@ -98,7 +98,7 @@ func receiveAll(ctx context.Context, t *testing.T, c adapters.Consumer, n int) [
 // item. Once it is acknowledged the stream empties.
 func TestAcknowledgedItemsArePurgedBelowTheAckFloor(t *testing.T) {
 	const q = "compact"
-	ctx, b, js := compactSetup(t, q)
+	ctx, b, js := compactSetup(t)
 	if err := b.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestAcknowledgedItemsArePurgedBelowTheAckFloor(t *testing.T) {
 // old item is acknowledged the floor moves and the rest is purged.
 func TestAStuckAckFloorDeletesEachAcknowledgedItem(t *testing.T) {
 	const q = "stuck"
-	ctx, b, js := compactSetup(t, q)
+	ctx, b, js := compactSetup(t)
 	if err := b.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,7 @@ func TestAStuckAckFloorDeletesEachAcknowledgedItem(t *testing.T) {
 // compactor, and its acknowledged items leave the stream at once.
 func TestAWorkQueueStreamOfAnEarlierVersionStaysOne(t *testing.T) {
 	const q = "legacy"
-	ctx, b, js := compactSetup(t, q)
+	ctx, b, js := compactSetup(t)
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
 		Name: b.queueStream(q), Subjects: []string{b.queueSubject(q)},
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
