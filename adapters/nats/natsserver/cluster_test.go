@@ -1,6 +1,7 @@
 package natsserver_test
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -42,10 +43,16 @@ func TestClusterStreamSurvivesLeaderStopAndRestart(t *testing.T) {
 		_, err := js.AddStream(&nats.StreamConfig{Name: "S", Subjects: []string{"s"}, Replicas: 3, Storage: nats.FileStorage})
 		return err
 	})
-	for range 10 {
-		if _, err := js.Publish("s", []byte("x")); err != nil {
-			t.Fatal(err)
-		}
+	// The stream answers publishes once its group has elected a leader,
+	// which can come a moment after AddStream returns ("no response from
+	// stream" failed this test once in CI). Each message carries an ID, so
+	// a publish retried after a lost acknowledgement is stored once and the
+	// count at the end stays exact.
+	for i := range 10 {
+		retry(t, "publish to the new stream", func() error {
+			_, err := js.Publish("s", []byte("x"), nats.MsgId(fmt.Sprintf("x%d", i)))
+			return err
+		})
 	}
 	leader := waitIndex(t, "a stream leader", func() int { return c.StreamLeader("", "S") })
 	t.Logf("stream leader %s, meta leader %s", c.ServerName(leader), c.ServerName(c.MetaLeader()))
@@ -63,7 +70,7 @@ func TestClusterStreamSurvivesLeaderStopAndRestart(t *testing.T) {
 	var pubErr error
 	deadline := time.Now().Add(20 * time.Second)
 	for n := 0; n < 10 && time.Now().Before(deadline); {
-		if _, pubErr = js.Publish("s", []byte("y")); pubErr == nil {
+		if _, pubErr = js.Publish("s", []byte("y"), nats.MsgId(fmt.Sprintf("y%d", n))); pubErr == nil {
 			n++
 		}
 	}
