@@ -20,14 +20,21 @@ import (
 // a few thousand items a second whatever the consumers did.
 //
 // Every Consumer of a queue compacts, each at most once per compactEvery and
-// only after it acknowledged something; purges are idempotent, so several
-// consumers (on several nodes) purging to the same floor do no harm. What
+// only after it acknowledged compactBatch items, or something and
+// compactIdle passed since its last compaction: the requests a compaction
+// makes (a consumer info, a purge, which on a replicated stream is a
+// proposal written by every replica) come at most once per compactBatch
+// acknowledgements, plus once per compactIdle on a queue with a trickle of
+// work, whatever the number of nodes and queues. Purges are idempotent, so
+// several consumers (on several nodes) purging to the same floor do no harm. What
 // compaction costs is what the stream keeps: acknowledged items at or above
 // the floor. An item held for long, or delayed by Nack, stops the floor; past
 // compactGarbageMax acknowledged items above it, each acknowledgement also
 // deletes its item (as a work-queue stream would), until the floor moves.
 const (
 	compactEvery      = time.Second
+	compactBatch      = 256
+	compactIdle       = 10 * time.Second
 	compactGarbageMax = 100_000
 	compactTimeout    = 5 * time.Second
 	// closeCompactTimeout bounds the last compaction in Consumer.Close, so
@@ -50,9 +57,16 @@ type compactor struct {
 	deleting   atomic.Bool
 	garbageMax int64
 
+	// batch and idle: a compaction is due after batch settled items, or
+	// after one and idle since the last compaction (compactBatch,
+	// compactIdle; tests change them before the first settle).
+	batch int64
+	idle  time.Duration
+
 	// Touched only by the loop.
 	st     jetstream.Stream // looked up at the first purge
 	purged uint64           // the floor the last purge went up to
+	last   time.Time        // when the last compaction ran
 
 	quit     chan struct{}
 	done     chan struct{}
@@ -64,6 +78,8 @@ func newCompactor(c *consumer, stream string) *compactor {
 		c: c, stream: stream,
 		delSubj:    "$JS.API.STREAM.MSG.DELETE." + stream,
 		garbageMax: compactGarbageMax,
+		batch:      compactBatch,
+		idle:       compactIdle,
 		quit:       make(chan struct{}),
 		done:       make(chan struct{}),
 	}
@@ -99,11 +115,19 @@ func (k *compactor) loop(every time.Duration) {
 			}
 			return
 		case <-t.C:
-			if k.acked.Load() > 0 {
+			if k.due(time.Now()) {
 				k.compact(compactTimeout)
 			}
 		}
 	}
+}
+
+// due reports whether a compaction is due at now: batch items settled, or
+// some and idle passed since the last one. While deleting, any settled item
+// makes it due, so that the floor moving again is seen within a tick.
+func (k *compactor) due(now time.Time) bool {
+	n := k.acked.Load()
+	return n >= k.batch || n > 0 && (k.deleting.Load() || now.Sub(k.last) >= k.idle)
 }
 
 // stop ends the loop after a last compaction and waits for it.
@@ -116,6 +140,7 @@ func (k *compactor) stop() {
 // A failure is retried at the next tick.
 func (k *compactor) compact(timeout time.Duration) {
 	n := k.acked.Swap(0)
+	k.last = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := k.purge(ctx); err != nil {

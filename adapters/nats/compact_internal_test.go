@@ -65,7 +65,12 @@ func storedMsgs(ctx context.Context, t *testing.T, js jetstream.JetStream, b *Br
 
 func waitStored(ctx context.Context, t *testing.T, js jetstream.JetStream, b *Broker, q string, want uint64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	waitStoredWithin(ctx, t, js, b, q, want, 10*time.Second)
+}
+
+func waitStoredWithin(ctx context.Context, t *testing.T, js jetstream.JetStream, b *Broker, q string, want uint64, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		n := storedMsgs(ctx, t, js, b, q)
 		if n == want {
@@ -112,6 +117,9 @@ func TestAcknowledgedItemsArePurgedBelowTheAckFloor(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	// Every tick with something acknowledged compacts (the batch and idle
+	// gating has a test of its own).
+	c.(*consumer).comp.idle = 0
 	ds := receiveAll(ctx, t, c, 50)
 	for _, d := range ds[1:] {
 		if err := d.Ack(ctx); err != nil {
@@ -155,6 +163,48 @@ func TestAcknowledgedItemsArePurgedBelowTheAckFloor(t *testing.T) {
 	if st, err = b.QueueStats(ctx, q); err != nil || st.Depth != 0 || st.InFlight != 0 || st.OldestAge != 0 {
 		t.Fatalf("stats of an empty queue %+v, %v", st, err)
 	}
+}
+
+// TestCompactionWaitsForABatchOrAnIdlePeriod: after its first compaction a
+// consumer compacts again once it acknowledged a batch of items, or some
+// and the idle period passed; not at every tick with an acknowledgement, so
+// a trickle of work on many nodes does not make two requests per item.
+func TestCompactionWaitsForABatchOrAnIdlePeriod(t *testing.T) {
+	const q = "gated"
+	ctx, b, js := compactSetup(t)
+	if err := b.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	enqueueN(ctx, t, b, q, 0, 40)
+	cons, err := b.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: 1, MaxPrefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	k := cons.(*consumer).comp
+	k.batch, k.idle = 20, 4*compactEvery
+	ack := func(n int) {
+		t.Helper()
+		for _, d := range receiveAll(ctx, t, cons, n) {
+			if err := d.Ack(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// The first compaction comes at the next tick.
+	ack(5)
+	waitStored(ctx, t, js, b, q, 35)
+	// Five more: neither a batch nor the idle period.
+	ack(5)
+	time.Sleep(2 * compactEvery)
+	if n := storedMsgs(ctx, t, js, b, q); n != 35 {
+		t.Fatalf("the stream keeps %d messages two ticks after 5 more acks, want 35: compacted before a batch or the idle period", n)
+	}
+	// The idle period passes: they are purged.
+	waitStored(ctx, t, js, b, q, 30)
+	// A batch is purged at the next tick, well before the idle period.
+	ack(20)
+	waitStoredWithin(ctx, t, js, b, q, 10, 3*compactEvery)
 }
 
 // TestAStuckAckFloorDeletesEachAcknowledgedItem: while more acknowledged
