@@ -8,16 +8,28 @@ import (
 // batcher coalesces concurrent calls into SQS batch requests (group
 // commit): a call waits until the batch that holds its item has been
 // answered, so a call that returns nil has been done by SQS. A lone call is
-// sent at once, never held back to wait for company.
+// sent at once, never held back to wait for company. Up to maxInflight
+// requests run at once; what comes while they all run goes together (maxN
+// to a request) in the next. Below that bound an eager batcher starts a
+// request for every call at once, so that a caller waits its own round
+// trip and not also the one in flight before it (sends: with SQS 10 ms
+// away, 8 callers enqueueing one item at a time went from 0.54x to 1.06x
+// of raw SendMessage); one that is not eager runs one request, plus one
+// more for each full batch waiting (deletes, which Ack does not wait for:
+// they pile up into full batches and cost fewer requests). Requests in
+// flight together may be done in any order, so a batcher whose items must
+// keep their order (the sends of a FIFO queue) has maxInflight 1.
 type batcher[T any] struct {
-	maxN     int
-	maxBytes int
-	flush    func(ctx context.Context, items []T) []error
-	opCtx    func() (context.Context, context.CancelFunc)
+	maxN        int
+	maxBytes    int
+	maxInflight int // 0 means 1
+	eager       bool
+	flush       func(ctx context.Context, items []T) []error
+	opCtx       func() (context.Context, context.CancelFunc)
 
-	mu      sync.Mutex
-	pending []*batchOp[T]
-	running bool
+	mu       sync.Mutex
+	pending  []*batchOp[T]
+	inflight int
 }
 
 type batchOp[T any] struct {
@@ -26,6 +38,19 @@ type batchOp[T any] struct {
 	size int
 	err  error
 	done chan struct{}
+	// then, if set, is called with the result instead of done being
+	// closed: nobody waits (send).
+	then func(error)
+}
+
+// finish hands op its result.
+func (op *batchOp[T]) finish(err error) {
+	if op.then != nil {
+		op.then(err)
+		return
+	}
+	op.err = err
+	close(op.done)
 }
 
 // do queues item and waits for its result. If ctx ends before the item was
@@ -42,13 +67,7 @@ func (bt *batcher[T]) doAll(ctx context.Context, items []T, sizes []int) []error
 	for i, item := range items {
 		ops[i] = &batchOp[T]{ctx: ctx, item: item, size: sizes[i], done: make(chan struct{})}
 	}
-	bt.mu.Lock()
-	bt.pending = append(bt.pending, ops...)
-	if !bt.running {
-		bt.running = true
-		go bt.run()
-	}
-	bt.mu.Unlock()
+	bt.queue(ops)
 	errs := make([]error, len(ops))
 	for i, op := range ops {
 		select {
@@ -61,33 +80,59 @@ func (bt *batcher[T]) doAll(ctx context.Context, items []T, sizes []int) []error
 	return errs
 }
 
-func (bt *batcher[T]) run() {
-	for {
-		bt.mu.Lock()
-		var batch []*batchOp[T]
-		bytes := 0
-		rest := bt.pending[:0]
-		for _, op := range bt.pending {
-			switch {
-			case op.ctx.Err() != nil:
-				op.err = op.ctx.Err()
-				close(op.done)
-			case len(batch) < bt.maxN && (len(batch) == 0 || bytes+op.size <= bt.maxBytes):
-				batch = append(batch, op)
-				bytes += op.size
-			default:
-				rest = append(rest, op)
-			}
-		}
-		clear(bt.pending[len(rest):])
-		bt.pending = rest
+// send queues item without waiting for it; then is called with its result,
+// from the goroutine that sent the request, and must not block.
+func (bt *batcher[T]) send(item T, size int, then func(error)) {
+	bt.queue([]*batchOp[T]{{ctx: context.Background(), item: item, size: size, then: then}})
+}
+
+func (bt *batcher[T]) queue(ops []*batchOp[T]) {
+	bt.mu.Lock()
+	bt.pending = append(bt.pending, ops...)
+	bt.startLocked()
+	bt.mu.Unlock()
+}
+
+// startLocked starts requests for what is pending: one if none is in
+// flight, and one more per full batch waiting, up to maxInflight. bt.mu is
+// held.
+func (bt *batcher[T]) startLocked() {
+	for bt.inflight < max(bt.maxInflight, 1) && (bt.inflight == 0 || bt.eager || len(bt.pending) >= bt.maxN) {
+		batch := bt.takeLocked()
 		if len(batch) == 0 {
-			bt.running = false
-			bt.mu.Unlock()
 			return
 		}
-		bt.mu.Unlock()
+		bt.inflight++
+		go bt.run(batch)
+	}
+}
 
+// takeLocked removes the next batch from pending; items whose caller gave
+// up are answered with their context's error and not sent. bt.mu is held.
+func (bt *batcher[T]) takeLocked() []*batchOp[T] {
+	var batch []*batchOp[T]
+	bytes := 0
+	rest := bt.pending[:0]
+	for _, op := range bt.pending {
+		switch {
+		case op.ctx.Err() != nil:
+			op.finish(op.ctx.Err())
+		case len(batch) < bt.maxN && (len(batch) == 0 || bytes+op.size <= bt.maxBytes):
+			batch = append(batch, op)
+			bytes += op.size
+		default:
+			rest = append(rest, op)
+		}
+	}
+	clear(bt.pending[len(rest):])
+	bt.pending = rest
+	return batch
+}
+
+// run sends batch and hands out the results, then goes on with what came
+// meanwhile, until nothing is pending.
+func (bt *batcher[T]) run(batch []*batchOp[T]) {
+	for {
 		items := make([]T, len(batch))
 		for i, op := range batch {
 			items[i] = op.item
@@ -96,8 +141,15 @@ func (bt *batcher[T]) run() {
 		errs := bt.flush(ctx, items)
 		cancel()
 		for i, op := range batch {
-			op.err = errs[i]
-			close(op.done)
+			op.finish(errs[i])
 		}
+		bt.mu.Lock()
+		batch = bt.takeLocked()
+		if len(batch) == 0 {
+			bt.inflight--
+			bt.mu.Unlock()
+			return
+		}
+		bt.mu.Unlock()
 	}
 }

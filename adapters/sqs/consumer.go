@@ -68,6 +68,8 @@ type consumer struct {
 
 	// out: handed out by Receive, lease not done.
 	out driver.Held[*delivery]
+	// acks: deletes of acknowledged items SQS has not answered yet.
+	acks inflight
 
 	mu     sync.Mutex
 	closed bool
@@ -246,7 +248,48 @@ func (c *consumer) Close() error {
 	c.b.mu.Lock()
 	delete(c.b.cons, c)
 	c.b.mu.Unlock()
-	return c.release(ds)
+	err := c.release(ds)
+	c.acks.wait()
+	return err
+}
+
+// inflight counts the deletes Ack sent that SQS has not answered yet.
+type inflight struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // made by wait, closed when n drops to 0
+}
+
+func (f *inflight) started() {
+	f.mu.Lock()
+	f.n++
+	f.mu.Unlock()
+}
+
+func (f *inflight) done() {
+	f.mu.Lock()
+	f.n--
+	if f.n == 0 && f.idle != nil {
+		close(f.idle)
+		f.idle = nil
+	}
+	f.mu.Unlock()
+}
+
+// wait returns once nothing is in flight. Each request ends within the
+// broker's operation timeout (opCtx), so it does not wait forever.
+func (f *inflight) wait() {
+	f.mu.Lock()
+	if f.n == 0 {
+		f.mu.Unlock()
+		return
+	}
+	if f.idle == nil {
+		f.idle = make(chan struct{})
+	}
+	idle := f.idle
+	f.mu.Unlock()
+	<-idle
 }
 
 func (c *consumer) releaseLocked(ds []*delivery) {
@@ -321,16 +364,26 @@ func (d *delivery) op(verb string) string {
 	return fmt.Sprintf("sqs: %s %q item %s", verb, d.c.q.name, d.msg.ID)
 }
 
-// Ack deletes the item. Concurrent acks on one queue share
-// DeleteMessageBatch requests.
+// Ack deletes the item without waiting for SQS's answer (adapters.Delivery
+// allows it): the delete joins the queue's next DeleteMessageBatch request,
+// and Close waits for it. A delete SQS refuses is logged; the item then
+// comes back after its lease, as if this consumer had died.
 func (d *delivery) Ack(ctx context.Context) error {
 	op := d.op("ack")
+	d.c.acks.started() // before Begin: a Close that takes the lease after it waits for it
 	if err := d.lease.Begin(ctx, op); err != nil {
+		d.c.acks.done()
 		return err
 	}
-	err := d.c.del.do(ctx, d.handle, 0)
-	d.lease.End(err)
-	return adapters.Wrap(adapters.ErrUnavailable, op, err)
+	d.lease.Settled()
+	d.c.del.send(d.handle, 0, func(err error) {
+		if err != nil {
+			d.c.b.log.Warn("sqs: an acknowledged item was not deleted; it comes back after its lease",
+				"queue", d.c.q.name, "id", d.msg.ID, "err", err)
+		}
+		d.c.acks.done()
+	})
+	return nil
 }
 
 // Nack makes the item visible again after delay (rounded up to whole

@@ -33,9 +33,14 @@
 //
 // # Message Delivery Semantics
 //
-// Enqueue returns once SQS has stored the item (SendMessage or, for
-// concurrent callers on one queue, SendMessageBatch: each caller waits for
-// the answer about its own entry). Items are delivered at least once.
+// Enqueue returns once SQS has stored the item: items go in
+// SendMessageBatch requests, and each caller waits for the answer about its
+// own entry. On a standard queue up to eight requests run at once, each
+// sent as soon as one of the eight is free, so concurrent callers wait one
+// round trip, not behind each other's; callers that find all eight running
+// go together (ten to a request) in the next. On a FIFO queue one request
+// runs at a time, so that a key's items are stored in the order given.
+// Items are delivered at least once.
 // Receive hands an item out under a lease of the queue's length, counted
 // from the moment the receive call returned; SQS is asked for one second
 // more (the visibility timeout is lease + 1 s, at most 12 h), so the adapter's deadline
@@ -45,8 +50,14 @@
 // seconds (SQS's granularity, so MinLease is 1s). Attempt is SQS's
 // ApproximateReceiveCount. On Ordered queues a consumer receives one item
 // per call whatever its Prefetch, so that a Nack cannot leave a later item
-// of the same key in its buffer. Ack deletes the item (concurrent acks share
-// DeleteMessageBatch requests) and returns once SQS answered. A Nack on the
+// of the same key in its buffer. Ack deletes the item without waiting for
+// SQS's answer (adapters.Delivery.Ack allows it): it returns nil once the
+// lease was held and the delete queued; deletes go ten to a
+// DeleteMessageBatch request (one request at a time, and a second, up to
+// eight, for each ten more waiting), and Consumer.Close and Broker.Close
+// return only once SQS answered those of their consumers. A delete SQS
+// refuses (the lease ran out meanwhile) is logged, and the item comes back
+// after its lease, as if the consumer had died. A Nack on the
 // last attempt dead-letters the item at once. When the lease of a delivery
 // on its last attempt runs out unsettled, the adapter (which still holds
 // the item for the extra second) dead-letters it with the reason "lease

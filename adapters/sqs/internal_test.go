@@ -237,6 +237,71 @@ func TestBatcherDoesNotSendCancelledItems(t *testing.T) {
 	}
 }
 
+// TestBatcherRunsRequestsSideBySide: with maxInflight 3, an eager batcher
+// sends each call at once while fewer than three requests run; one that is
+// not eager starts a second request only for a full batch; maxInflight 1
+// never overlaps two. Items queued by send are answered through then.
+func TestBatcherRunsRequestsSideBySide(t *testing.T) {
+	run := func(eager bool, maxInflight, calls int) (peak int, sizes []int) {
+		t.Helper()
+		var mu sync.Mutex
+		cur := 0
+		release := make(chan struct{})
+		bt := &batcher[int]{maxN: 10, maxBytes: 1 << 20, maxInflight: maxInflight, eager: eager,
+			opCtx: func() (context.Context, context.CancelFunc) { return context.WithCancel(context.Background()) },
+			flush: func(ctx context.Context, items []int) []error {
+				mu.Lock()
+				cur++
+				peak = max(peak, cur)
+				sizes = append(sizes, len(items))
+				mu.Unlock()
+				<-release
+				mu.Lock()
+				cur--
+				mu.Unlock()
+				return make([]error, len(items))
+			}}
+		var wg sync.WaitGroup
+		var answered sync.WaitGroup
+		for i := range calls {
+			if i%2 == 0 {
+				wg.Go(func() {
+					if err := bt.do(context.Background(), i, 1); err != nil {
+						t.Error(err)
+					}
+				})
+			} else {
+				answered.Add(1)
+				bt.send(i, 1, func(err error) {
+					if err != nil {
+						t.Error(err)
+					}
+					answered.Done()
+				})
+			}
+		}
+		time.Sleep(100 * time.Millisecond) // every call queued or sent
+		close(release)
+		wg.Wait()
+		answered.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return peak, sizes
+	}
+	if peak, sizes := run(true, 3, 5); peak != 3 {
+		t.Errorf("eager, 5 calls, maxInflight 3: %d requests at once (batches %v), want 3", peak, sizes)
+	}
+	if peak, sizes := run(false, 3, 9); peak != 1 {
+		t.Errorf("not eager, 9 calls (no full batch): %d requests at once (batches %v), want 1", peak, sizes)
+	}
+	if peak, sizes := run(false, 3, 25); peak != 3 {
+		t.Errorf("not eager, 25 calls (full batches waiting): %d requests at once (batches %v), want 3", peak, sizes)
+	}
+	if peak, sizes := run(true, 1, 25); peak != 1 {
+		t.Errorf("maxInflight 1: %d requests at once (batches %v), want 1", peak, sizes)
+	}
+}
+
 func TestBatchEntryErrorsMapToCodes(t *testing.T) {
 	for c, want := range map[string]error{
 		"ReceiptHandleIsInvalid": adapters.ErrLeaseLost,

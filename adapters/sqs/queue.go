@@ -141,15 +141,25 @@ func (b *Broker) DeclareQueue(ctx context.Context, cfg adapters.QueueConfig) err
 	return nil
 }
 
+// batchInflight bounds the batch requests (sends to a standard queue,
+// deletes) a queue's batcher runs at once; see batcher.
+const batchInflight = 8
+
 func (b *Broker) newQueueInfo(name, url, dlqURL string, fifo, ordered, dedupe bool, lease time.Duration, maxAttempts int) *queueInfo {
 	q := &queueInfo{name: name, url: url, dlqURL: dlqURL, fifo: fifo, ordered: ordered, dedupe: dedupe, lease: lease, maxAttempts: maxAttempts}
-	q.send = &batcher[types.SendMessageBatchRequestEntry]{maxN: 10, maxBytes: WireLimit, opCtx: b.opCtx,
+	// Sends to a FIFO queue go one request at a time: two in flight could
+	// store a key's items out of order.
+	sends := batchInflight
+	if fifo {
+		sends = 1
+	}
+	q.send = &batcher[types.SendMessageBatchRequestEntry]{maxN: 10, maxBytes: WireLimit, maxInflight: sends, eager: true, opCtx: b.opCtx,
 		flush: func(ctx context.Context, es []types.SendMessageBatchRequestEntry) []error {
 			return b.sendBatch(ctx, url, es)
 		}}
-	q.del = &batcher[string]{maxN: 10, maxBytes: 1 << 30, opCtx: b.opCtx,
+	q.del = &batcher[string]{maxN: 10, maxBytes: 1 << 30, maxInflight: batchInflight, opCtx: b.opCtx,
 		flush: func(ctx context.Context, hs []string) []error { return b.deleteBatch(ctx, url, hs) }}
-	q.dlqD = &batcher[string]{maxN: 10, maxBytes: 1 << 30, opCtx: b.opCtx,
+	q.dlqD = &batcher[string]{maxN: 10, maxBytes: 1 << 30, maxInflight: batchInflight, opCtx: b.opCtx,
 		flush: func(ctx context.Context, hs []string) []error { return b.deleteBatch(ctx, dlqURL, hs) }}
 	return q
 }
@@ -254,9 +264,9 @@ func (b *Broker) DeleteQueue(ctx context.Context, queue string) error {
 	return nil
 }
 
-// Enqueue sends m to the queue. Concurrent calls on one queue are sent
-// together in SendMessageBatch requests; each call returns once SQS has
-// stored its item. On a Dedupe queue the message ID is the
+// Enqueue sends m to the queue in a SendMessageBatch request (shared with
+// concurrent calls when eight requests are in flight already; see batcher)
+// and returns once SQS has stored its item. On a Dedupe queue the message ID is the
 // MessageDeduplicationId; on an Ordered queue the key is the MessageGroupId.
 func (b *Broker) Enqueue(ctx context.Context, queue string, m adapters.Message) error {
 	return b.EnqueueBatch(ctx, queue, []adapters.Message{m})

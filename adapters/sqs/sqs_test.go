@@ -794,3 +794,49 @@ func TestOperationsOnOneDeliveryWaitForEachOther(t *testing.T) {
 		t.Errorf("%q delivered again after it was acked", d.Message().ID)
 	}
 }
+
+// TestCloseWaitsForTheDeletesOfAcks: Ack returns without waiting for SQS,
+// and Consumer.Close returns only once SQS answered the deletes: right
+// after Close, over a link with a 300 ms round trip, nothing acknowledged is
+// still held in SQS.
+func TestCloseWaitsForTheDeletesOfAcks(t *testing.T) {
+	direct := open(t)
+	if server == nil {
+		t.Skip("needs the local test server (a delaying proxy in front of it)")
+	}
+	far := openVia(t, delayProxy(t, server.Endpoint(), 150*time.Millisecond))
+	ctx := context.Background()
+	q := declare(t, direct, adapters.QueueConfig{Lease: time.Minute})
+	const n = 5
+	for i := range n {
+		if err := direct.Enqueue(ctx, q.Name, adapters.Message{ID: fmt.Sprint(i), Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := far.Consume(ctx, q.Name, adapters.ConsumeOptions{Prefetch: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for range n {
+		d, err := c.Receive(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acked := time.Since(start)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := direct.QueueStats(ctx, q.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Depth != 0 || st.InFlight != 0 {
+		t.Fatalf("right after Close: depth %d, in flight %d; want every acknowledged item deleted", st.Depth, st.InFlight)
+	}
+	t.Logf("%d receives and acks over a 300 ms round trip took %s", n, acked.Round(time.Millisecond))
+}
