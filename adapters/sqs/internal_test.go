@@ -280,7 +280,26 @@ func TestBatcherRunsRequestsSideBySide(t *testing.T) {
 				})
 			}
 		}
-		time.Sleep(100 * time.Millisecond) // every call queued or sent
+		// Every call queued or in a request before the requests may end.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			mu.Lock()
+			sent := 0
+			for _, n := range sizes {
+				sent += n
+			}
+			mu.Unlock()
+			bt.mu.Lock()
+			queued := len(bt.pending)
+			bt.mu.Unlock()
+			if sent+queued == calls {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d calls sent or queued after 10 s", sent+queued, calls)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 		close(release)
 		wg.Wait()
 		answered.Wait()
