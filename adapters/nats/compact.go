@@ -137,7 +137,7 @@ func (k *compactor) stop() {
 }
 
 // compact reads the consumer's ack floor and purges the stream below it.
-// A failure is retried at the next tick.
+// A failure is retried when the next compaction is due.
 func (k *compactor) compact(timeout time.Duration) {
 	n := k.acked.Swap(0)
 	k.last = time.Now()
