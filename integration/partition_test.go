@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
+	"github.com/clusterbus/clusterbus/internal/tcpproxy"
 )
 
 // partitionCut is how long TestBrokerPartitionOneLeadServes keeps the
@@ -28,8 +29,8 @@ const partitionCut = 90 * time.Second
 // all five agree on it once the downed minority has rejoined.
 func TestBrokerPartitionOneLeadServes(t *testing.T) {
 	needBinary(t)
-	var proxies []*proxy     // those on server 1's routes, both ways
-	var proxiesMu sync.Mutex // StartCluster starts the servers concurrently
+	var proxies []*tcpproxy.Proxy // those on server 1's routes, both ways
+	var proxiesMu sync.Mutex      // StartCluster starts the servers concurrently
 	cl, err := natsserver.StartCluster(natsserver.ClusterConfig{
 		Size: 3, Dir: t.TempDir(), Name: "partition",
 		RouteVia: func(from, to int, addr string) string {

@@ -42,6 +42,22 @@ func compactSetup(t *testing.T) (context.Context, *Broker, jetstream.JetStream) 
 	return ctx, b, js
 }
 
+// filledQueue declares queue q (lease one minute), enqueues n items and
+// returns a consumer of it with a fixed prefetch, closed at the end.
+func filledQueue(ctx context.Context, t *testing.T, b *Broker, q string, n, prefetch int) *consumer {
+	t.Helper()
+	if err := b.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	enqueueN(ctx, t, b, q, 0, n)
+	c, err := b.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: prefetch, MaxPrefetch: prefetch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c.(*consumer)
+}
+
 func enqueueN(ctx context.Context, t *testing.T, b *Broker, q string, from, n int) {
 	t.Helper()
 	ms := make([]adapters.Message, 0, n)
@@ -172,16 +188,8 @@ func TestAcknowledgedItemsArePurgedBelowTheAckFloor(t *testing.T) {
 func TestCompactionWaitsForABatchOrAnIdlePeriod(t *testing.T) {
 	const q = "gated"
 	ctx, b, js := compactSetup(t)
-	if err := b.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
-		t.Fatal(err)
-	}
-	enqueueN(ctx, t, b, q, 0, 40)
-	cons, err := b.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: 1, MaxPrefetch: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cons.Close()
-	k := cons.(*consumer).comp
+	cons := filledQueue(ctx, t, b, q, 40, 1)
+	k := cons.comp
 	k.batch, k.idle = 20, 4*compactEvery
 	ack := func(n int) {
 		t.Helper()
@@ -214,16 +222,8 @@ func TestCompactionWaitsForABatchOrAnIdlePeriod(t *testing.T) {
 func TestAStuckAckFloorDeletesEachAcknowledgedItem(t *testing.T) {
 	const q = "stuck"
 	ctx, b, js := compactSetup(t)
-	if err := b.DeclareQueue(ctx, adapters.QueueConfig{Name: q, Lease: time.Minute}); err != nil {
-		t.Fatal(err)
-	}
-	enqueueN(ctx, t, b, q, 0, 60)
-	cons, err := b.Consume(ctx, q, adapters.ConsumeOptions{Prefetch: 10, MaxPrefetch: 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cons.Close()
-	k := cons.(*consumer).comp
+	cons := filledQueue(ctx, t, b, q, 60, 10)
+	k := cons.comp
 	k.garbageMax = 10
 	ds := receiveAll(ctx, t, cons, 60)
 	for _, d := range ds[1:31] {

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"github.com/clusterbus/clusterbus/adapters"
 	"github.com/clusterbus/clusterbus/adapters/sqs"
 	"github.com/clusterbus/clusterbus/adapters/sqs/sqstest"
+	"github.com/clusterbus/clusterbus/internal/tcpproxy"
 )
 
 // The tests run against fauxqs (an SQS/SNS emulator on Node, pinned in
@@ -182,62 +182,17 @@ func openVia(b testing.TB, endpoint string) *sqs.Broker {
 	return br
 }
 
-// delayProxy forwards TCP connections to endpoint's host, holding every
-// chunk read for delay before writing it on (order kept, bandwidth not
-// limited), and returns its own http:// URL.
+// delayProxy puts a proxy holding every chunk for delay (each way) in
+// front of endpoint's host and returns its http:// URL.
 func delayProxy(b testing.TB, endpoint string, delay time.Duration) string {
 	u, err := url.Parse(endpoint)
 	if err != nil {
 		b.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := tcpproxy.Start(u.Host, delay)
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { ln.Close() })
-	pump := func(dst, src net.Conn) {
-		type chunk struct {
-			at   time.Time
-			data []byte
-		}
-		ch := make(chan chunk, 1024)
-		go func() {
-			defer dst.Close()
-			for c := range ch {
-				time.Sleep(time.Until(c.at))
-				if _, err := dst.Write(c.data); err != nil {
-					return
-				}
-			}
-		}()
-		defer close(ch)
-		for {
-			buf := make([]byte, 64<<10)
-			n, err := src.Read(buf)
-			if n > 0 {
-				ch <- chunk{time.Now().Add(delay), buf[:n]}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				up, err := net.Dial("tcp", u.Host)
-				if err != nil {
-					c.Close()
-					return
-				}
-				go pump(up, c)
-				pump(c, up)
-			}()
-		}
-	}()
-	return "http://" + ln.Addr().String()
+	b.Cleanup(func() { p.Close() })
+	return "http://" + p.Addr()
 }

@@ -75,14 +75,24 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 		clientAddr: make([]string, cfg.Size), routeAddr: make([]string, cfg.Size),
 		routes: make([][]string, cfg.Size)}
 	// Every server's routes name every other server, so the ports are
-	// chosen before any starts.
-	for i := range cfg.Size {
-		var err error
-		if c.clientAddr[i], err = freeAddr(); err != nil {
-			return nil, err
+	// chosen before any starts. They stay held until RouteVia has run, so
+	// that what it listens on (proxies) cannot take one of them.
+	var held []net.Listener
+	release := func() {
+		for _, l := range held {
+			l.Close()
 		}
-		if c.routeAddr[i], err = freeAddr(); err != nil {
-			return nil, err
+		held = nil
+	}
+	defer release()
+	for i := range cfg.Size {
+		for _, addr := range []*string{&c.clientAddr[i], &c.routeAddr[i]} {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return nil, fmt.Errorf("natsserver: no free loopback port: %w", err)
+			}
+			held = append(held, l)
+			*addr = l.Addr().String()
 		}
 	}
 	for i := range cfg.Size {
@@ -97,6 +107,7 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 			c.routes[i] = append(c.routes[i], addr)
 		}
 	}
+	release()
 	errs := make([]error, cfg.Size)
 	var wg sync.WaitGroup
 	for i := range cfg.Size {
@@ -112,15 +123,6 @@ func StartCluster(cfg ClusterConfig) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("natsserver: no free loopback port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 // start starts server i on its ports and directory.

@@ -2,8 +2,6 @@ package natsserver_test
 
 import (
 	"fmt"
-	"io"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/clusterbus/clusterbus/adapters/nats/natsserver"
+	"github.com/clusterbus/clusterbus/internal/tcpproxy"
 )
 
 // Three servers form a JetStream cluster; an R3 stream keeps every
@@ -145,13 +144,13 @@ func TestStartClusterRejectsBadConfig(t *testing.T) {
 // without routes (no direct implicit route goes around them).
 func TestClusterRoutesThroughProxies(t *testing.T) {
 	var mu sync.Mutex
-	proxies := map[[2]int]*cutProxy{}
+	proxies := map[[2]int]*tcpproxy.Proxy{}
 	c, err := natsserver.StartCluster(natsserver.ClusterConfig{Dir: t.TempDir(), RouteVia: func(from, to int, addr string) string {
 		mu.Lock()
 		defer mu.Unlock()
 		p := newCutProxy(t, addr)
 		proxies[[2]int{from, to}] = p
-		return p.addr()
+		return p.Addr()
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +165,7 @@ func TestClusterRoutesThroughProxies(t *testing.T) {
 	mu.Lock()
 	for k, p := range proxies {
 		if k[0] == 0 || k[1] == 0 {
-			p.cut()
+			p.Cut()
 		}
 	}
 	mu.Unlock()
@@ -187,53 +186,11 @@ func TestClusterRoutesThroughProxies(t *testing.T) {
 	}
 }
 
-type cutProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	cutOff bool
-	conns  []net.Conn
-}
-
-func newCutProxy(t *testing.T, target string) *cutProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func newCutProxy(t *testing.T, target string) *tcpproxy.Proxy {
+	p, err := tcpproxy.Start(target, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &cutProxy{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			p.mu.Lock()
-			if err != nil || p.cutOff {
-				p.mu.Unlock()
-				c.Close()
-				if up != nil {
-					up.Close()
-				}
-				continue
-			}
-			p.conns = append(p.conns, c, up)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(up, c); up.Close() }()
-			go func() { _, _ = io.Copy(c, up); c.Close() }()
-		}
-	}()
+	t.Cleanup(func() { p.Close() })
 	return p
-}
-
-func (p *cutProxy) addr() string { return p.ln.Addr().String() }
-
-func (p *cutProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cutOff = true
-	for _, c := range p.conns {
-		c.Close()
-	}
 }
